@@ -1,0 +1,49 @@
+// BlockHandle: a small synchronous API over a disk, for tools and tests.
+//
+// Each call builds bios on its own stack, submits them and waits for their
+// completion. Large requests are cut into bios of at most 1 GiB. Calls are
+// thread-safe (each waits for its own bios). Do not call these from inside
+// a driver's submit path: that wait could never end, and the submit-context
+// check aborts with a message naming the device instead.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "blkstack/bio.h"
+#include "blkstack/status.h"
+
+namespace blkstack {
+
+class Disk;
+class DiskRegistry;
+
+class BlockHandle {
+ public:
+  explicit BlockHandle(std::shared_ptr<Disk> disk);
+  // Opens the disk called `name` in `registry`; throws Error if there is none.
+  static BlockHandle open(const DiskRegistry& registry, std::string_view name);
+
+  Disk& disk() const { return *disk_; }
+  uint64_t size() const;  // bytes
+
+  // Offsets and lengths are in bytes and must be multiples of the logical
+  // block size. Return the first error, or kOk.
+  Status pread(void* buf, size_t len, uint64_t offset, BioFlag flags = BioFlag::kNone);
+  Status pwrite(const void* buf, size_t len, uint64_t offset,
+                BioFlag flags = BioFlag::kNone);
+  Status flush();
+  Status discard(uint64_t offset, uint64_t len);
+  Status write_zeroes(uint64_t offset, uint64_t len);
+
+  // One bio, submitted and waited for: for ops without data pass buf=nullptr.
+  Status submit_and_wait(Op op, void* buf, uint64_t len, uint64_t offset, BioFlag flags);
+
+ private:
+  Status in_pieces(Op op, std::byte* buf, uint64_t len, uint64_t offset, BioFlag flags);
+
+  std::shared_ptr<Disk> disk_;
+};
+
+}  // namespace blkstack

@@ -1,0 +1,126 @@
+// Disk: a block device with a name, a capacity, limits and statistics (the
+// kernel's gendisk), and BioDriver, what a bio-based driver implements.
+//
+// Lifetime: disks are shared (std::shared_ptr). shutdown() — what removal
+// from a DiskRegistry does — marks the disk dying, so new I/O fails with
+// Status::kOffline, then waits until the I/O already in flight completes.
+// The driver is destroyed with the disk, after the last I/O.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "blkstack/bio.h"
+#include "blkstack/bioset.h"
+#include "blkstack/limits.h"
+
+namespace blkstack {
+
+// A bio-based driver (block_device_operations::submit_bio, once
+// make_request_fn). submit() starts the bio and returns without blocking
+// (DESIGN.md invariant 2); the bio is finished, now or later and on any
+// thread, with bio.complete(status). submit() sees only bios that passed the
+// checks of submit_bio() and fit the disk's limits.
+// A run of bytes with one allocation state (for NBD block status, `blkstack
+// disk`, and tests of discard).
+struct Extent {
+  uint64_t length;
+  bool allocated;  // false: a hole (no backing storage)
+  bool zero;       // known to read as zeroes
+};
+
+class BioDriver {
+ public:
+  virtual ~BioDriver() = default;
+  virtual void submit(Bio& bio) = 0;
+  // One line about the driver's configuration, for `blkstack disk`.
+  virtual std::string describe() const { return {}; }
+  // The allocation state of the bytes at `offset`, as one run of at most
+  // `max_length` bytes. Drivers that cannot tell report allocated data.
+  virtual Extent extent_at(uint64_t offset, uint64_t max_length) const {
+    (void)offset;
+    return {max_length, true, false};
+  }
+  // Bytes of backing storage in use (RAM pages, file blocks).
+  virtual uint64_t allocated_bytes() const { return 0; }
+};
+
+// Index of the statistic groups, in /proc/diskstats order.
+enum StatGroup : int { kStatRead = 0, kStatWrite, kStatDiscard, kStatFlush, kStatGroups };
+
+// A snapshot of a disk's statistics, with the fields of /proc/diskstats.
+struct DiskStats {
+  uint64_t ios[kStatGroups] = {};      // completed I/Os
+  uint64_t merges[kStatGroups] = {};   // I/Os merged into others
+  uint64_t sectors[kStatGroups] = {};  // sectors moved
+  uint64_t nsecs[kStatGroups] = {};    // total time spent, ns
+  uint64_t in_flight = 0;              // I/Os started and not completed
+  uint64_t io_ticks_ms = 0;            // time with at least one I/O in flight
+  uint64_t time_in_queue_ms = 0;       // sum of all I/O durations (weighted)
+};
+
+class Disk {
+ public:
+  // `capacity` is in 512-byte sectors. Throws Error on inconsistent limits
+  // or a capacity that is not a multiple of the logical block size.
+  Disk(std::string name, uint64_t capacity, QueueLimits limits,
+       std::unique_ptr<BioDriver> driver);
+  ~Disk();
+  Disk(const Disk&) = delete;
+  Disk& operator=(const Disk&) = delete;
+
+  const std::string& name() const { return name_; }
+  unsigned major() const { return major_; }
+  unsigned minor() const { return minor_; }
+  void set_devt(unsigned major, unsigned minor) {
+    major_ = major;
+    minor_ = minor;
+  }
+  uint64_t capacity() const { return capacity_.load(std::memory_order_relaxed); }
+  uint64_t size_bytes() const { return capacity() << kSectorShift; }
+  void set_capacity(uint64_t sectors) { capacity_.store(sectors, std::memory_order_relaxed); }
+  const QueueLimits& limits() const { return limits_; }
+  bool read_only() const { return read_only_.load(std::memory_order_relaxed); }
+  void set_read_only(bool ro) { read_only_.store(ro, std::memory_order_relaxed); }
+  BioDriver& driver() { return *driver_; }
+  const BioDriver& driver() const { return *driver_; }
+  // The pool this disk splits bios from (its own, see bioset.h).
+  BioSet& split_set() { return split_set_; }
+
+  // Statistics summed over all threads.
+  DiskStats stats() const;
+  uint64_t in_flight() const;
+  // The /proc/diskstats line of this disk.
+  std::string diskstats_line() const;
+
+  bool dying() const { return dying_.load(std::memory_order_acquire); }
+  // Refuses new I/O (kOffline) and waits for in-flight I/O to complete.
+  void shutdown();
+
+  // --- used by submit_bio() and Bio::endio() ---------------------------
+  // Starts accounting `bio` on this disk; false when the disk is dying.
+  bool start_io(Bio& bio);
+  // Finishes the accounting begun by start_io (from the completion path).
+  void end_io(Bio& bio);
+
+ private:
+  struct Shard;
+  void update_io_ticks(uint64_t now_ns, bool end);
+
+  std::string name_;
+  unsigned major_ = 0;
+  unsigned minor_ = 0;
+  std::atomic<uint64_t> capacity_;
+  QueueLimits limits_;
+  std::atomic<bool> read_only_;
+  std::atomic<bool> dying_{false};
+  std::unique_ptr<Shard[]> shards_;
+  std::atomic<uint64_t> stamp_ms_{0};
+  std::atomic<uint64_t> io_ticks_ms_{0};
+  BioSet split_set_;
+  std::unique_ptr<BioDriver> driver_;  // last member: destroyed first
+};
+
+}  // namespace blkstack

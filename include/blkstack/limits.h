@@ -1,0 +1,45 @@
+// QueueLimits: what a device can take in one I/O (the kernel's queue_limits),
+// and splitting a bio so every piece fits (bio_split_to_limits).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "blkstack/bio.h"
+
+namespace blkstack {
+
+struct QueueLimits {
+  uint32_t logical_block_size = 512;    // smallest addressable unit, bytes
+  uint32_t physical_block_size = 512;   // smallest unit written atomically
+  uint32_t max_sectors = 2560;          // largest read/write, 512-byte sectors
+  uint32_t max_hw_sectors = 65535;      // hardware ceiling for max_sectors
+  uint16_t max_segments = 128;          // memory segments per I/O
+  uint32_t max_segment_size = 65536;    // bytes per memory segment
+  uint32_t discard_granularity = 0;     // bytes; discards are aligned to it
+  uint32_t max_discard_sectors = 0;     // 0: discard not supported
+  uint32_t max_write_zeroes_sectors = 0;  // 0: write-zeroes not supported
+  bool volatile_write_cache = false;    // writes need a flush to be durable
+  bool fua = false;                     // the device honours FUA itself
+  bool read_only = false;
+
+  // The effective limit on reads and writes: min(max_sectors, max_hw_sectors).
+  uint32_t max_io_sectors() const {
+    return max_sectors < max_hw_sectors ? max_sectors : max_hw_sectors;
+  }
+  // Empty when the limits are consistent, otherwise what is wrong.
+  std::string check() const;
+};
+
+// Bytes from the bio's current position that fit in one I/O under `lim`
+// (every limit respected, a multiple of the logical block size). Equals
+// bio.size() when no split is needed; 0 when no legal split exists.
+uint32_t max_bytes_within_limits(const Bio& bio, const QueueLimits& lim);
+
+// Splits `bio` so that its front fits `lim`. Returns &bio if it already
+// fits, otherwise a new front bio from `pool` chained to `bio` (which is
+// advanced past it). Returns nullptr and sets *error when the bio cannot be
+// split legally (a segment layout that leaves less than one logical block).
+Bio* split_to_limits(Bio& bio, const QueueLimits& lim, BioSet& pool, Status* error);
+
+}  // namespace blkstack

@@ -1,0 +1,22 @@
+// submit_bio(): the entry point of the block layer.
+//
+// It checks the bio against its disk (end of device, read-only, alignment to
+// the logical block size, op supported) and fails it with a clear Status
+// otherwise; strips PREFLUSH/FUA on a disk without a volatile write cache
+// (completing an empty flush at once); accounts it in the disk's statistics;
+// splits it to the disk's limits; and hands the pieces to the driver.
+//
+// Recursion is flattened (submit_bio_noacct): a bio submitted from inside a
+// driver's submit() is queued on the thread's bio list and dispatched when
+// that submit() returns, bios for lower devices before the submitting
+// device's later siblings. A stack of any depth uses bounded C++ stack. The
+// bio may complete before submit_bio() returns; see bio.h on references.
+#pragma once
+
+#include "blkstack/bio.h"
+
+namespace blkstack {
+
+void submit_bio(Bio& bio);
+
+}  // namespace blkstack

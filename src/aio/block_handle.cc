@@ -1,0 +1,78 @@
+#include "blkstack/block_handle.h"
+
+#include "blkstack/completion.h"
+#include "blkstack/disk.h"
+#include "blkstack/disk_registry.h"
+#include "blkstack/submit.h"
+
+namespace blkstack {
+namespace {
+
+// The largest bio the synchronous calls build: 1 GiB, a multiple of any
+// logical block size.
+constexpr uint64_t kMaxBioBytes = uint64_t{1} << 30;
+
+void wake_waiter(Bio& bio) { static_cast<Completion*>(bio.context())->complete(); }
+
+}  // namespace
+
+BlockHandle::BlockHandle(std::shared_ptr<Disk> disk) : disk_(std::move(disk)) {}
+
+BlockHandle BlockHandle::open(const DiskRegistry& registry, std::string_view name) {
+  return BlockHandle(registry.get(name));
+}
+
+uint64_t BlockHandle::size() const { return disk_->size_bytes(); }
+
+Status BlockHandle::submit_and_wait(Op op, void* buf, uint64_t len, uint64_t offset,
+                                    BioFlag flags) {
+  if ((offset & (kSectorSize - 1)) != 0) return Status::kInvalid;
+  Completion done;
+  Bio bio;
+  Segment seg(buf, static_cast<uint32_t>(len));
+  if (op_has_data(op)) {
+    bio.init(disk_.get(), op, offset >> kSectorShift, {&seg, 1}, wake_waiter, &done);
+  } else {
+    bio.init_nodata(disk_.get(), op, offset >> kSectorShift, static_cast<uint32_t>(len),
+                    wake_waiter, &done);
+  }
+  bio.set_flags(flags);
+  submit_bio(bio);
+  done.wait("synchronous I/O");
+  return bio.status();
+}
+
+Status BlockHandle::in_pieces(Op op, std::byte* buf, uint64_t len, uint64_t offset,
+                              BioFlag flags) {
+  while (len > 0) {
+    uint64_t n = std::min(len, kMaxBioBytes);
+    if (Status s = submit_and_wait(op, buf, n, offset, flags); s != Status::kOk) return s;
+    if (buf) buf += n;
+    offset += n;
+    len -= n;
+  }
+  return Status::kOk;
+}
+
+Status BlockHandle::pread(void* buf, size_t len, uint64_t offset, BioFlag flags) {
+  return in_pieces(Op::kRead, static_cast<std::byte*>(buf), len, offset, flags);
+}
+
+Status BlockHandle::pwrite(const void* buf, size_t len, uint64_t offset, BioFlag flags) {
+  // Writes only read the buffer; segments are not const so that one type
+  // serves both directions.
+  return in_pieces(Op::kWrite, static_cast<std::byte*>(const_cast<void*>(buf)), len, offset,
+                   flags);
+}
+
+Status BlockHandle::flush() { return submit_and_wait(Op::kFlush, nullptr, 0, 0, BioFlag::kNone); }
+
+Status BlockHandle::discard(uint64_t offset, uint64_t len) {
+  return in_pieces(Op::kDiscard, nullptr, len, offset, BioFlag::kNone);
+}
+
+Status BlockHandle::write_zeroes(uint64_t offset, uint64_t len) {
+  return in_pieces(Op::kWriteZeroes, nullptr, len, offset, BioFlag::kNone);
+}
+
+}  // namespace blkstack

@@ -1,0 +1,190 @@
+#include "blkstack/bio.h"
+
+#include <cstring>
+#include <string>
+
+#include "blkstack/bioset.h"
+#include "blkstack/debug/submit_context.h"
+#include "blkstack/disk.h"
+
+namespace blkstack {
+
+std::string_view op_name(Op op) {
+  switch (op) {
+    case Op::kRead: return "read";
+    case Op::kWrite: return "write";
+    case Op::kFlush: return "flush";
+    case Op::kDiscard: return "discard";
+    case Op::kWriteZeroes: return "write-zeroes";
+  }
+  return "unknown";
+}
+
+void Bio::reset(Disk* disk, Op op, uint64_t sector, EndIo end_io, void* context) {
+  iter_ = BioIter{sector, 0, 0, 0};
+  segs_ = nullptr;
+  nr_segs_ = 0;
+  op_ = op;
+  flags_ = BioFlag::kNone;
+  status_.store(Status::kOk, std::memory_order_relaxed);
+  completed_.store(false, std::memory_order_relaxed);
+  remaining_.store(1, std::memory_order_relaxed);
+  refs_.store(1, std::memory_order_relaxed);
+  disk_ = disk;
+  end_io_ = end_io;
+  context_ = context;
+  next = nullptr;
+  start_ns = 0;
+  acct_disk = nullptr;
+  acct_sectors = 0;
+  driver_data = 0;
+}
+
+void Bio::init(Disk* disk, Op op, uint64_t sector, std::span<Segment> segs, EndIo end_io,
+               void* context) {
+  reset(disk, op, sector, end_io, context);
+  segs_ = segs.data();
+  nr_segs_ = static_cast<uint16_t>(segs.size());
+  uint64_t total = 0;
+  for (const Segment& s : segs) total += s.len;
+  if (segs.size() > UINT16_MAX || total > UINT32_MAX) {
+    debug::fatal("Bio::init: more than 65535 segments or 4 GiB in one bio");
+  }
+  iter_.size = static_cast<uint32_t>(total);
+}
+
+void Bio::init_nodata(Disk* disk, Op op, uint64_t sector, uint32_t bytes, EndIo end_io,
+                      void* context) {
+  reset(disk, op, sector, end_io, context);
+  iter_.size = bytes;
+}
+
+unsigned Bio::count_segments() const {
+  unsigned n = 0;
+  for_each_chunk([&](const BioChunk&) { ++n; });
+  return n;
+}
+
+void Bio::advance(uint32_t bytes) {
+  iter_.sector += bytes >> kSectorShift;
+  iter_.size -= bytes;
+  if (!op_has_data(op_)) return;
+  while (bytes > 0) {
+    uint32_t in_seg = segs_[iter_.idx].len - iter_.done;
+    if (bytes < in_seg) {
+      iter_.done += bytes;
+      return;
+    }
+    bytes -= in_seg;
+    ++iter_.idx;
+    iter_.done = 0;
+  }
+}
+
+void Bio::copy_to(std::byte* dst, uint32_t bytes) const {
+  for_each_chunk([&](const BioChunk& c) {
+    if (bytes == 0) return;
+    uint32_t n = c.len < bytes ? c.len : bytes;
+    std::memcpy(dst, c.ptr, n);
+    dst += n;
+    bytes -= n;
+  });
+}
+
+void Bio::copy_from(const std::byte* src, uint32_t bytes) const {
+  for_each_chunk([&](const BioChunk& c) {
+    if (bytes == 0) return;
+    uint32_t n = c.len < bytes ? c.len : bytes;
+    std::memcpy(c.ptr, src, n);
+    src += n;
+    bytes -= n;
+  });
+}
+
+void Bio::zero_fill() const {
+  for_each_chunk([](const BioChunk& c) {
+    if (c.ptr) std::memset(c.ptr, 0, c.len);
+  });
+}
+
+void Bio::set_status(Status s) {
+  if (s == Status::kOk) return;
+  Status expected = Status::kOk;
+  status_.compare_exchange_strong(expected, s, std::memory_order_acq_rel);
+}
+
+Bio* Bio::finish_one() {
+  uint32_t before = remaining_.fetch_sub(1, std::memory_order_acq_rel);
+  if (before != 1) {
+    if (before == 0) {
+      debug::fatal(std::string("bio (") + std::string(op_name(op_)) + " at sector " +
+                   std::to_string(iter_.sector) + ") completed more than once");
+    }
+    return nullptr;  // chained children still outstanding
+  }
+  if (completed_.exchange(true, std::memory_order_acq_rel)) {
+    debug::fatal("bio completion callback would run twice");
+  }
+  if (acct_disk) acct_disk->end_io(*this);
+  if (end_io_ == &Bio::chain_endio) {
+    Bio* parent = static_cast<Bio*>(context_);
+    parent->set_status(status());
+    put();
+    return parent;  // completed by the caller's loop: no recursion
+  }
+  if (end_io_) end_io_(*this);
+  return nullptr;
+}
+
+void Bio::endio() {
+  Bio* b = this;
+  do {
+    b = b->finish_one();
+  } while (b != nullptr);
+}
+
+void Bio::chain_endio(Bio&) {
+  // Never called: finish_one() recognises this callback and walks to the
+  // parent iteratively. It exists so that a chained bio has a unique marker.
+}
+
+void Bio::chain(Bio& child, Bio& parent) {
+  if (child.end_io_ != nullptr) {
+    debug::fatal("Bio::chain: the child bio already has a completion callback");
+  }
+  child.end_io_ = &Bio::chain_endio;
+  child.context_ = &parent;
+  parent.remaining_.fetch_add(1, std::memory_order_relaxed);
+}
+
+Bio* Bio::clone(BioSet& pool, bool may_wait) {
+  Bio* c = pool.alloc(may_wait ? Wait::kMayWait : Wait::kNoWait);
+  if (!c) return nullptr;
+  c->reset(disk_, op_, iter_.sector, nullptr, nullptr);
+  c->iter_ = iter_;
+  c->segs_ = segs_;
+  c->nr_segs_ = nr_segs_;
+  c->flags_ = flags_;
+  return c;
+}
+
+Bio* Bio::split(uint32_t sectors, BioSet& pool, bool may_wait) {
+  uint32_t bytes = sectors << kSectorShift;
+  if (sectors == 0 || bytes >= iter_.size) {
+    debug::fatal("Bio::split: split point outside the bio");
+  }
+  Bio* front = clone(pool, may_wait);
+  if (!front) return nullptr;
+  front->iter_.size = bytes;
+  // A PREFLUSH applies before the first piece only; FUA to every piece.
+  clear_flags(BioFlag::kPreflush);
+  advance(bytes);
+  chain(*front, *this);
+  return front;
+}
+
+void Bio::put() {
+  if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1 && pool_) pool_->release(this);
+}
+
+}  // namespace blkstack

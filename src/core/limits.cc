@@ -1,0 +1,106 @@
+#include "blkstack/limits.h"
+
+#include <algorithm>
+
+#include "blkstack/bioset.h"
+
+namespace blkstack {
+namespace {
+
+bool power_of_two(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+
+uint64_t round_down(uint64_t v, uint64_t to) { return v / to * to; }
+
+// Reads and writes: walk the memory, counting hardware segments (a segment
+// longer than max_segment_size counts as several).
+uint32_t data_bytes_within(const Bio& bio, const QueueLimits& lim) {
+  const uint64_t max_bytes =
+      std::min<uint64_t>(uint64_t{lim.max_io_sectors()} << kSectorShift, bio.size());
+  uint64_t bytes = 0;
+  unsigned segs = 0;
+  bool full = false;
+  bio.for_each_chunk([&](const BioChunk& c) {
+    uint32_t left = c.len;
+    while (!full && left > 0) {
+      if (segs == lim.max_segments) {
+        full = true;
+        break;
+      }
+      uint64_t piece = std::min<uint64_t>(left, lim.max_segment_size);
+      if (bytes + piece >= max_bytes) {
+        bytes = max_bytes;
+        full = true;
+        break;
+      }
+      ++segs;
+      bytes += piece;
+      left -= static_cast<uint32_t>(piece);
+    }
+  });
+  if (bytes >= bio.size()) return bio.size();
+  return static_cast<uint32_t>(round_down(bytes, lim.logical_block_size));
+}
+
+// Discard and write-zeroes: a sector count, with discards ending on a
+// granularity boundary when they are split.
+uint32_t range_bytes_within(const Bio& bio, const QueueLimits& lim, uint32_t max_sectors) {
+  uint64_t max_bytes = uint64_t{max_sectors} << kSectorShift;
+  if (bio.size() <= max_bytes) return bio.size();
+  max_bytes = round_down(max_bytes, lim.logical_block_size);
+  if (bio.op() == Op::kDiscard && lim.discard_granularity > lim.logical_block_size) {
+    uint64_t start = bio.sector() << kSectorShift;
+    uint64_t end = round_down(start + max_bytes, lim.discard_granularity);
+    if (end > start) max_bytes = end - start;
+  }
+  return static_cast<uint32_t>(max_bytes);
+}
+
+}  // namespace
+
+std::string QueueLimits::check() const {
+  if (!power_of_two(logical_block_size) || logical_block_size < 512 ||
+      logical_block_size > 65536)
+    return "logical_block_size must be a power of two from 512 to 65536";
+  if (!power_of_two(physical_block_size) || physical_block_size < logical_block_size)
+    return "physical_block_size must be a power of two >= logical_block_size";
+  if (max_io_sectors() < (logical_block_size >> kSectorShift))
+    return "max_sectors must hold at least one logical block";
+  if (max_segments == 0) return "max_segments must be at least 1";
+  if (max_segment_size < 512) return "max_segment_size must be at least 512";
+  if (discard_granularity != 0 &&
+      (!power_of_two(discard_granularity) || discard_granularity < logical_block_size))
+    return "discard_granularity must be a power of two >= logical_block_size";
+  if (max_discard_sectors != 0 && max_discard_sectors < (logical_block_size >> kSectorShift))
+    return "max_discard_sectors must hold at least one logical block";
+  if (max_write_zeroes_sectors != 0 &&
+      max_write_zeroes_sectors < (logical_block_size >> kSectorShift))
+    return "max_write_zeroes_sectors must hold at least one logical block";
+  return {};
+}
+
+uint32_t max_bytes_within_limits(const Bio& bio, const QueueLimits& lim) {
+  switch (bio.op()) {
+    case Op::kRead:
+    case Op::kWrite:
+      return data_bytes_within(bio, lim);
+    case Op::kDiscard:
+      return range_bytes_within(bio, lim, lim.max_discard_sectors);
+    case Op::kWriteZeroes:
+      return range_bytes_within(bio, lim, lim.max_write_zeroes_sectors);
+    case Op::kFlush:
+      return bio.size();
+  }
+  return bio.size();
+}
+
+Bio* split_to_limits(Bio& bio, const QueueLimits& lim, BioSet& pool, Status* error) {
+  uint32_t fit = max_bytes_within_limits(bio, lim);
+  if (fit == bio.size()) return &bio;
+  if (fit == 0) {
+    *error = Status::kInvalid;
+    return nullptr;
+  }
+  return bio.split(fit >> kSectorShift, pool);
+}
+
+}  // namespace blkstack

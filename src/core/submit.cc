@@ -1,0 +1,96 @@
+#include "blkstack/submit.h"
+
+#include "blkstack/debug/submit_context.h"
+#include "blkstack/disk.h"
+
+namespace blkstack {
+namespace {
+
+// The bios submitted by the driver call running on this thread, or null when
+// no submit_bio() is active (the kernel's current->bio_list).
+thread_local BioList* tls_bio_list = nullptr;
+
+constexpr BioFlag kCacheFlags = BioFlag::kPreflush | BioFlag::kFua;
+
+Status check_bio(const Bio& bio, const Disk& disk) {
+  const QueueLimits& lim = disk.limits();
+  const Op op = bio.op();
+  if (op == Op::kFlush) return Status::kOk;
+  if (op_is_write(op) && disk.read_only()) return Status::kReadOnly;
+  const uint64_t lbs_sectors = lim.logical_block_size >> kSectorShift;
+  if ((bio.size() & (kSectorSize - 1)) != 0 ||
+      ((bio.sector() | bio.sectors()) & (lbs_sectors - 1)) != 0)
+    return Status::kInvalid;
+  const uint64_t capacity = disk.capacity();
+  if (bio.sector() > capacity || bio.sectors() > capacity - bio.sector())
+    return Status::kOutOfRange;
+  if (op == Op::kDiscard && lim.max_discard_sectors == 0) return Status::kNotSupported;
+  if (op == Op::kWriteZeroes && lim.max_write_zeroes_sectors == 0)
+    return Status::kNotSupported;
+  return Status::kOk;
+}
+
+// Checks, accounts, splits and dispatches one bio to its disk's driver.
+void submit_one(Bio& bio) {
+  Disk* disk = bio.disk();
+  if (disk == nullptr) debug::fatal("submit_bio: the bio has no disk");
+  if (BioSet* pool = bio.pool()) pool->mempool().disown(&bio);
+
+  if (Status s = check_bio(bio, *disk); s != Status::kOk) {
+    bio.complete(s);
+    return;
+  }
+  // Without a volatile cache every completed write is already durable:
+  // PREFLUSH and FUA mean nothing, and an empty flush is done at once.
+  if (!disk->limits().volatile_write_cache && any(bio.flags() & kCacheFlags)) {
+    bio.clear_flags(kCacheFlags);
+  }
+  if (bio.size() == 0 && (bio.op() != Op::kFlush || !disk->limits().volatile_write_cache)) {
+    bio.complete(Status::kOk);
+    return;
+  }
+  if (bio.acct_disk == nullptr && !disk->start_io(bio)) {
+    bio.complete(Status::kOffline);
+    return;
+  }
+  Status split_error = Status::kOk;
+  Bio* front = split_to_limits(bio, disk->limits(), disk->split_set(), &split_error);
+  if (front == nullptr) {
+    bio.complete(split_error);
+    return;
+  }
+  // The rest goes back on this thread's list, after what the driver submits.
+  if (front != &bio) tls_bio_list->push_back(&bio);
+  debug::SubmitScope scope(disk->name().c_str());
+  disk->driver().submit(*front);
+}
+
+}  // namespace
+
+void submit_bio(Bio& bio) {
+  if (tls_bio_list != nullptr) {  // inside a driver's submit: queue it
+    tls_bio_list->push_back(&bio);
+    return;
+  }
+  BioList on_stack[2];
+  tls_bio_list = &on_stack[0];
+  Bio* next = &bio;
+  do {
+    const Disk* disk = next->disk();
+    // A fresh list for what this bio's driver submits; earlier work waits.
+    on_stack[1] = on_stack[0];
+    on_stack[0] = BioList();
+    submit_one(*next);
+    // Lower devices first, then this device's own, then the older siblings.
+    BioList lower, same;
+    while (Bio* b = on_stack[0].pop_front()) {
+      (b->disk() == disk ? same : lower).push_back(b);
+    }
+    on_stack[0].splice_back(lower);
+    on_stack[0].splice_back(same);
+    on_stack[0].splice_back(on_stack[1]);
+  } while ((next = on_stack[0].pop_front()) != nullptr);
+  tls_bio_list = nullptr;
+}
+
+}  // namespace blkstack

@@ -1,0 +1,12 @@
+// The subcommands of the blkstack program, one file each.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace blkstack::cli {
+
+void add_version_command(CLI::App& app);
+void add_disk_command(CLI::App& app);
+void add_io_command(CLI::App& app);
+
+}  // namespace blkstack::cli

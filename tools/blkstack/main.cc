@@ -1,0 +1,41 @@
+// blkstack: the command-line program. Each subcommand lives in its own file
+// (cmd_*.cc) and registers itself here.
+#include <fmt/format.h>
+
+#include <cstdio>
+
+#include "blkstack/error.h"
+#include "commands.h"
+
+namespace blkstack::cli {
+
+void add_version_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("version", "Print the blkstack version");
+  cmd->footer("Example:\n  blkstack version");
+  cmd->callback([] { fmt::print("blkstack {}\n", BLKSTACK_VERSION); });
+}
+
+}  // namespace blkstack::cli
+
+int main(int argc, char** argv) {
+  CLI::App app{"blkstack: the Linux block I/O layer in user space"};
+  app.footer(
+      "Examples:\n"
+      "  blkstack disk ram:64M null:1G        list disks made from device specs\n"
+      "  blkstack io ram:64M -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M'\n"
+      "Run 'blkstack SUBCOMMAND --help' for each subcommand's options.");
+  app.require_subcommand(1);
+  app.set_version_flag("--version", BLKSTACK_VERSION);
+  blkstack::cli::add_version_command(app);
+  blkstack::cli::add_disk_command(app);
+  blkstack::cli::add_io_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const blkstack::Error& e) {
+    fmt::print(stderr, "blkstack: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}
