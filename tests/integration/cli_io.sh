@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# blkstack io: pattern round trips, verification failures, range checks.
+source "$(dirname "$0")/lib.sh"
+
+# Write a pattern, read it back verified; FUA writes and flush work too.
+expect_ok -m '^ram0: wrote 1048576/1048576 bytes at offset 0$' \
+          -m '^ram0: read 1048576/1048576 bytes at offset 0$' \
+          -m '^ram0: wrote 4096/4096 bytes at offset 1048576$' \
+          -m '^ram0: flushed$' \
+  io ram:64M -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' -c 'write -F -P 7 1M 4k' \
+             -c 'read -P 7 1M 4k' -c flush
+# A mismatch names the first bad offset and fails the run.
+expect_fail -m 'Pattern verification failed at offset 4096: read 0x11, expected 0xab' \
+            -m '1 of 3 commands failed' \
+  io ram:1M -c 'write -P 0xab 0 64k' -c 'write -P 0x11 4k 512' -c 'read -P 0xab 0 64k'
+# Never-written and discarded ranges read as zeroes on a RAM disk; allocation
+# follows writes and discards.
+expect_ok -m 'ram0: 1 MiB \(1048576 bytes\), 64 KiB allocated' \
+          -m 'ram0: 1 MiB \(1048576 bytes\), 0 B allocated' \
+  io ram:1M -c 'read -P 0 0 1M' -c 'write 0 64k' -c info -c 'discard 0 64k' \
+            -c 'read -P 0 0 64k' -c info -c 'write 0 8k' -c 'zero 0 8k' -c 'read -P 0 0 8k'
+# Out of range, misaligned and read-only requests fail with their status.
+expect_fail -m "ram0: 'read 1M 4k' failed: out-of-range" io ram:1M -c 'read 1M 4k'
+expect_fail -m 'out-of-range' io ram:1M -c 'write 1020k 8k'
+expect_fail -m "failed: invalid" io ram:1M -c 'read 100 512'
+expect_fail -m "failed: read-only" io ram:1M,ro=1 -c 'write 0 4k'
+expect_fail -m "failed: invalid" io ram:1M,bs=4096 -c 'read 512 512'
+# Several disks: 'use' switches, stat prints diskstats lines for all.
+expect_ok -m '^null0: read 65536/65536 bytes at offset 0$' \
+          -m '^ +1 +0 ram0 0 0 0 [0-9]+ 2 0 16 ' \
+          -m '^ +[0-9]+ +0 null0 1 0 128 ' \
+  io ram:64M null:1G -c 'write 0 4k' -c 'write 4k 4k' -c 'use null0' -c 'read 0 64k' -c stat
+expect_fail -m "no disk named 'nope'" io ram:1M -c 'use nope'
+expect_fail -m "unknown command 'frobnicate'" io ram:1M -c 'frobnicate 0 1'
+finish
