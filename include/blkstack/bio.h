@@ -206,6 +206,7 @@ class Bio {
   static void chain_endio(Bio& bio);
   // Returns the parent to complete next, if any (keeps deep chains iterative).
   Bio* finish_one();
+  [[noreturn]] void fatal_completed_twice() const;
   void reset(Disk* disk, Op op, uint64_t sector, EndIo end_io, void* context);
 
   BioIter iter_{};
@@ -216,6 +217,7 @@ class Bio {
   std::atomic<Status> status_{Status::kOk};
   std::atomic<bool> completed_{false};
   std::atomic<uint32_t> remaining_{1};
+  std::atomic<bool> chained_{false};  // has or had chained children
   std::atomic<uint32_t> refs_{1};
   Disk* disk_ = nullptr;
   EndIo end_io_ = nullptr;

@@ -29,6 +29,7 @@ void Bio::reset(Disk* disk, Op op, uint64_t sector, EndIo end_io, void* context)
   status_.store(Status::kOk, std::memory_order_relaxed);
   completed_.store(false, std::memory_order_relaxed);
   remaining_.store(1, std::memory_order_relaxed);
+  chained_.store(false, std::memory_order_relaxed);
   refs_.store(1, std::memory_order_relaxed);
   disk_ = disk;
   end_io_ = end_io;
@@ -114,17 +115,16 @@ void Bio::set_status(Status s) {
 }
 
 Bio* Bio::finish_one() {
-  uint32_t before = remaining_.fetch_sub(1, std::memory_order_acq_rel);
-  if (before != 1) {
-    if (before == 0) {
-      debug::fatal(std::string("bio (") + std::string(op_name(op_)) + " at sector " +
-                   std::to_string(iter_.sector) + ") completed more than once");
+  // Only a bio with chained children needs the shared countdown (as the
+  // kernel's BIO_CHAIN flag): a plain bio saves the locked instruction.
+  if (chained_.load(std::memory_order_relaxed)) {
+    uint32_t before = remaining_.fetch_sub(1, std::memory_order_acq_rel);
+    if (before != 1) {
+      if (before == 0) fatal_completed_twice();
+      return nullptr;  // chained children still outstanding
     }
-    return nullptr;  // chained children still outstanding
   }
-  if (completed_.exchange(true, std::memory_order_acq_rel)) {
-    debug::fatal("bio completion callback would run twice");
-  }
+  if (completed_.exchange(true, std::memory_order_acq_rel)) fatal_completed_twice();
   if (acct_disk) acct_disk->end_io(*this);
   if (end_io_ == &Bio::chain_endio) {
     Bio* parent = static_cast<Bio*>(context_);
@@ -134,6 +134,12 @@ Bio* Bio::finish_one() {
   }
   if (end_io_) end_io_(*this);
   return nullptr;
+}
+
+void Bio::fatal_completed_twice() const {
+  debug::fatal(std::string("bio (") + std::string(op_name(op_)) + " at sector " +
+               std::to_string(iter_.sector) +
+               ") completed more than once; a bio must be ended exactly once");
 }
 
 void Bio::endio() {
@@ -154,6 +160,7 @@ void Bio::chain(Bio& child, Bio& parent) {
   }
   child.end_io_ = &Bio::chain_endio;
   child.context_ = &parent;
+  parent.chained_.store(true, std::memory_order_relaxed);
   parent.remaining_.fetch_add(1, std::memory_order_relaxed);
 }
 

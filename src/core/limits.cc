@@ -14,8 +14,14 @@ uint64_t round_down(uint64_t v, uint64_t to) { return v / to * to; }
 // Reads and writes: walk the memory, counting hardware segments (a segment
 // longer than max_segment_size counts as several).
 uint32_t data_bytes_within(const Bio& bio, const QueueLimits& lim) {
-  const uint64_t max_bytes =
-      std::min<uint64_t>(uint64_t{lim.max_io_sectors()} << kSectorShift, bio.size());
+  const uint64_t max_io_bytes = uint64_t{lim.max_io_sectors()} << kSectorShift;
+  // Fast path: small enough that no segment can exceed max_segment_size and
+  // few enough segments left to fit, whatever their layout.
+  const size_t segs_left = bio.segments().size() - bio.iter().idx;
+  if (bio.size() <= max_io_bytes && bio.size() <= lim.max_segment_size &&
+      segs_left <= lim.max_segments)
+    return bio.size();
+  const uint64_t max_bytes = std::min<uint64_t>(max_io_bytes, bio.size());
   uint64_t bytes = 0;
   unsigned segs = 0;
   bool full = false;

@@ -1,22 +1,47 @@
 // Per-thread slots: the user-space stand-in for per-CPU data.
 //
-// Each thread gets a slot index on first use (round robin), so counters that
-// every I/O touches live in a slot of their own and threads do not bounce one
-// cache line between cores. Readers sum all slots.
+// Counters that every I/O touches live in one slot per thread, so threads do
+// not bounce a cache line between cores, and a slot owned by one thread is
+// updated with a plain load and store instead of a locked instruction (like
+// this_cpu_add with preemption off). The first kPercpuSlots live threads each
+// own a slot; a slot is handed back when its thread exits. Any further
+// threads share the last slot, kSharedSlot, and update it atomically.
+// Readers sum all slots.
 #pragma once
 
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 
 namespace blkstack {
 
-inline constexpr unsigned kPercpuSlots = 16;  // power of two
+inline constexpr unsigned kPercpuSlots = 16;
+inline constexpr unsigned kSharedSlot = kPercpuSlots;  // index of the shared slot
+inline constexpr unsigned kSlotCount = kPercpuSlots + 1;
 inline constexpr size_t kCacheLine = 64;
 
-inline unsigned this_slot() {
-  static std::atomic<unsigned> next{0};
-  thread_local unsigned slot = next.fetch_add(1, std::memory_order_relaxed) % kPercpuSlots;
+struct SlotRef {
+  unsigned index;
+  bool exclusive;  // only this thread writes the slot
+};
+
+namespace percpu_internal {
+SlotRef acquire_slot();
+}
+
+// The calling thread's slot.
+inline SlotRef this_slot() {
+  thread_local const SlotRef slot = percpu_internal::acquire_slot();
   return slot;
+}
+
+// Adds to a counter of the calling thread's slot.
+inline void slot_add(std::atomic<uint64_t>& counter, uint64_t v, SlotRef slot) {
+  if (slot.exclusive) {
+    counter.store(counter.load(std::memory_order_relaxed) + v, std::memory_order_relaxed);
+  } else {
+    counter.fetch_add(v, std::memory_order_relaxed);
+  }
 }
 
 }  // namespace blkstack

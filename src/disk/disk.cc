@@ -11,14 +11,16 @@
 
 namespace blkstack {
 
-// One thread slot's counters. Relaxed atomics: a slot is normally written by
-// one thread, but completions may run elsewhere and threads may share slots.
+// One thread slot's counters (see core/percpu.h). `started` is bumped with a
+// locked instruction because it pairs with `dying_` (below); everything the
+// completion side writes is a plain store in an exclusively owned slot.
 struct alignas(kCacheLine) Disk::Shard {
+  std::atomic<uint64_t> started;   // start_io calls, including refused ones
+  std::atomic<uint64_t> finished;  // end_io calls and refused starts
   std::atomic<uint64_t> ios[kStatGroups];
   std::atomic<uint64_t> merges[kStatGroups];
   std::atomic<uint64_t> sectors[kStatGroups];
   std::atomic<uint64_t> nsecs[kStatGroups];
-  std::atomic<int64_t> in_flight;  // may go negative in one slot; the sum cannot
 };
 
 namespace {
@@ -32,14 +34,22 @@ StatGroup stat_group(Op op) {
   }
 }
 
-void add(std::atomic<uint64_t>& a, uint64_t v) { a.fetch_add(v, std::memory_order_relaxed); }
+// Counts one finished I/O in the calling thread's slot. Release, so that a
+// reader who sees the count also sees the statistics written before it.
+void add_finished(std::atomic<uint64_t>& finished, SlotRef slot) {
+  if (slot.exclusive) {
+    finished.store(finished.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+  } else {
+    finished.fetch_add(1, std::memory_order_release);
+  }
+}
 
 }  // namespace
 
 Disk::Disk(std::string name, uint64_t capacity, QueueLimits limits,
            std::unique_ptr<BioDriver> driver)
     : name_(std::move(name)), capacity_(capacity), limits_(limits),
-      read_only_(limits.read_only), shards_(new Shard[kPercpuSlots]()),
+      read_only_(limits.read_only), shards_(new Shard[kSlotCount]()),
       split_set_(name_ + "-split", 4), driver_(std::move(driver)) {
   if (std::string why = limits_.check(); !why.empty()) {
     throw Error(fmt::format("disk '{}': {}", name_, why));
@@ -54,10 +64,14 @@ Disk::Disk(std::string name, uint64_t capacity, QueueLimits limits,
 Disk::~Disk() = default;
 
 bool Disk::start_io(Bio& bio) {
-  Shard& s = shards_[this_slot()];
-  s.in_flight.fetch_add(1, std::memory_order_seq_cst);
+  const SlotRef slot = this_slot();
+  Shard& s = shards_[slot.index];
+  // Dekker with shutdown(): either shutdown() sees this start in its sum of
+  // `started`, or this load sees `dying_`. Both sides are sequentially
+  // consistent for that reason.
+  s.started.fetch_add(1, std::memory_order_seq_cst);
   if (dying_.load(std::memory_order_seq_cst)) [[unlikely]] {
-    s.in_flight.fetch_sub(1, std::memory_order_seq_cst);
+    add_finished(s.finished, slot);
     return false;
   }
   bio.acct_disk = this;
@@ -70,13 +84,14 @@ bool Disk::start_io(Bio& bio) {
 void Disk::end_io(Bio& bio) {
   const uint64_t now = now_ns();
   const StatGroup g = stat_group(bio.op());
-  Shard& s = shards_[this_slot()];
+  const SlotRef slot = this_slot();
+  Shard& s = shards_[slot.index];
   update_io_ticks(now, true);
-  add(s.ios[g], 1);
-  add(s.sectors[g], bio.acct_sectors);  // the iterator may have moved on
-  add(s.nsecs[g], now - bio.start_ns);
+  slot_add(s.ios[g], 1, slot);
+  slot_add(s.sectors[g], bio.acct_sectors, slot);  // the iterator may have moved on
+  slot_add(s.nsecs[g], now - bio.start_ns, slot);
   bio.acct_disk = nullptr;
-  s.in_flight.fetch_sub(1, std::memory_order_seq_cst);
+  add_finished(s.finished, slot);
 }
 
 void Disk::update_io_ticks(uint64_t now, bool end) {
@@ -90,16 +105,21 @@ void Disk::update_io_ticks(uint64_t now, bool end) {
 }
 
 uint64_t Disk::in_flight() const {
-  int64_t sum = 0;
-  for (unsigned i = 0; i < kPercpuSlots; ++i) {
-    sum += shards_[i].in_flight.load(std::memory_order_seq_cst);
+  // Finished first: an I/O counted there was started before, so the
+  // difference never goes negative even while both move.
+  uint64_t finished = 0, started = 0;
+  for (unsigned i = 0; i < kSlotCount; ++i) {
+    finished += shards_[i].finished.load(std::memory_order_acquire);
   }
-  return sum > 0 ? static_cast<uint64_t>(sum) : 0;
+  for (unsigned i = 0; i < kSlotCount; ++i) {
+    started += shards_[i].started.load(std::memory_order_seq_cst);
+  }
+  return started - finished;
 }
 
 DiskStats Disk::stats() const {
   DiskStats out;
-  for (unsigned i = 0; i < kPercpuSlots; ++i) {
+  for (unsigned i = 0; i < kSlotCount; ++i) {
     const Shard& s = shards_[i];
     for (int g = 0; g < kStatGroups; ++g) {
       out.ios[g] += s.ios[g].load(std::memory_order_relaxed);
