@@ -18,6 +18,8 @@
 
 namespace blkstack {
 
+class PercpuRef;
+
 // A bio-based driver (block_device_operations::submit_bio, once
 // make_request_fn). submit() starts the bio and returns without blocking
 // (DESIGN.md invariant 2); the bio is finished, now or later and on any
@@ -45,6 +47,14 @@ class BioDriver {
   }
   // Bytes of backing storage in use (RAM pages, file blocks).
   virtual uint64_t allocated_bytes() const { return 0; }
+  // Called once by the Disk that owns this driver, from its constructor.
+  virtual void attach(Disk& disk) { (void)disk; }
+  // True for a request queue (blk-mq): it accounts requests and merges in
+  // the disk statistics itself, so submit_bio() only tracks bios in flight.
+  virtual bool accounts_requests() const { return false; }
+  // Called by Disk::shutdown() after new I/O is refused, before waiting for
+  // the I/O in flight: a queue fails what it has parked, for instance.
+  virtual void shutdown() {}
 };
 
 // Index of the statistic groups, in /proc/diskstats order.
@@ -95,7 +105,7 @@ class Disk {
   // The /proc/diskstats line of this disk.
   std::string diskstats_line() const;
 
-  bool dying() const { return dying_.load(std::memory_order_acquire); }
+  bool dying() const;
   // Refuses new I/O (kOffline) and waits for in-flight I/O to complete.
   void shutdown();
 
@@ -105,9 +115,15 @@ class Disk {
   // Finishes the accounting begun by start_io (from the completion path).
   void end_io(Bio& bio);
 
+  // --- used by request queues (accounts_requests()) ----------------------
+  void account_request_start(uint64_t now_ns) { update_io_ticks(now_ns, false); }
+  void account_request_done(Op op, uint32_t sectors, uint64_t start_ns, uint64_t now_ns);
+  void account_merge(Op op);
+
  private:
   struct Shard;
   void update_io_ticks(uint64_t now_ns, bool end);
+  void account_done(Op op, uint32_t sectors, uint64_t duration_ns, uint64_t now_ns);
 
   std::string name_;
   unsigned major_ = 0;
@@ -115,7 +131,8 @@ class Disk {
   std::atomic<uint64_t> capacity_;
   QueueLimits limits_;
   std::atomic<bool> read_only_;
-  std::atomic<bool> dying_{false};
+  bool per_bio_stats_;
+  std::unique_ptr<PercpuRef> usage_;  // bios between start_io and end_io
   std::unique_ptr<Shard[]> shards_;
   std::atomic<uint64_t> stamp_ms_{0};
   std::atomic<uint64_t> io_ticks_ms_{0};

@@ -129,11 +129,19 @@ DeviceSpec parse_device_spec(std::string_view text) {
   if (type_end == std::string_view::npos) return spec;
   std::string_view rest = text.substr(type_end);
   if (rest[0] == ':') {
-    rest.remove_prefix(1);
-    size_t comma = rest.find(',');
-    spec.positional = std::string(rest.substr(0, comma));
-    if (spec.positional.empty()) fail("nothing after ':'");
-    rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma);
+    std::string_view after = rest.substr(1);
+    size_t comma = after.find(',');
+    std::string_view first = after.substr(0, comma);
+    if (first.empty()) fail("nothing after ':'");
+    // "null:size=1G,completion=deferred": a KEY=VALUE right after ':' is the
+    // first option, not the positional value. The loop below skips one
+    // separator, here the ':'. (A path containing '=' has a '/' or '.' in
+    // front of it, which no key has.)
+    size_t eq = first.find('=');
+    if (eq == std::string_view::npos || !valid_key(first.substr(0, eq))) {
+      spec.positional = std::string(first);
+      rest = comma == std::string_view::npos ? std::string_view{} : after.substr(comma);
+    }
   }
   while (!rest.empty()) {
     rest.remove_prefix(1);  // the ','

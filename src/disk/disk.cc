@@ -1,22 +1,17 @@
 #include "blkstack/disk.h"
 
-#include <chrono>
-#include <thread>
-
 #include "blkstack/debug/submit_context.h"
 #include "blkstack/error.h"
 #include "core/clock.h"
 #include "core/percpu.h"
+#include "core/percpu_ref.h"
 #include <fmt/format.h>
 
 namespace blkstack {
 
-// One thread slot's counters (see core/percpu.h). `started` is bumped with a
-// locked instruction because it pairs with `dying_` (below); everything the
-// completion side writes is a plain store in an exclusively owned slot.
+// One thread slot's statistics (see core/percpu.h): plain stores in an
+// exclusively owned slot.
 struct alignas(kCacheLine) Disk::Shard {
-  std::atomic<uint64_t> started;   // start_io calls, including refused ones
-  std::atomic<uint64_t> finished;  // end_io calls and refused starts
   std::atomic<uint64_t> ios[kStatGroups];
   std::atomic<uint64_t> merges[kStatGroups];
   std::atomic<uint64_t> sectors[kStatGroups];
@@ -34,22 +29,13 @@ StatGroup stat_group(Op op) {
   }
 }
 
-// Counts one finished I/O in the calling thread's slot. Release, so that a
-// reader who sees the count also sees the statistics written before it.
-void add_finished(std::atomic<uint64_t>& finished, SlotRef slot) {
-  if (slot.exclusive) {
-    finished.store(finished.load(std::memory_order_relaxed) + 1, std::memory_order_release);
-  } else {
-    finished.fetch_add(1, std::memory_order_release);
-  }
-}
-
 }  // namespace
 
 Disk::Disk(std::string name, uint64_t capacity, QueueLimits limits,
            std::unique_ptr<BioDriver> driver)
     : name_(std::move(name)), capacity_(capacity), limits_(limits),
-      read_only_(limits.read_only), shards_(new Shard[kSlotCount]()),
+      read_only_(limits.read_only), usage_(std::make_unique<PercpuRef>()),
+      shards_(new Shard[kSlotCount]()),
       split_set_(name_ + "-split", 4), driver_(std::move(driver)) {
   if (std::string why = limits_.check(); !why.empty()) {
     throw Error(fmt::format("disk '{}': {}", name_, why));
@@ -59,39 +45,50 @@ Disk::Disk(std::string name, uint64_t capacity, QueueLimits limits,
                             "block size {}",
                             name_, capacity << kSectorShift, limits_.logical_block_size));
   }
+  per_bio_stats_ = !driver_->accounts_requests();
+  driver_->attach(*this);
 }
 
 Disk::~Disk() = default;
 
 bool Disk::start_io(Bio& bio) {
-  const SlotRef slot = this_slot();
-  Shard& s = shards_[slot.index];
-  // Dekker with shutdown(): either shutdown() sees this start in its sum of
-  // `started`, or this load sees `dying_`. Both sides are sequentially
-  // consistent for that reason.
-  s.started.fetch_add(1, std::memory_order_seq_cst);
-  if (dying_.load(std::memory_order_seq_cst)) [[unlikely]] {
-    add_finished(s.finished, slot);
+  if (!usage_->tryget_live()) [[unlikely]]
     return false;
-  }
   bio.acct_disk = this;
-  bio.acct_sectors = bio.sectors();
-  bio.start_ns = now_ns();
-  update_io_ticks(bio.start_ns, false);
+  if (per_bio_stats_) {
+    bio.acct_sectors = bio.sectors();
+    bio.start_ns = now_ns();
+    update_io_ticks(bio.start_ns, false);
+  }
   return true;
 }
 
 void Disk::end_io(Bio& bio) {
-  const uint64_t now = now_ns();
-  const StatGroup g = stat_group(bio.op());
+  bio.acct_disk = nullptr;
+  if (per_bio_stats_) {
+    const uint64_t now = now_ns();
+    account_done(bio.op(), bio.acct_sectors, now - bio.start_ns, now);
+  }
+  usage_->put();
+}
+
+void Disk::account_done(Op op, uint32_t sectors, uint64_t duration_ns, uint64_t now) {
+  const StatGroup g = stat_group(op);
   const SlotRef slot = this_slot();
   Shard& s = shards_[slot.index];
   update_io_ticks(now, true);
   slot_add(s.ios[g], 1, slot);
-  slot_add(s.sectors[g], bio.acct_sectors, slot);  // the iterator may have moved on
-  slot_add(s.nsecs[g], now - bio.start_ns, slot);
-  bio.acct_disk = nullptr;
-  add_finished(s.finished, slot);
+  slot_add(s.sectors[g], sectors, slot);
+  slot_add(s.nsecs[g], duration_ns, slot);
+}
+
+void Disk::account_request_done(Op op, uint32_t sectors, uint64_t start_ns, uint64_t now) {
+  account_done(op, sectors, now - start_ns, now);
+}
+
+void Disk::account_merge(Op op) {
+  const SlotRef slot = this_slot();
+  slot_add(shards_[slot.index].merges[stat_group(op)], 1, slot);
 }
 
 void Disk::update_io_ticks(uint64_t now, bool end) {
@@ -104,18 +101,7 @@ void Disk::update_io_ticks(uint64_t now, bool end) {
   }
 }
 
-uint64_t Disk::in_flight() const {
-  // Finished first: an I/O counted there was started before, so the
-  // difference never goes negative even while both move.
-  uint64_t finished = 0, started = 0;
-  for (unsigned i = 0; i < kSlotCount; ++i) {
-    finished += shards_[i].finished.load(std::memory_order_acquire);
-  }
-  for (unsigned i = 0; i < kSlotCount; ++i) {
-    started += shards_[i].started.load(std::memory_order_seq_cst);
-  }
-  return started - finished;
-}
+uint64_t Disk::in_flight() const { return usage_->count(); }
 
 DiskStats Disk::stats() const {
   DiskStats out;
@@ -150,17 +136,12 @@ std::string Disk::diskstats_line() const {
       ms(st.nsecs[kStatFlush]));
 }
 
+bool Disk::dying() const { return usage_->dead(); }
+
 void Disk::shutdown() {
-  dying_.store(true, std::memory_order_seq_cst);
-  if (in_flight() == 0) return;
-  debug::check_may_wait("removal of disk '" + name_ + "'");
-  // Removal is rare and may wait for slow devices: poll, do not burden the
-  // completion path with a wake-up.
-  auto delay = std::chrono::microseconds(10);
-  while (in_flight() != 0) {
-    std::this_thread::sleep_for(delay);
-    if (delay < std::chrono::milliseconds(5)) delay *= 2;
-  }
+  usage_->kill();
+  driver_->shutdown();
+  usage_->wait_for_zero("removal of disk '" + name_ + "'");
 }
 
 }  // namespace blkstack
