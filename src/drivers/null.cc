@@ -132,10 +132,31 @@ constexpr OptionDef kOptions[] = {
     {"fua", OptionKind::kBool, "0", "declare FUA support"},
 };
 
+// The block size and largest I/O options, refused when they do not fit the
+// limits rather than used as a divisor (bs=0) or narrowed to 32 bits.
+uint32_t block_size_option(const DeviceOptions& o) {
+  const uint64_t bs = o.size("bs");
+  if (bs < 512 || bs > 65536 || (bs & (bs - 1)) != 0) {
+    throw Error(fmt::format("device spec '{}': bad value for 'bs' '{}': expected a power "
+                            "of two from 512 to 65536",
+                            o.spec().text, o.str("bs")));
+  }
+  return static_cast<uint32_t>(bs);
+}
+
+uint32_t max_sectors_option(const DeviceOptions& o) {
+  const uint64_t v = o.uint("max_sectors");
+  if (v > UINT32_MAX) {
+    throw Error(fmt::format("device spec '{}': bad value for 'max_sectors' '{}': too large",
+                            o.spec().text, o.str("max_sectors")));
+  }
+  return static_cast<uint32_t>(v);
+}
+
 std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
   QueueLimits lim;
-  lim.logical_block_size = lim.physical_block_size = static_cast<uint32_t>(o.size("bs"));
-  lim.max_sectors = static_cast<uint32_t>(o.uint("max_sectors"));
+  lim.logical_block_size = lim.physical_block_size = block_size_option(o);
+  lim.max_sectors = max_sectors_option(o);
   lim.max_hw_sectors = std::max<uint32_t>(lim.max_sectors, lim.max_hw_sectors);
   lim.max_discard_sectors = lim.max_write_zeroes_sectors = UINT32_MAX >> kSectorShift;
   lim.discard_granularity = lim.logical_block_size;

@@ -28,7 +28,8 @@ constexpr uint64_t kChunkBytes = kPageSize * kPagesPerChunk;
 class RamStore {
  public:
   explicit RamStore(uint64_t bytes)
-      : nr_chunks_((bytes + kChunkBytes - 1) / kChunkBytes),
+      // Rounded up without overflow: sizes near 2^64 must not wrap to 0.
+      : nr_chunks_(bytes / kChunkBytes + (bytes % kChunkBytes != 0)),
         chunks_(new std::atomic<Chunk*>[nr_chunks_]()) {}
 
   ~RamStore() {
@@ -148,7 +149,7 @@ class RamStore {
 
 class RamDriver final : public BioDriver {
  public:
-  explicit RamDriver(uint64_t bytes) : store_(bytes) {}
+  explicit RamDriver(uint64_t bytes) : store_(bytes), bytes_(bytes) {}
 
   void submit(Bio& bio) override {
     Status status = Status::kOk;
@@ -179,6 +180,10 @@ class RamDriver final : public BioDriver {
   }
 
   Extent extent_at(uint64_t offset, uint64_t max_length) const override {
+    // Pages exist only inside the device: clamp, so a range past the end
+    // neither reads past the chunk table nor walks 2^52 pages.
+    if (offset >= bytes_) return {0, false, true};
+    max_length = std::min(max_length, bytes_ - offset);
     uint64_t page = offset / kPageSize;
     const bool present = store_.page_present(page);
     uint64_t len = std::min(max_length, (page + 1) * kPageSize - offset);
@@ -192,6 +197,7 @@ class RamDriver final : public BioDriver {
 
  private:
   RamStore store_;
+  uint64_t bytes_;
 };
 
 constexpr OptionDef kOptions[] = {
@@ -200,11 +206,32 @@ constexpr OptionDef kOptions[] = {
     {"max_sectors", OptionKind::kUint, "2560", "largest I/O in 512-byte sectors"},
 };
 
+// The block size and largest I/O options, refused when they do not fit the
+// limits rather than used as a divisor (bs=0) or narrowed to 32 bits.
+uint32_t block_size_option(const DeviceOptions& o) {
+  const uint64_t bs = o.size("bs");
+  if (bs < 512 || bs > 65536 || (bs & (bs - 1)) != 0) {
+    throw Error(fmt::format("device spec '{}': bad value for 'bs' '{}': expected a power "
+                            "of two from 512 to 65536",
+                            o.spec().text, o.str("bs")));
+  }
+  return static_cast<uint32_t>(bs);
+}
+
+uint32_t max_sectors_option(const DeviceOptions& o) {
+  const uint64_t v = o.uint("max_sectors");
+  if (v > UINT32_MAX) {
+    throw Error(fmt::format("device spec '{}': bad value for 'max_sectors' '{}': too large",
+                            o.spec().text, o.str("max_sectors")));
+  }
+  return static_cast<uint32_t>(v);
+}
+
 std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
   QueueLimits lim;
-  lim.logical_block_size = static_cast<uint32_t>(o.size("bs"));
+  lim.logical_block_size = block_size_option(o);
   lim.physical_block_size = std::max<uint32_t>(lim.logical_block_size, kPageSize);
-  lim.max_sectors = static_cast<uint32_t>(o.uint("max_sectors"));
+  lim.max_sectors = max_sectors_option(o);
   lim.max_hw_sectors = std::max<uint32_t>(lim.max_sectors, lim.max_hw_sectors);
   lim.max_discard_sectors = lim.max_write_zeroes_sectors = UINT32_MAX >> kSectorShift;
   lim.discard_granularity = std::max<uint32_t>(lim.logical_block_size, kPageSize);
