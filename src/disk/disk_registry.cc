@@ -64,7 +64,14 @@ std::shared_ptr<Disk> DiskRegistry::create(std::string_view text) {
       throw Error(fmt::format("device spec '{}': a disk named '{}' already exists", text, name));
     }
   }
-  std::shared_ptr<Disk> disk = type->create(options, name);
+  std::shared_ptr<Disk> disk;
+  try {
+    disk = type->create(options, name);
+  } catch (const Error& e) {
+    // The Disk's own checks (limits) do not know the spec; say which it was.
+    if (std::string_view(e.what()).starts_with("device spec '")) throw;
+    throw Error(fmt::format("device spec '{}': {}", text, e.what()));
+  }
   if (options.flag("ro")) disk->set_read_only(true);
   return add(std::move(disk), type->name, type->major);
 }
