@@ -52,13 +52,20 @@ Disk::Disk(std::string name, uint64_t capacity, QueueLimits limits,
 Disk::~Disk() = default;
 
 bool Disk::start_io(Bio& bio) {
+  // Ticks before this I/O counts as in flight (the kernel's order in
+  // bdev_start_io_acct): the time since the last stamp was busy only if
+  // *other* I/O was in flight, otherwise idle time would count as io_ticks.
+  uint64_t now = 0;
+  if (per_bio_stats_) {
+    now = now_ns();
+    update_io_ticks(now, false);
+  }
   if (!usage_->tryget_live()) [[unlikely]]
     return false;
   bio.acct_disk = this;
   if (per_bio_stats_) {
     bio.acct_sectors = bio.sectors();
-    bio.start_ns = now_ns();
-    update_io_ticks(bio.start_ns, false);
+    bio.start_ns = now;
   }
   return true;
 }
