@@ -44,6 +44,13 @@ Status BlockHandle::submit_and_wait(Op op, void* buf, uint64_t len, uint64_t off
 
 Status BlockHandle::in_pieces(Op op, std::byte* buf, uint64_t len, uint64_t offset,
                               BioFlag flags) {
+  // A request cut into several bios is checked whole first: a piece refused
+  // after earlier ones were done would leave it half done (invariant 6).
+  if (len > kMaxBioBytes) {
+    const uint64_t lbs = disk_->limits().logical_block_size;
+    if (((offset | len) & (lbs - 1)) != 0) return Status::kInvalid;
+    if (offset > size() || len > size() - offset) return Status::kOutOfRange;
+  }
   while (len > 0) {
     uint64_t n = std::min(len, kMaxBioBytes);
     if (Status s = submit_and_wait(op, buf, n, offset, flags); s != Status::kOk) return s;
