@@ -91,7 +91,10 @@ struct BioIter {
 
 // One contiguous piece visited by Bio::for_each_chunk.
 struct BioChunk {
-  uint64_t sector;  // where this chunk lands on the device
+  // The sector holding the chunk's first byte. Segments need not be whole
+  // sectors, so a chunk may start inside one: drivers that move data track
+  // the byte position (bio.sector() << kSectorShift plus the lengths so far).
+  uint64_t sector;
   std::byte* ptr;   // memory (null for ops without data)
   uint32_t len;     // bytes
   uint16_t seg;     // index in the segment table
@@ -260,20 +263,21 @@ class BioList {
 template <class Fn>
 void Bio::for_each_chunk(Fn&& fn) const {
   uint32_t left = iter_.size;
-  uint64_t sector = iter_.sector;
+  const uint64_t sector = iter_.sector;
   uint16_t idx = iter_.idx;
   uint32_t off = iter_.done;
   if (!op_has_data(op_)) {
     if (left) fn(BioChunk{sector, nullptr, left, 0, 0});
     return;
   }
+  uint32_t walked = 0;  // bytes visited: chunks need not be whole sectors
   while (left > 0) {
     const Segment& s = segs_[idx];
     uint32_t n = s.len - off;
     if (n > left) n = left;
-    fn(BioChunk{sector, s.ptr + off, n, idx, off});
+    fn(BioChunk{sector + (walked >> kSectorShift), s.ptr + off, n, idx, off});
     left -= n;
-    sector += n >> kSectorShift;
+    walked += n;
     ++idx;
     off = 0;
   }

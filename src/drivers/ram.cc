@@ -153,16 +153,21 @@ class RamDriver final : public BioDriver {
 
   void submit(Bio& bio) override {
     Status status = Status::kOk;
+    // Segments need not be whole sectors: follow the byte position, not
+    // each chunk's sector.
+    uint64_t pos = bio.sector() << kSectorShift;
     switch (bio.op()) {
       case Op::kRead:
         bio.for_each_chunk([&](const BioChunk& c) {
-          store_.read(c.sector << kSectorShift, c.ptr, c.len);
+          store_.read(pos, c.ptr, c.len);
+          pos += c.len;
         });
         break;
       case Op::kWrite:
         bio.for_each_chunk([&](const BioChunk& c) {
-          if (status == Status::kOk && !store_.write(c.sector << kSectorShift, c.ptr, c.len))
+          if (status == Status::kOk && !store_.write(pos, c.ptr, c.len))
             status = Status::kResource;
+          pos += c.len;
         });
         break;
       case Op::kDiscard:
