@@ -176,10 +176,12 @@ Bio* Bio::clone(BioSet& pool, bool may_wait) {
 }
 
 Bio* Bio::split(uint32_t sectors, BioSet& pool, bool may_wait) {
-  uint32_t bytes = sectors << kSectorShift;
-  if (sectors == 0 || bytes >= iter_.size) {
+  // In 64 bits: 2^23 sectors or more must not wrap to a small byte count.
+  const uint64_t bytes64 = uint64_t{sectors} << kSectorShift;
+  if (sectors == 0 || bytes64 >= iter_.size) {
     debug::fatal("Bio::split: split point outside the bio");
   }
+  const auto bytes = static_cast<uint32_t>(bytes64);
   Bio* front = clone(pool, may_wait);
   if (!front) return nullptr;
   front->iter_.size = bytes;
