@@ -35,6 +35,10 @@ void submit_one(Bio& bio) {
   Disk* disk = bio.disk();
   if (disk == nullptr) debug::fatal("submit_bio: the bio has no disk");
   if (BioSet* pool = bio.pool()) pool->mempool().disown(&bio);
+  // The whole of it, not just the driver call: a bio refused below completes
+  // here too, and its callback waiting for new I/O would wait forever (that
+  // I/O is only queued on this thread's list).
+  debug::SubmitScope scope(disk->name().c_str());
 
   if (Status s = check_bio(bio, *disk); s != Status::kOk) {
     bio.complete(s);
@@ -61,7 +65,6 @@ void submit_one(Bio& bio) {
   }
   // The rest goes back on this thread's list, after what the driver submits.
   if (front != &bio) tls_bio_list->push_back(&bio);
-  debug::SubmitScope scope(disk->name().c_str());
   disk->driver().submit(*front);
 }
 
