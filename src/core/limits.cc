@@ -73,6 +73,9 @@ std::string QueueLimits::check() const {
     return "max_sectors must hold at least one logical block";
   if (max_segments == 0) return "max_segments must be at least 1";
   if (max_segment_size < 512) return "max_segment_size must be at least 512";
+  // Otherwise no read or write of even one block could ever be issued.
+  if (uint64_t{max_segments} * max_segment_size < logical_block_size)
+    return "max_segments * max_segment_size must hold at least one logical block";
   if (discard_granularity != 0 &&
       (!power_of_two(discard_granularity) || discard_granularity < logical_block_size))
     return "discard_granularity must be a power of two >= logical_block_size";
