@@ -21,6 +21,9 @@ struct DriverType {
   std::span<const OptionDef> options;  // besides the common name= and ro=
   // Makes the disk, named `name`, from validated options. Throws Error.
   std::shared_ptr<Disk> (*create)(const DeviceOptions& options, const std::string& name);
+  // Runs bio-based or multi-queue: takes queue_mode=, hw_queues=, depth=...
+  // (src/drivers/queue_mode.h).
+  bool queue_modes = false;
 };
 
 // Options every driver accepts: name=, ro=.

@@ -4,7 +4,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "blkstack/debug/submit_context.h"
+#include "core/wait.h"
 
 namespace blkstack {
 namespace {
@@ -25,7 +25,7 @@ void Completion::complete() {
 void Completion::wait(std::string_view what) {
   uint32_t s = kPending;
   if (state_.load(std::memory_order_acquire) == kDone) return;
-  debug::check_may_wait(what);
+  prepare_to_wait(what);
   if (!state_.compare_exchange_strong(s, kSleeping, std::memory_order_acq_rel)) return;
   while (state_.load(std::memory_order_acquire) == kSleeping) {
     futex(&state_, FUTEX_WAIT, kSleeping);

@@ -6,6 +6,7 @@
 #include <unordered_map>
 
 #include "blkstack/debug/submit_context.h"
+#include "core/wait.h"
 
 namespace blkstack {
 namespace {
@@ -56,6 +57,17 @@ struct MempoolBase::Impl {
   }
   void heap_free(Header* h) const { ::operator delete(h, std::align_val_t{elem_align}); }
 
+  // An idle element, now owned by the calling thread, or nullptr. Locked.
+  void* pop_free() {
+    Header* h = free_list;
+    if (!h) return nullptr;
+    free_list = h->next;
+    --free_count;
+    void* elem = elem_of(h);
+    take_ownership(elem);
+    return elem;
+  }
+
   void take_ownership(void* elem) {
     Header* h = header_of(elem);
     h->owner = this_thread_token();
@@ -105,13 +117,7 @@ MempoolBase::~MempoolBase() {
 void* MempoolBase::alloc_raw(Wait wait) {
   Impl& m = *impl_;
   std::unique_lock lock(m.mu);
-  if (Header* h = m.free_list) {
-    m.free_list = h->next;
-    --m.free_count;
-    void* elem = m.elem_of(h);
-    m.take_ownership(elem);
-    return elem;
-  }
+  if (void* elem = m.pop_free()) return elem;
   if (max_nr_ == 0 || m.total < max_nr_) {
     ++m.total;
     lock.unlock();
@@ -126,7 +132,10 @@ void* MempoolBase::alloc_raw(Wait wait) {
   }
   if (wait == Wait::kNoWait) return nullptr;
 
-  debug::check_may_wait("allocation from mempool '" + name_ + "'");
+  lock.unlock();
+  prepare_to_wait("allocation from mempool '" + name_ + "'");
+  lock.lock();
+  if (void* elem = m.pop_free()) return elem;  // the plug flush freed one
 #ifdef BLKSTACK_DEBUG_CHECKS
   if (m.held.count(this_thread_token())) {
     debug::fatal("thread waits on mempool '" + name_ +

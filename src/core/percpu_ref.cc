@@ -4,7 +4,7 @@
 #include <string>
 #include <thread>
 
-#include "blkstack/debug/submit_context.h"
+#include "core/wait.h"
 
 namespace blkstack {
 
@@ -49,7 +49,7 @@ uint64_t PercpuRef::count() const {
 
 void PercpuRef::wait_for_zero(std::string_view what) const {
   if (count() == 0) return;
-  debug::check_may_wait(what);
+  prepare_to_wait(what);
   // Rare and possibly long (slow devices): poll rather than make every put
   // check for a waiter.
   auto delay = std::chrono::microseconds(10);

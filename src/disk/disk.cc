@@ -49,7 +49,9 @@ Disk::Disk(std::string name, uint64_t capacity, QueueLimits limits,
   driver_->attach(*this);
 }
 
-Disk::~Disk() = default;
+Disk::~Disk() {
+  if (!dying()) shutdown();
+}
 
 bool Disk::start_io(Bio& bio) {
   // Ticks before this I/O counts as in flight (the kernel's order in

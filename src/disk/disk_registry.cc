@@ -6,6 +6,7 @@
 #include "blkstack/disk.h"
 #include "blkstack/driver.h"
 #include "blkstack/error.h"
+#include "drivers/queue_mode.h"
 
 namespace blkstack {
 
@@ -54,6 +55,9 @@ std::shared_ptr<Disk> DiskRegistry::create(std::string_view text) {
                             spec.type, known));
   }
   std::vector<OptionDef> table(type->options.begin(), type->options.end());
+  if (type->queue_modes) {
+    for (const OptionDef& d : queue_mode_options()) table.push_back(d);
+  }
   for (const OptionDef& d : common_device_options()) table.push_back(d);
   DeviceOptions options(spec, table);
   std::string name;

@@ -17,6 +17,9 @@
 #include "blkstack/disk.h"
 #include "blkstack/driver.h"
 #include "blkstack/error.h"
+#include "blkstack/request.h"
+#include "drivers/limit_options.h"
+#include "drivers/queue_mode.h"
 
 namespace blkstack {
 namespace {
@@ -29,8 +32,11 @@ class RamStore {
  public:
   explicit RamStore(uint64_t bytes)
       // Rounded up without overflow: sizes near 2^64 must not wrap to 0.
-      : nr_chunks_(bytes / kChunkBytes + (bytes % kChunkBytes != 0)),
+      : bytes_(bytes),
+        nr_chunks_(bytes / kChunkBytes + (bytes % kChunkBytes != 0)),
         chunks_(new std::atomic<Chunk*>[nr_chunks_]()) {}
+
+  uint64_t size() const { return bytes_; }
 
   ~RamStore() {
     for (uint64_t c = 0; c < nr_chunks_; ++c) {
@@ -142,67 +148,90 @@ class RamStore {
     return chunk;
   }
 
+  uint64_t bytes_;
   uint64_t nr_chunks_;
   std::unique_ptr<std::atomic<Chunk*>[]> chunks_;
   std::atomic<uint64_t> allocated_pages_{0};
 };
 
-class RamDriver final : public BioDriver {
- public:
-  explicit RamDriver(uint64_t bytes) : store_(bytes), bytes_(bytes) {}
-
-  void submit(Bio& bio) override {
-    Status status = Status::kOk;
-    // Segments need not be whole sectors: follow the byte position, not
-    // each chunk's sector.
-    uint64_t pos = bio.sector() << kSectorShift;
-    switch (bio.op()) {
-      case Op::kRead:
-        bio.for_each_chunk([&](const BioChunk& c) {
-          store_.read(pos, c.ptr, c.len);
-          pos += c.len;
-        });
-        break;
-      case Op::kWrite:
-        bio.for_each_chunk([&](const BioChunk& c) {
-          if (status == Status::kOk && !store_.write(pos, c.ptr, c.len))
-            status = Status::kResource;
-          pos += c.len;
-        });
-        break;
-      case Op::kDiscard:
-      case Op::kWriteZeroes:
-        store_.discard(bio.sector() << kSectorShift, bio.size());
-        break;
-      case Op::kFlush:
-        break;  // RAM has no volatile cache
-    }
-    bio.complete(status);
+// Moves one bio's data to or from the store.
+Status transfer(RamStore& store, const Bio& bio) {
+  Status status = Status::kOk;
+  // Segments need not be whole sectors: follow the byte position, not
+  // each chunk's sector.
+  uint64_t pos = bio.sector() << kSectorShift;
+  switch (bio.op()) {
+    case Op::kRead:
+      bio.for_each_chunk([&](const BioChunk& c) {
+        store.read(pos, c.ptr, c.len);
+        pos += c.len;
+      });
+      break;
+    case Op::kWrite:
+      bio.for_each_chunk([&](const BioChunk& c) {
+        if (status == Status::kOk && !store.write(pos, c.ptr, c.len))
+          status = Status::kResource;
+        pos += c.len;
+      });
+      break;
+    case Op::kDiscard:
+    case Op::kWriteZeroes:
+      store.discard(bio.sector() << kSectorShift, bio.size());
+      break;
+    case Op::kFlush:
+      break;  // RAM has no volatile cache
   }
+  return status;
+}
+
+// The reports both modes give about the store.
+template <class Base>
+class RamReports : public Base {
+ public:
+  explicit RamReports(std::shared_ptr<RamStore> store) : store_(std::move(store)) {}
 
   std::string describe() const override {
-    return fmt::format("allocated={}", format_size(store_.allocated_bytes()));
+    return fmt::format("allocated={}", format_size(store_->allocated_bytes()));
   }
 
   Extent extent_at(uint64_t offset, uint64_t max_length) const override {
     // Pages exist only inside the device: clamp, so a range past the end
     // neither reads past the chunk table nor walks 2^52 pages.
-    if (offset >= bytes_) return {0, false, true};
-    max_length = std::min(max_length, bytes_ - offset);
+    const uint64_t size = store_->size();
+    if (offset >= size) return {0, false, true};
+    max_length = std::min(max_length, size - offset);
     uint64_t page = offset / kPageSize;
-    const bool present = store_.page_present(page);
+    const bool present = store_->page_present(page);
     uint64_t len = std::min(max_length, (page + 1) * kPageSize - offset);
-    while (len < max_length && store_.page_present(++page) == present) {
+    while (len < max_length && store_->page_present(++page) == present) {
       len = std::min(max_length, len + kPageSize);
     }
     return {len, present, !present};
   }
 
-  uint64_t allocated_bytes() const override { return store_.allocated_bytes(); }
+  uint64_t allocated_bytes() const override { return store_->allocated_bytes(); }
 
- private:
-  RamStore store_;
-  uint64_t bytes_;
+ protected:
+  std::shared_ptr<RamStore> store_;
+};
+
+class RamBioDriver final : public RamReports<BioDriver> {
+ public:
+  using RamReports::RamReports;
+  void submit(Bio& bio) override { bio.complete(transfer(*store_, bio)); }
+};
+
+class RamRequestDriver final : public RamReports<RequestDriver> {
+ public:
+  using RamReports::RamReports;
+  Status queue_rq(HwQueue&, Request& rq, bool) override {
+    Status status = Status::kOk;
+    rq.for_each_bio([&](const Bio& bio) {
+      if (status == Status::kOk) status = transfer(*store_, bio);
+    });
+    rq.end_request_all(status);
+    return Status::kOk;
+  }
 };
 
 constexpr OptionDef kOptions[] = {
@@ -210,27 +239,6 @@ constexpr OptionDef kOptions[] = {
     {"bs", OptionKind::kSize, "512", "logical block size: 512 to 65536, a power of two"},
     {"max_sectors", OptionKind::kUint, "2560", "largest I/O in 512-byte sectors"},
 };
-
-// The block size and largest I/O options, refused when they do not fit the
-// limits rather than used as a divisor (bs=0) or narrowed to 32 bits.
-uint32_t block_size_option(const DeviceOptions& o) {
-  const uint64_t bs = o.size("bs");
-  if (bs < 512 || bs > 65536 || (bs & (bs - 1)) != 0) {
-    throw Error(fmt::format("device spec '{}': bad value for 'bs' '{}': expected a power "
-                            "of two from 512 to 65536",
-                            o.spec().text, o.str("bs")));
-  }
-  return static_cast<uint32_t>(bs);
-}
-
-uint32_t max_sectors_option(const DeviceOptions& o) {
-  const uint64_t v = o.uint("max_sectors");
-  if (v > UINT32_MAX) {
-    throw Error(fmt::format("device spec '{}': bad value for 'max_sectors' '{}': too large",
-                            o.spec().text, o.str("max_sectors")));
-  }
-  return static_cast<uint32_t>(v);
-}
 
 std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
   QueueLimits lim;
@@ -240,20 +248,18 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
   lim.max_hw_sectors = std::max<uint32_t>(lim.max_sectors, lim.max_hw_sectors);
   lim.max_discard_sectors = lim.max_write_zeroes_sectors = UINT32_MAX >> kSectorShift;
   lim.discard_granularity = std::max<uint32_t>(lim.logical_block_size, kPageSize);
-  uint64_t size = o.size("size");
-  if (size == 0 || size % lim.logical_block_size != 0) {
-    throw Error(fmt::format("device spec '{}': size {} is not a positive multiple of the "
-                            "block size {}",
-                            o.spec().text, size, lim.logical_block_size));
-  }
-  return std::make_shared<Disk>(name, size >> kSectorShift, lim,
-                                std::make_unique<RamDriver>(size));
+  const uint64_t size = device_size_option(o, lim.logical_block_size);
+  const QueueMode qm = queue_mode(o);
+  auto store = std::make_shared<RamStore>(size);
+  return make_disk(name, size >> kSectorShift, lim, qm,
+                   qm.mq ? nullptr : std::make_unique<RamBioDriver>(store),
+                   qm.mq ? std::make_unique<RamRequestDriver>(store) : nullptr);
 }
 
 }  // namespace
 
 extern const DriverType kRamDriver{
     "ram", "sparse RAM disk: 4 KiB pages on first write, discard frees them (brd)", 1,
-    kOptions, create};
+    kOptions, create, /*queue_modes=*/true};
 
 }  // namespace blkstack

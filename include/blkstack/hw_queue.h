@@ -1,0 +1,96 @@
+// HwQueue: one hardware dispatch queue of a request queue (the kernel's
+// blk_mq_hw_ctx), and SoftwareQueue, a submitting thread's staging list
+// mapped onto it (blk_mq_ctx).
+//
+// Dispatch to the driver happens inline in the submitter's thread when the
+// hardware queue is idle; otherwise requests wait on the software queues
+// (or the scheduler) and the dispatch list, and run() drains them. run() is
+// serialised per hardware queue by a counter, not a lock: a run requested
+// while one is going on makes that one go round again, so no request is
+// forgotten and a completion that calls run() from inside queue_rq() does
+// not recurse.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+
+#include "blkstack/request.h"
+
+namespace blkstack {
+
+// What became of a request sent to the driver (see Queue::issue).
+enum class IssueResult : uint8_t {
+  kIssued,   // taken by the driver (or failed and completed)
+  kRequeue,  // refused for lack of resources: retry later
+  kBusy,     // refused, and the hardware queue is stopped
+};
+
+class Queue;
+struct Tags;
+
+struct SoftwareQueue {
+  std::mutex lock;
+  RequestList list;
+  std::atomic<uint32_t> count{0};
+  unsigned index = 0;
+  HwQueue* hctx = nullptr;
+};
+
+class HwQueue {
+ public:
+  HwQueue(Queue& queue, unsigned index, Tags& tags);
+
+  unsigned index() const { return index_; }
+  Queue& queue() const { return queue_; }
+  Tags& tags() const { return tags_; }
+
+  // blk_mq_stop_hw_queue / blk_mq_start_hw_queue: a stopped queue keeps its
+  // requests and dispatches nothing until started (start runs it).
+  void stop() { stopped_.store(true, std::memory_order_release); }
+  void start();
+  bool stopped() const { return stopped_.load(std::memory_order_acquire); }
+
+  // Dispatches what is waiting, now, on this thread.
+  void run();
+  // Runs on the queue's worker after `delay_ns` (blk_mq_delay_run_hw_queue).
+  void run_after(uint64_t delay_ns);
+
+  // Requests in the driver now (for tests and the idle check).
+  uint32_t in_driver() const { return in_driver_.load(std::memory_order_acquire); }
+  // Dispatches so far, and how many requests went per queue_rq batch.
+  uint64_t dispatched() const { return dispatched_.load(std::memory_order_relaxed); }
+
+ private:
+  friend class Queue;
+  friend class FlushQueue;
+
+  // True when nothing waits and the queue is not stopped: a new request
+  // may go straight to the driver.
+  bool idle() const;
+  void dispatch_all();
+  // Sends `list` to the driver in order; what the driver cannot take now
+  // goes back to the front of the dispatch list. False if that happened.
+  bool dispatch_list(RequestList& list);
+  // After a refused request is back on the dispatch list: arm the re-run
+  // (kRequeue), or run if the driver restarted the queue already (kBusy).
+  void after_refusal(IssueResult why);
+  void add_to_dispatch(Request& rq, bool at_head);
+  // Marks the software queue as holding work for this hardware queue.
+  void mark_pending(unsigned ctx) { pending_ctx_.fetch_or(1u << ctx, std::memory_order_release); }
+
+  Queue& queue_;
+  unsigned index_;
+  Tags& tags_;
+  std::atomic<bool> stopped_{false};
+  std::atomic<uint32_t> runs_{0};        // run() requests; nonzero while running
+  std::atomic<uint32_t> pending_ctx_{0};  // software queues with requests
+  std::mutex dispatch_lock_;
+  RequestList dispatch_;                  // requeued or waiting for the driver
+  std::atomic<uint32_t> dispatch_count_{0};
+  std::atomic<uint32_t> in_driver_{0};
+  std::atomic<bool> restart_{false};      // run again when a request completes
+  std::atomic<uint64_t> dispatched_{0};
+};
+
+}  // namespace blkstack

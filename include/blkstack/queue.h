@@ -1,0 +1,164 @@
+// Queue: a multi-queue request queue (the kernel's request_queue with
+// blk-mq). It is what a request-based disk uses as its BioDriver: bios that
+// passed submit_bio()'s checks become requests here, merge, wait for tags,
+// pass the scheduler and reach the RequestDriver through a HwQueue.
+//
+//   submit(bio) -> enter (or park while frozen) -> merge into the plug, the
+//   scheduler or a software queue? -> take a tag (or park until one frees)
+//   -> PREFLUSH/FUA? FlushQueue -> plugged? Plug -> scheduler? insert + run
+//   -> idle? queue_rq inline : software queue + run
+//
+// Threads: any number may submit at once; each maps to a software queue
+// (its per-thread slot) and through it to a hardware queue. Completions may
+// arrive on any thread. A worker thread per queue (the kernel's kblockd)
+// does delayed runs, requeues and timeout checks.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "blkstack/disk.h"
+#include "blkstack/hw_queue.h"
+#include "blkstack/request.h"
+#include "blkstack/request_driver.h"
+#include "blkstack/scheduler.h"
+#include "blkstack/tag_set.h"
+
+namespace blkstack {
+
+class FlushQueue;
+class PercpuRef;
+class Plug;
+
+class Queue final : public BioDriver {
+ public:
+  // The queue owns the driver and makes its own TagSet from `config`.
+  Queue(const TagSetConfig& config, std::unique_ptr<RequestDriver> driver);
+  // Several queues may share one TagSet (and its driver), whose tags are
+  // then shared between them (BLK_MQ_F_TAG_QUEUE_SHARED).
+  explicit Queue(std::shared_ptr<TagSet> tag_set);
+  ~Queue() override;
+
+  // --- BioDriver ---------------------------------------------------------
+  void submit(Bio& bio) override;
+  void attach(Disk& disk) override;
+  bool accounts_requests() const override { return true; }
+  void shutdown() override;
+  std::string describe() const override;
+  Extent extent_at(uint64_t offset, uint64_t max_length) const override;
+  uint64_t allocated_bytes() const override;
+
+  // --- structure ---------------------------------------------------------
+  Disk& disk() const { return *disk_; }
+  TagSet& tag_set() const { return *tag_set_; }
+  RequestDriver& driver() const { return tag_set_->driver(); }
+  unsigned nr_hw_queues() const { return static_cast<unsigned>(hctxs_.size()); }
+  HwQueue& hw_queue(unsigned i) { return *hctxs_[i]; }
+  const QueueLimits& limits() const { return disk_->limits(); }
+
+  // --- control -----------------------------------------------------------
+  void stop_hw_queues();          // blk_mq_stop_hw_queues
+  void start_stopped_hw_queues(); // blk_mq_start_stopped_hw_queues
+  void run_hw_queues();
+  // Stops taking new requests (bios park until unfreeze) and waits until
+  // every request already made has completed (blk_mq_freeze_queue).
+  void freeze();
+  void unfreeze();
+  // Puts a request back to be dispatched again (blk_mq_requeue_request);
+  // kick_requeue_list() sends the requeued ones after `delay_ns`.
+  void requeue_request(Request& rq, bool kick = true);
+  void kick_requeue_list(uint64_t delay_ns = 0);
+  // Completes what the driver's poll() finds on hardware queue `i`.
+  int poll(unsigned i);
+
+  // Scheduler by name ("none", ...): freezes, swaps, unfreezes.
+  void set_scheduler(std::string_view name);
+  std::string scheduler_name() const;
+  Scheduler* scheduler() const { return sched_.get(); }
+  // /sys/block/*/queue/nomerges: 0 all merges, 1 one-hit only, 2 none.
+  void set_nomerges(unsigned v);
+  unsigned nomerges() const { return nomerges_.load(std::memory_order_relaxed); }
+
+  // --- used by schedulers, HwQueue and Request ---------------------------
+  enum class Merge : uint8_t { kNone, kBack, kFront };
+  // Where `bio` could join `rq`, respecting ops, flags and every limit.
+  Merge can_merge(const Request& rq, const Bio& bio) const;
+  // Merges `bio` into `rq` (as can_merge said); accounts a merge.
+  void merge_bio(Request& rq, Bio& bio, Merge where);
+  // Whether `next` (which follows `rq` on the device) may join `rq`.
+  bool requests_mergeable(const Request& rq, const Request& next) const;
+  // Moves the bios of `next` into `rq` and frees `next`. The caller has
+  // taken `next` off its list and checked requests_mergeable().
+  void merge_requests(Request& rq, Request& next);
+  bool try_merge_requests(Request& rq, Request& next);
+  // Ends the request's remaining bios and frees it (all bytes done).
+  void finish_request(Request& rq, Status status);
+  // Sends a request to the driver now. kRequeue and kBusy mean the driver
+  // did not take it: the caller puts it back on the dispatch list.
+  using Issue = IssueResult;
+  Issue issue(HwQueue& hctx, Request& rq, bool last);
+  // Inserts into the scheduler, or the software queue of this thread.
+  void insert(HwQueue& hctx, Request& rq, bool at_head);
+  // Flushes one queue's share of a plug.
+  void issue_plugged(RequestList& list);
+  Scheduler* sched_ptr() const { return sched_.get(); }
+
+ private:
+  friend class FlushQueue;
+  friend class HwQueue;
+  friend class Request;
+
+  // The request is no longer in the driver (completed, requeued, or a
+  // flush stage done); `to` is its new state.
+  void leave_driver(Request& rq);
+  // Flush stages bypass the scheduler: straight to the dispatch list.
+  void dispatch_internal(Request& rq);
+  void init_hw_queues();
+  HwQueue& map_queue() const;
+  SoftwareQueue& this_ctx();
+  bool try_merge_somewhere(HwQueue& hctx, Bio& bio);
+  bool try_ctx_merge(SoftwareQueue& ctx, Bio& bio);
+  void init_request(Request& rq, HwQueue& hctx, Bio& bio);
+  // Steps after a request has its tag: flush sequencing, plug, dispatch.
+  void queue_request(HwQueue& hctx, Request& rq, bool allow_plug);
+  void park_for_tag(HwQueue& hctx, Bio& bio);
+  void free_request(Request& rq);
+  void wake_tag_waiters(Tags& tags);
+  void park_while_frozen(Bio& bio);
+  void fail_parked(Status status);
+  // The kblockd-like worker.
+  void worker_loop();
+  void schedule_work(uint64_t at_ns);
+  void check_timeouts(uint64_t now);
+
+  std::shared_ptr<TagSet> tag_set_;
+  std::unique_ptr<RequestDriver> owned_driver_;
+  Disk* disk_ = nullptr;
+  std::vector<std::unique_ptr<HwQueue>> hctxs_;
+  std::unique_ptr<SoftwareQueue[]> ctxs_;
+  std::unique_ptr<FlushQueue> flush_;
+  std::unique_ptr<PercpuRef> usage_;  // requests made and not yet freed
+  std::unique_ptr<Scheduler> sched_;
+  std::string sched_name_ = "none";
+  std::atomic<unsigned> nomerges_{0};
+  std::atomic<bool> dying_{false};
+
+  std::mutex frozen_lock_;     // bios that arrived while frozen
+  BioList frozen_bios_;
+
+  std::mutex work_lock_;       // the worker's state
+  std::condition_variable work_cv_;
+  uint64_t work_at_ns_ = 0;    // 0: no delayed run pending
+  bool work_stop_ = false;
+  RequestList requeue_;        // under work_lock_
+  std::thread worker_;
+};
+
+}  // namespace blkstack

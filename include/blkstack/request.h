@@ -1,0 +1,128 @@
+// Request: one I/O as a request-based driver sees it (the kernel's struct
+// request): one or more merged bios covering a contiguous range, a tag, and
+// a driver-private area (pdu) sized by the driver's tag set.
+//
+// Requests are preallocated by the TagSet, one per tag, so taking one is
+// taking a tag: nothing is allocated per I/O. A driver finishes a request
+// with end_request_all(status), or piecemeal with end_request(status, bytes),
+// from any thread, exactly once per byte.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "blkstack/bio.h"
+
+namespace blkstack {
+
+class HwQueue;
+class Queue;
+
+class Request {
+ public:
+  // --- what a driver reads (blk_rq_pos, blk_rq_bytes, ...) ----------------
+  Op op() const { return op_; }
+  BioFlag flags() const { return flags_; }
+  bool has_flag(BioFlag f) const { return any(flags_ & f); }
+  uint64_t pos() const { return sector_; }                 // blk_rq_pos
+  uint32_t bytes() const { return bytes_; }                // blk_rq_bytes
+  uint32_t sectors() const { return bytes_ >> kSectorShift; }  // blk_rq_sectors
+  uint32_t cur_bytes() const;                              // blk_rq_cur_bytes
+  bool is_write() const { return op_is_write(op_); }       // rq_data_dir
+  int tag() const { return tag_; }
+  HwQueue& hctx() const { return *hctx_; }
+  Queue& queue() const { return *queue_; }
+  unsigned nr_segments() const { return nr_segments_; }
+  uint64_t alloc_ns() const { return alloc_ns_; }  // when the request was made
+  uint64_t start_ns() const { return start_ns_; }  // when it went to the driver
+  // The driver's per-request area, cmd_size bytes, aligned to 16.
+  void* pdu() const { return pdu_; }
+  template <class T>
+  T* pdu_as() const {
+    return static_cast<T*>(pdu_);
+  }
+
+  Bio* bio() const { return head_; }  // first bio; the rest follow via next
+  // Calls fn(Bio&) for each bio, in order.
+  template <class Fn>
+  void for_each_bio(Fn&& fn) const {
+    for (Bio* b = head_; b != nullptr; b = b->next) fn(*b);
+  }
+  // Calls fn(const BioChunk&) for every piece of memory of every bio.
+  template <class Fn>
+  void for_each_chunk(Fn&& fn) const {
+    for (Bio* b = head_; b != nullptr; b = b->next) b->for_each_chunk(fn);
+  }
+
+  // --- completion ------------------------------------------------------------
+  // Completes the first `bytes` of the request (blk_update_request +
+  // blk_end_request): whole bios end, a partly done bio advances. An error
+  // is kept for the bios it touches. Returns true while bytes remain; when
+  // none remain the request is finished and must not be touched again.
+  bool end_request(Status status, uint32_t bytes);
+  // Completes everything left (blk_mq_end_request).
+  void end_request_all(Status status);
+
+  // --- queue internals ----------------------------------------------------
+  Request* next = nullptr;  // links for the queue's lists
+  Request* prev = nullptr;
+  uint64_t sched_data = 0;  // free for the I/O scheduler (a deadline, a class)
+
+ private:
+  friend class Queue;
+  friend class HwQueue;
+  friend class FlushQueue;
+  friend class TagSet;
+  friend struct Tags;
+  friend class RequestMerger;
+
+  enum class State : uint8_t { kIdle, kInFlight, kComplete };
+
+  void clear_flags(BioFlag f) {
+    flags_ = static_cast<BioFlag>(static_cast<uint16_t>(flags_) & ~static_cast<uint16_t>(f));
+  }
+
+  Op op_ = Op::kRead;
+  BioFlag flags_ = BioFlag::kNone;
+  std::atomic<State> state_{State::kIdle};
+  Status error_ = Status::kOk;  // first error of a partial completion
+  int tag_ = -1;
+  uint16_t nr_segments_ = 0;
+  uint8_t flush_seq_ = 0;     // flush stages done (FlushQueue)
+  uint8_t flush_policy_ = 0;  // flush stages needed; 0: not in a flush sequence
+  bool internal_flush_ = false;
+  uint64_t sector_ = 0;
+  uint32_t bytes_ = 0;
+  uint32_t stats_sectors_ = 0;  // size when made, for the disk statistics
+  uint64_t alloc_ns_ = 0;
+  uint64_t start_ns_ = 0;
+  std::atomic<uint64_t> deadline_ns_{0};
+  Bio* head_ = nullptr;
+  Bio* tail_ = nullptr;
+  HwQueue* hctx_ = nullptr;
+  Queue* queue_ = nullptr;
+  void* pdu_ = nullptr;
+};
+
+// An intrusive doubly linked list of requests, through next/prev.
+class RequestList {
+ public:
+  bool empty() const { return head_ == nullptr; }
+  size_t size() const { return size_; }
+  Request* front() const { return head_; }
+  Request* back() const { return tail_; }
+  void push_back(Request* rq);
+  void push_front(Request* rq);
+  void remove(Request* rq);
+  Request* pop_front();
+  // Appends all of `other`, leaving it empty; prepend puts them first.
+  void splice_back(RequestList& other);
+  void splice_front(RequestList& other);
+
+ private:
+  Request* head_ = nullptr;
+  Request* tail_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace blkstack

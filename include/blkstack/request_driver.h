@@ -1,0 +1,75 @@
+// RequestDriver: what a request-based driver implements (the kernel's
+// blk_mq_ops), and TagSetConfig, the shape of its queues.
+//
+// queue_rq() receives one request and must not block (DESIGN.md invariant
+// 2). Its return value says what happened:
+//   Status::kOk              the request is the driver's; it will end it.
+//   Status::kResource        no resource now: the queue requeues the request
+//                            and runs again when another request completes
+//                            (or after a short delay if none is in flight).
+//   Status::kDeviceResource  busy: the queue requeues the request and stops
+//                            this hardware queue until the driver calls
+//                            HwQueue::start() (blk_mq_stop_hw_queue + BUSY).
+//   any other status         the request fails with that status.
+// `last` is false when more requests follow at once in this batch; a driver
+// may hold back a doorbell until last, and must then ring it in commit_rqs()
+// if the batch ends early.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "blkstack/disk.h"
+#include "blkstack/request.h"
+#include "blkstack/status.h"
+
+namespace blkstack {
+
+class HwQueue;
+
+struct TagSetConfig {
+  unsigned nr_hw_queues = 1;   // submit_queues
+  unsigned queue_depth = 64;   // tags per hardware queue (hw_queue_depth)
+  bool shared_tags = false;    // one tag space for all hardware queues
+  size_t cmd_size = 0;         // bytes of driver data per request (pdu)
+  uint64_t timeout_ns = 30'000'000'000;  // a request in the driver longer fails
+};
+
+enum class TimeoutAction : uint8_t {
+  kResetTimer,  // give the request another timeout period
+  kDone,        // the driver has ended (or will end) the request itself
+};
+
+class RequestDriver {
+ public:
+  virtual ~RequestDriver() = default;
+
+  virtual Status queue_rq(HwQueue& hctx, Request& rq, bool last) = 0;
+  // The batch ended before a request with last == true was queued.
+  virtual void commit_rqs(HwQueue& hctx) { (void)hctx; }
+  // A request has been with the driver longer than the timeout. The default
+  // fails it with Status::kTimeout.
+  virtual TimeoutAction timeout(Request& rq) {
+    rq.end_request_all(Status::kTimeout);
+    return TimeoutAction::kDone;
+  }
+  // Completes what is ready without waiting for an interrupt-like event;
+  // returns how many requests it completed.
+  virtual int poll(HwQueue& hctx) {
+    (void)hctx;
+    return 0;
+  }
+  // Once per preallocated request, to set up its pdu.
+  virtual void init_request(Request& rq) { (void)rq; }
+
+  // The same optional reports as a BioDriver (see disk.h).
+  virtual std::string describe() const { return {}; }
+  virtual Extent extent_at(uint64_t offset, uint64_t max_length) const {
+    (void)offset;
+    return {max_length, true, false};
+  }
+  virtual uint64_t allocated_bytes() const { return 0; }
+};
+
+}  // namespace blkstack

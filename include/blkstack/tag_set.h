@@ -1,0 +1,83 @@
+// Tags: the scalable tag allocator (the kernel's sbitmap), and TagSet, the
+// requests and tags shared by the hardware queues of one or more request
+// queues (blk_mq_tag_set).
+//
+// A tag is a bit in a bitmap spread over several cache lines; each thread
+// starts looking where it last succeeded (a per-thread hint), so threads
+// mostly touch different words and no lock is taken. When no tag is free
+// the queue parks the bio on the Tags' wait list, and the next tag freed is
+// handed to the oldest parked bio (see Queue): a full queue makes I/O wait,
+// never fail.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "blkstack/bio.h"
+#include "blkstack/request.h"
+#include "blkstack/request_driver.h"
+
+namespace blkstack {
+
+class TagAllocator {
+ public:
+  explicit TagAllocator(unsigned depth);
+  ~TagAllocator();
+
+  // A free tag, or -1.
+  int try_get();
+  void put(int tag);
+  unsigned depth() const { return depth_; }
+  unsigned in_use() const;  // for tests and statistics
+
+ private:
+  struct alignas(64) Word {
+    std::atomic<uint64_t> bits{0};
+  };
+  unsigned depth_;
+  unsigned bits_per_word_;
+  unsigned nr_words_;
+  std::unique_ptr<Word[]> words_;
+  std::unique_ptr<std::atomic<unsigned>[]> hints_;  // per thread slot
+};
+
+// One tag space with its requests and the bios waiting for a tag.
+struct Tags {
+  Tags(unsigned depth, size_t cmd_size);
+  ~Tags();
+
+  TagAllocator alloc;
+  unsigned depth;
+  std::unique_ptr<Request[]> requests;  // indexed by tag
+  std::unique_ptr<std::byte[]> pdus;
+  // Bios waiting for a tag, oldest first. Touched only when tags run out.
+  std::mutex wait_lock;
+  BioList waiters;
+  std::atomic<uint32_t> nr_waiters{0};
+};
+
+class TagSet {
+ public:
+  TagSet(const TagSetConfig& config, RequestDriver& driver);
+  ~TagSet();
+  TagSet(const TagSet&) = delete;
+  TagSet& operator=(const TagSet&) = delete;
+
+  const TagSetConfig& config() const { return config_; }
+  RequestDriver& driver() const { return driver_; }
+  // The tag space of hardware queue `hctx` (the same one for all with
+  // shared tags).
+  Tags& tags(unsigned hctx) { return *tags_[config_.shared_tags ? 0 : hctx]; }
+  unsigned nr_tag_spaces() const { return static_cast<unsigned>(tags_.size()); }
+  Tags& tag_space(unsigned i) { return *tags_[i]; }
+
+ private:
+  TagSetConfig config_;
+  RequestDriver& driver_;
+  std::vector<std::unique_ptr<Tags>> tags_;
+};
+
+}  // namespace blkstack

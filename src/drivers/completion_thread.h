@@ -1,0 +1,93 @@
+// CompletionThread: completes I/O on a thread of its own, in submission
+// order, each item no earlier than its deadline (null_blk's softirq and
+// timer completion modes).
+//
+// Submitters push onto a lock-free stack; the thread takes the whole stack
+// at once, reverses it to FIFO order and completes each item when its
+// deadline (a now_ns() time, 0 for "at once") has passed. It sleeps on a
+// futex only when there is nothing to do, and submitters wake it only when
+// it sleeps.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "core/clock.h"
+
+namespace blkstack {
+
+// Traits: static Item*& next(Item&); static uint64_t deadline(const Item&);
+//         static void complete(Item&);
+template <class Item, class Traits>
+class CompletionThread {
+ public:
+  CompletionThread() : thread_([this] { run(); }) {}
+  ~CompletionThread() {
+    stop_.store(true, std::memory_order_seq_cst);
+    wake();
+    thread_.join();
+  }
+  CompletionThread(const CompletionThread&) = delete;
+  CompletionThread& operator=(const CompletionThread&) = delete;
+
+  void push(Item& item) {
+    Item* head = head_.load(std::memory_order_relaxed);
+    do {
+      Traits::next(item) = head;
+    } while (!head_.compare_exchange_weak(head, &item, std::memory_order_seq_cst));
+    if (sleeping_.load(std::memory_order_seq_cst)) wake();
+  }
+
+ private:
+  void wake() {
+    seq_.fetch_add(1, std::memory_order_seq_cst);
+    seq_.notify_one();
+  }
+
+  void run() {
+    for (;;) {
+      Item* list = head_.exchange(nullptr, std::memory_order_acquire);
+      if (!list) {
+        if (stop_.load(std::memory_order_seq_cst)) return;
+        // Dekker with push(): either push() sees sleeping_, or we see its item.
+        uint32_t seq = seq_.load(std::memory_order_seq_cst);
+        sleeping_.store(true, std::memory_order_seq_cst);
+        if (!head_.load(std::memory_order_seq_cst) && !stop_.load(std::memory_order_seq_cst)) {
+          seq_.wait(seq, std::memory_order_seq_cst);
+        }
+        sleeping_.store(false, std::memory_order_relaxed);
+        continue;
+      }
+      Item* fifo = nullptr;  // the stack is newest first
+      while (list) {
+        Item* next = Traits::next(*list);
+        Traits::next(*list) = fifo;
+        fifo = list;
+        list = next;
+      }
+      while (fifo) {
+        Item* item = fifo;
+        fifo = Traits::next(*fifo);
+        Traits::next(*item) = nullptr;
+        wait_until(Traits::deadline(*item));
+        Traits::complete(*item);
+      }
+    }
+  }
+
+  static void wait_until(uint64_t deadline) {
+    for (uint64_t now = now_ns(); now < deadline; now = now_ns()) {
+      uint64_t left = deadline - now;
+      if (left > 200'000) std::this_thread::sleep_for(std::chrono::nanoseconds(left - 100'000));
+    }
+  }
+
+  std::atomic<Item*> head_{nullptr};
+  std::atomic<uint32_t> seq_{0};
+  std::atomic<bool> sleeping_{false};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+}  // namespace blkstack

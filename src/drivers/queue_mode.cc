@@ -1,0 +1,48 @@
+#include "drivers/queue_mode.h"
+
+#include "blkstack/queue.h"
+
+namespace blkstack {
+namespace {
+constexpr OptionDef kOptions[] = {
+    {"queue_mode", OptionKind::kChoice, "bio",
+     "bio: bios go to the driver (bio-based); mq: through a multi-queue request queue",
+     "bio|mq|0|2"},
+    {"hw_queues", OptionKind::kUint, "1", "mq: hardware queues (submit_queues)"},
+    {"depth", OptionKind::kUint, "64", "mq: tags per hardware queue (hw_queue_depth)"},
+    {"shared_tags", OptionKind::kBool, "0", "mq: one tag space for all hardware queues"},
+    {"timeout", OptionKind::kDuration, "30s", "mq: a request in the driver longer than this fails"},
+    {"sched", OptionKind::kString, "none", "mq: I/O scheduler"},
+    {"nomerges", OptionKind::kUint, "0", "mq: 0 all merges, 1 one-hit only, 2 none"},
+};
+}  // namespace
+
+std::span<const OptionDef> queue_mode_options() { return kOptions; }
+
+QueueMode queue_mode(const DeviceOptions& o) {
+  QueueMode m;
+  const std::string& mode = o.str("queue_mode");
+  m.mq = mode == "mq" || mode == "2";
+  m.tags.nr_hw_queues = static_cast<unsigned>(std::max<uint64_t>(1, o.uint("hw_queues")));
+  m.tags.queue_depth = static_cast<unsigned>(std::max<uint64_t>(1, o.uint("depth")));
+  m.tags.shared_tags = o.flag("shared_tags");
+  m.tags.timeout_ns = o.duration_ns("timeout");
+  m.sched = o.str("sched");
+  m.nomerges = static_cast<unsigned>(o.uint("nomerges"));
+  return m;
+}
+
+std::shared_ptr<Disk> make_disk(const std::string& name, uint64_t capacity,
+                                const QueueLimits& limits, const QueueMode& mode,
+                                std::unique_ptr<BioDriver> bio_driver,
+                                std::unique_ptr<RequestDriver> rq_driver) {
+  if (!mode.mq) return std::make_shared<Disk>(name, capacity, limits, std::move(bio_driver));
+  auto queue = std::make_unique<Queue>(mode.tags, std::move(rq_driver));
+  Queue* q = queue.get();
+  auto disk = std::make_shared<Disk>(name, capacity, limits, std::move(queue));
+  q->set_nomerges(mode.nomerges);
+  if (mode.sched != "none") q->set_scheduler(mode.sched);
+  return disk;
+}
+
+}  // namespace blkstack

@@ -1,0 +1,35 @@
+// Options and construction shared by drivers that run either bio-based or
+// multi-queue (null_blk's queue_mode): queue_mode, hw_queues, depth,
+// shared_tags, timeout, sched and nomerges. DriverType::queue_modes adds
+// these options to a driver's table.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+
+#include "blkstack/device_spec.h"
+#include "blkstack/disk.h"
+#include "blkstack/request_driver.h"
+
+namespace blkstack {
+
+std::span<const OptionDef> queue_mode_options();
+
+struct QueueMode {
+  bool mq = false;
+  TagSetConfig tags;
+  std::string sched = "none";
+  unsigned nomerges = 0;
+};
+
+QueueMode queue_mode(const DeviceOptions& options);
+
+// A disk over `bio_driver` (bio-based) or over a Queue of `rq_driver`;
+// the caller passes the one the mode asks for.
+std::shared_ptr<Disk> make_disk(const std::string& name, uint64_t capacity_sectors,
+                                const QueueLimits& limits, const QueueMode& mode,
+                                std::unique_ptr<BioDriver> bio_driver,
+                                std::unique_ptr<RequestDriver> rq_driver);
+
+}  // namespace blkstack

@@ -1,0 +1,115 @@
+#include "blkstack/hw_queue.h"
+
+#include "blkstack/queue.h"
+#include "core/clock.h"
+
+namespace blkstack {
+namespace {
+// With nothing in flight to trigger a re-run, a request the driver refused
+// for lack of resources is retried after this (BLK_MQ_RESOURCE_DELAY).
+constexpr uint64_t kResourceDelayNs = 3'000'000;
+}  // namespace
+
+HwQueue::HwQueue(Queue& queue, unsigned index, Tags& tags)
+    : queue_(queue), index_(index), tags_(tags) {}
+
+void HwQueue::start() {
+  stopped_.store(false, std::memory_order_release);
+  run();
+}
+
+bool HwQueue::idle() const {
+  return !stopped() && dispatch_count_.load(std::memory_order_acquire) == 0 &&
+         pending_ctx_.load(std::memory_order_acquire) == 0;
+}
+
+void HwQueue::add_to_dispatch(Request& rq, bool at_head) {
+  std::lock_guard lock(dispatch_lock_);
+  if (at_head) dispatch_.push_front(&rq); else dispatch_.push_back(&rq);
+  dispatch_count_.store(static_cast<uint32_t>(dispatch_.size()), std::memory_order_release);
+}
+
+void HwQueue::after_refusal(IssueResult why) {
+  if (why == Queue::Issue::kRequeue) {
+    // Run again when a request completes; if none is in flight, nothing
+    // will complete, so run after a delay. (Dekker with leave_driver().)
+    restart_.store(true, std::memory_order_seq_cst);
+    if (in_driver_.load(std::memory_order_seq_cst) == 0) run_after(kResourceDelayNs);
+  } else if (!stopped()) {
+    run();  // the driver restarted the queue before the request was back
+  }
+}
+
+void HwQueue::run_after(uint64_t delay_ns) { queue_.schedule_work(now_ns() + delay_ns); }
+
+void HwQueue::run() {
+  // Every run() request counts; the thread that took the count from zero
+  // dispatches until it has seen all of them.
+  if (runs_.fetch_add(1, std::memory_order_acq_rel) != 0) return;
+  uint32_t seen = 1;
+  for (;;) {
+    dispatch_all();
+    uint32_t left = runs_.fetch_sub(seen, std::memory_order_acq_rel) - seen;
+    if (left == 0) return;
+    seen = left;
+  }
+}
+
+void HwQueue::dispatch_all() {
+  Scheduler* sched = queue_.sched_ptr();
+  while (!stopped()) {
+    RequestList batch;
+    if (dispatch_count_.load(std::memory_order_acquire) != 0) {
+      std::lock_guard lock(dispatch_lock_);
+      batch.splice_back(dispatch_);
+      dispatch_count_.store(0, std::memory_order_release);
+    }
+    if (batch.empty() && sched) {
+      // One at a time keeps the scheduler in charge of the order; a batch
+      // of up to 32 lets the driver see `last` only at its end.
+      while (batch.size() < 32) {
+        Request* rq = sched->dispatch(*this);
+        if (!rq) break;
+        batch.push_back(rq);
+      }
+    }
+    if (batch.empty()) {
+      uint32_t mask = pending_ctx_.exchange(0, std::memory_order_acq_rel);
+      while (mask) {
+        unsigned i = static_cast<unsigned>(__builtin_ctz(mask));
+        mask &= mask - 1;
+        SoftwareQueue& ctx = queue_.ctxs_[i];
+        std::lock_guard lock(ctx.lock);
+        batch.splice_back(ctx.list);
+        ctx.count.store(0, std::memory_order_relaxed);
+      }
+    }
+    if (batch.empty()) return;
+    if (!dispatch_list(batch)) return;
+  }
+}
+
+bool HwQueue::dispatch_list(RequestList& batch) {
+  bool owe_commit = false;  // a request went with last == false
+  while (Request* rq = batch.pop_front()) {
+    const bool last = batch.empty();
+    Queue::Issue r = queue_.issue(*this, *rq, last);
+    if (r == Queue::Issue::kIssued) {
+      owe_commit = !last;
+      continue;
+    }
+    // The driver took no more: this one and the rest wait, in order.
+    batch.push_front(rq);
+    {
+      std::lock_guard lock(dispatch_lock_);
+      dispatch_.splice_front(batch);
+      dispatch_count_.store(static_cast<uint32_t>(dispatch_.size()), std::memory_order_release);
+    }
+    if (owe_commit) queue_.driver().commit_rqs(*this);
+    after_refusal(r);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace blkstack

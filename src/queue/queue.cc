@@ -1,0 +1,623 @@
+#include "blkstack/queue.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "blkstack/debug/submit_context.h"
+#include "blkstack/error.h"
+#include "blkstack/plug.h"
+#include "core/clock.h"
+#include "core/percpu.h"
+#include "core/percpu_ref.h"
+#include "queue/flush_queue.h"
+
+namespace blkstack {
+namespace {
+
+// How many queued requests a bio may try to merge with (blk_bio_list_merge).
+constexpr int kMergeScan = 8;
+
+constexpr BioFlag kNoMergeFlags = BioFlag::kPreflush | BioFlag::kFua;
+
+// The Tags a thread is handing freed tags out of, so that a completion
+// inside that hand-out (an inline-completing driver) does not recurse: the
+// outer loop picks up the tag it frees.
+thread_local const Tags* tls_waking_tags = nullptr;
+
+// Hardware segments a bio needs: a memory piece longer than the maximum
+// segment size counts as several.
+unsigned bio_hw_segments(const Bio& bio, uint32_t max_segment_size) {
+  unsigned n = 0;
+  bio.for_each_chunk([&](const BioChunk& c) { n += (c.len + max_segment_size - 1) / max_segment_size; });
+  return n;
+}
+
+}  // namespace
+
+// --- construction -------------------------------------------------------------
+
+Queue::Queue(const TagSetConfig& config, std::unique_ptr<RequestDriver> driver)
+    : owned_driver_(std::move(driver)) {
+  tag_set_ = std::make_shared<TagSet>(config, *owned_driver_);
+  init_hw_queues();
+}
+
+Queue::Queue(std::shared_ptr<TagSet> tag_set) : tag_set_(std::move(tag_set)) {
+  init_hw_queues();
+}
+
+void Queue::init_hw_queues() {
+  const unsigned n = tag_set_->config().nr_hw_queues;
+  for (unsigned i = 0; i < n; ++i) {
+    hctxs_.push_back(std::make_unique<HwQueue>(*this, i, tag_set_->tags(i)));
+  }
+  // One software queue per thread slot, spread over the hardware queues.
+  ctxs_.reset(new SoftwareQueue[kSlotCount]);
+  for (unsigned i = 0; i < kSlotCount; ++i) {
+    ctxs_[i].index = i;
+    ctxs_[i].hctx = hctxs_[i % n].get();
+  }
+  flush_ = std::make_unique<FlushQueue>(*this);
+  usage_ = std::make_unique<PercpuRef>();
+  worker_ = std::thread([this] { worker_loop(); });
+}
+
+Queue::~Queue() {
+  {
+    std::lock_guard lock(work_lock_);
+    work_stop_ = true;
+  }
+  work_cv_.notify_one();
+  worker_.join();
+}
+
+void Queue::attach(Disk& disk) {
+  disk_ = &disk;
+  const QueueLimits& lim = disk.limits();
+  if (lim.max_segment_size == 0) throw Error("queue: max_segment_size must not be 0");
+}
+
+std::string Queue::describe() const {
+  const TagSetConfig& c = tag_set_->config();
+  std::string s = fmt::format("mq hw_queues={} depth={}{} sched={}", c.nr_hw_queues,
+                              c.queue_depth, c.shared_tags ? " shared_tags" : "",
+                              scheduler_name());
+  std::string d = driver().describe();
+  return d.empty() ? s : s + " " + d;
+}
+
+Extent Queue::extent_at(uint64_t offset, uint64_t max_length) const {
+  return driver().extent_at(offset, max_length);
+}
+
+uint64_t Queue::allocated_bytes() const { return driver().allocated_bytes(); }
+
+HwQueue& Queue::map_queue() const { return *ctxs_[this_slot().index].hctx; }
+SoftwareQueue& Queue::this_ctx() { return ctxs_[this_slot().index]; }
+
+// --- submission -----------------------------------------------------------------
+
+void Queue::submit(Bio& bio) {
+  if (!usage_->tryget_live()) [[unlikely]] {
+    park_while_frozen(bio);
+    return;
+  }
+  HwQueue& hctx = map_queue();
+  if (nomerges() != 2 && try_merge_somewhere(hctx, bio)) {
+    usage_->put();  // the request it joined holds the queue
+    return;
+  }
+  Tags& tags = hctx.tags();
+  const int tag = tags.alloc.try_get();
+  if (tag < 0) [[unlikely]] {
+    if (bio.has_flag(BioFlag::kNowait)) {
+      usage_->put();
+      bio.complete(Status::kAgain);
+      return;
+    }
+    // Our own plugged requests may be what holds the tags.
+    if (Plug* plug = Plug::current()) plug->flush();
+    park_for_tag(hctx, bio);
+    return;
+  }
+  Request& rq = tags.requests[tag];
+  init_request(rq, hctx, bio);
+  queue_request(hctx, rq, /*allow_plug=*/true);
+}
+
+void Queue::init_request(Request& rq, HwQueue& hctx, Bio& bio) {
+  rq.op_ = bio.op();
+  rq.flags_ = bio.flags();
+  rq.state_.store(Request::State::kIdle, std::memory_order_relaxed);
+  rq.error_ = Status::kOk;
+  rq.nr_segments_ = static_cast<uint16_t>(
+      op_has_data(bio.op()) ? bio_hw_segments(bio, limits().max_segment_size) : 0);
+  rq.flush_seq_ = 0;
+  rq.flush_policy_ = 0;
+  rq.internal_flush_ = false;
+  rq.sector_ = bio.sector();
+  rq.bytes_ = bio.size();
+  rq.stats_sectors_ = bio.sectors();
+  rq.alloc_ns_ = now_ns();
+  rq.start_ns_ = 0;
+  rq.head_ = rq.tail_ = &bio;
+  bio.next = nullptr;
+  rq.hctx_ = &hctx;
+  rq.queue_ = this;
+  rq.sched_data = 0;
+  rq.next = rq.prev = nullptr;
+}
+
+void Queue::queue_request(HwQueue& hctx, Request& rq, bool allow_plug) {
+  if ((rq.op_ == Op::kFlush || any(rq.flags_ & kNoMergeFlags)) && flush_->insert(rq)) return;
+  if (allow_plug) {
+    if (Plug* plug = Plug::current()) {
+      plug->add(rq);
+      return;
+    }
+  }
+  if (sched_) {
+    sched_->insert(hctx, rq, /*at_head=*/false);
+    hctx.run();
+    return;
+  }
+  if (hctx.idle()) {
+    // Straight to the driver, in this thread (blk_mq_try_issue_directly).
+    Issue r = issue(hctx, rq, /*last=*/true);
+    if (r != Issue::kIssued) {
+      hctx.add_to_dispatch(rq, /*at_head=*/true);
+      hctx.after_refusal(r);
+    }
+    return;
+  }
+  insert(hctx, rq, /*at_head=*/false);
+  hctx.run();
+}
+
+void Queue::insert(HwQueue& hctx, Request& rq, bool at_head) {
+  if (sched_ && rq.flush_policy_ == 0 && !rq.internal_flush_) {
+    sched_->insert(hctx, rq, at_head);
+    return;
+  }
+  SoftwareQueue& ctx = this_ctx();
+  if (ctx.hctx != &hctx || at_head) {
+    // Not this thread's hardware queue (a parked bio resumed by another
+    // thread), or a requeue that must go first: the dispatch list.
+    hctx.add_to_dispatch(rq, at_head);
+    return;
+  }
+  {
+    std::lock_guard lock(ctx.lock);
+    ctx.list.push_back(&rq);
+    ctx.count.fetch_add(1, std::memory_order_relaxed);
+  }
+  hctx.mark_pending(ctx.index);
+}
+
+void Queue::dispatch_internal(Request& rq) {
+  HwQueue& hctx = rq.hctx();
+  hctx.add_to_dispatch(rq, /*at_head=*/true);
+  hctx.run();
+}
+
+Queue::Issue Queue::issue(HwQueue& hctx, Request& rq, bool last) {
+  if (hctx.stopped()) return Issue::kBusy;
+  const uint64_t now = now_ns();
+  rq.start_ns_ = now;
+  rq.deadline_ns_.store(now + tag_set_->config().timeout_ns, std::memory_order_relaxed);
+  rq.state_.store(Request::State::kInFlight, std::memory_order_release);
+  hctx.in_driver_.fetch_add(1, std::memory_order_seq_cst);
+  disk_->account_request_start(now);
+  Status r;
+  {
+    debug::SubmitScope scope(disk_->name().c_str());
+    r = driver().queue_rq(hctx, rq, last);
+  }
+  if (r == Status::kOk) [[likely]] {
+    hctx.dispatched_.fetch_add(1, std::memory_order_relaxed);
+    return Issue::kIssued;
+  }
+  // The driver did not take the request. The caller puts it back and then
+  // calls HwQueue::after_refusal(), in that order, so no re-run is missed.
+  rq.state_.store(Request::State::kIdle, std::memory_order_relaxed);
+  hctx.in_driver_.fetch_sub(1, std::memory_order_seq_cst);
+  if (r == Status::kResource) return Issue::kRequeue;
+  if (r == Status::kDeviceResource) {
+    hctx.stop();  // the driver restarts it with HwQueue::start()
+    return Issue::kBusy;
+  }
+  rq.end_request_all(r);
+  return Issue::kIssued;  // consumed (failed)
+}
+
+void Queue::leave_driver(Request& rq) {
+  if (rq.state_.exchange(Request::State::kIdle, std::memory_order_acq_rel) !=
+      Request::State::kInFlight)
+    return;
+  HwQueue& hctx = *rq.hctx_;
+  hctx.in_driver_.fetch_sub(1, std::memory_order_seq_cst);
+  if (hctx.restart_.load(std::memory_order_seq_cst) &&
+      hctx.restart_.exchange(false, std::memory_order_acq_rel)) {
+    hctx.run();
+  }
+}
+
+void Queue::issue_plugged(RequestList& list) {
+  if (sched_) {
+    HwQueue* last = nullptr;
+    while (Request* rq = list.pop_front()) {
+      last = rq->hctx_;
+      sched_->insert(*rq->hctx_, *rq, /*at_head=*/false);
+    }
+    if (last) run_hw_queues();
+    return;
+  }
+  // Usually one hardware queue: send the batch with `last` on its final
+  // request, so a driver can ring one doorbell for all.
+  while (!list.empty()) {
+    HwQueue& hctx = *list.front()->hctx_;
+    RequestList batch;
+    for (Request* rq = list.front(); rq != nullptr;) {
+      Request* next = rq->next;
+      if (rq->hctx_ == &hctx) {
+        list.remove(rq);
+        batch.push_back(rq);
+      }
+      rq = next;
+    }
+    if (hctx.idle()) {
+      hctx.dispatch_list(batch);
+    } else {
+      while (Request* rq = batch.pop_front()) hctx.add_to_dispatch(*rq, false);
+      hctx.run();
+    }
+  }
+}
+
+// --- merging ---------------------------------------------------------------------
+
+Queue::Merge Queue::can_merge(const Request& rq, const Bio& bio) const {
+  if (rq.op_ != bio.op() || !op_has_data(rq.op_)) return Merge::kNone;
+  if (rq.flush_policy_ != 0 || rq.internal_flush_ || any(rq.flags_ & kNoMergeFlags) ||
+      any(bio.flags() & kNoMergeFlags))
+    return Merge::kNone;
+  if (rq.state_.load(std::memory_order_relaxed) != Request::State::kIdle) return Merge::kNone;
+  Merge where;
+  if (rq.sector_ + rq.sectors() == bio.sector()) {
+    where = Merge::kBack;
+  } else if (bio.end_sector() == rq.sector_) {
+    where = Merge::kFront;
+  } else {
+    return Merge::kNone;
+  }
+  const QueueLimits& lim = limits();
+  if (uint64_t{rq.sectors()} + bio.sectors() > lim.max_io_sectors()) return Merge::kNone;
+  if (rq.nr_segments_ + bio_hw_segments(bio, lim.max_segment_size) > lim.max_segments)
+    return Merge::kNone;
+  return where;
+}
+
+void Queue::merge_bio(Request& rq, Bio& bio, Merge where) {
+  rq.nr_segments_ = static_cast<uint16_t>(rq.nr_segments_ +
+                                          bio_hw_segments(bio, limits().max_segment_size));
+  if (where == Merge::kBack) {
+    bio.next = nullptr;
+    rq.tail_->next = &bio;
+    rq.tail_ = &bio;
+  } else {
+    bio.next = rq.head_;
+    rq.head_ = &bio;
+    rq.sector_ = bio.sector();
+  }
+  rq.bytes_ += bio.size();
+  rq.stats_sectors_ += bio.sectors();
+  rq.flags_ |= bio.flags() & (BioFlag::kSync | BioFlag::kMeta | BioFlag::kPrio);
+  disk_->account_merge(rq.op_);
+}
+
+bool Queue::requests_mergeable(const Request& rq, const Request& next) const {
+  if (nomerges() != 0) return false;  // request merges only with all merges on
+  if (rq.op_ != next.op_ || !op_has_data(rq.op_)) return false;
+  if (rq.sector_ + rq.sectors() != next.sector_) return false;
+  if (rq.flush_policy_ || next.flush_policy_ || any((rq.flags_ | next.flags_) & kNoMergeFlags))
+    return false;
+  const QueueLimits& lim = limits();
+  if (uint64_t{rq.sectors()} + next.sectors() > lim.max_io_sectors()) return false;
+  return rq.nr_segments_ + next.nr_segments_ <= lim.max_segments;
+}
+
+void Queue::merge_requests(Request& rq, Request& next) {
+  rq.tail_->next = next.head_;
+  rq.tail_ = next.tail_;
+  rq.bytes_ += next.bytes_;
+  rq.stats_sectors_ += next.stats_sectors_;
+  rq.nr_segments_ = static_cast<uint16_t>(rq.nr_segments_ + next.nr_segments_);
+  if (next.alloc_ns_ < rq.alloc_ns_) rq.alloc_ns_ = next.alloc_ns_;
+  next.head_ = next.tail_ = nullptr;
+  next.bytes_ = 0;
+  if (sched_) sched_->requests_merged(rq, next);
+  disk_->account_merge(rq.op_);
+  // `next` never reached the driver: it goes back without completing bios.
+  next.state_.store(Request::State::kComplete, std::memory_order_relaxed);
+  free_request(next);
+}
+
+bool Queue::try_merge_requests(Request& rq, Request& next) {
+  if (!requests_mergeable(rq, next)) return false;
+  merge_requests(rq, next);
+  return true;
+}
+
+bool Queue::try_merge_somewhere(HwQueue& hctx, Bio& bio) {
+  if (!op_has_data(bio.op()) || any(bio.flags() & kNoMergeFlags)) return false;
+  if (Plug* plug = Plug::current()) {
+    if (Request* rq = plug->last_for(*this)) {
+      Merge m = can_merge(*rq, bio);
+      if (m != Merge::kNone) {
+        merge_bio(*rq, bio, m);
+        return true;
+      }
+    }
+  }
+  if (sched_) return sched_->bio_merge(*this, hctx, bio);
+  return try_ctx_merge(this_ctx(), bio);
+}
+
+bool Queue::try_ctx_merge(SoftwareQueue& ctx, Bio& bio) {
+  if (ctx.count.load(std::memory_order_relaxed) == 0) return false;
+  std::lock_guard lock(ctx.lock);
+  // nomerges=1 tries only the most recent request (the one-hit cache).
+  int budget = nomerges() == 1 ? 1 : kMergeScan;
+  for (Request* rq = ctx.list.back(); rq != nullptr && budget-- > 0; rq = rq->prev) {
+    Merge m = can_merge(*rq, bio);
+    if (m == Merge::kNone) continue;
+    merge_bio(*rq, bio, m);
+    // The grown request may now touch its neighbour in the list.
+    Request* other = m == Merge::kBack ? rq->next : rq->prev;
+    if (other) {
+      Request& front = m == Merge::kBack ? *rq : *other;
+      Request& back = m == Merge::kBack ? *other : *rq;
+      if (requests_mergeable(front, back)) {
+        ctx.list.remove(&back);
+        ctx.count.fetch_sub(1, std::memory_order_relaxed);
+        merge_requests(front, back);
+      }
+    }
+    return true;
+  }
+  return false;
+}
+
+// --- completion ------------------------------------------------------------------
+
+void Queue::finish_request(Request& rq, Status status) {
+  const Request::State prev = rq.state_.exchange(Request::State::kComplete, std::memory_order_acq_rel);
+  if (prev == Request::State::kComplete) {
+    debug::fatal(fmt::format("request (tag {}, {} at sector {}) on '{}' completed twice", rq.tag_,
+                             op_name(rq.op_), rq.sector_, disk_->name()));
+  }
+  HwQueue& hctx = *rq.hctx_;
+  if (prev == Request::State::kInFlight) hctx.in_driver_.fetch_sub(1, std::memory_order_seq_cst);
+  while (Bio* b = rq.head_) {
+    rq.head_ = b->next;
+    b->next = nullptr;
+    b->complete(status);
+  }
+  rq.tail_ = nullptr;
+  const uint64_t now = now_ns();
+  disk_->account_request_done(rq.op_, rq.stats_sectors_, rq.alloc_ns_, now);
+  if (sched_) sched_->completed(rq, now);
+  if (hctx.restart_.load(std::memory_order_seq_cst) &&
+      hctx.restart_.exchange(false, std::memory_order_acq_rel)) {
+    hctx.run();
+  }
+  free_request(rq);
+}
+
+void Queue::free_request(Request& rq) {
+  Tags& tags = rq.hctx_->tags();
+  tags.alloc.put(rq.tag_);
+  if (tags.nr_waiters.load(std::memory_order_seq_cst) != 0) wake_tag_waiters(tags);
+  usage_->put();
+}
+
+void Queue::park_for_tag(HwQueue& hctx, Bio& bio) {
+  Tags& tags = hctx.tags();
+  bio.driver_data = hctx.index();
+  {
+    std::lock_guard lock(tags.wait_lock);
+    tags.waiters.push_back(&bio);
+    tags.nr_waiters.fetch_add(1, std::memory_order_seq_cst);
+  }
+  // A tag freed between our failed try and the push saw no waiter: look
+  // again now that we are visible (pairs with free_request's check).
+  wake_tag_waiters(tags);
+}
+
+void Queue::wake_tag_waiters(Tags& tags) {
+  if (tls_waking_tags == &tags) return;  // the loop below picks it up
+  const Tags* saved = tls_waking_tags;
+  tls_waking_tags = &tags;
+  for (;;) {
+    Bio* bio;
+    int tag;
+    {
+      std::lock_guard lock(tags.wait_lock);
+      if (tags.waiters.empty()) break;
+      tag = tags.alloc.try_get();
+      if (tag < 0) break;
+      bio = tags.waiters.pop_front();
+      tags.nr_waiters.fetch_sub(1, std::memory_order_relaxed);
+    }
+    // With a tag set shared by several queues, the bio names its own.
+    Queue& q = static_cast<Queue&>(bio->disk()->driver());
+    HwQueue& hctx = q.hw_queue(static_cast<unsigned>(bio->driver_data));
+    Request& rq = tags.requests[tag];
+    q.init_request(rq, hctx, *bio);
+    q.queue_request(hctx, rq, /*allow_plug=*/false);
+  }
+  tls_waking_tags = saved;
+}
+
+// --- freezing, stopping, dying -----------------------------------------------------
+
+void Queue::park_while_frozen(Bio& bio) {
+  if (dying_.load(std::memory_order_acquire)) {
+    bio.complete(Status::kOffline);
+    return;
+  }
+  {
+    std::lock_guard lock(frozen_lock_);
+    if (usage_->dead()) {
+      frozen_bios_.push_back(&bio);
+      return;
+    }
+  }
+  submit(bio);  // unfrozen meanwhile
+}
+
+void Queue::freeze() {
+  {
+    std::lock_guard lock(frozen_lock_);
+    usage_->kill();
+  }
+  Plug::flush_current();
+  run_hw_queues();
+  usage_->wait_for_zero("freeze of queue '" + (disk_ ? disk_->name() : std::string("?")) + "'");
+}
+
+void Queue::unfreeze() {
+  BioList parked;
+  {
+    std::lock_guard lock(frozen_lock_);
+    usage_->resurrect();
+    parked.splice_back(frozen_bios_);
+  }
+  while (Bio* b = parked.pop_front()) submit(*b);
+}
+
+void Queue::fail_parked(Status status) {
+  BioList parked;
+  {
+    std::lock_guard lock(frozen_lock_);
+    parked.splice_back(frozen_bios_);
+  }
+  while (Bio* b = parked.pop_front()) b->complete(status);
+}
+
+void Queue::shutdown() {
+  dying_.store(true, std::memory_order_release);
+  {
+    std::lock_guard lock(frozen_lock_);
+    usage_->kill();
+  }
+  fail_parked(Status::kOffline);
+  // A request holds the queue until it is freed, after its bios ended: the
+  // disk's own count of bios reaches zero before the last request has let
+  // go of the queue (blk_freeze_queue in del_gendisk).
+  run_hw_queues();
+  usage_->wait_for_zero("removal of queue '" + (disk_ ? disk_->name() : std::string("?")) + "'");
+}
+
+void Queue::stop_hw_queues() {
+  for (auto& h : hctxs_) h->stop();
+}
+
+void Queue::start_stopped_hw_queues() {
+  for (auto& h : hctxs_) {
+    if (h->stopped()) h->start();
+  }
+}
+
+void Queue::run_hw_queues() {
+  for (auto& h : hctxs_) h->run();
+}
+
+int Queue::poll(unsigned i) { return driver().poll(hw_queue(i)); }
+
+void Queue::set_scheduler(std::string_view name) {
+  const SchedulerType& type = find_scheduler_type(name);
+  freeze();
+  sched_ = type.create ? type.create(*this) : nullptr;
+  sched_name_ = std::string(type.name);
+  unfreeze();
+}
+
+std::string Queue::scheduler_name() const { return sched_name_; }
+
+void Queue::set_nomerges(unsigned v) {
+  if (v > 2) throw Error(fmt::format("nomerges must be 0, 1 or 2, not {}", v));
+  nomerges_.store(v, std::memory_order_relaxed);
+}
+
+// --- requeue and the worker ---------------------------------------------------------
+
+void Queue::requeue_request(Request& rq, bool kick) {
+  leave_driver(rq);
+  {
+    std::lock_guard lock(work_lock_);
+    requeue_.push_back(&rq);
+  }
+  if (kick) kick_requeue_list(0);
+}
+
+void Queue::kick_requeue_list(uint64_t delay_ns) { schedule_work(now_ns() + delay_ns); }
+
+void Queue::schedule_work(uint64_t at_ns) {
+  {
+    std::lock_guard lock(work_lock_);
+    if (work_at_ns_ != 0 && work_at_ns_ <= at_ns) return;
+    work_at_ns_ = at_ns;
+  }
+  work_cv_.notify_one();
+}
+
+void Queue::check_timeouts(uint64_t now) {
+  for (unsigned s = 0; s < tag_set_->nr_tag_spaces(); ++s) {
+    Tags& tags = tag_set_->tag_space(s);
+    for (unsigned t = 0; t < tags.depth; ++t) {
+      Request& rq = tags.requests[t];
+      if (rq.queue_ != this || rq.state_.load(std::memory_order_acquire) != Request::State::kInFlight)
+        continue;
+      if (rq.deadline_ns_.load(std::memory_order_relaxed) > now) continue;
+      if (driver().timeout(rq) == TimeoutAction::kResetTimer) {
+        rq.deadline_ns_.store(now + tag_set_->config().timeout_ns, std::memory_order_relaxed);
+      }
+    }
+  }
+}
+
+void Queue::worker_loop() {
+  const uint64_t timeout = tag_set_->config().timeout_ns;
+  // Check for timed-out requests a few times per timeout period.
+  const uint64_t scan_every = std::clamp<uint64_t>(timeout / 4, 1'000'000, 1'000'000'000);
+  uint64_t next_scan = now_ns() + scan_every;
+  std::unique_lock lock(work_lock_);
+  while (!work_stop_) {
+    uint64_t now = now_ns();
+    uint64_t wake = next_scan;
+    if (work_at_ns_ != 0 && work_at_ns_ < wake) wake = work_at_ns_;
+    if (wake > now) {
+      work_cv_.wait_for(lock, std::chrono::nanoseconds(wake - now));
+      continue;
+    }
+    if (work_at_ns_ != 0 && work_at_ns_ <= now) {
+      work_at_ns_ = 0;
+      RequestList requeued;
+      requeued.splice_back(requeue_);
+      lock.unlock();
+      while (Request* rq = requeued.pop_front()) rq->hctx_->add_to_dispatch(*rq, false);
+      run_hw_queues();
+      lock.lock();
+    }
+    if (next_scan <= now) {
+      next_scan = now + scan_every;
+      lock.unlock();
+      check_timeouts(now);
+      lock.lock();
+    }
+  }
+}
+
+}  // namespace blkstack

@@ -1,0 +1,101 @@
+#include "blkstack/tag_set.h"
+
+#include <bit>
+
+#include "core/percpu.h"
+
+namespace blkstack {
+
+TagAllocator::TagAllocator(unsigned depth) : depth_(depth) {
+  // Spread the tags over several words (cache lines), as sbitmap does, so
+  // that threads starting from different hints rarely share a word.
+  bits_per_word_ = depth_ >= 256 ? 64 : depth_ >= 32 ? 8 : depth_ >= 4 ? 4 : 1;
+  nr_words_ = (depth_ + bits_per_word_ - 1) / bits_per_word_;
+  words_.reset(new Word[nr_words_]);
+  // Bits past the depth in the last word are permanently taken.
+  unsigned tail = depth_ % bits_per_word_;
+  if (tail != 0) words_[nr_words_ - 1].bits.store(~uint64_t{0} << tail, std::memory_order_relaxed);
+  for (unsigned w = 0; w < nr_words_; ++w) {
+    if (bits_per_word_ < 64) {
+      uint64_t cur = words_[w].bits.load(std::memory_order_relaxed);
+      words_[w].bits.store(cur | (~uint64_t{0} << bits_per_word_), std::memory_order_relaxed);
+    }
+  }
+  hints_.reset(new std::atomic<unsigned>[kSlotCount]);
+  for (unsigned i = 0; i < kSlotCount; ++i) {
+    hints_[i].store((i * depth_ / kSlotCount) % depth_, std::memory_order_relaxed);
+  }
+}
+
+TagAllocator::~TagAllocator() = default;
+
+int TagAllocator::try_get() {
+  std::atomic<unsigned>& hint = hints_[this_slot().index];
+  const unsigned start = hint.load(std::memory_order_relaxed);
+  unsigned w = start / bits_per_word_;
+  for (unsigned n = 0; n < nr_words_; ++n, w = (w + 1 == nr_words_ ? 0 : w + 1)) {
+    std::atomic<uint64_t>& word = words_[w].bits;
+    uint64_t cur = word.load(std::memory_order_relaxed);
+    while (~cur != 0) {
+      unsigned bit = static_cast<unsigned>(std::countr_one(cur));
+      uint64_t mask = uint64_t{1} << bit;
+      uint64_t prev = word.fetch_or(mask, std::memory_order_acquire);
+      if ((prev & mask) == 0) {
+        unsigned tag = w * bits_per_word_ + bit;
+        hint.store(tag + 1 >= depth_ ? 0 : tag + 1, std::memory_order_relaxed);
+        return static_cast<int>(tag);
+      }
+      cur = prev | mask;
+    }
+  }
+  return -1;
+}
+
+void TagAllocator::put(int tag) {
+  const unsigned t = static_cast<unsigned>(tag);
+  // seq_cst: pairs with the waiter count a freer reads next (see Queue).
+  words_[t / bits_per_word_].bits.fetch_and(~(uint64_t{1} << (t % bits_per_word_)),
+                                            std::memory_order_seq_cst);
+  // The next allocation on this thread starts here: recently freed tags
+  // (and their requests) are warm in this thread's cache.
+  hints_[this_slot().index].store(t, std::memory_order_relaxed);
+}
+
+unsigned TagAllocator::in_use() const {
+  unsigned n = 0;
+  for (unsigned w = 0; w < nr_words_; ++w) {
+    uint64_t bits = words_[w].bits.load(std::memory_order_relaxed);
+    if (bits_per_word_ < 64) bits &= ~(~uint64_t{0} << bits_per_word_);
+    if (w == nr_words_ - 1 && depth_ % bits_per_word_ != 0) {
+      bits &= ~(~uint64_t{0} << (depth_ % bits_per_word_));
+    }
+    n += static_cast<unsigned>(std::popcount(bits));
+  }
+  return n;
+}
+
+Tags::Tags(unsigned d, size_t cmd_size) : alloc(d), depth(d), requests(new Request[d]) {
+  const size_t pdu_size = (cmd_size + 15) / 16 * 16;
+  if (pdu_size) pdus.reset(new std::byte[pdu_size * d]());
+  for (unsigned t = 0; t < d; ++t) {
+    requests[t].tag_ = static_cast<int>(t);
+    requests[t].pdu_ = pdu_size ? pdus.get() + pdu_size * t : nullptr;
+  }
+}
+
+Tags::~Tags() = default;
+
+TagSet::TagSet(const TagSetConfig& config, RequestDriver& driver)
+    : config_(config), driver_(driver) {
+  if (config_.nr_hw_queues == 0) config_.nr_hw_queues = 1;
+  if (config_.queue_depth == 0) config_.queue_depth = 1;
+  unsigned spaces = config_.shared_tags ? 1 : config_.nr_hw_queues;
+  for (unsigned i = 0; i < spaces; ++i) {
+    tags_.push_back(std::make_unique<Tags>(config_.queue_depth, config_.cmd_size));
+    for (unsigned t = 0; t < config_.queue_depth; ++t) driver_.init_request(tags_[i]->requests[t]);
+  }
+}
+
+TagSet::~TagSet() = default;
+
+}  // namespace blkstack
