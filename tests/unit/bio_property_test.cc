@@ -85,6 +85,7 @@ class Rng {
 struct OpState {
   Op op = Op::kRead;
   uint64_t start_sector = 0;
+  uint64_t end_sector = 0;
   BioFlag flags = BioFlag::kNone;
   uint32_t inject_percent = 0;       // chance per decision point
   bool defer = false;                // may park bios for the test to submit later
@@ -167,8 +168,18 @@ class FaultDriver final : public BioDriver {
       if (hw_segments(r, lim_.max_segment_size) > lim_.max_segments) {
         violation("too many segments");
       }
-    } else if (r.op() == Op::kDiscard && r.sectors() > lim_.max_discard_sectors) {
-      violation("discard too big");
+    } else if (r.op() == Op::kDiscard) {
+      if (r.sectors() > lim_.max_discard_sectors) violation("discard too big");
+      // A piece cut short by the limit ends on the granularity when a
+      // boundary lies within reach, so the next piece starts aligned.
+      const uint64_t start = r.sector() << kSectorShift;
+      const uint64_t reach =
+          (uint64_t{lim_.max_discard_sectors} << kSectorShift) / lbs * lbs;
+      const uint64_t gran = lim_.discard_granularity;
+      if (r.end_sector() != op.end_sector && (start + reach) / gran * gran > start &&
+          (r.end_sector() << kSectorShift) % gran != 0) {
+        violation("discard split off the granularity");
+      }
     } else if (r.op() == Op::kWriteZeroes &&
                r.sectors() > lim_.max_write_zeroes_sectors) {
       violation("write-zeroes too big");
@@ -448,6 +459,7 @@ class PropertyRun {
     }
     st.op = op;
     st.start_sector = sector;
+    st.end_sector = sector + bytes / 512;
     if (op == Op::kWrite) {
       if (rng_.chance(10)) st.flags |= BioFlag::kPreflush;
       if (rng_.chance(10)) st.flags |= BioFlag::kFua;
