@@ -27,8 +27,11 @@ configure_build = cmake -S . -B $(1) $(CMAKE_COMMON) $(2) && cmake --build $(1) 
 # $(call ctest,DIR,ARGS): runs ctest, keeping its output for the summary.
 ctest = ctest --test-dir $(1) --output-on-failure --no-tests=error --parallel $(JOBS) $(2) \
           2>&1 | tee $(1)/ctest.log
-# $(call timed,DIR,COMMANDS): runs COMMANDS and records their time in DIR/phase-time.
-timed = start=$$(date +%s); $(2); mkdir -p $(1); echo $$(( $$(date +%s) - start )) > $(1)/phase-time
+# $(call timed,DIR,COMMANDS): runs COMMANDS, prints and records their time
+# (in DIR/phase-time), and fails if they did.
+timed = start=$$(date +%s); rc=0; $(2) || rc=$$?; t=$$(( $$(date +%s) - start )); \
+        mkdir -p $(1); echo $$t > $(1)/phase-time; echo "---- $(1): $$t s, exit status $$rc"; \
+        exit $$rc
 
 .PHONY: help deps build demo test test-all test-asan test-fuzz test-summary bench format clean
 
