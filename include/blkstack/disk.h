@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "blkstack/bio.h"
@@ -105,13 +106,23 @@ class Disk {
   // The /proc/diskstats line of this disk.
   std::string diskstats_line() const;
 
-  bool dying() const;
+  bool dying() const { return dying_.load(std::memory_order_acquire); }
   // Refuses new I/O (kOffline) and waits for in-flight I/O to complete.
   void shutdown();
+  // Holds new I/O back (parked, not failed) and waits until the I/O in
+  // flight has completed and no thread is in this disk's submit path
+  // (blk_mq_freeze_queue): for changing a scheduler or a table. Nests.
+  // Not from a submit path.
+  void freeze();
+  // Lets parked and new I/O in again once every freeze() is undone.
+  void unfreeze();
 
   // --- used by submit_bio() and Bio::endio() ---------------------------
-  // Starts accounting `bio` on this disk; false when the disk is dying.
+  // Starts accounting `bio` on this disk; false when the disk is dying or
+  // frozen: then call refused(bio).
   bool start_io(Bio& bio);
+  // Fails a bio refused by start_io (dying) or parks it until unfreeze().
+  void refused(Bio& bio);
   // Finishes the accounting begun by start_io (from the completion path).
   void end_io(Bio& bio);
 
@@ -120,10 +131,30 @@ class Disk {
   void account_request_done(Op op, uint32_t sectors, uint64_t start_ns, uint64_t now_ns);
   void account_merge(Op op);
 
+  // Publishes that the calling thread is inside this disk's submit path,
+  // so that shutdown() and freeze() wait for it to leave even when the bio
+  // it submitted completed (and let go of the disk) before the driver call
+  // returned. A plain store per submit for all but the rare thread beyond
+  // kPercpuSlots.
+  class SubmitGuard {
+   public:
+    explicit SubmitGuard(Disk& disk);
+    ~SubmitGuard();
+    SubmitGuard(const SubmitGuard&) = delete;
+    SubmitGuard& operator=(const SubmitGuard&) = delete;
+
+   private:
+    Disk& disk_;
+    unsigned slot_;
+    const Disk* saved_;
+  };
+
  private:
   struct Shard;
   void update_io_ticks(uint64_t now_ns, bool end);
   void account_done(Op op, uint32_t sectors, uint64_t duration_ns, uint64_t now_ns);
+  // Waits until no I/O is in flight and no thread is in the submit path.
+  void wait_until_idle(const std::string& what);
 
   std::string name_;
   unsigned major_ = 0;
@@ -132,7 +163,12 @@ class Disk {
   QueueLimits limits_;
   std::atomic<bool> read_only_;
   bool per_bio_stats_;
+  std::atomic<bool> dying_{false};
   std::unique_ptr<PercpuRef> usage_;  // bios between start_io and end_io
+  std::mutex freeze_lock_;            // the parked bios and the freeze depth
+  BioList frozen_bios_;
+  unsigned freeze_depth_ = 0;
+  std::atomic<uint32_t> shared_submitters_{0};  // threads on the shared slot
   std::unique_ptr<Shard[]> shards_;
   std::atomic<uint64_t> stamp_ms_{0};
   std::atomic<uint64_t> io_ticks_ms_{0};

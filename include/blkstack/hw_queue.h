@@ -56,8 +56,6 @@ class HwQueue {
   // Runs on the queue's worker after `delay_ns` (blk_mq_delay_run_hw_queue).
   void run_after(uint64_t delay_ns);
 
-  // Requests in the driver now (for tests and the idle check).
-  uint32_t in_driver() const { return in_driver_.load(std::memory_order_acquire); }
   // Dispatches so far, and how many requests went per queue_rq batch.
   uint64_t dispatched() const { return dispatched_.load(std::memory_order_relaxed); }
 
@@ -77,6 +75,13 @@ class HwQueue {
   void after_refusal(IssueResult why);
   void add_to_dispatch(Request& rq, bool at_head);
   // Marks the software queue as holding work for this hardware queue.
+  // A request left the driver: run if a refused request waits for that.
+  void restart_if_needed() {
+    if (restart_.load(std::memory_order_relaxed) &&
+        restart_.exchange(false, std::memory_order_acq_rel)) {
+      run();
+    }
+  }
   void mark_pending(unsigned ctx) { pending_ctx_.fetch_or(1u << ctx, std::memory_order_release); }
 
   Queue& queue_;
@@ -88,7 +93,6 @@ class HwQueue {
   std::mutex dispatch_lock_;
   RequestList dispatch_;                  // requeued or waiting for the driver
   std::atomic<uint32_t> dispatch_count_{0};
-  std::atomic<uint32_t> in_driver_{0};
   std::atomic<bool> restart_{false};      // run again when a request completes
   std::atomic<uint64_t> dispatched_{0};
 };

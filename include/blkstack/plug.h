@@ -13,11 +13,14 @@
 // collects.
 #pragma once
 
+#include <cstdint>
+
 #include "blkstack/request.h"
 
 namespace blkstack {
 
 class Queue;
+struct Tags;
 
 class Plug {
  public:
@@ -37,15 +40,31 @@ class Plug {
   // Flushes the current plug, if any; called before a thread waits.
   static void flush_current();
 
+  // The time the block layer stamps requests with (blk_time_get_ns): while
+  // a plug is active on the thread, one clock read serves the whole batch,
+  // until the plug is flushed.
+  static uint64_t time_ns();
+
  private:
   friend class Queue;
+  static constexpr unsigned kTagBatch = 8;
+
   void add(Request& rq);
   // The most recent request held for `q`, for merging.
   Request* last_for(const Queue& q) const;
+  // A tag from the plug's batch for `tags` (taking a new batch when empty),
+  // or -1. Tags are taken several at a time with one atomic operation, as
+  // the kernel's plug request cache does; unused ones go back at flush.
+  int take_tag(Tags& tags);
+  void return_tags();
 
   bool active_;  // false for a nested plug
   RequestList list_;
   unsigned count_ = 0;
+  uint64_t time_ns_ = 0;  // 0: not read yet
+  Tags* tag_tags_ = nullptr;
+  unsigned nr_tags_ = 0;
+  int tags_[kTagBatch];
 };
 
 }  // namespace blkstack

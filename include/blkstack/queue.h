@@ -34,7 +34,6 @@
 namespace blkstack {
 
 class FlushQueue;
-class PercpuRef;
 class Plug;
 
 class Queue final : public BioDriver {
@@ -67,8 +66,8 @@ class Queue final : public BioDriver {
   void stop_hw_queues();          // blk_mq_stop_hw_queues
   void start_stopped_hw_queues(); // blk_mq_start_stopped_hw_queues
   void run_hw_queues();
-  // Stops taking new requests (bios park until unfreeze) and waits until
-  // every request already made has completed (blk_mq_freeze_queue).
+  // Stops taking new bios (they park until unfreeze) and waits until every
+  // one already taken has completed (blk_mq_freeze_queue; see Disk::freeze).
   void freeze();
   void unfreeze();
   // Puts a request back to be dispatched again (blk_mq_requeue_request);
@@ -103,12 +102,15 @@ class Queue final : public BioDriver {
   // Sends a request to the driver now. kRequeue and kBusy mean the driver
   // did not take it: the caller puts it back on the dispatch list.
   using Issue = IssueResult;
-  Issue issue(HwQueue& hctx, Request& rq, bool last);
+  // `now` is the time to stamp it with (callers share one clock read).
+  Issue issue(HwQueue& hctx, Request& rq, bool last, uint64_t now);
   // Inserts into the scheduler, or the software queue of this thread.
   void insert(HwQueue& hctx, Request& rq, bool at_head);
   // Flushes one queue's share of a plug.
   void issue_plugged(RequestList& list);
   Scheduler* sched_ptr() const { return sched_.get(); }
+  // After tags were freed: resumes parked bios if there are any.
+  static void wake_tag_waiters_if_any(Tags& tags);
 
  private:
   friend class FlushQueue;
@@ -125,14 +127,13 @@ class Queue final : public BioDriver {
   SoftwareQueue& this_ctx();
   bool try_merge_somewhere(HwQueue& hctx, Bio& bio);
   bool try_ctx_merge(SoftwareQueue& ctx, Bio& bio);
-  void init_request(Request& rq, HwQueue& hctx, Bio& bio);
+  void init_request(Request& rq, HwQueue& hctx, Bio& bio, uint64_t now);
   // Steps after a request has its tag: flush sequencing, plug, dispatch.
   void queue_request(HwQueue& hctx, Request& rq, bool allow_plug);
   void park_for_tag(HwQueue& hctx, Bio& bio);
   void free_request(Request& rq);
-  void wake_tag_waiters(Tags& tags);
-  void park_while_frozen(Bio& bio);
-  void fail_parked(Status status);
+  // Hands freed tags to bios parked for them (each names its own queue).
+  static void wake_tag_waiters(Tags& tags);
   // The kblockd-like worker.
   void worker_loop();
   void schedule_work(uint64_t at_ns);
@@ -144,14 +145,9 @@ class Queue final : public BioDriver {
   std::vector<std::unique_ptr<HwQueue>> hctxs_;
   std::unique_ptr<SoftwareQueue[]> ctxs_;
   std::unique_ptr<FlushQueue> flush_;
-  std::unique_ptr<PercpuRef> usage_;  // requests made and not yet freed
   std::unique_ptr<Scheduler> sched_;
   std::string sched_name_ = "none";
   std::atomic<unsigned> nomerges_{0};
-  std::atomic<bool> dying_{false};
-
-  std::mutex frozen_lock_;     // bios that arrived while frozen
-  BioList frozen_bios_;
 
   std::mutex work_lock_;       // the worker's state
   std::condition_variable work_cv_;

@@ -29,7 +29,14 @@ class TagAllocator {
 
   // A free tag, or -1.
   int try_get();
+  // Up to `max` free tags from one word with one atomic operation; returns
+  // how many were written to `out`.
+  unsigned try_get_batch(int* out, unsigned max);
   void put(int tag);
+  // Frees the tags of `mask` in word `word` at once.
+  void put_word(unsigned word, uint64_t mask);
+  unsigned word_of(int tag) const { return static_cast<unsigned>(tag) / bits_per_word_; }
+  uint64_t bit_of(int tag) const { return uint64_t{1} << (static_cast<unsigned>(tag) % bits_per_word_); }
   unsigned depth() const { return depth_; }
   unsigned in_use() const;  // for tests and statistics
 
@@ -57,6 +64,31 @@ struct Tags {
   std::mutex wait_lock;
   BioList waiters;
   std::atomic<uint32_t> nr_waiters{0};
+};
+
+// Frees tags in batches while a thread completes a batch of requests
+// (the kernel's io_comp_batch): one atomic operation per bitmap word
+// instead of one per request. Tags stay taken until the batch ends.
+class TagFreeBatch {
+ public:
+  TagFreeBatch();
+  ~TagFreeBatch();  // frees what it holds
+  TagFreeBatch(const TagFreeBatch&) = delete;
+  TagFreeBatch& operator=(const TagFreeBatch&) = delete;
+
+  // The batch active on this thread, or nullptr.
+  static TagFreeBatch* current();
+  // Holds `tag` of `tags` for freeing at the end; false if it cannot (a
+  // different tag space or word: the caller frees it at once).
+  bool hold(Tags& tags, int tag);
+  // Frees everything held now; returns the Tags (for waking waiters).
+  Tags* release();
+
+ private:
+  bool active_;
+  Tags* tags_ = nullptr;
+  unsigned word_ = 0;
+  uint64_t mask_ = 0;
 };
 
 class TagSet {

@@ -27,12 +27,19 @@ struct SlotRef {
 
 namespace percpu_internal {
 SlotRef acquire_slot();
-}
+// Constant-initialised, so reading it is one thread-pointer-relative load
+// (a thread_local with a dynamic initialiser would check a guard first).
+inline constinit thread_local SlotRef tls_slot{~0u, false};
+}  // namespace percpu_internal
 
 // The calling thread's slot.
 inline SlotRef this_slot() {
-  thread_local const SlotRef slot = percpu_internal::acquire_slot();
-  return slot;
+  SlotRef s = percpu_internal::tls_slot;
+  if (s.index == ~0u) [[unlikely]] {
+    s = percpu_internal::acquire_slot();
+    percpu_internal::tls_slot = s;
+  }
+  return s;
 }
 
 // Adds to a counter of the calling thread's slot.

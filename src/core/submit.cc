@@ -39,6 +39,7 @@ void submit_one(Bio& bio) {
   // here too, and its callback waiting for new I/O would wait forever (that
   // I/O is only queued on this thread's list).
   debug::SubmitScope scope(disk->name().c_str());
+  Disk::SubmitGuard guard(*disk);
 
   if (Status s = check_bio(bio, *disk); s != Status::kOk) {
     bio.complete(s);
@@ -54,7 +55,7 @@ void submit_one(Bio& bio) {
     return;
   }
   if (bio.acct_disk == nullptr && !disk->start_io(bio)) {
-    bio.complete(Status::kOffline);
+    disk->refused(bio);  // dying: fails; frozen: parks until unfrozen
     return;
   }
   Status split_error = Status::kOk;

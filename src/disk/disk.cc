@@ -5,6 +5,8 @@
 #include "core/clock.h"
 #include "core/percpu.h"
 #include "core/percpu_ref.h"
+#include "blkstack/submit.h"
+#include <thread>
 #include <fmt/format.h>
 
 namespace blkstack {
@@ -92,7 +94,8 @@ void Disk::account_done(Op op, uint32_t sectors, uint64_t duration_ns, uint64_t 
 }
 
 void Disk::account_request_done(Op op, uint32_t sectors, uint64_t start_ns, uint64_t now) {
-  account_done(op, sectors, now - start_ns, now);
+  // Times may come from a plug's cached clock, a little behind: never wrap.
+  account_done(op, sectors, now > start_ns ? now - start_ns : 0, now);
 }
 
 void Disk::account_merge(Op op) {
@@ -145,12 +148,95 @@ std::string Disk::diskstats_line() const {
       ms(st.nsecs[kStatFlush]));
 }
 
-bool Disk::dying() const { return usage_->dead(); }
+namespace {
+// The disk whose submit path each exclusively owned thread slot is in.
+struct alignas(kCacheLine) SubmitSlot {
+  std::atomic<const Disk*> disk{nullptr};
+};
+SubmitSlot submit_slots[kPercpuSlots];
+}  // namespace
+
+Disk::SubmitGuard::SubmitGuard(Disk& disk) : disk_(disk) {
+  const SlotRef ref = this_slot();
+  slot_ = ref.index;
+  if (ref.exclusive) {
+    // A plain store: start_io's locked increment, which follows, orders it,
+    // so whoever sees that count (and then its drop to zero) sees this
+    // marker. A bio that skips start_io (a split remainder) already holds
+    // the disk by its own count.
+    saved_ = submit_slots[slot_].disk.load(std::memory_order_relaxed);
+    submit_slots[slot_].disk.store(&disk, std::memory_order_release);
+  } else {
+    saved_ = nullptr;
+    disk.shared_submitters_.fetch_add(1, std::memory_order_seq_cst);
+  }
+}
+
+Disk::SubmitGuard::~SubmitGuard() {
+  if (slot_ != kSharedSlot) {
+    submit_slots[slot_].disk.store(saved_, std::memory_order_release);
+  } else {
+    disk_.shared_submitters_.fetch_sub(1, std::memory_order_release);
+  }
+}
+
+void Disk::wait_until_idle(const std::string& what) {
+  usage_->wait_for_zero(what);
+  auto busy = [this] {
+    if (shared_submitters_.load(std::memory_order_acquire) != 0) return true;
+    for (const SubmitSlot& s : submit_slots) {
+      if (s.disk.load(std::memory_order_acquire) == this) return true;
+    }
+    return false;
+  };
+  while (busy()) std::this_thread::yield();
+}
+
+void Disk::refused(Bio& bio) {
+  {
+    std::lock_guard lock(freeze_lock_);
+    if (!dying() && freeze_depth_ > 0) {
+      frozen_bios_.push_back(&bio);
+      return;
+    }
+  }
+  if (dying()) {
+    bio.complete(Status::kOffline);
+  } else {
+    submit_bio(bio);  // unfrozen meanwhile: try again
+  }
+}
+
+void Disk::freeze() {
+  {
+    std::lock_guard lock(freeze_lock_);
+    if (freeze_depth_++ == 0) usage_->kill();
+  }
+  wait_until_idle("freeze of disk '" + name_ + "'");
+}
+
+void Disk::unfreeze() {
+  BioList parked;
+  {
+    std::lock_guard lock(freeze_lock_);
+    if (freeze_depth_ == 0 || --freeze_depth_ > 0 || dying()) return;
+    usage_->resurrect();
+    parked.splice_back(frozen_bios_);
+  }
+  while (Bio* b = parked.pop_front()) submit_bio(*b);
+}
 
 void Disk::shutdown() {
-  usage_->kill();
+  BioList parked;
+  {
+    std::lock_guard lock(freeze_lock_);
+    dying_.store(true, std::memory_order_seq_cst);
+    usage_->kill();
+    parked.splice_back(frozen_bios_);
+  }
+  while (Bio* b = parked.pop_front()) b->complete(Status::kOffline);
   driver_->shutdown();
-  usage_->wait_for_zero("removal of disk '" + name_ + "'");
+  wait_until_idle("removal of disk '" + name_ + "'");
 }
 
 }  // namespace blkstack

@@ -1,6 +1,8 @@
 #include "blkstack/hw_queue.h"
 
+#include "blkstack/plug.h"
 #include "blkstack/queue.h"
+#include "blkstack/tag_set.h"
 #include "core/clock.h"
 
 namespace blkstack {
@@ -31,10 +33,10 @@ void HwQueue::add_to_dispatch(Request& rq, bool at_head) {
 
 void HwQueue::after_refusal(IssueResult why) {
   if (why == Queue::Issue::kRequeue) {
-    // Run again when a request completes; if none is in flight, nothing
-    // will complete, so run after a delay. (Dekker with leave_driver().)
-    restart_.store(true, std::memory_order_seq_cst);
-    if (in_driver_.load(std::memory_order_seq_cst) == 0) run_after(kResourceDelayNs);
+    // Run again when a request completes, and in any case after a short
+    // delay: perhaps none is in flight, and then none will complete.
+    restart_.store(true, std::memory_order_release);
+    run_after(kResourceDelayNs);
   } else if (!stopped()) {
     run();  // the driver restarted the queue before the request was back
   }
@@ -91,9 +93,13 @@ void HwQueue::dispatch_all() {
 
 bool HwQueue::dispatch_list(RequestList& batch) {
   bool owe_commit = false;  // a request went with last == false
+  const uint64_t now = Plug::time_ns();  // one clock read stamps the batch
+  // Requests that complete inline while the batch goes out free their tags
+  // together at the end.
+  TagFreeBatch free_batch;
   while (Request* rq = batch.pop_front()) {
     const bool last = batch.empty();
-    Queue::Issue r = queue_.issue(*this, *rq, last);
+    Queue::Issue r = queue_.issue(*this, *rq, last, now);
     if (r == Queue::Issue::kIssued) {
       owe_commit = !last;
       continue;

@@ -1,6 +1,10 @@
 #include "blkstack/plug.h"
 
+#include <algorithm>
+
 #include "blkstack/queue.h"
+#include "blkstack/tag_set.h"
+#include "core/clock.h"
 
 namespace blkstack {
 namespace {
@@ -15,6 +19,37 @@ Plug::~Plug() {
   if (!active_) return;
   flush();
   tls_plug = nullptr;
+}
+
+uint64_t Plug::time_ns() {
+  Plug* p = tls_plug;
+  if (!p) return now_ns();
+  if (p->time_ns_ == 0) p->time_ns_ = now_ns();
+  return p->time_ns_;
+}
+
+int Plug::take_tag(Tags& tags) {
+  if (tag_tags_ != &tags) {
+    return_tags();
+    tag_tags_ = &tags;
+  }
+  if (nr_tags_ == 0) {
+    // Small queues get no batch: a plug must not sit on a large share of
+    // the tags while other threads wait.
+    const unsigned batch = std::min(kTagBatch, tags.depth / 8);
+    if (batch <= 1) return tags.alloc.try_get();
+    nr_tags_ = tags.alloc.try_get_batch(tags_, batch);
+    if (nr_tags_ == 0) return -1;
+    std::reverse(tags_, tags_ + nr_tags_);  // hand them out lowest first
+  }
+  return tags_[--nr_tags_];
+}
+
+void Plug::return_tags() {
+  if (nr_tags_ == 0) return;
+  Tags& tags = *tag_tags_;
+  while (nr_tags_ > 0) tags.alloc.put(tags_[--nr_tags_]);
+  Queue::wake_tag_waiters_if_any(tags);
 }
 
 Plug* Plug::current() { return tls_plug; }
@@ -42,6 +77,7 @@ void Plug::flush() {
   RequestList all;
   all.splice_back(list_);
   count_ = 0;
+  return_tags();
   while (!all.empty()) {
     Queue& q = all.front()->queue();
     RequestList mine;
@@ -55,6 +91,7 @@ void Plug::flush() {
     }
     q.issue_plugged(mine);
   }
+  time_ns_ = 0;  // the next batch reads the clock again
 }
 
 }  // namespace blkstack

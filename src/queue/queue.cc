@@ -9,7 +9,6 @@
 #include "blkstack/plug.h"
 #include "core/clock.h"
 #include "core/percpu.h"
-#include "core/percpu_ref.h"
 #include "queue/flush_queue.h"
 
 namespace blkstack {
@@ -59,7 +58,6 @@ void Queue::init_hw_queues() {
     ctxs_[i].hctx = hctxs_[i % n].get();
   }
   flush_ = std::make_unique<FlushQueue>(*this);
-  usage_ = std::make_unique<PercpuRef>();
   worker_ = std::thread([this] { worker_loop(); });
 }
 
@@ -99,34 +97,29 @@ SoftwareQueue& Queue::this_ctx() { return ctxs_[this_slot().index]; }
 // --- submission -----------------------------------------------------------------
 
 void Queue::submit(Bio& bio) {
-  if (!usage_->tryget_live()) [[unlikely]] {
-    park_while_frozen(bio);
-    return;
-  }
+  // The bio holds the disk (and so this queue) from submit_bio() until it
+  // completes; freezing and removal wait for it (Disk::freeze).
   HwQueue& hctx = map_queue();
-  if (nomerges() != 2 && try_merge_somewhere(hctx, bio)) {
-    usage_->put();  // the request it joined holds the queue
-    return;
-  }
+  if (nomerges() != 2 && try_merge_somewhere(hctx, bio)) return;
   Tags& tags = hctx.tags();
-  const int tag = tags.alloc.try_get();
+  Plug* plug = Plug::current();
+  const int tag = plug ? plug->take_tag(tags) : tags.alloc.try_get();
   if (tag < 0) [[unlikely]] {
     if (bio.has_flag(BioFlag::kNowait)) {
-      usage_->put();
       bio.complete(Status::kAgain);
       return;
     }
     // Our own plugged requests may be what holds the tags.
-    if (Plug* plug = Plug::current()) plug->flush();
+    if (plug) plug->flush();
     park_for_tag(hctx, bio);
     return;
   }
   Request& rq = tags.requests[tag];
-  init_request(rq, hctx, bio);
+  init_request(rq, hctx, bio, Plug::time_ns());
   queue_request(hctx, rq, /*allow_plug=*/true);
 }
 
-void Queue::init_request(Request& rq, HwQueue& hctx, Bio& bio) {
+void Queue::init_request(Request& rq, HwQueue& hctx, Bio& bio, uint64_t now) {
   rq.op_ = bio.op();
   rq.flags_ = bio.flags();
   rq.state_.store(Request::State::kIdle, std::memory_order_relaxed);
@@ -139,7 +132,7 @@ void Queue::init_request(Request& rq, HwQueue& hctx, Bio& bio) {
   rq.sector_ = bio.sector();
   rq.bytes_ = bio.size();
   rq.stats_sectors_ = bio.sectors();
-  rq.alloc_ns_ = now_ns();
+  rq.alloc_ns_ = now;
   rq.start_ns_ = 0;
   rq.head_ = rq.tail_ = &bio;
   bio.next = nullptr;
@@ -164,7 +157,7 @@ void Queue::queue_request(HwQueue& hctx, Request& rq, bool allow_plug) {
   }
   if (hctx.idle()) {
     // Straight to the driver, in this thread (blk_mq_try_issue_directly).
-    Issue r = issue(hctx, rq, /*last=*/true);
+    Issue r = issue(hctx, rq, /*last=*/true, rq.alloc_ns_);
     if (r != Issue::kIssued) {
       hctx.add_to_dispatch(rq, /*at_head=*/true);
       hctx.after_refusal(r);
@@ -201,13 +194,11 @@ void Queue::dispatch_internal(Request& rq) {
   hctx.run();
 }
 
-Queue::Issue Queue::issue(HwQueue& hctx, Request& rq, bool last) {
+Queue::Issue Queue::issue(HwQueue& hctx, Request& rq, bool last, uint64_t now) {
   if (hctx.stopped()) return Issue::kBusy;
-  const uint64_t now = now_ns();
   rq.start_ns_ = now;
   rq.deadline_ns_.store(now + tag_set_->config().timeout_ns, std::memory_order_relaxed);
   rq.state_.store(Request::State::kInFlight, std::memory_order_release);
-  hctx.in_driver_.fetch_add(1, std::memory_order_seq_cst);
   disk_->account_request_start(now);
   Status r;
   {
@@ -221,7 +212,6 @@ Queue::Issue Queue::issue(HwQueue& hctx, Request& rq, bool last) {
   // The driver did not take the request. The caller puts it back and then
   // calls HwQueue::after_refusal(), in that order, so no re-run is missed.
   rq.state_.store(Request::State::kIdle, std::memory_order_relaxed);
-  hctx.in_driver_.fetch_sub(1, std::memory_order_seq_cst);
   if (r == Status::kResource) return Issue::kRequeue;
   if (r == Status::kDeviceResource) {
     hctx.stop();  // the driver restarts it with HwQueue::start()
@@ -232,18 +222,14 @@ Queue::Issue Queue::issue(HwQueue& hctx, Request& rq, bool last) {
 }
 
 void Queue::leave_driver(Request& rq) {
-  if (rq.state_.exchange(Request::State::kIdle, std::memory_order_acq_rel) !=
-      Request::State::kInFlight)
-    return;
-  HwQueue& hctx = *rq.hctx_;
-  hctx.in_driver_.fetch_sub(1, std::memory_order_seq_cst);
-  if (hctx.restart_.load(std::memory_order_seq_cst) &&
-      hctx.restart_.exchange(false, std::memory_order_acq_rel)) {
-    hctx.run();
-  }
+  rq.state_.store(Request::State::kIdle, std::memory_order_release);
+  rq.hctx_->restart_if_needed();
 }
 
 void Queue::issue_plugged(RequestList& list) {
+  // Not inside submit_bio(): publish that this thread is in the queue, so
+  // removal waits for it even if the last request completes meanwhile.
+  Disk::SubmitGuard guard(*disk_);
   if (sched_) {
     HwQueue* last = nullptr;
     while (Request* rq = list.pop_front()) {
@@ -392,34 +378,47 @@ bool Queue::try_ctx_merge(SoftwareQueue& ctx, Bio& bio) {
 // --- completion ------------------------------------------------------------------
 
 void Queue::finish_request(Request& rq, Status status) {
-  const Request::State prev = rq.state_.exchange(Request::State::kComplete, std::memory_order_acq_rel);
-  if (prev == Request::State::kComplete) {
+#ifdef BLKSTACK_DEBUG_CHECKS
+  if (rq.state_.exchange(Request::State::kComplete, std::memory_order_acq_rel) ==
+      Request::State::kComplete) {
     debug::fatal(fmt::format("request (tag {}, {} at sector {}) on '{}' completed twice", rq.tag_,
                              op_name(rq.op_), rq.sector_, disk_->name()));
   }
+#else
+  rq.state_.store(Request::State::kComplete, std::memory_order_relaxed);
+#endif
   HwQueue& hctx = *rq.hctx_;
-  if (prev == Request::State::kInFlight) hctx.in_driver_.fetch_sub(1, std::memory_order_seq_cst);
-  while (Bio* b = rq.head_) {
-    rq.head_ = b->next;
+  // Take the bios off first: once the tag is free the request may be
+  // reused, and once the last bio has ended the disk (with this queue) may
+  // be gone, so ending them is the very last thing done here.
+  Bio* bios = rq.head_;
+  rq.head_ = rq.tail_ = nullptr;
+  const uint64_t now = Plug::time_ns();
+  disk_->account_request_done(rq.op_, rq.stats_sectors_, rq.alloc_ns_, now);
+  if (sched_) sched_->completed(rq, now);
+  hctx.restart_if_needed();
+  free_request(rq);
+  while (Bio* b = bios) {
+    bios = b->next;
     b->next = nullptr;
     b->complete(status);
   }
-  rq.tail_ = nullptr;
-  const uint64_t now = now_ns();
-  disk_->account_request_done(rq.op_, rq.stats_sectors_, rq.alloc_ns_, now);
-  if (sched_) sched_->completed(rq, now);
-  if (hctx.restart_.load(std::memory_order_seq_cst) &&
-      hctx.restart_.exchange(false, std::memory_order_acq_rel)) {
-    hctx.run();
-  }
-  free_request(rq);
 }
 
 void Queue::free_request(Request& rq) {
   Tags& tags = rq.hctx_->tags();
+  if (TagFreeBatch* batch = TagFreeBatch::current()) {
+    if (batch->hold(tags, rq.tag_)) return;
+    if (Tags* held = batch->release()) wake_tag_waiters_if_any(*held);
+    if (batch->hold(tags, rq.tag_)) return;
+  }
   tags.alloc.put(rq.tag_);
+  wake_tag_waiters_if_any(tags);
+}
+
+void Queue::wake_tag_waiters_if_any(Tags& tags) {
+  // seq_cst, after the tag's seq_cst release: pairs with park_for_tag().
   if (tags.nr_waiters.load(std::memory_order_seq_cst) != 0) wake_tag_waiters(tags);
-  usage_->put();
 }
 
 void Queue::park_for_tag(HwQueue& hctx, Bio& bio) {
@@ -454,7 +453,7 @@ void Queue::wake_tag_waiters(Tags& tags) {
     Queue& q = static_cast<Queue&>(bio->disk()->driver());
     HwQueue& hctx = q.hw_queue(static_cast<unsigned>(bio->driver_data));
     Request& rq = tags.requests[tag];
-    q.init_request(rq, hctx, *bio);
+    q.init_request(rq, hctx, *bio, Plug::time_ns());
     q.queue_request(hctx, rq, /*allow_plug=*/false);
   }
   tls_waking_tags = saved;
@@ -462,62 +461,17 @@ void Queue::wake_tag_waiters(Tags& tags) {
 
 // --- freezing, stopping, dying -----------------------------------------------------
 
-void Queue::park_while_frozen(Bio& bio) {
-  if (dying_.load(std::memory_order_acquire)) {
-    bio.complete(Status::kOffline);
-    return;
-  }
-  {
-    std::lock_guard lock(frozen_lock_);
-    if (usage_->dead()) {
-      frozen_bios_.push_back(&bio);
-      return;
-    }
-  }
-  submit(bio);  // unfrozen meanwhile
-}
-
 void Queue::freeze() {
-  {
-    std::lock_guard lock(frozen_lock_);
-    usage_->kill();
-  }
-  Plug::flush_current();
+  Plug::flush_current();  // our own plugged requests must drain too
   run_hw_queues();
-  usage_->wait_for_zero("freeze of queue '" + (disk_ ? disk_->name() : std::string("?")) + "'");
+  disk_->freeze();
 }
 
-void Queue::unfreeze() {
-  BioList parked;
-  {
-    std::lock_guard lock(frozen_lock_);
-    usage_->resurrect();
-    parked.splice_back(frozen_bios_);
-  }
-  while (Bio* b = parked.pop_front()) submit(*b);
-}
-
-void Queue::fail_parked(Status status) {
-  BioList parked;
-  {
-    std::lock_guard lock(frozen_lock_);
-    parked.splice_back(frozen_bios_);
-  }
-  while (Bio* b = parked.pop_front()) b->complete(status);
-}
+void Queue::unfreeze() { disk_->unfreeze(); }
 
 void Queue::shutdown() {
-  dying_.store(true, std::memory_order_release);
-  {
-    std::lock_guard lock(frozen_lock_);
-    usage_->kill();
-  }
-  fail_parked(Status::kOffline);
-  // A request holds the queue until it is freed, after its bios ended: the
-  // disk's own count of bios reaches zero before the last request has let
-  // go of the queue (blk_freeze_queue in del_gendisk).
+  // Requests waiting on stopped hardware queues would never drain.
   run_hw_queues();
-  usage_->wait_for_zero("removal of queue '" + (disk_ ? disk_->name() : std::string("?")) + "'");
 }
 
 void Queue::stop_hw_queues() {

@@ -2,6 +2,7 @@
 
 #include <bit>
 
+#include "blkstack/queue.h"
 #include "core/percpu.h"
 
 namespace blkstack {
@@ -51,6 +52,40 @@ int TagAllocator::try_get() {
   return -1;
 }
 
+unsigned TagAllocator::try_get_batch(int* out, unsigned max) {
+  std::atomic<unsigned>& hint = hints_[this_slot().index];
+  unsigned w = hint.load(std::memory_order_relaxed) / bits_per_word_;
+  for (unsigned n = 0; n < nr_words_; ++n, w = (w + 1 == nr_words_ ? 0 : w + 1)) {
+    std::atomic<uint64_t>& word = words_[w].bits;
+    uint64_t cur = word.load(std::memory_order_relaxed);
+    while (~cur != 0) {
+      uint64_t want = 0;
+      uint64_t free_bits = ~cur;
+      for (unsigned i = 0; i < max && free_bits; ++i) {
+        want |= free_bits & -free_bits;  // lowest free bit
+        free_bits &= free_bits - 1;
+      }
+      if (word.compare_exchange_weak(cur, cur | want, std::memory_order_acquire)) {
+        unsigned got = 0;
+        while (want) {
+          unsigned bit = static_cast<unsigned>(std::countr_zero(want));
+          want &= want - 1;
+          out[got++] = static_cast<int>(w * bits_per_word_ + bit);
+        }
+        unsigned next = static_cast<unsigned>(out[got - 1]) + 1;
+        hint.store(next >= depth_ ? 0 : next, std::memory_order_relaxed);
+        return got;
+      }
+    }
+  }
+  return 0;
+}
+
+void TagAllocator::put_word(unsigned word, uint64_t mask) {
+  // seq_cst: pairs with the waiter count a freer reads next (see Queue).
+  words_[word].bits.fetch_and(~mask, std::memory_order_seq_cst);
+}
+
 void TagAllocator::put(int tag) {
   const unsigned t = static_cast<unsigned>(tag);
   // seq_cst: pairs with the waiter count a freer reads next (see Queue).
@@ -84,6 +119,38 @@ Tags::Tags(unsigned d, size_t cmd_size) : alloc(d), depth(d), requests(new Reque
 }
 
 Tags::~Tags() = default;
+
+namespace {
+thread_local TagFreeBatch* tls_free_batch = nullptr;
+}  // namespace
+
+TagFreeBatch::TagFreeBatch() : active_(tls_free_batch == nullptr) {
+  if (active_) tls_free_batch = this;
+}
+
+TagFreeBatch::~TagFreeBatch() {
+  if (!active_) return;
+  tls_free_batch = nullptr;
+  if (Tags* tags = release()) Queue::wake_tag_waiters_if_any(*tags);
+}
+
+TagFreeBatch* TagFreeBatch::current() { return tls_free_batch; }
+
+bool TagFreeBatch::hold(Tags& tags, int tag) {
+  const unsigned word = tags.alloc.word_of(tag);
+  if (mask_ != 0 && (tags_ != &tags || word_ != word)) return false;
+  tags_ = &tags;
+  word_ = word;
+  mask_ |= tags.alloc.bit_of(tag);
+  return true;
+}
+
+Tags* TagFreeBatch::release() {
+  if (mask_ == 0) return nullptr;
+  tags_->alloc.put_word(word_, mask_);
+  mask_ = 0;
+  return tags_;
+}
 
 TagSet::TagSet(const TagSetConfig& config, RequestDriver& driver)
     : config_(config), driver_(driver) {
