@@ -9,6 +9,15 @@ expect_ok -m '^ram0: wrote 1048576/1048576 bytes at offset 0$' \
           -m '^ram0: flushed$' \
   io ram:64M -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' -c 'write -F -P 7 1M 4k' \
              -c 'read -P 7 1M 4k' -c flush
+# The same through a multi-queue request queue, and with completions on
+# another thread (null's deferred mode, bio-based and request-based).
+expect_ok -m '^ram0: read 4194304/4194304 bytes at offset 0$' -m '^ram0: flushed$' \
+  io ram:64M,queue_mode=mq,hw_queues=2,depth=4 -c 'write -P 0x5a 0 4M' -c 'write -F -P 1 4M 4k' \
+     -c 'read -P 0x5a 0 4M' -c 'read -P 1 4M 4k' -c 'discard 0 1M' -c 'read -P 0 0 1M' -c flush
+expect_ok -m '^null0: read 1048576/1048576 bytes at offset 0$' \
+          -m '^null1: wrote 1048576/1048576 bytes at offset 0$' \
+  io null:1G,completion=deferred null:1G,completion=timer,latency_ns=50us,queue_mode=mq \
+     -c 'read 0 1M' -c 'use null1' -c 'write 0 1M' -c 'read 1M 64k' -c stat
 # A mismatch names the first bad offset and fails the run.
 expect_fail -m 'Pattern verification failed at offset 4096: read 0x11, expected 0xab' \
             -m '1 of 3 commands failed' \
