@@ -254,6 +254,18 @@ class BioList {
     other.head_ = other.tail_ = nullptr;
   }
   Bio* front() const { return head_; }
+  // Unlinks `b` if it is on the list (a scan: for rare paths like cancel).
+  bool remove(Bio* b) {
+    Bio* prev = nullptr;
+    for (Bio* cur = head_; cur != nullptr; prev = cur, cur = cur->next) {
+      if (cur != b) continue;
+      (prev ? prev->next : head_) = cur->next;
+      if (tail_ == cur) tail_ = prev;
+      cur->next = nullptr;
+      return true;
+    }
+    return false;
+  }
 
  private:
   Bio* head_ = nullptr;

@@ -56,6 +56,12 @@ class BioDriver {
   // Called by Disk::shutdown() after new I/O is refused, before waiting for
   // the I/O in flight: a queue fails what it has parked, for instance.
   virtual void shutdown() {}
+  // Takes back `bio` if it is still waiting inside the driver without
+  // having been started (parked for a tag); the caller then completes it.
+  virtual bool cancel(Bio& bio) {
+    (void)bio;
+    return false;
+  }
 };
 
 // Index of the statistic groups, in /proc/diskstats order.
@@ -116,6 +122,9 @@ class Disk {
   void freeze();
   // Lets parked and new I/O in again once every freeze() is undone.
   void unfreeze();
+  // Completes `bio` with Status::kCancelled if it has not reached a device
+  // yet (parked while frozen, or waiting for a tag). Returns whether it did.
+  bool cancel(Bio& bio);
 
   // --- used by submit_bio() and Bio::endio() ---------------------------
   // Starts accounting `bio` on this disk; false when the disk is dying or

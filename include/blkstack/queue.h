@@ -50,6 +50,7 @@ class Queue final : public BioDriver {
   void attach(Disk& disk) override;
   bool accounts_requests() const override { return true; }
   void shutdown() override;
+  bool cancel(Bio& bio) override;
   std::string describe() const override;
   Extent extent_at(uint64_t offset, uint64_t max_length) const override;
   uint64_t allocated_bytes() const override;

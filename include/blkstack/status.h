@@ -30,9 +30,10 @@ enum class Status : uint8_t {
   kOutOfRange,        // ERANGE: beyond the end of the device (blkstack's own)
   kReadOnly,          // EROFS: write to a read-only device (blkstack's own)
   kDurationLimit,     // ETIME: command duration limit exceeded
+  kCancelled,         // ECANCELED: cancelled before it reached a device (blkstack's own)
 };
 
-inline constexpr int kStatusCount = static_cast<int>(Status::kDurationLimit) + 1;
+inline constexpr int kStatusCount = static_cast<int>(Status::kCancelled) + 1;
 
 // Short lower-case name, e.g. "no-space". Never null.
 std::string_view status_name(Status s);

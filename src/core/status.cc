@@ -32,9 +32,11 @@ constexpr std::array<StatusInfo, kStatusCount> kInfo = {{
     {"out-of-range", ERANGE, "request goes beyond the end of the device"},
     {"read-only", EROFS, "device is read-only"},
     {"duration-limit", ETIME, "command duration limit exceeded"},
+    {"cancelled", ECANCELED, "cancelled before it reached a device"},
 }};
 
 static_assert(kInfo[static_cast<int>(Status::kDurationLimit)].err == ETIME);
+static_assert(kInfo[static_cast<int>(Status::kCancelled)].err == ECANCELED);
 static_assert(kInfo[static_cast<int>(Status::kReadOnly)].err == EROFS);
 
 const StatusInfo& info(Status s) {

@@ -207,6 +207,17 @@ void Disk::refused(Bio& bio) {
   }
 }
 
+bool Disk::cancel(Bio& bio) {
+  bool found;
+  {
+    std::lock_guard lock(freeze_lock_);
+    found = frozen_bios_.remove(&bio);
+  }
+  if (!found) found = driver_->cancel(bio);
+  if (found) bio.complete(Status::kCancelled);
+  return found;
+}
+
 void Disk::freeze() {
   {
     std::lock_guard lock(freeze_lock_);

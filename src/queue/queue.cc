@@ -469,6 +469,19 @@ void Queue::freeze() {
 
 void Queue::unfreeze() { disk_->unfreeze(); }
 
+bool Queue::cancel(Bio& bio) {
+  for (unsigned s = 0; s < tag_set_->nr_tag_spaces(); ++s) {
+    Tags& tags = tag_set_->tag_space(s);
+    if (tags.nr_waiters.load(std::memory_order_acquire) == 0) continue;
+    std::lock_guard lock(tags.wait_lock);
+    if (tags.waiters.remove(&bio)) {
+      tags.nr_waiters.fetch_sub(1, std::memory_order_relaxed);
+      return true;
+    }
+  }
+  return false;
+}
+
 void Queue::shutdown() {
   // Requests waiting on stopped hardware queues would never drain.
   run_hw_queues();

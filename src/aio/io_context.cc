@@ -1,0 +1,251 @@
+#include "blkstack/io_context.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+
+#include "blkstack/disk.h"
+#include "blkstack/error.h"
+#include "blkstack/submit.h"
+#include "core/wait.h"
+
+namespace blkstack {
+
+// The kernel's MAX_RW_COUNT: longer reads and writes are cut to this and
+// report the shorter count, as read(2) and io_submit do.
+constexpr uint64_t kMaxRwCount = (uint64_t{INT_MAX} & ~uint64_t{4095});
+constexpr unsigned kInlineSegments = 8;
+
+// The state of one accepted iocb (the kernel's aio_kiocb). Two sides hold
+// it: the submitting side until submit_one() returns, and the bio until it
+// completes. The last to let go posts the event.
+struct Kiocb {
+  IoContext* ctx = nullptr;
+  Iocb* user = nullptr;
+  std::atomic<uint32_t> refs{0};
+  std::atomic<int> error{0};  // first errno, positive
+  uint64_t bytes = 0;         // what the bio moves when it succeeds
+  Kiocb* prev = nullptr;      // the context's in-flight list
+  Kiocb* next = nullptr;
+  Bio bio;
+  Segment segs[kInlineSegments];
+  std::unique_ptr<Segment[]> more_segs;  // only for iovecs longer than 8
+};
+
+namespace {
+
+void set_error(Kiocb& k, int err) {
+  int none = 0;
+  k.error.compare_exchange_strong(none, err, std::memory_order_acq_rel);
+}
+
+void bio_done(Bio& bio) {
+  Kiocb& k = *static_cast<Kiocb*>(bio.context());
+  if (bio.status() != Status::kOk) set_error(k, status_to_errno(bio.status()));
+  k.ctx->put_kiocb(k);
+}
+
+bool is_write(IoOp op) { return op == IoOp::kPwrite || op == IoOp::kPwritev; }
+
+}  // namespace
+
+IoContext::IoContext(unsigned max_events)
+    : max_events_(max_events == 0 ? 1 : max_events),
+      kiocbs_(std::make_unique<Mempool<Kiocb>>("aio", max_events_, max_events_)),
+      ring_(max_events_) {}
+
+IoContext::~IoContext() {
+  // io_destroy: wait for everything accepted, dropping the events.
+  std::vector<IoEvent> drop(max_events_);
+  while (in_flight() > 0) get_events(1, drop);
+}
+
+int IoContext::submit(std::span<Iocb* const> iocbs) {
+  int accepted = 0;
+  for (Iocb* cb : iocbs) {
+    int r = submit_one(*cb);
+    if (r < 0) return accepted > 0 ? accepted : r;
+    ++accepted;
+  }
+  return accepted;
+}
+
+int IoContext::submit_one(Iocb& cb) {
+  Disk* disk = cb.disk;
+  if (disk == nullptr) return -EBADF;
+  const QueueLimits& lim = disk->limits();
+
+  // Validate everything before taking a slot: a refused iocb leaves no trace.
+  Op op;
+  uint64_t len = cb.len;
+  switch (cb.op) {
+    case IoOp::kPread:
+    case IoOp::kPreadv: op = Op::kRead; break;
+    case IoOp::kPwrite:
+    case IoOp::kPwritev: op = Op::kWrite; break;
+    case IoOp::kFsync:
+    case IoOp::kFdsync: op = Op::kFlush; len = 0; break;
+    case IoOp::kDiscard: op = Op::kDiscard; break;
+    case IoOp::kWriteZeroes: op = Op::kWriteZeroes; break;
+    default: return -EINVAL;
+  }
+  const bool vectored = cb.op == IoOp::kPreadv || cb.op == IoOp::kPwritev;
+  if (vectored) {
+    if (cb.iovcnt > IOV_MAX || (cb.iovcnt > 0 && cb.iov == nullptr)) return -EINVAL;
+    len = 0;
+    for (unsigned i = 0; i < cb.iovcnt; ++i) len += cb.iov[i].iov_len;
+  } else if (op_has_data(op) && cb.buf == nullptr && len > 0) {
+    return -EFAULT;
+  }
+  if (op_has_data(op) && len > kMaxRwCount) {
+    if (vectored) return -EINVAL;
+    len = kMaxRwCount;  // a short transfer, reported in the event
+  }
+  if (!op_has_data(op) && op != Op::kFlush && len > UINT32_MAX / kSectorSize * kSectorSize) {
+    return -EINVAL;
+  }
+  // The block layer moves whole logical blocks; with kIocbDirect the memory
+  // must be aligned as well (O_DIRECT's rules).
+  const uint64_t lbs = lim.logical_block_size;
+  if (op != Op::kFlush && (cb.offset % lbs != 0 || len % lbs != 0)) return -EINVAL;
+  if ((cb.flags & kIocbDirect) && op_has_data(op)) {
+    auto misaligned = [&](const void* p) { return reinterpret_cast<uintptr_t>(p) % kSectorSize != 0; };
+    if (vectored) {
+      for (unsigned i = 0; i < cb.iovcnt; ++i) {
+        if (misaligned(cb.iov[i].iov_base) || cb.iov[i].iov_len % kSectorSize != 0) return -EINVAL;
+      }
+    } else if (misaligned(cb.buf)) {
+      return -EINVAL;
+    }
+  }
+  if (is_write(cb.op) && disk->read_only()) return -EROFS;
+
+  // A slot: one per iocb accepted and not yet reaped.
+  unsigned cur = in_flight_.load(std::memory_order_relaxed);
+  do {
+    if (cur >= max_events_) return -EAGAIN;
+  } while (!in_flight_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel));
+
+  Kiocb& k = *kiocbs_->alloc(Wait::kNoWait);  // the pool holds max_events_
+  k.ctx = this;
+  k.user = &cb;
+  k.error.store(0, std::memory_order_relaxed);
+  k.bytes = op_has_data(op) ? len : 0;
+  k.refs.store(2, std::memory_order_relaxed);  // this side and the bio
+
+  std::span<Segment> segs;
+  if (vectored) {
+    Segment* table = k.segs;
+    if (cb.iovcnt > kInlineSegments) {
+      k.more_segs.reset(new Segment[cb.iovcnt]);  // rare: long iovecs only
+      table = k.more_segs.get();
+    }
+    for (unsigned i = 0; i < cb.iovcnt; ++i) {
+      table[i] = Segment(cb.iov[i].iov_base, static_cast<uint32_t>(cb.iov[i].iov_len));
+    }
+    segs = {table, cb.iovcnt};
+  } else if (op_has_data(op)) {
+    k.segs[0] = Segment(cb.buf, static_cast<uint32_t>(len));
+    segs = {k.segs, 1};
+  }
+  if (op_has_data(op)) {
+    k.bio.init(disk, op, cb.offset >> kSectorShift, segs, bio_done, &k);
+  } else {
+    k.bio.init_nodata(disk, op, cb.offset >> kSectorShift, static_cast<uint32_t>(len), bio_done,
+                      &k);
+  }
+  if (cb.flags & kIocbDsync) k.bio.set_flags(BioFlag::kFua);
+  if (cb.op == IoOp::kFsync || cb.op == IoOp::kFdsync) k.bio.set_flags(BioFlag::kPreflush);
+  if (cb.flags & kIocbNowait) k.bio.set_flags(BioFlag::kNowait);
+  {
+    std::lock_guard lock(lock_);
+    k.prev = nullptr;
+    k.next = active_;
+    if (active_) active_->prev = &k;
+    active_ = &k;
+  }
+  submit_bio(k.bio);
+  put_kiocb(k);  // the submitting side lets go; the event may post now
+  return 0;
+}
+
+void IoContext::put_kiocb(Kiocb& k) {
+  if (k.refs.fetch_sub(1, std::memory_order_acq_rel) == 1) post_event(k);
+}
+
+void IoContext::post_event(Kiocb& k) {
+  const int err = k.error.load(std::memory_order_acquire);
+  IoEvent ev{k.user->user_data, k.user, err ? -int64_t{err} : static_cast<int64_t>(k.bytes), 0};
+  const int resfd = k.user->resfd;
+  bool wake;
+  {
+    std::lock_guard lock(lock_);
+    (k.prev ? k.prev->next : active_) = k.next;
+    if (k.next) k.next->prev = k.prev;
+    ring_[(head_ + count_) % ring_.size()] = ev;
+    ++count_;
+    wake = waiters_ > 0;
+  }
+  k.more_segs.reset();
+  kiocbs_->free(&k);
+  if (wake) cv_.notify_all();
+  if (resfd >= 0) {
+    uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = write(resfd, &one, sizeof one);
+  }
+}
+
+int IoContext::get_events(unsigned min_nr, std::span<IoEvent> events,
+                          std::optional<std::chrono::nanoseconds> timeout) {
+  if (min_nr > events.size()) min_nr = static_cast<unsigned>(events.size());
+  std::unique_lock lock(lock_);
+  if (count_ < min_nr) {
+    lock.unlock();
+    prepare_to_wait("IoContext::get_events");
+    lock.lock();
+    ++waiters_;
+    auto ready = [&] { return count_ >= min_nr; };
+    if (timeout) {
+      cv_.wait_for(lock, *timeout, ready);
+    } else {
+      cv_.wait(lock, ready);
+    }
+    --waiters_;
+  }
+  const size_t n = std::min(count_, events.size());
+  for (size_t i = 0; i < n; ++i) {
+    events[i] = ring_[head_];
+    head_ = (head_ + 1) % ring_.size();
+  }
+  count_ -= n;
+  lock.unlock();
+  in_flight_.fetch_sub(static_cast<unsigned>(n), std::memory_order_acq_rel);
+  return static_cast<int>(n);
+}
+
+int IoContext::cancel(Iocb& iocb) {
+  Kiocb* k = nullptr;
+  {
+    std::lock_guard lock(lock_);
+    for (Kiocb* p = active_; p != nullptr; p = p->next) {
+      if (p->user == &iocb) {
+        k = p;
+        break;
+      }
+    }
+    if (!k) return -EINVAL;
+    // Hold the kiocb while asking the disk, unless its last holder has let
+    // go already (its event is being posted: too late to cancel).
+    uint32_t refs = k->refs.load(std::memory_order_acquire);
+    do {
+      if (refs == 0) return -EINPROGRESS;
+    } while (!k->refs.compare_exchange_weak(refs, refs + 1, std::memory_order_acq_rel));
+  }
+  const bool cancelled = k->bio.disk()->cancel(k->bio);  // completes it with ECANCELED
+  put_kiocb(*k);
+  return cancelled ? 0 : -EINPROGRESS;
+}
+
+}  // namespace blkstack
