@@ -4,11 +4,13 @@
 
 namespace blkstack {
 
+extern const DriverType kFileDriver;
 extern const DriverType kNullDriver;
 extern const DriverType kRamDriver;
 
 namespace {
 const DriverType* const kDriverTypes[] = {
+    &kFileDriver,
     &kNullDriver,
     &kRamDriver,
 };

@@ -1,0 +1,338 @@
+// file: a disk backed by a file or a block device, through io_uring (the
+// kernel's loop driver, in user space).
+//
+// Always multi-queue: each hardware queue has its own io_uring and
+// completion thread (uring_queue.h). Reads and writes go straight between
+// the bios' memory and the file (vectored, no copy); a short transfer is
+// resumed where it stopped; EAGAIN and ENOMEM are retried; other errors
+// become the matching Status. Flush is fdatasync (the flush machinery sends
+// it only after the writes it must cover have completed), FUA is a write
+// with RWF_DSYNC, discard punches a hole, write-zeroes zeroes the range (or
+// punches, with zeroes=unmap). The limits come from the file: direct I/O
+// alignment from statx, discard and zero-range support by probing.
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "blkstack/disk.h"
+#include "blkstack/driver.h"
+#include "blkstack/error.h"
+#include "blkstack/hw_queue.h"
+#include "blkstack/queue.h"
+#include "blkstack/request.h"
+#include "drivers/limit_options.h"
+#include "drivers/queue_mode.h"
+#include "drivers/uring_queue.h"
+
+namespace blkstack {
+namespace {
+
+constexpr unsigned kMaxSegments = 128;
+
+// The driver's part of each request (its pdu): the host I/O being done.
+struct FileCmd {
+  Request* rq;
+  HostIoQueue* io;
+  HostIo op;
+  uint64_t done;   // bytes transferred so far
+  uint64_t total;  // bytes to transfer
+  unsigned first;  // first iovec not yet done
+  unsigned nr_iov;
+  iovec iov[kMaxSegments];
+};
+
+class FileDriver final : public RequestDriver {
+ public:
+  FileDriver(int fd, bool owns_fd, bool zeroes_unmap, std::string describe)
+      : fd_(fd), owns_fd_(owns_fd), zeroes_unmap_(zeroes_unmap), describe_(std::move(describe)) {}
+  ~FileDriver() override {
+    queues_.clear();  // completion threads stop before the file closes
+    if (owns_fd_) close(fd_);
+  }
+
+  // One io_uring per hardware queue.
+  void start(unsigned nr_queues, const UringQueue::Options& o) {
+    for (unsigned i = 0; i < nr_queues; ++i) {
+      queues_.push_back(std::make_unique<UringQueue>(fd_, o, &FileDriver::on_complete));
+    }
+  }
+
+  Status queue_rq(HwQueue& hctx, Request& rq, bool last) override {
+    FileCmd& c = *rq.pdu_as<FileCmd>();
+    c.rq = &rq;
+    c.io = queues_[hctx.index()].get();
+    c.done = 0;
+    c.first = 0;
+    c.op = HostIo{};
+    const uint64_t offset = rq.pos() << kSectorShift;
+    switch (rq.op()) {
+      case Op::kRead:
+      case Op::kWrite: {
+        unsigned n = 0;
+        bool overflow = false;
+        rq.for_each_chunk([&](const BioChunk& ch) {
+          if (n == kMaxSegments) {
+            overflow = true;
+            return;
+          }
+          c.iov[n++] = iovec{ch.ptr, ch.len};
+        });
+        if (overflow) return Status::kInvalid;  // the limits forbid this
+        c.op.kind = rq.op() == Op::kRead ? HostIo::kRead : HostIo::kWrite;
+        c.op.rw_flags = rq.has_flag(BioFlag::kFua) ? RWF_DSYNC : 0;
+        c.op.offset = offset;
+        c.op.iov = c.iov;
+        c.op.iovcnt = c.nr_iov = n;
+        c.total = rq.bytes();
+        break;
+      }
+      case Op::kFlush:
+        c.op.kind = HostIo::kFdatasync;
+        break;
+      case Op::kDiscard:
+      case Op::kWriteZeroes:
+        c.op.kind = rq.op() == Op::kDiscard || zeroes_unmap_ ? HostIo::kPunchHole
+                                                              : HostIo::kZeroRange;
+        c.op.offset = offset;
+        c.op.len = rq.bytes();
+        break;
+    }
+    if (!c.io->queue(c.op, &c)) return Status::kResource;  // ring full: retried later
+    if (last) c.io->submit();
+    return Status::kOk;
+  }
+
+  void commit_rqs(HwQueue& hctx) override { queues_[hctx.index()]->submit(); }
+
+  std::string describe() const override { return describe_; }
+
+  Extent extent_at(uint64_t offset, uint64_t max_length) const override {
+    // SEEK_DATA/SEEK_HOLE tell holes of sparse files.
+    off_t data = lseek(fd_, static_cast<off_t>(offset), SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) return {max_length, false, true};  // a hole to the end
+      return {max_length, true, false};                     // unknown: data
+    }
+    if (static_cast<uint64_t>(data) > offset) {
+      return {std::min<uint64_t>(max_length, static_cast<uint64_t>(data) - offset), false, true};
+    }
+    off_t hole = lseek(fd_, static_cast<off_t>(offset), SEEK_HOLE);
+    uint64_t len = hole < 0 ? max_length : static_cast<uint64_t>(hole) - offset;
+    return {std::min(max_length, len), true, false};
+  }
+
+  uint64_t allocated_bytes() const override {
+    struct stat st;
+    return fstat(fd_, &st) == 0 ? static_cast<uint64_t>(st.st_blocks) * 512 : 0;
+  }
+
+ private:
+  // On the completion thread of the request's ring.
+  static void on_complete(void* ctx, int res) {
+    FileCmd& c = *static_cast<FileCmd*>(ctx);
+    Request& rq = *c.rq;
+    if (res == -EAGAIN || res == -ENOMEM || res == -EINTR) {
+      resubmit(c);  // transient: the same operation again
+      return;
+    }
+    if (res < 0) {
+      rq.end_request_all(status_from_errno(-res));
+      return;
+    }
+    if (c.op.kind != HostIo::kRead && c.op.kind != HostIo::kWrite) {
+      rq.end_request_all(Status::kOk);
+      return;
+    }
+    if (res == 0) {
+      if (c.op.kind == HostIo::kWrite) {
+        rq.end_request_all(Status::kIoError);  // no progress: do not spin
+        return;
+      }
+      zero_rest(c);  // reading past the end of a file that shrank: zeroes
+      rq.end_request_all(Status::kOk);
+      return;
+    }
+    c.done += static_cast<uint64_t>(res);
+    if (c.done >= c.total) {
+      rq.end_request_all(Status::kOk);
+      return;
+    }
+    advance(c, static_cast<uint64_t>(res));  // short: resume where it stopped
+    resubmit(c);
+  }
+
+  static void advance(FileCmd& c, uint64_t bytes) {
+    while (bytes > 0) {
+      iovec& v = c.iov[c.first];
+      if (bytes < v.iov_len) {
+        v.iov_base = static_cast<char*>(v.iov_base) + bytes;
+        v.iov_len -= bytes;
+        break;
+      }
+      bytes -= v.iov_len;
+      ++c.first;
+    }
+    c.op.iov = c.iov + c.first;
+    c.op.iovcnt = c.nr_iov - c.first;
+    c.op.offset = (c.rq->pos() << kSectorShift) + c.done;
+  }
+
+  static void zero_rest(FileCmd& c) {
+    uint64_t skip = c.done;
+    for (unsigned i = 0; i < c.nr_iov; ++i) {
+      iovec& v = c.iov[i];
+      if (skip >= v.iov_len) {
+        skip -= v.iov_len;
+        continue;
+      }
+      std::memset(static_cast<char*>(v.iov_base) + skip, 0, v.iov_len - skip);
+      skip = 0;
+    }
+  }
+
+  static void resubmit(FileCmd& c) {
+    while (!c.io->queue(c.op, &c)) c.io->submit();
+    c.io->submit();
+  }
+
+  int fd_;
+  bool owns_fd_;
+  bool zeroes_unmap_;
+  std::string describe_;
+  std::vector<std::unique_ptr<UringQueue>> queues_;
+};
+
+constexpr OptionDef kOptions[] = {
+    {"path", OptionKind::kString, "", "the file or block device", {}, true},
+    {"size", OptionKind::kSize, "",
+     "capacity; a missing file is created and a smaller one grown (sparse) to it"},
+    {"direct", OptionKind::kChoice, "auto",
+     "O_DIRECT: on, off, or auto (on where the file system supports it)", "auto|on|off|1|0"},
+    {"sqpoll", OptionKind::kBool, "0", "a kernel thread polls each submission queue"},
+    {"fixed_file", OptionKind::kBool, "1", "register the file with each ring"},
+    {"zeroes", OptionKind::kChoice, "zero",
+     "write-zeroes as a zeroed range (zero) or a punched hole (unmap)", "zero|unmap"},
+    {"max_sectors", OptionKind::kUint, "2048", "largest I/O in 512-byte sectors"},
+};
+
+// Whether fallocate `mode` works on the file: probed at the end, where a
+// KEEP_SIZE call changes nothing.
+bool fallocate_works(int fd, int mode, uint64_t size) {
+  return fallocate(fd, mode | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(size), 4096) == 0;
+}
+
+std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
+  const std::string& path = o.str("path");
+  const bool ro = o.flag("ro");
+  const std::string& direct = o.str("direct");
+  const std::string where = fmt::format("device spec '{}'", o.spec().text);
+
+  QueueMode qm = queue_mode(o);
+  if (o.given("queue_mode") && !qm.mq) {
+    throw Error(where + ": file disks are always multi-queue (queue_mode=mq)");
+  }
+  qm.mq = true;
+  qm.tags.cmd_size = sizeof(FileCmd);
+
+  int flags = (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+  if (o.given("size") && !ro) flags |= O_CREAT;
+  int fd = -1;
+  bool is_direct = false;
+  if (direct != "off" && direct != "0") {
+    fd = open(path.c_str(), flags | O_DIRECT, 0644);
+    is_direct = fd >= 0;
+    if (fd < 0 && (direct == "on" || direct == "1")) {
+      throw Error(fmt::format("{}: cannot open '{}' with O_DIRECT: {}", where, path,
+                              std::strerror(errno)));
+    }
+  }
+  if (fd < 0) fd = open(path.c_str(), flags, 0644);
+  if (fd < 0) throw Error(fmt::format("{}: cannot open '{}': {}", where, path, std::strerror(errno)));
+  auto fail = [&](const std::string& why) {
+    close(fd);
+    throw Error(fmt::format("{}: '{}': {}", where, path, why));
+  };
+
+  struct stat st;
+  if (fstat(fd, &st) != 0) fail(std::strerror(errno));
+  const bool blockdev = S_ISBLK(st.st_mode);
+  if (!blockdev && !S_ISREG(st.st_mode)) fail("not a regular file or block device");
+  uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  QueueLimits lim;
+  lim.logical_block_size = 512;
+  if (blockdev) {
+    if (ioctl(fd, BLKGETSIZE64, &file_size) != 0) fail(std::strerror(errno));
+    int lbs = 512;
+    if (ioctl(fd, BLKSSZGET, &lbs) == 0 && lbs >= 512) lim.logical_block_size = static_cast<uint32_t>(lbs);
+  } else if (is_direct) {
+    struct statx sx;
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN) &&
+        sx.stx_dio_offset_align >= 512) {
+      lim.logical_block_size = sx.stx_dio_offset_align;
+    }
+  }
+  if (o.given("bs")) lim.logical_block_size = std::max(lim.logical_block_size, block_size_option(o));
+  lim.physical_block_size = std::max<uint32_t>(lim.logical_block_size,
+                                               st.st_blksize > 0 ? static_cast<uint32_t>(st.st_blksize) : 4096);
+  if ((lim.physical_block_size & (lim.physical_block_size - 1)) != 0) lim.physical_block_size = lim.logical_block_size;
+
+  uint64_t size = file_size;
+  if (o.given("size")) {
+    size = device_size_option(o, lim.logical_block_size);
+    if (size > file_size) {
+      if (ro || blockdev) fail(fmt::format("is {} bytes, smaller than size={}", file_size, size));
+      if (ftruncate(fd, static_cast<off_t>(size)) != 0) fail(std::string("cannot grow: ") + std::strerror(errno));
+    }
+  }
+  size -= size % lim.logical_block_size;
+  if (size == 0) fail("is empty; give size= to create or grow it");
+
+  lim.max_sectors = max_sectors_option(o);
+  lim.max_hw_sectors = std::max<uint32_t>(lim.max_sectors, lim.max_hw_sectors);
+  lim.max_segments = kMaxSegments;
+  lim.max_segment_size = 1u << 30;
+  lim.volatile_write_cache = true;  // written data needs fdatasync to be durable
+  lim.fua = true;                   // RWF_DSYNC
+  // Write-zeroes zeroes the range where the file system can (ZERO_RANGE),
+  // else punches a hole, which reads back as zeroes too (tmpfs has only
+  // that); zeroes=unmap always punches, as the kernel's loop driver does.
+  bool zeroes_unmap = o.str("zeroes") == "unmap";
+  if (!ro) {
+    const bool punch = fallocate_works(fd, FALLOC_FL_PUNCH_HOLE, size);
+    const bool zero_range = fallocate_works(fd, FALLOC_FL_ZERO_RANGE, size);
+    if (punch) {
+      lim.max_discard_sectors = UINT32_MAX >> kSectorShift;
+      lim.discard_granularity = std::max<uint32_t>(lim.logical_block_size, 4096);
+    }
+    if (!zero_range) zeroes_unmap = true;
+    if (zero_range || punch) lim.max_write_zeroes_sectors = UINT32_MAX >> kSectorShift;
+  }
+  lim.read_only = ro;
+
+  std::string describe = fmt::format("{} {}{}", path, is_direct ? "direct" : "buffered",
+                                     blockdev ? " blockdev" : "");
+  auto driver = std::make_unique<FileDriver>(fd, true, zeroes_unmap, describe);
+  UringQueue::Options uo;
+  uo.entries = std::max(2 * qm.tags.queue_depth, 8u);
+  uo.sqpoll = o.flag("sqpoll");
+  uo.fixed_file = o.flag("fixed_file");
+  driver->start(qm.tags.nr_hw_queues, uo);
+  return make_disk(name, size >> kSectorShift, lim, qm, nullptr, std::move(driver));
+}
+
+}  // namespace
+
+extern const DriverType kFileDriver{
+    "file", "a file or block device through io_uring (the loop driver)", 7, kOptions, create,
+    /*queue_modes=*/true};
+
+}  // namespace blkstack
