@@ -32,7 +32,6 @@
 #include <vector>
 
 #include "blkstack/bio.h"
-#include "blkstack/mempool.h"
 
 namespace blkstack {
 
@@ -130,7 +129,8 @@ class IoContext {
   void post_event(Kiocb& k);
 
   unsigned max_events_;
-  std::unique_ptr<Mempool<Kiocb>> kiocbs_;  // one per slot: never allocates
+  std::unique_ptr<Kiocb[]> kiocbs_;  // one per slot: nothing allocated per I/O
+  Kiocb* free_ = nullptr;             // under lock_
 
   std::atomic<unsigned> in_flight_{0};  // accepted, event not yet reaped
   std::mutex lock_;                      // the ring and the in-flight list

@@ -53,8 +53,13 @@ bool is_write(IoOp op) { return op == IoOp::kPwrite || op == IoOp::kPwritev; }
 
 IoContext::IoContext(unsigned max_events)
     : max_events_(max_events == 0 ? 1 : max_events),
-      kiocbs_(std::make_unique<Mempool<Kiocb>>("aio", max_events_, max_events_)),
-      ring_(max_events_) {}
+      kiocbs_(new Kiocb[max_events_]),
+      ring_(max_events_) {
+  for (unsigned i = 0; i < max_events_; ++i) {
+    kiocbs_[i].next = free_;
+    free_ = &kiocbs_[i];
+  }
+}
 
 IoContext::~IoContext() {
   // io_destroy: wait for everything accepted, dropping the events.
@@ -128,7 +133,14 @@ int IoContext::submit_one(Iocb& cb) {
     if (cur >= max_events_) return -EAGAIN;
   } while (!in_flight_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel));
 
-  Kiocb& k = *kiocbs_->alloc(Wait::kNoWait);  // the pool holds max_events_
+  Kiocb* kp;
+  {
+    // One per slot: a kiocb is free again before its event can be reaped.
+    std::lock_guard lock(lock_);
+    kp = free_;
+    free_ = kp->next;
+  }
+  Kiocb& k = *kp;
   k.ctx = this;
   k.user = &cb;
   k.error.store(0, std::memory_order_relaxed);
@@ -179,17 +191,21 @@ void IoContext::post_event(Kiocb& k) {
   const int err = k.error.load(std::memory_order_acquire);
   IoEvent ev{k.user->user_data, k.user, err ? -int64_t{err} : static_cast<int64_t>(k.bytes), 0};
   const int resfd = k.user->resfd;
+  k.more_segs.reset();
   bool wake;
   {
     std::lock_guard lock(lock_);
     (k.prev ? k.prev->next : active_) = k.next;
     if (k.next) k.next->prev = k.prev;
+    // Free before the event is visible: once reaped, its slot may be
+    // taken again at once, and must find a free kiocb.
+    k.prev = nullptr;
+    k.next = free_;
+    free_ = &k;
     ring_[(head_ + count_) % ring_.size()] = ev;
     ++count_;
     wake = waiters_ > 0;
   }
-  k.more_segs.reset();
-  kiocbs_->free(&k);
   if (wake) cv_.notify_all();
   if (resfd >= 0) {
     uint64_t one = 1;
