@@ -136,16 +136,21 @@ int IoContext::submit_one(Iocb& cb) {
   Kiocb* kp;
   {
     // One per slot: a kiocb is free again before its event can be reaped.
+    // It goes on the in-flight list (for cancel) at once.
     std::lock_guard lock(lock_);
     kp = free_;
     free_ = kp->next;
+    kp->user = &cb;
+    kp->refs.store(2, std::memory_order_relaxed);  // this side and the bio
+    kp->prev = nullptr;
+    kp->next = active_;
+    if (active_) active_->prev = kp;
+    active_ = kp;
   }
   Kiocb& k = *kp;
   k.ctx = this;
-  k.user = &cb;
   k.error.store(0, std::memory_order_relaxed);
   k.bytes = op_has_data(op) ? len : 0;
-  k.refs.store(2, std::memory_order_relaxed);  // this side and the bio
 
   std::span<Segment> segs;
   if (vectored) {
@@ -171,13 +176,6 @@ int IoContext::submit_one(Iocb& cb) {
   if (cb.flags & kIocbDsync) k.bio.set_flags(BioFlag::kFua);
   if (cb.op == IoOp::kFsync || cb.op == IoOp::kFdsync) k.bio.set_flags(BioFlag::kPreflush);
   if (cb.flags & kIocbNowait) k.bio.set_flags(BioFlag::kNowait);
-  {
-    std::lock_guard lock(lock_);
-    k.prev = nullptr;
-    k.next = active_;
-    if (active_) active_->prev = &k;
-    active_ = &k;
-  }
   submit_bio(k.bio);
   put_kiocb(k);  // the submitting side lets go; the event may post now
   return 0;
