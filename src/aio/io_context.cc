@@ -26,6 +26,7 @@ struct Kiocb {
   Iocb* user = nullptr;
   std::atomic<uint32_t> refs{0};
   std::atomic<int> error{0};  // first errno, positive
+  std::atomic<bool> started{false};  // the bio is set up: cancel may look at it
   uint64_t bytes = 0;         // what the bio moves when it succeeds
   Kiocb* prev = nullptr;      // the context's in-flight list
   Kiocb* next = nullptr;
@@ -176,6 +177,7 @@ int IoContext::submit_one(Iocb& cb) {
   if (cb.flags & kIocbDsync) k.bio.set_flags(BioFlag::kFua);
   if (cb.op == IoOp::kFsync || cb.op == IoOp::kFdsync) k.bio.set_flags(BioFlag::kPreflush);
   if (cb.flags & kIocbNowait) k.bio.set_flags(BioFlag::kNowait);
+  k.started.store(true, std::memory_order_release);
   submit_bio(k.bio);
   put_kiocb(k);  // the submitting side lets go; the event may post now
   return 0;
@@ -197,6 +199,7 @@ void IoContext::post_event(Kiocb& k) {
     if (k.next) k.next->prev = k.prev;
     // Free before the event is visible: once reaped, its slot may be
     // taken again at once, and must find a free kiocb.
+    k.started.store(false, std::memory_order_relaxed);
     k.prev = nullptr;
     k.next = free_;
     free_ = &k;
@@ -257,7 +260,9 @@ int IoContext::cancel(Iocb& iocb) {
       if (refs == 0) return -EINPROGRESS;
     } while (!k->refs.compare_exchange_weak(refs, refs + 1, std::memory_order_acq_rel));
   }
-  const bool cancelled = k->bio.disk()->cancel(k->bio);  // completes it with ECANCELED
+  // Not yet set up (being submitted right now): it is under way.
+  const bool cancelled = k->started.load(std::memory_order_acquire) &&
+                         k->bio.disk()->cancel(k->bio);  // completes it with ECANCELED
   put_kiocb(*k);
   return cancelled ? 0 : -EINPROGRESS;
 }
