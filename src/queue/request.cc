@@ -27,6 +27,14 @@ bool Request::end_request(Status status, uint32_t bytes) {
     }
     return false;
   }
+  if (bytes == bytes_) {
+    // All that is left: finish_request() ends the bios, after accounting and
+    // freeing the tag, because once the last bio has ended the disk and
+    // this queue may be gone.
+    bytes_ = 0;
+    queue_->finish_request(*this, status);
+    return false;
+  }
   uint32_t left = bytes;
   while (left > 0 && head_ != nullptr) {
     Bio* b = head_;
@@ -44,9 +52,7 @@ bool Request::end_request(Status status, uint32_t bytes) {
   }
   sector_ += bytes >> kSectorShift;
   bytes_ -= bytes;
-  if (bytes_ > 0) return true;
-  queue_->finish_request(*this, error_);
-  return false;
+  return true;
 }
 
 void Request::end_request_all(Status status) { end_request(status, bytes_); }
