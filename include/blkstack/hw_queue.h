@@ -74,6 +74,16 @@ class HwQueue {
   // (kRequeue), or run if the driver restarted the queue already (kBusy).
   void after_refusal(IssueResult why);
   void add_to_dispatch(Request& rq, bool at_head);
+  // Stops the queue after the driver refused a request with
+  // kDeviceResource, unless the driver called start() since `starts` was
+  // read (before queue_rq): room freed on another thread between its busy
+  // decision and the return, and that start() must not be lost.
+  void stop_after_busy(uint32_t starts) {
+    stopped_.store(true, std::memory_order_seq_cst);
+    if (starts_.load(std::memory_order_seq_cst) != starts) {
+      stopped_.store(false, std::memory_order_seq_cst);
+    }
+  }
   // Marks the software queue as holding work for this hardware queue.
   // A request left the driver: run if a refused request waits for that.
   void restart_if_needed() {
@@ -88,6 +98,7 @@ class HwQueue {
   unsigned index_;
   Tags& tags_;
   std::atomic<bool> stopped_{false};
+  std::atomic<uint32_t> starts_{0};      // start() calls (see stop_after_busy)
   std::atomic<uint32_t> runs_{0};        // run() requests; nonzero while running
   std::atomic<uint32_t> pending_ctx_{0};  // software queues with requests
   std::mutex dispatch_lock_;

@@ -10,6 +10,8 @@
 //   Status::kDeviceResource  busy: the queue requeues the request and stops
 //                            this hardware queue until the driver calls
 //                            HwQueue::start() (blk_mq_stop_hw_queue + BUSY).
+//                            A start() on another thread while queue_rq is
+//                            still returning counts: it is not lost.
 //   any other status         the request fails with that status.
 // `last` is false when more requests follow at once in this batch; a driver
 // may hold back a doorbell until last, and must then ring it in commit_rqs()

@@ -16,7 +16,8 @@ HwQueue::HwQueue(Queue& queue, unsigned index, Tags& tags)
     : queue_(queue), index_(index), tags_(tags) {}
 
 void HwQueue::start() {
-  stopped_.store(false, std::memory_order_release);
+  starts_.fetch_add(1, std::memory_order_seq_cst);
+  stopped_.store(false, std::memory_order_seq_cst);
   run();
 }
 
@@ -37,8 +38,12 @@ void HwQueue::after_refusal(IssueResult why) {
     // delay: perhaps none is in flight, and then none will complete.
     restart_.store(true, std::memory_order_release);
     run_after(kResourceDelayNs);
-  } else if (!stopped()) {
-    run();  // the driver restarted the queue before the request was back
+  } else {
+    // Dekker with start(): it clears stopped_ and then looks at the
+    // dispatch list (in run()); we put the request back and then look at
+    // stopped_. The fence keeps our look from passing our put-back.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (!stopped()) run();  // the driver restarted the queue before the request was back
   }
 }
 

@@ -200,6 +200,8 @@ Queue::Issue Queue::issue(HwQueue& hctx, Request& rq, bool last, uint64_t now) {
   rq.deadline_ns_.store(now + tag_set_->config().timeout_ns, std::memory_order_relaxed);
   rq.state_.store(Request::State::kInFlight, std::memory_order_release);
   disk_->account_request_start(now);
+  // A start() from here on may be the answer to a busy refusal.
+  const uint32_t starts = hctx.starts_.load(std::memory_order_relaxed);
   Status r;
   {
     debug::SubmitScope scope(disk_->name().c_str());
@@ -214,7 +216,7 @@ Queue::Issue Queue::issue(HwQueue& hctx, Request& rq, bool last, uint64_t now) {
   rq.state_.store(Request::State::kIdle, std::memory_order_relaxed);
   if (r == Status::kResource) return Issue::kRequeue;
   if (r == Status::kDeviceResource) {
-    hctx.stop();  // the driver restarts it with HwQueue::start()
+    hctx.stop_after_busy(starts);  // the driver restarts it with HwQueue::start()
     return Issue::kBusy;
   }
   rq.end_request_all(r);
