@@ -21,6 +21,10 @@ void PercpuRef::add_dropped(Slot& s, SlotRef ref) {
 }
 
 bool PercpuRef::tryget_live() {
+  // Once the kill is visible, refuse without touching the count: a stream
+  // of refused callers must not keep wait_for_zero() from seeing zero.
+  if (dead_.load(std::memory_order_acquire)) [[unlikely]]
+    return false;
   const SlotRef ref = this_slot();
   Slot& s = slots_[ref.index];
   // Dekker with kill() + count(): either the killer's sum sees this

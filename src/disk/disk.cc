@@ -152,6 +152,7 @@ namespace {
 // The disk whose submit path each exclusively owned thread slot is in.
 struct alignas(kCacheLine) SubmitSlot {
   std::atomic<const Disk*> disk{nullptr};
+  std::atomic<uint32_t> exits{0};  // outermost guards left, for wait_until_idle
 };
 SubmitSlot submit_slots[kPercpuSlots];
 }  // namespace
@@ -174,7 +175,10 @@ Disk::SubmitGuard::SubmitGuard(Disk& disk) : disk_(disk) {
 
 Disk::SubmitGuard::~SubmitGuard() {
   if (slot_ != kSharedSlot) {
-    submit_slots[slot_].disk.store(saved_, std::memory_order_release);
+    SubmitSlot& s = submit_slots[slot_];
+    s.disk.store(saved_, std::memory_order_release);
+    if (!saved_) s.exits.store(s.exits.load(std::memory_order_relaxed) + 1,
+                               std::memory_order_release);
   } else {
     disk_.shared_submitters_.fetch_sub(1, std::memory_order_release);
   }
@@ -182,14 +186,18 @@ Disk::SubmitGuard::~SubmitGuard() {
 
 void Disk::wait_until_idle(const std::string& what) {
   usage_->wait_for_zero(what);
-  auto busy = [this] {
-    if (shared_submitters_.load(std::memory_order_acquire) != 0) return true;
-    for (const SubmitSlot& s : submit_slots) {
-      if (s.disk.load(std::memory_order_acquire) == this) return true;
+  // Slot by slot, and only for the guard each slot is in now: a thread that
+  // enters later is refused (dying or frozen) before the driver. Waiting
+  // for all slots to be free at one instant starved under a stream of
+  // refused submissions (removal under load took tens of seconds).
+  for (const SubmitSlot& s : submit_slots) {
+    const uint32_t exits = s.exits.load(std::memory_order_acquire);
+    while (s.disk.load(std::memory_order_acquire) == this &&
+           s.exits.load(std::memory_order_acquire) == exits) {
+      std::this_thread::yield();
     }
-    return false;
-  };
-  while (busy()) std::this_thread::yield();
+  }
+  while (shared_submitters_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
 }
 
 void Disk::refused(Bio& bio) {
