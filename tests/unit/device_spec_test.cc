@@ -383,7 +383,11 @@ TEST(DeviceSpecCreate, UnknownTypeListsTheKnownTypes) {
   for (const DriverType* t : driver_types()) {
     EXPECT_TRUE(Contains(msg, t->name)) << "known types are listed";
   }
-  EXPECT_TRUE(Contains(msg, "known: null, ram"));
+  std::string known;
+  for (const DriverType* t : driver_types()) {
+    known += (known.empty() ? "" : ", ") + std::string(t->name);
+  }
+  EXPECT_TRUE(Contains(msg, "(known: " + known + ")"));
 }
 
 TEST(DeviceSpecCreate, DriverOptionErrorsNameThePart) {
@@ -430,12 +434,13 @@ TEST(DeviceSpecCreate, BadMaxSectorsIsRefused) {
   EXPECT_TRUE(Contains(CreateError("ram:1M,bs=4096,max_sectors=4"), "max_sectors"));
 }
 
-TEST(DeviceSpecCreate, EveryDriverCreatesFromItsDefaults) {
-  for (const DriverType* t : driver_types()) {
+// The in-memory drivers need nothing but a size (a file needs a path).
+TEST(DeviceSpecCreate, MemoryDriversCreateFromTheirDefaults) {
+  for (const char* type : {"null", "ram"}) {
     DiskRegistry registry;
-    auto disk = registry.create(std::string(t->name) + ":1M");
-    EXPECT_EQ(disk->size_bytes(), kMiB) << t->name;
-    EXPECT_EQ(disk->name(), std::string(t->name) + "0");
+    auto disk = registry.create(std::string(type) + ":1M");
+    EXPECT_EQ(disk->size_bytes(), kMiB) << type;
+    EXPECT_EQ(disk->name(), std::string(type) + "0");
   }
 }
 

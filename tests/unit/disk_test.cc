@@ -494,10 +494,17 @@ TEST(DiskRemoval, WaitsForInFlightIoAndRefusesNewIo) {
   std::this_thread::sleep_for(50ms);
   EXPECT_FALSE(removed) << "remove() returned with I/O in flight";
 
-  // New I/O fails at once while the old I/O is still in flight.
-  BlockHandle h(disk);
-  EXPECT_EQ(h.pread(buf.data(), 4096, 0), Status::kOffline);
-  EXPECT_EQ(h.pwrite(buf.data(), 4096, 0), Status::kOffline);
+  // New I/O fails at once while the old I/O is still in flight. Submitted
+  // asynchronously: if it wrongly reached the driver it would be parked, and
+  // a synchronous call would hang instead of failing.
+  Pending late[2];
+  for (int i = 0; i < 2; ++i) {
+    late[i].bio.init(
+        disk.get(), i == 0 ? Op::kRead : Op::kWrite, 0, {&seg, 1},
+        [](Bio& b) { static_cast<Completion*>(b.context())->complete(); }, &late[i].done);
+    submit_bio(late[i].bio);
+    EXPECT_TRUE(late[i].bio.completed()) << "refused at once, not queued";
+  }
   EXPECT_EQ(driver->parked(), 3u) << "refused I/O must not reach the driver";
   EXPECT_FALSE(removed);
 
@@ -509,6 +516,11 @@ TEST(DiskRemoval, WaitsForInFlightIoAndRefusesNewIo) {
     p.done.wait();
     EXPECT_EQ(p.bio.status(), Status::kOk) << "I/O started before removal must finish";
   }
+  for (auto& p : late) {
+    p.done.wait();
+    EXPECT_EQ(p.bio.status(), Status::kOffline);
+  }
+  BlockHandle h(disk);
   EXPECT_EQ(r.find("park0"), nullptr);
   EXPECT_EQ(disk->stats().ios[kStatRead], 3u);
   EXPECT_EQ(h.pread(buf.data(), 4096, 0), Status::kOffline);
@@ -640,7 +652,11 @@ void RemoveUnderLoad(const char* spec, uint64_t batches_before_removal) {
   // Remove while I/O is in flight (it nearly always is by now).
   while (disk->in_flight() == 0) std::this_thread::yield();
   phase = 1;
+  const auto remove_start = std::chrono::steady_clock::now();
   r.remove(name);
+  // Submitters keep hammering the dying disk: they must not starve the
+  // removal (it once took tens of seconds here).
+  EXPECT_LT(std::chrono::steady_clock::now() - remove_start, 5s);
   // Not in_flight() here: a submission being refused right now counts for
   // an instant. What matters is that every I/O let in has been accounted
   // as done, checked below against the OK completions.

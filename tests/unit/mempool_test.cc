@@ -436,10 +436,20 @@ TEST(Mempool, WaitingAfterDisowningIsAllowed) {
 
 #ifdef BLKSTACK_DEBUG_CHECKS
 
+// Without the check the death tests' child would wait forever; exiting
+// cleanly instead makes EXPECT_DEATH fail rather than hang.
+void ExitIfStillAliveAfter(std::chrono::seconds limit) {
+  std::thread([limit] {
+    std::this_thread::sleep_for(limit);
+    std::_Exit(0);
+  }).detach();
+}
+
 TEST(MempoolDeathTest, WaitingWhileOwningAnElementOfThePoolAborts) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(
       {
+        ExitIfStillAliveAfter(10s);
         Mempool<int> pool("seed004-pool", 1, 1);
         int* held = pool.alloc(Wait::kNoWait);
         // Nobody else could ever free `held`: this would hang forever.
@@ -454,6 +464,7 @@ TEST(MempoolDeathTest, WaitingOnABioSetWhileOwningOneOfItsBiosAborts) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(
       {
+        ExitIfStillAliveAfter(10s);
         BioSet set("seed004-bioset", 1, 1);
         Bio* held = set.alloc(Wait::kNoWait);
         Bio* more = set.alloc(Wait::kMayWait);
