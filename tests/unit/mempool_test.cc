@@ -325,8 +325,9 @@ TEST(BioSet, PutOfTheLastReferenceReturnsTheBioToThePool) {
 
 void PutOnCompletion(Bio& bio) {
   auto* count = static_cast<std::atomic<int>*>(bio.context());
-  bio.put();
+  // Count first: the put may hand the bio to a waiter that checks the count.
   count->fetch_add(1);
+  bio.put();
 }
 
 // The rule as block code follows it: allocate, submit (which disowns), then
