@@ -95,7 +95,9 @@ class Queue final : public BioDriver {
   // Whether `next` (which follows `rq` on the device) may join `rq`.
   bool requests_mergeable(const Request& rq, const Request& next) const;
   // Moves the bios of `next` into `rq` and frees `next`. The caller has
-  // taken `next` off its list and checked requests_mergeable().
+  // taken `next` off its list and checked requests_mergeable(). Freeing
+  // the tag may resume a bio parked for one and insert its request: do not
+  // call this holding a lock that insertion takes.
   void merge_requests(Request& rq, Request& next);
   bool try_merge_requests(Request& rq, Request& next);
   // Ends the request's remaining bios and frees it (all bytes done).
@@ -128,6 +130,8 @@ class Queue final : public BioDriver {
   SoftwareQueue& this_ctx();
   bool try_merge_somewhere(HwQueue& hctx, Bio& bio);
   bool try_ctx_merge(SoftwareQueue& ctx, Bio& bio);
+  // merge_requests() without freeing `next` (the caller frees it later).
+  void absorb_request(Request& rq, Request& next);
   void init_request(Request& rq, HwQueue& hctx, Bio& bio, uint64_t now);
   // Steps after a request has its tag: flush sequencing, plug, dispatch.
   void queue_request(HwQueue& hctx, Request& rq, bool allow_plug);

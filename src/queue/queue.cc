@@ -316,6 +316,11 @@ bool Queue::requests_mergeable(const Request& rq, const Request& next) const {
 }
 
 void Queue::merge_requests(Request& rq, Request& next) {
+  absorb_request(rq, next);
+  free_request(next);
+}
+
+void Queue::absorb_request(Request& rq, Request& next) {
   rq.tail_->next = next.head_;
   rq.tail_ = next.tail_;
   rq.bytes_ += next.bytes_;
@@ -328,7 +333,6 @@ void Queue::merge_requests(Request& rq, Request& next) {
   disk_->account_merge(rq.op_);
   // `next` never reached the driver: it goes back without completing bios.
   next.state_.store(Request::State::kComplete, std::memory_order_relaxed);
-  free_request(next);
 }
 
 bool Queue::try_merge_requests(Request& rq, Request& next) {
@@ -354,27 +358,37 @@ bool Queue::try_merge_somewhere(HwQueue& hctx, Bio& bio) {
 
 bool Queue::try_ctx_merge(SoftwareQueue& ctx, Bio& bio) {
   if (ctx.count.load(std::memory_order_relaxed) == 0) return false;
-  std::lock_guard lock(ctx.lock);
-  // nomerges=1 tries only the most recent request (the one-hit cache).
-  int budget = nomerges() == 1 ? 1 : kMergeScan;
-  for (Request* rq = ctx.list.back(); rq != nullptr && budget-- > 0; rq = rq->prev) {
-    Merge m = can_merge(*rq, bio);
-    if (m == Merge::kNone) continue;
-    merge_bio(*rq, bio, m);
-    // The grown request may now touch its neighbour in the list.
-    Request* other = m == Merge::kBack ? rq->next : rq->prev;
-    if (other) {
-      Request& front = m == Merge::kBack ? *rq : *other;
-      Request& back = m == Merge::kBack ? *other : *rq;
-      if (requests_mergeable(front, back)) {
-        ctx.list.remove(&back);
-        ctx.count.fetch_sub(1, std::memory_order_relaxed);
-        merge_requests(front, back);
+  bool merged = false;
+  // A request merged into its neighbour is freed after the lock: freeing
+  // its tag may resume a bio parked for one right here, and that bio's
+  // request may go into this very software queue (insert takes ctx.lock).
+  Request* absorbed = nullptr;
+  {
+    std::lock_guard lock(ctx.lock);
+    // nomerges=1 tries only the most recent request (the one-hit cache).
+    int budget = nomerges() == 1 ? 1 : kMergeScan;
+    for (Request* rq = ctx.list.back(); rq != nullptr && budget-- > 0; rq = rq->prev) {
+      Merge m = can_merge(*rq, bio);
+      if (m == Merge::kNone) continue;
+      merge_bio(*rq, bio, m);
+      merged = true;
+      // The grown request may now touch its neighbour in the list.
+      Request* other = m == Merge::kBack ? rq->next : rq->prev;
+      if (other) {
+        Request& front = m == Merge::kBack ? *rq : *other;
+        Request& back = m == Merge::kBack ? *other : *rq;
+        if (requests_mergeable(front, back)) {
+          ctx.list.remove(&back);
+          ctx.count.fetch_sub(1, std::memory_order_relaxed);
+          absorb_request(front, back);
+          absorbed = &back;
+        }
       }
+      break;
     }
-    return true;
   }
-  return false;
+  if (absorbed) free_request(*absorbed);
+  return merged;
 }
 
 // --- completion ------------------------------------------------------------------
