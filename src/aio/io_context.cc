@@ -101,7 +101,12 @@ int IoContext::submit_one(Iocb& cb) {
   if (vectored) {
     if (cb.iovcnt > IOV_MAX || (cb.iovcnt > 0 && cb.iov == nullptr)) return -EINVAL;
     len = 0;
-    for (unsigned i = 0; i < cb.iovcnt; ++i) len += cb.iov[i].iov_len;
+    for (unsigned i = 0; i < cb.iovcnt; ++i) {
+      // Checked one by one: lengths near 2^64 would wrap the sum to a small
+      // total, and each is cut to 32 bits for its Segment below.
+      if (cb.iov[i].iov_len > kMaxRwCount) return -EINVAL;
+      len += cb.iov[i].iov_len;
+    }
   } else if (op_has_data(op) && cb.buf == nullptr && len > 0) {
     return -EFAULT;
   }
