@@ -229,10 +229,14 @@ int IoContext::get_events(unsigned min_nr, std::span<IoEvent> events,
     lock.lock();
     ++waiters_;
     auto ready = [&] { return count_ >= min_nr; };
-    if (timeout) {
-      cv_.wait_for(lock, *timeout, ready);
-    } else {
+    // wait_for() adds the timeout to now(): one near nanoseconds::max()
+    // overflowed into the past and returned at once. A timeout beyond
+    // what the clock can count means forever.
+    const auto now = std::chrono::steady_clock::now();
+    if (!timeout || *timeout >= std::chrono::steady_clock::time_point::max() - now) {
       cv_.wait(lock, ready);
+    } else {
+      cv_.wait_until(lock, now + *timeout, ready);
     }
     --waiters_;
   }
