@@ -197,26 +197,26 @@ void IoContext::post_event(Kiocb& k) {
   IoEvent ev{k.user->user_data, k.user, err ? -int64_t{err} : static_cast<int64_t>(k.bytes), 0};
   const int resfd = k.user->resfd;
   k.more_segs.reset();
-  bool wake;
-  {
-    std::lock_guard lock(lock_);
-    (k.prev ? k.prev->next : active_) = k.next;
-    if (k.next) k.next->prev = k.prev;
-    // Free before the event is visible: once reaped, its slot may be
-    // taken again at once, and must find a free kiocb.
-    k.started.store(false, std::memory_order_relaxed);
-    k.prev = nullptr;
-    k.next = free_;
-    free_ = &k;
-    ring_[(head_ + count_) % ring_.size()] = ev;
-    ++count_;
-    wake = waiters_ > 0;
-  }
-  if (wake) cv_.notify_all();
+  std::lock_guard lock(lock_);
+  (k.prev ? k.prev->next : active_) = k.next;
+  if (k.next) k.next->prev = k.prev;
+  // Free before the event is visible: once reaped, its slot may be
+  // taken again at once, and must find a free kiocb.
+  k.started.store(false, std::memory_order_relaxed);
+  k.prev = nullptr;
+  k.next = free_;
+  free_ = &k;
+  ring_[(head_ + count_) % ring_.size()] = ev;
+  ++count_;
+  // Signal and wake before unlocking: once the lock is dropped the event
+  // can be reaped, and then the context may be destroyed (its condition
+  // variable with it) and the eventfd closed and its number reused.
+  // Nothing here may be touched after that.
   if (resfd >= 0) {
     uint64_t one = 1;
     [[maybe_unused]] ssize_t n = write(resfd, &one, sizeof one);
   }
+  if (waiters_ > 0) cv_.notify_all();
 }
 
 int IoContext::get_events(unsigned min_nr, std::span<IoEvent> events,
