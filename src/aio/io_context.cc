@@ -179,7 +179,11 @@ int IoContext::submit_one(Iocb& cb) {
     k.bio.init_nodata(disk, op, cb.offset >> kSectorShift, static_cast<uint32_t>(len), bio_done,
                       &k);
   }
-  if (cb.flags & kIocbDsync) k.bio.set_flags(BioFlag::kFua);
+  // RWF_DSYNC asks for durable writes; on a read it means nothing, and a
+  // FUA read would send it through the flush machinery (a flush after it
+  // on a cached disk without FUA) for no benefit. Linux sets FUA on
+  // direct writes only.
+  if ((cb.flags & kIocbDsync) && is_write(cb.op)) k.bio.set_flags(BioFlag::kFua);
   if (cb.op == IoOp::kFsync || cb.op == IoOp::kFdsync) k.bio.set_flags(BioFlag::kPreflush);
   if (cb.flags & kIocbNowait) k.bio.set_flags(BioFlag::kNowait);
   k.started.store(true, std::memory_order_release);
