@@ -52,17 +52,22 @@ struct FileCmd {
 
 class FileDriver final : public RequestDriver {
  public:
-  FileDriver(int fd, bool owns_fd, bool zeroes_unmap, std::string describe)
-      : fd_(fd), owns_fd_(owns_fd), zeroes_unmap_(zeroes_unmap), describe_(std::move(describe)) {}
+  // `fd` is the file as opened (O_DIRECT or not). With O_DIRECT, memory not
+  // aligned to `mem_align` goes through `buffered_fd`, a second descriptor
+  // without O_DIRECT (Linux keeps the two coherent), instead of failing.
+  FileDriver(int fd, int buffered_fd, uint32_t mem_align, bool zeroes_unmap, std::string describe)
+      : fd_(fd), buffered_fd_(buffered_fd), mem_align_(mem_align), zeroes_unmap_(zeroes_unmap),
+        describe_(std::move(describe)) {}
   ~FileDriver() override {
     queues_.clear();  // completion threads stop before the file closes
-    if (owns_fd_) close(fd_);
+    if (buffered_fd_ >= 0) close(buffered_fd_);
+    close(fd_);
   }
 
   // One io_uring per hardware queue.
   void start(unsigned nr_queues, const UringQueue::Options& o) {
     for (unsigned i = 0; i < nr_queues; ++i) {
-      queues_.push_back(std::make_unique<UringQueue>(fd_, o, &FileDriver::on_complete));
+      queues_.push_back(std::make_unique<UringQueue>(fd_, buffered_fd_, o, &FileDriver::on_complete));
     }
   }
 
@@ -79,14 +84,17 @@ class FileDriver final : public RequestDriver {
       case Op::kWrite: {
         unsigned n = 0;
         bool overflow = false;
+        uintptr_t align_bits = 0;
         rq.for_each_chunk([&](const BioChunk& ch) {
           if (n == kMaxSegments) {
             overflow = true;
             return;
           }
+          align_bits |= reinterpret_cast<uintptr_t>(ch.ptr) | ch.len;
           c.iov[n++] = iovec{ch.ptr, ch.len};
         });
         if (overflow) return Status::kInvalid;  // the limits forbid this
+        c.op.alternate_file = buffered_fd_ >= 0 && (align_bits & (mem_align_ - 1)) != 0;
         c.op.kind = rq.op() == Op::kRead ? HostIo::kRead : HostIo::kWrite;
         c.op.rw_flags = rq.has_flag(BioFlag::kFua) ? RWF_DSYNC : 0;
         c.op.offset = offset;
@@ -186,17 +194,10 @@ class FileDriver final : public RequestDriver {
     c.op.offset = (c.rq->pos() << kSectorShift) + c.done;
   }
 
+  // What is left to read is exactly iov[first..] (advance() trimmed the
+  // first of them).
   static void zero_rest(FileCmd& c) {
-    uint64_t skip = c.done;
-    for (unsigned i = 0; i < c.nr_iov; ++i) {
-      iovec& v = c.iov[i];
-      if (skip >= v.iov_len) {
-        skip -= v.iov_len;
-        continue;
-      }
-      std::memset(static_cast<char*>(v.iov_base) + skip, 0, v.iov_len - skip);
-      skip = 0;
-    }
+    for (unsigned i = c.first; i < c.nr_iov; ++i) std::memset(c.iov[i].iov_base, 0, c.iov[i].iov_len);
   }
 
   static void resubmit(FileCmd& c) {
@@ -205,7 +206,8 @@ class FileDriver final : public RequestDriver {
   }
 
   int fd_;
-  bool owns_fd_;
+  int buffered_fd_;
+  uint32_t mem_align_;
   bool zeroes_unmap_;
   std::string describe_;
   std::vector<std::unique_ptr<UringQueue>> queues_;
@@ -269,15 +271,17 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
   uint64_t file_size = static_cast<uint64_t>(st.st_size);
   QueueLimits lim;
   lim.logical_block_size = 512;
+  uint32_t mem_align = 512;
   if (blockdev) {
     if (ioctl(fd, BLKGETSIZE64, &file_size) != 0) fail(std::strerror(errno));
     int lbs = 512;
     if (ioctl(fd, BLKSSZGET, &lbs) == 0 && lbs >= 512) lim.logical_block_size = static_cast<uint32_t>(lbs);
-  } else if (is_direct) {
+  }
+  if (is_direct) {
     struct statx sx;
-    if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN) &&
-        sx.stx_dio_offset_align >= 512) {
-      lim.logical_block_size = sx.stx_dio_offset_align;
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN)) {
+      if (!blockdev && sx.stx_dio_offset_align >= 512) lim.logical_block_size = sx.stx_dio_offset_align;
+      if (sx.stx_dio_mem_align > 0) mem_align = sx.stx_dio_mem_align;
     }
   }
   if (o.given("bs")) lim.logical_block_size = std::max(lim.logical_block_size, block_size_option(o));
@@ -320,7 +324,12 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
 
   std::string describe = fmt::format("{} {}{}", path, is_direct ? "direct" : "buffered",
                                      blockdev ? " blockdev" : "");
-  auto driver = std::make_unique<FileDriver>(fd, true, zeroes_unmap, describe);
+  int buffered_fd = -1;
+  if (is_direct) {
+    buffered_fd = open(path.c_str(), (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    if (buffered_fd < 0) fail(std::string("cannot open it a second time: ") + std::strerror(errno));
+  }
+  auto driver = std::make_unique<FileDriver>(fd, buffered_fd, mem_align, zeroes_unmap, describe);
   UringQueue::Options uo;
   uo.entries = std::max(2 * qm.tags.queue_depth, 8u);
   uo.sqpoll = o.flag("sqpoll");

@@ -14,8 +14,8 @@ namespace {
 constexpr uint64_t kStopTag = ~uint64_t{0};
 }  // namespace
 
-UringQueue::UringQueue(int fd, const Options& o, Callback on_complete)
-    : fd_(fd), fixed_(o.fixed_file), on_complete_(on_complete) {
+UringQueue::UringQueue(int fd, int alt_fd, const Options& o, Callback on_complete)
+    : fds_{fd, alt_fd >= 0 ? alt_fd : fd}, fixed_(o.fixed_file), on_complete_(on_complete) {
   io_uring_params p{};
   if (o.sqpoll) {
     p.flags |= IORING_SETUP_SQPOLL;
@@ -23,7 +23,7 @@ UringQueue::UringQueue(int fd, const Options& o, Callback on_complete)
   }
   int r = io_uring_queue_init_params(o.entries, &ring_, &p);
   if (r < 0) throw Error(fmt::format("io_uring setup failed: {}", std::strerror(-r)));
-  if (fixed_ && io_uring_register_files(&ring_, &fd_, 1) < 0) fixed_ = false;
+  if (fixed_ && io_uring_register_files(&ring_, fds_, 2) < 0) fixed_ = false;
   reaper_ = std::thread([this] { reap(); });
 }
 
@@ -48,7 +48,8 @@ bool UringQueue::queue(const HostIo& io, void* ctx) {
     sqe = io_uring_get_sqe(&ring_);
     if (!sqe) return false;
   }
-  const int fd = fixed_ ? 0 : fd_;
+  const int which = io.alternate_file ? 1 : 0;
+  const int fd = fixed_ ? which : fds_[which];
   switch (io.kind) {
     case HostIo::kRead:
       io_uring_prep_readv2(sqe, fd, io.iov, io.iovcnt, io.offset, io.rw_flags);

@@ -27,6 +27,7 @@ struct HostIo {
   uint64_t len = 0;  // fallocate ops
   const iovec* iov = nullptr;
   unsigned iovcnt = 0;
+  bool alternate_file = false;  // use the queue's second file (see UringQueue)
 };
 
 // Where a driver sends host operations; the io_uring one below, or a
@@ -49,8 +50,9 @@ class UringQueue final : public HostIoQueue {
     bool sqpoll = false;       // a kernel thread polls the submission queue
     bool fixed_file = true;    // register the file with the ring
   };
-  // Throws Error if the ring cannot be set up.
-  UringQueue(int fd, const Options& options, Callback on_complete);
+  // Throws Error if the ring cannot be set up. `alt_fd` (or -1) is a second
+  // descriptor for the same file that HostIo::alternate_file selects.
+  UringQueue(int fd, int alt_fd, const Options& options, Callback on_complete);
   ~UringQueue() override;
 
   bool queue(const HostIo& io, void* ctx) override;
@@ -60,7 +62,7 @@ class UringQueue final : public HostIoQueue {
   void reap();
 
   io_uring ring_{};
-  int fd_;
+  int fds_[2];
   bool fixed_;
   Callback on_complete_;
   std::mutex lock_;  // the submission queue
