@@ -23,12 +23,15 @@ int main(int argc, char** argv) {
       "Examples:\n"
       "  blkstack disk ram:64M null:1G        list disks made from device specs\n"
       "  blkstack io ram:64M -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M'\n"
+      "  blkstack bench --name=job1 --filename=null:1G --rw=randread --bs=4k --iodepth=32 \\\n"
+      "      --runtime=10 --time_based       fio-style benchmark\n"
       "Run 'blkstack SUBCOMMAND --help' for each subcommand's options.");
   app.require_subcommand(1);
   app.set_version_flag("--version", BLKSTACK_VERSION);
   blkstack::cli::add_version_command(app);
   blkstack::cli::add_disk_command(app);
   blkstack::cli::add_io_command(app);
+  blkstack::cli::add_bench_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
