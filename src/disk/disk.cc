@@ -201,14 +201,22 @@ void Disk::wait_until_idle(const std::string& what) {
 }
 
 void Disk::refused(Bio& bio) {
+  bool would_wait = false;
   {
     std::lock_guard lock(freeze_lock_);
     if (!dying() && freeze_depth_ > 0) {
-      frozen_bios_.push_back(&bio);
-      return;
+      // NOWAIT I/O fails rather than wait for the unfreeze, as
+      // bio_queue_enter() does with REQ_NOWAIT.
+      would_wait = bio.has_flag(BioFlag::kNowait);
+      if (!would_wait) {
+        frozen_bios_.push_back(&bio);
+        return;
+      }
     }
   }
-  if (dying()) {
+  if (would_wait) {
+    bio.complete(Status::kAgain);
+  } else if (dying()) {
     bio.complete(Status::kOffline);
   } else {
     submit_bio(bio);  // unfrozen meanwhile: try again
