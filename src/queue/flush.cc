@@ -85,6 +85,11 @@ void FlushQueue::kick() {
 }
 
 void FlushQueue::flush_done(Request& flush_rq, Status status) {
+  // Bios end in here and the sequence goes on after them (the next flush).
+  // Once the last bio has ended its submitter may remove and free the
+  // disk: make removal wait until this thread is out, as for a thread in
+  // the submit path.
+  Disk::SubmitGuard guard(q_.disk());
   q_.leave_driver(flush_rq);
   RequestList done;
   {
