@@ -143,7 +143,15 @@ void Queue::init_request(Request& rq, HwQueue& hctx, Bio& bio, uint64_t now) {
 }
 
 void Queue::queue_request(HwQueue& hctx, Request& rq, bool allow_plug) {
-  if ((rq.op_ == Op::kFlush || any(rq.flags_ & kNoMergeFlags)) && flush_->insert(rq)) return;
+  if ((rq.op_ == Op::kFlush || any(rq.flags_ & kNoMergeFlags)) && flush_->insert(rq)) {
+    // The request did not go into the plug. Spare tags the plug took with
+    // it must not stay there unless a plugged request of this queue holds
+    // the disk: once this request ends the disk may be gone.
+    if (Plug* plug = Plug::current(); plug && plug->last_for(*this) == nullptr) {
+      plug->return_tags();
+    }
+    return;
+  }
   if (allow_plug) {
     if (Plug* plug = Plug::current()) {
       plug->add(rq);
