@@ -263,6 +263,27 @@ TEST(MqFlush, FlushErrorsReachEveryWaiter) {
   EXPECT_EQ(d.tags_in_use(), 0u);
 }
 
+TEST(MqFlush, TheDiskMayGoAsSoonAsTheLastFlushBioHasEnded) {
+  // Once every bio has ended, the submitter may destroy the disk. The
+  // completion thread that ended the flush bio must by then be done with
+  // the queue (under ASan a use after free shows here).
+  MqDisk d = MakeMqDisk({}, CacheLimits(false), TestDriver::Mode::kThread);
+  std::atomic<bool> ended{false};
+  TestBio f;
+  // A slow callback keeps the completion thread inside the flush
+  // machinery while the disk goes away.
+  f.on_done = [&](TestBio&) {
+    ended = true;
+    std::this_thread::sleep_for(50ms);
+  };
+  f.init_range(*d.disk, Op::kFlush, 0, 0);
+  f.submit();
+  MustHappen([&] { return ended.load(); }, "the flush bio ends");
+  d.disk.reset();
+  MustHappen([&] { return f.done(); }, "the callback returns");
+  EXPECT_EQ(f.status.load(), Status::kOk);
+}
+
 // Versions in the first 8 bytes of each 4 KiB block.
 constexpr int kBlocks = 64;
 

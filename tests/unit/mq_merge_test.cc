@@ -47,8 +47,7 @@ void ExpectFill(const TestDriver& drv, uint64_t sector, uint32_t sectors, uint8_
       << "sectors " << sector << "+" << sectors << " should hold " << int(fill);
 }
 
-// --- the plug
-// ------------------------------------------------------------------------------------
+// --- the plug ----------------------------------------------------------------
 
 TEST(MqPlug, HoldsRequestsUntilThePlugEnds) {
   MqDisk d = MakeMqDisk();
@@ -161,8 +160,30 @@ TEST(MqPlug, AWaitInsideThePlugSendsItFirst) {
   EXPECT_EQ(back, data);
 }
 
-// --- merging
-// --------------------------------------------------------------------------------------
+TEST(MqPlug, APlugMayOutliveADiskItTookTagsFrom) {
+  // A plug takes tags in batches. When its request goes to the flush
+  // machinery instead of into the plug, and completes, nothing of the plug
+  // holds the disk any more: the disk may be destroyed while the plug is
+  // still active, and ending the plug must not touch it (ASan shows a use
+  // after free otherwise).
+  Plug plug;
+  {
+    QueueLimits lim = TestLimits();
+    lim.volatile_write_cache = true;  // FUA emulated: a flush sequence
+    MqDisk d = MakeMqDisk({}, lim, TestDriver::Mode::kInline);
+    TestBio f;
+    f.init_data(*d.disk, Op::kWrite, 0, 8, 1);
+    f.bio.set_flags(BioFlag::kFua);
+    f.submit();
+    ASSERT_TRUE(f.done());
+    EXPECT_EQ(f.status.load(), Status::kOk);
+    EXPECT_EQ(d.tags_in_use(), 0u)
+        << "the plug kept spare tags of a queue it holds no request for";
+  }
+  plug.flush();
+}
+
+// --- merging -----------------------------------------------------------------
 
 TEST(MqMerge, BackAndFrontMergesInThePlug) {
   MqDisk d = MakeMqDisk();
@@ -537,8 +558,7 @@ TEST(MqMerge, RandomMergesRespectTheLimitsAndKeepTheData) {
   }
 }
 
-// --- the plugged and the direct path agree
-// --------------------------------------------------------
+// --- the plugged and the direct path agree -----------------------------------
 
 TEST(MqPaths, PluggedAndDirectSubmissionGiveTheSameResults) {
   DiskRegistry r;

@@ -47,7 +47,7 @@ std::string ErrorOf(Fn&& fn) {
   return {};
 }
 
-// --- the tag allocator ---------------------------------------------------------------
+// --- the tag allocator -----------------------------------------------------
 
 TEST(MqTags, EveryTagIsHandedOutOnceUpToTheDepth) {
   // Depths around each word-size choice of the allocator (1, 4, 8, 64 bits
@@ -128,8 +128,7 @@ TEST(MqTags, ConcurrentGetAndPutNeverShareATag) {
   EXPECT_EQ(tags.in_use(), 0u);
 }
 
-// --- disks in mq mode from device specs
-// ---------------------------------------------------
+// --- disks in mq mode from device specs --------------------------------------
 
 TEST(MqBasics, RamInMqModeRoundTripsEveryOp) {
   DiskRegistry r;
@@ -330,8 +329,7 @@ TEST(MqBasics, SharedTagsAreOneTagSpaceForAllHwQueues) {
   }
 }
 
-// --- completion
-// ------------------------------------------------------------------------------
+// --- completion --------------------------------------------------------------
 
 TEST(MqCompletion, PartialCompletionEndsBioByBioAndReportsWhatRemains) {
   MqDisk d = MakeMqDisk();
@@ -427,8 +425,7 @@ TEST(MqCompletion, AnErrorFromQueueRqFailsTheRequest) {
   EXPECT_EQ(d.tags_in_use(), 0u);
 }
 
-// --- requeue, busy, stop and start
-// --------------------------------------------------------
+// --- requeue, busy, stop and start -------------------------------------------
 
 TEST(MqRequeue, ResourceRetriesWhenAnotherRequestCompletes) {
   MqDisk d = MakeMqDisk();
@@ -572,8 +569,7 @@ TEST(MqStop, StoppedQueuesHoldRequestsUntilStarted) {
   EXPECT_TRUE(AllDone(bios));
 }
 
-// --- timeouts
-// --------------------------------------------------------------------------------
+// --- timeouts ----------------------------------------------------------------
 
 TEST(MqTimeout, ARequestThatNeverCompletesFailsWithTimeout) {
   TagSetConfig cfg;
@@ -621,8 +617,7 @@ TEST(MqTimeout, ResetTimerGivesTheRequestAnotherPeriod) {
   EXPECT_EQ(d.tags_in_use(), 0u);
 }
 
-// --- freezing
-// --------------------------------------------------------------------------------
+// --- freezing ----------------------------------------------------------------
 
 TEST(MqFreeze, FreezeWaitsForRequestsInFlight) {
   MqDisk d = MakeMqDisk();
@@ -684,8 +679,7 @@ TEST(MqFreeze, FreezesNestAndSetSchedulerKeepsAFrozenQueueFrozen) {
   EXPECT_EQ(a.status.load(), Status::kOk);
 }
 
-// --- removal
-// -----------------------------------------------------------------------------------
+// --- removal -----------------------------------------------------------------
 
 TEST(MqRemoval, RequestsInFlightCompleteOnceAndLaterBiosAreOffline) {
   TagSetConfig cfg;
@@ -778,8 +772,7 @@ TEST(MqRemoval, RemovingARamDiskUnderLoadCompletesEveryBioOnce) {
   EXPECT_EQ(h.pread(buf.data(), buf.size(), 0), Status::kOffline);
 }
 
-// --- schedulers
-// ----------------------------------------------------------------------------------
+// --- schedulers --------------------------------------------------------------
 
 TEST(MqScheduler, NoneWorksAndUnknownNamesAreErrors) {
   MqDisk d = MakeMqDisk();
