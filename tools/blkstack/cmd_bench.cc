@@ -30,6 +30,7 @@ extern "C" void on_interrupt(int) { g_stop.store(true); }
 
 std::string help_footer() {
   std::string out =
+      "Usage: blkstack bench [JOBFILE...] [--KEY=VALUE...]\n\n"
       "Options are fio's: --KEY=VALUE (or --KEY VALUE) on the command line, KEY=VALUE in a job\n"
       "file. On the command line, --name=NAME starts a job; options before the first --name\n"
       "apply to every job (and override a job file's). Sizes take k/m/g/t (powers of 1024),\n"
@@ -40,7 +41,11 @@ std::string help_footer() {
       if (c == '|') c = ',';
     }
     std::string left = o.value.empty() ? name : fmt::format("{}={}", name, o.value);
-    out += fmt::format("  {:<38} {}\n", left, o.help);
+    if (left.size() > 38) {
+      out += fmt::format("  {}\n  {:<38} {}\n", left, "", o.help);
+    } else {
+      out += fmt::format("  {:<38} {}\n", left, o.help);
+    }
   }
   out += "\nRun options:\n";
   for (const auto& o : bench::bench_option_help()) {

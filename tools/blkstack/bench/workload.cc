@@ -13,15 +13,6 @@ uint64_t splitmix(uint64_t& state) {
   return z ^ (z >> 31);
 }
 
-uint64_t mix(uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdull;
-  x ^= x >> 33;
-  x *= 0xc4ceb9fe1a85ec53ull;
-  x ^= x >> 33;
-  return x;
-}
-
 }  // namespace
 
 Rng::Rng(uint64_t seed) {
@@ -41,7 +32,10 @@ Permutation::Permutation(uint64_t n, uint64_t key) : n_(n == 0 ? 1 : n) {
 uint64_t Permutation::encrypt(uint64_t x) const {
   uint64_t l = (x >> half_bits_) & mask_, r = x & mask_;
   for (uint64_t k : keys_) {
-    const uint64_t f = mix(r ^ k) & mask_;
+    // A cheap round function is enough to scatter offsets: a multiply
+    // and a shift (the rounds and keys do the rest).
+    uint64_t f = (r ^ k) * 0xbf58476d1ce4e5b9ull;
+    f = (f ^ (f >> 29)) & mask_;
     const uint64_t nl = r;
     r = l ^ f;
     l = nl;
