@@ -240,6 +240,39 @@ TEST(MqBasics, AFullQueueNeverFailsWithManyThreads) {
   }
 }
 
+TEST(MqBasics, ATagFreedJustBeforeABioParksIsNotLost) {
+  // The window between a failed tag allocation and the bio being on the
+  // wait list: a tag freed there sees no waiter to hand it to. Here the
+  // submitter's plug is flushed in that window (its requests may be what
+  // holds the tags) and the device completes another request meanwhile.
+  TagSetConfig cfg;
+  cfg.queue_depth = 2;
+  MqDisk d = MakeMqDisk(cfg);
+  TestBio a, p, b;
+  a.init_data(*d.disk, Op::kWrite, 0, 8, 1);
+  a.submit();  // in the driver, one tag
+  TestDriver* drv = d.driver;
+  d.driver->set_hook([drv](HwQueue&, Request& rq, bool) {
+    if (rq.pos() == 100) drv->finish(*drv->take(0), Status::kOk);  // a completes now
+    return Status::kOk;
+  });
+  {
+    Plug plug;
+    p.init_data(*d.disk, Op::kWrite, 100, 8, 2);
+    p.submit();  // plugged, the other tag
+    b.init_data(*d.disk, Op::kWrite, 200, 8, 3);
+    b.submit();  // no tag: flushes the plug (p goes, a completes), parks
+    EXPECT_TRUE(a.done());
+    EXPECT_EQ(d.driver->held(), 2u) << "b waits although a's tag is free: a lost wake-up";
+  }
+  d.driver->drain();
+  MustHappen([&] { return b.done(); }, "b completes");
+  for (TestBio* t : {&a, &p, &b}) {
+    EXPECT_EQ(t->calls.load(), 1);
+    EXPECT_EQ(t->status.load(), Status::kOk);
+  }
+}
+
 TEST(MqBasics, NowaitBiosGetAgainWhenNoTagIsFree) {
   TagSetConfig cfg;
   cfg.queue_depth = 1;
