@@ -8,7 +8,7 @@ set -euo pipefail
 # The one list of packages (build, tests, fuzzing, benchmarks).
 PACKAGES=(
   build-essential cmake ninja-build pkg-config
-  googletest libgtest-dev libbenchmark-dev
+  googletest libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev libfmt-dev nlohmann-json3-dev libxxhash-dev liburing-dev
   clang libclang-rt-14-dev
   fio
