@@ -85,6 +85,7 @@ class Request {
   Op op_ = Op::kRead;
   BioFlag flags_ = BioFlag::kNone;
   std::atomic<State> state_{State::kIdle};
+  std::atomic<bool> timed_out_{false};  // the timeout handler has seen it
   Status error_ = Status::kOk;  // first error of a partial completion
   int tag_ = -1;
   uint16_t nr_segments_ = 0;

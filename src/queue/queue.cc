@@ -68,6 +68,9 @@ Queue::~Queue() {
   }
   work_cv_.notify_one();
   worker_.join();
+  // The driver's own threads (completion threads, rings) stop before the
+  // queue they complete into goes away.
+  owned_driver_.reset();
 }
 
 void Queue::attach(Disk& disk) {
@@ -123,6 +126,7 @@ void Queue::init_request(Request& rq, HwQueue& hctx, Bio& bio, uint64_t now) {
   rq.op_ = bio.op();
   rq.flags_ = bio.flags();
   rq.state_.store(Request::State::kIdle, std::memory_order_relaxed);
+  rq.timed_out_.store(false, std::memory_order_relaxed);
   rq.error_ = Status::kOk;
   rq.nr_segments_ = static_cast<uint16_t>(
       op_has_data(bio.op()) ? bio_hw_segments(bio, limits().max_segment_size) : 0);
@@ -402,15 +406,15 @@ bool Queue::try_ctx_merge(SoftwareQueue& ctx, Bio& bio) {
 // --- completion ------------------------------------------------------------------
 
 void Queue::finish_request(Request& rq, Status status) {
-#ifdef BLKSTACK_DEBUG_CHECKS
+  // Claim the request: exactly one completion goes on. A second one is a
+  // driver bug, except when the request timed out, where the driver's late
+  // completion and the timeout handler's may race (the later one is dropped).
   if (rq.state_.exchange(Request::State::kComplete, std::memory_order_acq_rel) ==
-      Request::State::kComplete) {
+      Request::State::kComplete) [[unlikely]] {
+    if (rq.timed_out_.load(std::memory_order_acquire)) return;
     debug::fatal(fmt::format("request (tag {}, {} at sector {}) on '{}' completed twice", rq.tag_,
                              op_name(rq.op_), rq.sector_, disk_->name()));
   }
-#else
-  rq.state_.store(Request::State::kComplete, std::memory_order_relaxed);
-#endif
   HwQueue& hctx = *rq.hctx_;
   // Take the bios off first: once the tag is free the request may be
   // reused, and once the last bio has ended the disk (with this queue) may
@@ -572,6 +576,7 @@ void Queue::check_timeouts(uint64_t now) {
       if (rq.queue_ != this || rq.state_.load(std::memory_order_acquire) != Request::State::kInFlight)
         continue;
       if (rq.deadline_ns_.load(std::memory_order_relaxed) > now) continue;
+      rq.timed_out_.store(true, std::memory_order_release);
       if (driver().timeout(rq) == TimeoutAction::kResetTimer) {
         rq.deadline_ns_.store(now + tag_set_->config().timeout_ns, std::memory_order_relaxed);
       }
