@@ -714,6 +714,17 @@ TEST(BenchEngine, WriteThenReadBackVerifiesClean) {
   EXPECT_EQ(r.exit_code(), 0);
 }
 
+TEST(BenchEngine, MixedJobVerifiesWhatItWrote) {
+  Engine e;
+  RunResult r = e.run({"--name=m", "--filename=ram:4M", "--rw=randrw", "--iodepth=8",
+                       "--verify=crc32c", "--number_ios=4000", "--norandommap"});
+  const ThreadResult& s = r.jobs[0].sum;
+  EXPECT_EQ(s.error, 0) << s.error_message;
+  EXPECT_EQ(s.verify.failed(), 0u);  // unwritten blocks read in between are not judged
+  EXPECT_GT(s.verify.checked, s.verify.readback_blocks);  // some checked as they were read
+  EXPECT_GT(s.verify.readback_blocks, 0u);
+}
+
 TEST(BenchEngine, StagesShareGenerations) {
   Engine e;
   RunResult r = e.run({"--stages", "--filename=ram:4M", "--bs=8k", "--iodepth=8", "--verify=crc32c"});
