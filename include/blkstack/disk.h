@@ -115,10 +115,10 @@ class Disk {
   bool dying() const { return dying_.load(std::memory_order_acquire); }
   // Refuses new I/O (kOffline) and waits for in-flight I/O to complete.
   void shutdown();
-  // Holds new I/O back (parked, not failed) and waits until the I/O in
-  // flight has completed and no thread is in this disk's submit path
-  // (blk_mq_freeze_queue): for changing a scheduler or a table. Nests.
-  // Not from a submit path.
+  // Holds new I/O back (parked, not failed; NOWAIT bios fail with kAgain)
+  // and waits until the I/O in flight has completed and no thread is in
+  // this disk's submit path (blk_mq_freeze_queue): for changing a scheduler
+  // or a table. Nests. Not from a submit path.
   void freeze();
   // Lets parked and new I/O in again once every freeze() is undone.
   void unfreeze();

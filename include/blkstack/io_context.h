@@ -53,8 +53,8 @@ enum class IoOp : uint8_t {
 enum IocbFlags : uint32_t {
   kIocbDsync = 1u << 0,   // RWF_DSYNC: the write is durable when done (FUA)
   kIocbNowait = 1u << 1,  // RWF_NOWAIT: -EAGAIN rather than wait for a tag
-  kIocbDirect = 1u << 2,  // O_DIRECT rules: offset, length and memory aligned
-                          // to the logical block size, else -EINVAL
+  kIocbDirect = 1u << 2,  // O_DIRECT rules: offset and length aligned to the
+                          // logical block size, memory to 512 bytes, else -EINVAL
   kIocbHipri = 1u << 3,   // RWF_HIPRI: a hint, accepted and ignored
 };
 
