@@ -27,36 +27,15 @@
 #include "blkstack/queue.h"
 #include "blkstack/request.h"
 #include "blkstack/request_driver.h"
+#include "test_wait.h"
 
 namespace blkstack::aio_testing {
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-// Polls `pred` until it holds or `limit` has passed; returns the last value.
-template <class Pred>
-bool Eventually(Pred&& pred, std::chrono::milliseconds limit = 10s) {
-  const auto deadline = Clock::now() + limit;
-  while (!pred()) {
-    if (Clock::now() > deadline) return pred();
-    std::this_thread::sleep_for(100us);
-  }
-  return true;
-}
-
-// For waits whose failure leaves I/O in flight that points into the test's
-// stack: returning would let a late completion write freed memory, and the
-// context's destructor would wait forever. Report and abort instead (ctest
-// runs each case in a process of its own).
-template <class Pred>
-void MustHappen(Pred&& pred, const char* what, std::chrono::milliseconds limit = 20s) {
-  if (Eventually(pred, limit)) return;
-  ADD_FAILURE() << "never happened within " << limit.count() << " ms: " << what;
-  std::fprintf(stderr, "aio test: never happened: %s (aborting: I/O is in flight)\n",
-               what);
-  std::fflush(nullptr);
-  std::abort();
-}
+using testing_util::Eventually;
+using testing_util::MustHappen;
 
 // Runs `f` when the scope ends: declared after an IoContext, it releases
 // what a test driver holds even when an assertion returns early, so the

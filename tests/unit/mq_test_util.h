@@ -33,36 +33,15 @@
 #include "blkstack/request.h"
 #include "blkstack/request_driver.h"
 #include "blkstack/submit.h"
+#include "test_wait.h"
 
 namespace blkstack::mq_testing {
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-// Polls `pred` until it holds or `limit` has passed; returns the last value.
-template <class Pred>
-bool Eventually(Pred&& pred, std::chrono::milliseconds limit = 10s) {
-  const auto deadline = Clock::now() + limit;
-  while (!pred()) {
-    if (Clock::now() > deadline) return pred();
-    std::this_thread::sleep_for(100us);
-  }
-  return true;
-}
-
-// For waits whose failure leaves bios in flight that point into the test's
-// stack: returning from the test would let a late completion write freed
-// memory and the disk's destructor wait forever. Report and abort instead
-// (ctest runs each case in its own process).
-template <class Pred>
-void MustHappen(Pred&& pred, const char* what, std::chrono::milliseconds limit = 20s) {
-  if (Eventually(pred, limit)) return;
-  ADD_FAILURE() << "never happened within " << limit.count() << " ms: " << what;
-  std::fprintf(stderr, "mq test: never happened: %s (aborting: I/O is still in flight)\n",
-               what);
-  std::fflush(nullptr);
-  std::abort();
-}
+using testing_util::Eventually;
+using testing_util::MustHappen;
 
 // The limits a request must respect, and how it must be built: bios
 // contiguous from pos(), sizes adding up to bytes(), no PREFLUSH (the flush
