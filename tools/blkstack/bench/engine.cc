@@ -469,7 +469,7 @@ class Worker {
 GenerationMap::GenerationMap(uint64_t base, uint64_t len, uint32_t block)
     : base_(base), len_(len), block_(block) {
   const uint64_t n = (len + block - 1) / block;
-  constexpr uint64_t kMax = uint64_t{1} << 28;  // 1 GiB of map
+  constexpr uint64_t kMax = uint64_t{1} << 26;  // 256 MiB of map
   if (n > kMax) {
     throw Error(fmt::format(
         "verify: {} blocks of {} bytes are too many to track; use a smaller size= or a larger "
