@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # blkstack bench against fio, the same jobs on the same kind of target, side
-# by side: blkstack bench on a null disk with inline completion (null:1G)
-# and fio's null engine (--ioengine=null --size=1G). Both run one thread,
-# the job's iodepth, time based, RUNS runs each (alternating), medians.
+# by side, one thread, the job's iodepth, time based, RUNS runs each
+# (alternating), medians. Two kinds of target:
+#   null: blkstack bench on a null disk with inline completion (null:1G)
+#         against fio's null engine (--ioengine=null --size=1G);
+#   file: blkstack bench on the file driver (file:IMG, io_uring, O_DIRECT)
+#         against fio with --ioengine=io_uring --direct=1 on the same file,
+#         a 256 MiB file of random data in /dev/shm.
 #
 # The jobs: 4k randread QD1, 4k randread QD32 (the headline), 4k randwrite
-# QD32, 128k sequential read QD8.
+# QD32, 128k sequential read QD8 on null; 4k randread QD1 and QD32 on the
+# file.
 #
 # Prints a table (IOPS, mean latency, clat p50/p99, CPU per I/O) and ends
 # with one line for the headline job:
@@ -32,25 +37,37 @@ trap 'rm -rf "$tmp"' EXIT
 cmake --build "$BUILD" -j "$JOBS" --target blkstack_cli >"$tmp/build.log" 2>&1 ||
   { cat "$tmp/build.log"; echo "bench-vs-fio: build failed" >&2; exit 1; }
 
-# name|options shared by both sides (fio's names)
+IMG=/dev/shm/blkstack-bench-vs-fio.img
+trap 'rm -rf "$tmp" "$IMG"' EXIT
+head -c 256M /dev/urandom >"$IMG"
+
+# name|target|options shared by both sides (fio's names)
 CASES=(
-  "rr-qd1|--rw=randread --bs=4k --iodepth=1"
-  "rr-qd32|--rw=randread --bs=4k --iodepth=32"
-  "rw-qd32|--rw=randwrite --bs=4k --iodepth=32"
-  "seq-128k-qd8|--rw=read --bs=128k --iodepth=8"
+  "rr-qd1|null|--rw=randread --bs=4k --iodepth=1"
+  "rr-qd32|null|--rw=randread --bs=4k --iodepth=32"
+  "rw-qd32|null|--rw=randwrite --bs=4k --iodepth=32"
+  "seq-128k-qd8|null|--rw=read --bs=128k --iodepth=8"
+  "file-rr-qd1|file|--rw=randread --bs=4k --iodepth=1"
+  "file-rr-qd32|file|--rw=randread --bs=4k --iodepth=32"
 )
 
 echo "bench-vs-fio: ${#CASES[@]} jobs, $RUNS runs of ${RUNTIME}s per side"
 for i in $(seq 1 "$RUNS"); do
   for c in "${CASES[@]}"; do
-    name=${c%%|*}
-    opts=${c#*|}
+    IFS='|' read -r name target opts <<<"$c"
+    if [ "$target" = file ]; then
+      ours="--filename=file:$IMG --direct=1"
+      theirs="--ioengine=io_uring --direct=1 --filename=$IMG"
+    else
+      ours="--filename=null:1G"
+      theirs="--ioengine=null --size=1G"
+    fi
     # shellcheck disable=SC2086
-    "$BUILD/blkstack" bench --name="$name" --filename=null:1G $opts --time_based \
+    "$BUILD/blkstack" bench --name="$name" $ours $opts --time_based \
       --runtime="$RUNTIME" --output-format=json >"$tmp/blkstack-$name-$i.json" ||
       { cat "$tmp/blkstack-$name-$i.json"; echo "bench-vs-fio: blkstack bench failed" >&2; exit 1; }
     # shellcheck disable=SC2086
-    fio --name="$name" --ioengine=null --size=1G $opts --time_based --runtime="$RUNTIME" \
+    fio --name="$name" $theirs $opts --time_based --runtime="$RUNTIME" \
       --output-format=json >"$tmp/fio-$name-$i.json" ||
       { cat "$tmp/fio-$name-$i.json"; echo "bench-vs-fio: fio failed" >&2; exit 1; }
   done
@@ -97,9 +114,10 @@ for c in cases:
 print()
 print("IOPS: median of the runs (per side, one thread). lat: mean total latency. clat p50/p99:")
 print("completion latency percentiles (fio's log-linear histogram on both sides). CPU ns/IO:")
-print("(usr + sys CPU) / I/Os. blkstack: null:1G, inline completion, through IoContext;")
-print("fio: --ioengine=null. Note: with inline completion an I/O completes inside the submit")
-print("call, so clat is mostly the time until the batch is reaped, on both sides.")
+print("(usr + sys CPU) / I/Os. null rows: blkstack null:1G, inline completion, through IoContext;")
+print("fio --ioengine=null. With inline completion an I/O completes inside the submit call, so")
+print("clat is mostly the time until the batch is reaped, on both sides. file rows: blkstack's")
+print("file driver (io_uring, O_DIRECT) against fio's io_uring engine on the same /dev/shm file.")
 print()
 b, f, r = headline
 print(f"RESULT blkstack_iops={b:.0f} fio_iops={f:.0f} ratio={r:.2f}")
