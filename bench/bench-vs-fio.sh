@@ -20,22 +20,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-JOBS=${JOBS:-2}
+source bench/lib.sh
 RUNS=${RUNS:-3}
 RUNTIME=${RUNTIME:-3}
-BUILD=build-bench
-
-for tool in cmake ninja fio python3; do
-  command -v "$tool" >/dev/null || { echo "bench-vs-fio: $tool is missing (scripts/install-deps.sh)" >&2; exit 1; }
-done
-
-echo "bench-vs-fio: building $BUILD (Release)"
-cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBLKSTACK_TESTS=OFF \
-  -DBLKSTACK_BENCH=ON --log-level=WARNING
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-cmake --build "$BUILD" -j "$JOBS" --target blkstack_cli >"$tmp/build.log" 2>&1 ||
-  { cat "$tmp/build.log"; echo "bench-vs-fio: build failed" >&2; exit 1; }
+bench_setup bench-vs-fio cmake ninja fio python3
+bench_build blkstack_cli
 
 IMG=/dev/shm/blkstack-bench-vs-fio.img
 trap 'rm -rf "$tmp" "$IMG"' EXIT

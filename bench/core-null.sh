@@ -16,23 +16,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-JOBS=${JOBS:-2}
+source bench/lib.sh
 BENCH_REPS=${BENCH_REPS:-5}
 FIO_RUNS=${FIO_RUNS:-3}
 FIO_RUNTIME=${FIO_RUNTIME:-5}
-BUILD=build-bench
-
-for tool in cmake ninja fio python3; do
-  command -v "$tool" >/dev/null || { echo "core-null: $tool is missing (scripts/install-deps.sh)" >&2; exit 1; }
-done
-
-echo "core-null: building $BUILD (Release)"
-cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBLKSTACK_TESTS=OFF \
-  -DBLKSTACK_BENCH=ON --log-level=WARNING
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-cmake --build "$BUILD" -j "$JOBS" --target core_null_bench >"$tmp/build.log" 2>&1 ||
-  { cat "$tmp/build.log"; echo "core-null: build failed" >&2; exit 1; }
+bench_setup core-null cmake ninja fio python3
+bench_build core_null_bench
 
 echo "core-null: blkstack core_null_bench, $BENCH_REPS repetitions"
 "$BUILD/bench/core_null_bench" --benchmark_repetitions="$BENCH_REPS" \

@@ -16,22 +16,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-JOBS=${JOBS:-2}
+source bench/lib.sh
 BENCH_REPS=${BENCH_REPS:-5}
 MIN_TIME=${MIN_TIME:-1}
-BUILD=build-bench
-
-for tool in cmake ninja python3; do
-  command -v "$tool" >/dev/null || { echo "mq-null: $tool is missing (scripts/install-deps.sh)" >&2; exit 1; }
-done
-
-echo "mq-null: building $BUILD (Release)"
-cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBLKSTACK_TESTS=OFF \
-  -DBLKSTACK_BENCH=ON --log-level=WARNING
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-cmake --build "$BUILD" -j "$JOBS" --target mq_null_bench >"$tmp/build.log" 2>&1 ||
-  { cat "$tmp/build.log"; echo "mq-null: build failed" >&2; exit 1; }
+bench_setup mq-null cmake ninja python3
+bench_build mq_null_bench
 
 echo "mq-null: mq_null_bench, $BENCH_REPS repetitions of each case"
 "$BUILD/bench/mq_null_bench" --benchmark_repetitions="$BENCH_REPS" \

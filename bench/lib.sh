@@ -1,0 +1,34 @@
+# Shared by the bench/*.sh scripts: source it after `cd` to the repository.
+#
+#   bench_setup NAME TOOL...   checks the tools, makes $tmp (removed at exit)
+#   bench_build TARGET...      builds the targets in $BUILD (Release)
+#   bench_fail MESSAGE [LOG]   prints LOG (if any) and MESSAGE, exits 1
+
+JOBS=${JOBS:-2}
+BUILD=build-bench
+
+bench_fail() {
+  [ -n "${2:-}" ] && [ -f "$2" ] && cat "$2"
+  echo "$BENCH_NAME: $1" >&2
+  exit 1
+}
+
+bench_setup() {
+  BENCH_NAME=$1
+  shift
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || bench_fail "$tool is missing (scripts/install-deps.sh)"
+  done
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+}
+
+bench_build() {
+  echo "$BENCH_NAME: building $BUILD (Release): $*"
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBLKSTACK_TESTS=OFF \
+    -DBLKSTACK_BENCH=ON --log-level=WARNING >"$tmp/configure.log" 2>&1 ||
+    bench_fail "configure failed" "$tmp/configure.log"
+  cmake --build "$BUILD" -j "$JOBS" --target "$@" >"$tmp/build.log" 2>&1 ||
+    bench_fail "build failed" "$tmp/build.log"
+}
