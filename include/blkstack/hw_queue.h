@@ -29,7 +29,9 @@ enum class IssueResult : uint8_t {
 class Queue;
 struct Tags;
 
-struct SoftwareQueue {
+// Cache-line aligned, like HwQueue: each is written by its own thread(s),
+// and neighbours sharing a line would bounce it between cores.
+struct alignas(64) SoftwareQueue {
   std::mutex lock;
   RequestList list;
   std::atomic<uint32_t> count{0};
@@ -37,7 +39,7 @@ struct SoftwareQueue {
   HwQueue* hctx = nullptr;
 };
 
-class HwQueue {
+class alignas(64) HwQueue {
  public:
   HwQueue(Queue& queue, unsigned index, Tags& tags);
 
@@ -56,8 +58,6 @@ class HwQueue {
   // Runs on the queue's worker after `delay_ns` (blk_mq_delay_run_hw_queue).
   void run_after(uint64_t delay_ns);
 
-  // Dispatches so far, and how many requests went per queue_rq batch.
-  uint64_t dispatched() const { return dispatched_.load(std::memory_order_relaxed); }
 
  private:
   friend class Queue;
@@ -105,7 +105,6 @@ class HwQueue {
   RequestList dispatch_;                  // requeued or waiting for the driver
   std::atomic<uint32_t> dispatch_count_{0};
   std::atomic<bool> restart_{false};      // run again when a request completes
-  std::atomic<uint64_t> dispatched_{0};
 };
 
 }  // namespace blkstack

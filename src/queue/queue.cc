@@ -219,10 +219,7 @@ Queue::Issue Queue::issue(HwQueue& hctx, Request& rq, bool last, uint64_t now) {
     debug::SubmitScope scope(disk_->name().c_str());
     r = driver().queue_rq(hctx, rq, last);
   }
-  if (r == Status::kOk) [[likely]] {
-    hctx.dispatched_.fetch_add(1, std::memory_order_relaxed);
-    return Issue::kIssued;
-  }
+  if (r == Status::kOk) [[likely]] return Issue::kIssued;
   // The driver did not take the request. The caller puts it back and then
   // calls HwQueue::after_refusal(), in that order, so no re-run is missed.
   rq.state_.store(Request::State::kIdle, std::memory_order_relaxed);
