@@ -119,6 +119,21 @@ class RequestList {
   // Appends all of `other`, leaving it empty; prepend puts them first.
   void splice_back(RequestList& other);
   void splice_front(RequestList& other);
+  // Moves the requests for which pred(const Request&) holds into a new
+  // list, keeping their order.
+  template <class Pred>
+  RequestList extract_if(Pred&& pred) {
+    RequestList out;
+    for (Request* rq = head_; rq != nullptr;) {
+      Request* next = rq->next;
+      if (pred(*rq)) {
+        remove(rq);
+        out.push_back(rq);
+      }
+      rq = next;
+    }
+    return out;
+  }
 
  private:
   Request* head_ = nullptr;

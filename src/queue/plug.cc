@@ -80,15 +80,7 @@ void Plug::flush() {
   return_tags();
   while (!all.empty()) {
     Queue& q = all.front()->queue();
-    RequestList mine;
-    for (Request* rq = all.front(); rq != nullptr;) {
-      Request* next = rq->next;
-      if (&rq->queue() == &q) {
-        all.remove(rq);
-        mine.push_back(rq);
-      }
-      rq = next;
-    }
+    RequestList mine = all.extract_if([&](const Request& rq) { return &rq.queue() == &q; });
     q.issue_plugged(mine);
   }
   time_ns_ = 0;  // the next batch reads the clock again

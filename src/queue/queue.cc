@@ -254,15 +254,7 @@ void Queue::issue_plugged(RequestList& list) {
   // request, so a driver can ring one doorbell for all.
   while (!list.empty()) {
     HwQueue& hctx = *list.front()->hctx_;
-    RequestList batch;
-    for (Request* rq = list.front(); rq != nullptr;) {
-      Request* next = rq->next;
-      if (rq->hctx_ == &hctx) {
-        list.remove(rq);
-        batch.push_back(rq);
-      }
-      rq = next;
-    }
+    RequestList batch = list.extract_if([&](const Request& rq) { return rq.hctx_ == &hctx; });
     if (hctx.idle()) {
       hctx.dispatch_list(batch);
     } else {

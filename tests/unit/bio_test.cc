@@ -14,20 +14,14 @@
 #include <vector>
 
 #include "blkstack/bioset.h"
+#include "test_util.h"
 
 namespace blkstack {
 namespace {
 
-// Counts callback runs and remembers the status seen by the callback.
-struct Done {
-  int calls = 0;
-  Status status = Status::kOk;
-};
-void record_done(Bio& bio) {
-  auto* d = static_cast<Done*>(bio.context());
-  ++d->calls;
-  d->status = bio.status();
-}
+using testing_util::Done;
+using testing_util::record_done;
+
 
 // The chunks a bio visits, flattened for comparison.
 struct Chunk {

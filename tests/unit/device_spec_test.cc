@@ -15,9 +15,13 @@
 #include "blkstack/disk_registry.h"
 #include "blkstack/driver.h"
 #include "blkstack/error.h"
+#include "test_util.h"
 
 namespace blkstack {
 namespace {
+
+using testing_util::Contains;
+using testing_util::ErrorOf;
 
 constexpr uint64_t kKiB = 1024;
 constexpr uint64_t kMiB = kKiB << 10;
@@ -26,25 +30,6 @@ constexpr uint64_t kTiB = kGiB << 10;
 constexpr uint64_t kPiB = kTiB << 10;
 constexpr uint64_t kEiB = kPiB << 10;
 constexpr uint64_t kMax = std::numeric_limits<uint64_t>::max();
-
-// The message of the blkstack::Error that `fn` throws; a test failure if it
-// throws none (or something else).
-template <class Fn>
-std::string ErrorOf(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a blkstack::Error";
-  return {};
-}
-
-::testing::AssertionResult Contains(const std::string& text, std::string_view part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure()
-         << "'" << text << "' does not contain '" << part << "'";
-}
 
 std::string SpecError(std::string_view text) {
   return ErrorOf([&] { parse_device_spec(text); });

@@ -22,28 +22,15 @@
 #include "blkstack/disk_registry.h"
 #include "blkstack/error.h"
 #include "blkstack/submit.h"
+#include "test_util.h"
 
 namespace blkstack {
 namespace {
 
+using testing_util::Contains;
+using testing_util::ErrorOf;
+
 using namespace std::chrono_literals;
-
-template <class Fn>
-std::string ErrorOf(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a blkstack::Error";
-  return {};
-}
-
-::testing::AssertionResult Contains(const std::string& text, std::string_view part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure()
-         << "'" << text << "' does not contain '" << part << "'";
-}
 
 // Completes every bio at once; for disks made by hand.
 class InstantDriver final : public BioDriver {

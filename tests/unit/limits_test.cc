@@ -11,19 +11,14 @@
 #include <vector>
 
 #include "blkstack/bioset.h"
+#include "test_util.h"
 
 namespace blkstack {
 namespace {
 
-struct Done {
-  int calls = 0;
-  Status status = Status::kOk;
-};
-void record_done(Bio& bio) {
-  auto* d = static_cast<Done*>(bio.context());
-  ++d->calls;
-  d->status = bio.status();
-}
+using testing_util::Done;
+using testing_util::record_done;
+
 
 // Memory for a bio with the given segment lengths, scattered with gaps so
 // that pieces can be traced back to exact addresses.

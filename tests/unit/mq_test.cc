@@ -24,28 +24,15 @@
 #include "blkstack/tag_set.h"
 #include "core/percpu.h"
 #include "mq_test_util.h"
+#include "test_util.h"
 
 namespace blkstack {
 namespace {
 
+using testing_util::Contains;
+using testing_util::ErrorOf;
+
 using namespace mq_testing;
-
-::testing::AssertionResult Contains(const std::string& text, std::string_view part) {
-  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure()
-         << "'" << text << "' does not contain '" << part << "'";
-}
-
-template <class Fn>
-std::string ErrorOf(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a blkstack::Error";
-  return {};
-}
 
 // --- the tag allocator -----------------------------------------------------
 

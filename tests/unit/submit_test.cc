@@ -20,19 +20,14 @@
 #include "blkstack/debug/submit_context.h"
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
+#include "test_util.h"
 
 namespace blkstack {
 namespace {
 
-struct Done {
-  int calls = 0;
-  Status status = Status::kOk;
-};
-void record_done(Bio& bio) {
-  auto* d = static_cast<Done*>(bio.context());
-  ++d->calls;
-  d->status = bio.status();
-}
+using testing_util::Done;
+using testing_util::record_done;
+
 
 // What a driver saw in one submit() call.
 struct Seen {
