@@ -9,5 +9,6 @@ void add_version_command(CLI::App& app);
 void add_disk_command(CLI::App& app);
 void add_io_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
 
 }  // namespace blkstack::cli

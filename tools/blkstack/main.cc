@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
       "  blkstack io ram:64M -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M'\n"
       "  blkstack bench --name=job1 --filename=null:1G --rw=randread --bs=4k --iodepth=32 \\\n"
       "      --runtime=10 --time_based       fio-style benchmark\n"
+      "  blkstack serve --socket /tmp/nbd.sock --export disk=ram:1G   NBD server\n"
       "Run 'blkstack SUBCOMMAND --help' for each subcommand's options.");
   app.require_subcommand(1);
   app.set_version_flag("--version", BLKSTACK_VERSION);
@@ -32,6 +33,7 @@ int main(int argc, char** argv) {
   blkstack::cli::add_disk_command(app);
   blkstack::cli::add_io_command(app);
   blkstack::cli::add_bench_command(app);
+  blkstack::cli::add_serve_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

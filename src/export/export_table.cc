@@ -1,0 +1,33 @@
+#include "export/export_table.h"
+
+#include <fmt/format.h>
+
+#include <set>
+
+#include "blkstack/error.h"
+
+namespace blkstack {
+
+ExportTable::ExportTable(std::vector<Export> exports) : exports_(std::move(exports)) {
+  std::set<std::string_view> names;
+  for (const Export& e : exports_) {
+    if (e.name.size() > 4096)
+      throw Error(
+          fmt::format("export name '{:.40}...' is longer than 4096 bytes", e.name));
+    if (e.name.find('\0') != std::string::npos)
+      throw Error("an export name may not contain a NUL byte");
+    if (!e.disk) throw Error(fmt::format("export '{}' has no device", e.name));
+    if (!names.insert(e.name).second)
+      throw Error(fmt::format("export '{}' is defined twice", e.name));
+  }
+}
+
+const Export* ExportTable::find(std::string_view name) const {
+  if (name.empty()) return exports_.empty() ? nullptr : &exports_.front();
+  for (const Export& e : exports_) {
+    if (e.name == name) return &e;
+  }
+  return nullptr;
+}
+
+}  // namespace blkstack

@@ -1,0 +1,632 @@
+#include "export/nbd/connection.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "blkstack/disk.h"
+#include "blkstack/submit.h"
+#include "export/log.h"
+#include "export/nbd/protocol.h"
+
+namespace blkstack::nbd {
+namespace {
+
+constexpr size_t kRecvBufSize = 64u << 10;
+// Buffers above this are freed when their request is answered, so one
+// large request does not leave a slot holding 32 MiB for good.
+constexpr uint32_t kKeepBufferBytes = 4u << 20;
+// Write-zeroes done as data writes point every segment at this.
+constexpr uint32_t kZeroBufSize = 1u << 20;
+alignas(4096) const std::byte kZeroes[kZeroBufSize] = {};
+constexpr int kMaxIov = 64;
+constexpr uint16_t kKnownCmdFlags =
+    kCmdFlagFua | kCmdFlagNoHole | kCmdFlagDf | kCmdFlagReqOne | kCmdFlagFastZero;
+// BLOCK_STATUS answers at most this many extents per request.
+constexpr uint32_t kMaxExtents = 1024;
+std::atomic<uint64_t> next_id{1};
+
+// The NBD error for a block-layer status.
+uint32_t nbd_error(Status s, bool write) {
+  switch (s) {
+    case Status::kOk:
+      return 0;
+    case Status::kReadOnly:
+      return kEperm;
+    case Status::kNoSpace:
+      return kEnospc;
+    case Status::kOutOfRange:
+      return write ? kEnospc : kEinval;
+    case Status::kInvalid:
+      return kEinval;
+    case Status::kNotSupported:
+      return kEnotsup;
+    case Status::kResource:
+      return kEnomem;
+    default:
+      return kEio;
+  }
+}
+
+bool is_write_type(uint16_t type) {
+  return type == kCmdWrite || type == kCmdTrim || type == kCmdWriteZeroes;
+}
+
+}  // namespace
+
+Connection::Connection(int fd, std::shared_ptr<const ExportTable> exports,
+                       Reactor& reactor, ConnectionLimits limits)
+    : fd_(fd),
+      name_(fmt::format("conn {}", next_id.fetch_add(1, std::memory_order_relaxed))),
+      exports_(std::move(exports)),
+      reactor_(reactor),
+      limits_(limits),
+      handshake_(std::make_unique<Handshake>(exports_)),
+      rbuf_(new std::byte[kRecvBufSize]) {
+  const int fl = fcntl(fd_, F_GETFL);
+  if (fl >= 0) fcntl(fd_, F_SETFL, fl | O_NONBLOCK);
+  out_ = std::move(handshake_->output());
+  handshake_->output().clear();
+}
+
+Connection::~Connection() {
+  if (in_flight_ != 0) {
+    // Destroying a slot under a running bio would be a use-after-free.
+    std::fprintf(stderr, "blkstack serve: fatal: %s destroyed with I/O in flight\n",
+                 name_.c_str());
+    std::abort();
+  }
+  for (auto& s : slots_) std::free(s->buf);
+  ::close(fd_);
+}
+
+void Connection::log(const std::string& what) const {
+  serve_log(fmt::format("{}{}{}: {}", name_, nego_.export_name.empty() ? "" : " ",
+                        nego_.export_name, what));
+}
+
+bool Connection::wants_read() const {
+  if (eof_ || read_blocked_) return false;
+  return state_ == State::kHandshake || state_ == State::kTransmission;
+}
+
+// --- slots -------------------------------------------------------------------
+
+RequestSlot* Connection::get_slot(uint64_t cost) {
+  if (in_flight_ >= limits_.max_requests) return nullptr;
+  // An idle connection takes any one request, so the budget can never be
+  // smaller than the largest request.
+  if (in_flight_ > 0 && bytes_in_flight_ + cost > limits_.max_bytes_in_flight)
+    return nullptr;
+  RequestSlot* s = free_;
+  if (s) {
+    free_ = s->next;
+  } else {
+    slots_.push_back(std::make_unique<RequestSlot>());
+    s = slots_.back().get();
+    s->conn = this;
+  }
+  s->next = nullptr;
+  s->cost = cost;
+  s->sent = 0;
+  s->data = nullptr;
+  s->data_len = 0;
+  ++in_flight_;
+  bytes_in_flight_ += cost;
+  return s;
+}
+
+bool Connection::grow(RequestSlot* s, uint32_t bytes) {
+  if (s->cap >= bytes) return true;
+  std::free(s->buf);
+  s->cap = 0;
+  const size_t n = (size_t{bytes} + 4095) & ~size_t{4095};
+  s->buf = static_cast<std::byte*>(std::aligned_alloc(4096, n));
+  if (!s->buf) return false;
+  s->cap = static_cast<uint32_t>(n);
+  return true;
+}
+
+void Connection::release(RequestSlot* s) {
+  --in_flight_;
+  bytes_in_flight_ -= s->cost;
+  if (s->cap > kKeepBufferBytes) {
+    std::free(s->buf);
+    s->buf = nullptr;
+    s->cap = 0;
+  }
+  s->next = free_;
+  free_ = s;
+  read_blocked_ = false;
+}
+
+// --- replies -----------------------------------------------------------------
+
+void Connection::set_reply(RequestSlot* s, uint32_t error) {
+  std::byte* h = s->hdr;
+  s->data = nullptr;
+  s->data_len = 0;
+  const bool structured =
+      nego_.structured_replies && (s->type == kCmdRead || s->type == kCmdBlockStatus);
+  if (!structured) {
+    store32(h, kSimpleReplyMagic);
+    store32(h + 4, error);
+    store64(h + 8, s->cookie);
+    s->hdr_len = kSimpleReplySize;
+    if (s->type == kCmdRead && error == 0) {
+      s->data = s->buf;
+      s->data_len = s->length;
+    }
+    return;
+  }
+  store32(h, kStructuredReplyMagic);
+  store16(h + 4, kReplyFlagDone);
+  store64(h + 8, s->cookie);
+  if (error != 0) {
+    store16(h + 6, kReplyTypeError);
+    store32(h + 16, 6);  // error and an empty message
+    store32(h + 20, error);
+    store16(h + 24, 0);
+    s->hdr_len = 26;
+  } else if (s->type == kCmdRead) {
+    // One data chunk for the whole read: what DF asks, and the fewest bytes.
+    store16(h + 6, kReplyTypeOffsetData);
+    store32(h + 16, 8 + s->length);
+    store64(h + 20, s->offset);
+    s->hdr_len = kChunkHeaderSize + 8;
+    s->data = s->buf;
+    s->data_len = s->length;
+  } else {  // block status: the payload was built in the buffer
+    store16(h + 6, kReplyTypeBlockStatus);
+    store32(h + 16, s->data_len);
+    s->hdr_len = kChunkHeaderSize;
+  }
+}
+
+void Connection::queue_reply(RequestSlot* s) {
+  if (state_ == State::kClosed) {  // nobody to answer
+    release(s);
+    return;
+  }
+  s->sent = 0;
+  s->next = nullptr;
+  if (send_tail_)
+    send_tail_->next = s;
+  else
+    send_head_ = s;
+  send_tail_ = s;
+}
+
+void Connection::reply_now(RequestSlot* s, uint32_t error) {
+  set_reply(s, error);
+  queue_reply(s);
+}
+
+void Connection::send_output() {
+  while (state_ != State::kClosed && (!out_.empty() || send_head_)) {
+    iovec iov[kMaxIov];
+    int n = 0;
+    size_t want = 0;
+    if (!out_.empty()) {
+      iov[n++] = {out_.data(), out_.size()};
+      want += out_.size();
+    }
+    for (RequestSlot* s = send_head_; s && n + 2 <= kMaxIov; s = s->next) {
+      if (s->sent < s->hdr_len) {
+        iov[n++] = {s->hdr + s->sent, s->hdr_len - s->sent};
+        want += s->hdr_len - s->sent;
+      }
+      const uint32_t data_done = s->sent > s->hdr_len ? s->sent - s->hdr_len : 0;
+      if (s->data_len > data_done) {
+        iov[n++] = {const_cast<std::byte*>(s->data) + data_done, s->data_len - data_done};
+        want += s->data_len - data_done;
+      }
+    }
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = n;
+    const ssize_t r = ::sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      return hard_close(fmt::format("send: {}", std::strerror(errno)));
+    }
+    size_t left = static_cast<size_t>(r);
+    if (!out_.empty()) {
+      const size_t k = std::min(left, out_.size());
+      out_.erase(0, k);
+      left -= k;
+    }
+    while (left > 0 && send_head_) {
+      RequestSlot* s = send_head_;
+      const uint32_t total = s->hdr_len + s->data_len;
+      const uint32_t k = static_cast<uint32_t>(std::min<size_t>(left, total - s->sent));
+      s->sent += k;
+      left -= k;
+      if (s->sent < total) break;
+      send_head_ = s->next;
+      if (!send_head_) send_tail_ = nullptr;
+      release(s);
+    }
+    if (static_cast<size_t>(r) < want) return;  // the socket is full
+  }
+}
+
+// --- completions -------------------------------------------------------------
+
+void Connection::bio_done(Bio& bio) {
+  auto* s = static_cast<RequestSlot*>(bio.context());
+  Connection* c = s->conn;
+  if (c->reactor_.on_reactor_thread()) return c->complete(s);
+  c->reactor_.post(s);  // not c afterwards: it may be gone once s is answered
+}
+
+void Connection::complete(RequestSlot* s) {
+  set_reply(s, nbd_error(s->bio.status(), is_write_type(s->type)));
+  queue_reply(s);
+}
+
+// --- input -------------------------------------------------------------------
+
+void Connection::run() {
+  // A few rounds: sending frees slots, which may unblock parsing of
+  // requests already in the receive buffer.
+  for (int round = 0; round < 4 && state_ != State::kClosed; ++round) {
+    send_output();
+    if (!wants_read()) break;
+    read_input();
+    if (!read_blocked_) break;
+    send_output();  // frees slots, and so unblocks, if the client reads
+    if (read_blocked_) break;
+  }
+  send_output();
+  maybe_close();
+}
+
+void Connection::read_input() {
+  for (int round = 0; round < 8; ++round) {
+    if (!process_staged() || !wants_read()) return;
+    // Receive: a payload in progress goes straight to its buffer, with the
+    // receive buffer behind it for the requests that follow.
+    if (rpos_ == wpos_) rpos_ = wpos_ = 0;
+    if (kRecvBufSize - wpos_ < kRequestSize) {
+      std::memmove(rbuf_.get(), rbuf_.get() + rpos_, wpos_ - rpos_);
+      wpos_ -= rpos_;
+      rpos_ = 0;
+    }
+    iovec iov[2];
+    int n = 0;
+    uint32_t payload_want = 0;
+    if (input_ == Input::kPayload) {
+      payload_want = payload_slot_->length - payload_got_;
+      iov[n++] = {payload_slot_->buf + payload_got_, payload_want};
+    }
+    iov[n++] = {rbuf_.get() + wpos_, kRecvBufSize - wpos_};
+    size_t want = 0;
+    for (int i = 0; i < n; ++i) want += iov[i].iov_len;
+    const ssize_t r = ::readv(fd_, iov, n);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      return hard_close(fmt::format("receive: {}", std::strerror(errno)));
+    }
+    if (r == 0) {
+      eof_ = true;
+      if (state_ == State::kHandshake)
+        return hard_close("client closed during the handshake");
+      if (input_ != Input::kHeader) {
+        // Vanished mid-request: the partial write is never applied, and
+        // there is nobody to answer.
+        log("client closed in the middle of a request; it is dropped");
+        release(input_ == Input::kPayload ? payload_slot_ : discard_slot_);
+        payload_slot_ = discard_slot_ = nullptr;
+        input_ = Input::kHeader;
+      }
+      return;
+    }
+    size_t got = static_cast<size_t>(r);
+    if (payload_want) {
+      const uint32_t k = static_cast<uint32_t>(std::min<size_t>(got, payload_want));
+      payload_got_ += k;
+      got -= k;
+      if (payload_got_ == payload_slot_->length) payload_received();
+    }
+    wpos_ += got;
+    if (static_cast<size_t>(r) < want) {
+      // The socket is drained: parse what came and wait for the next event.
+      process_staged();
+      return;
+    }
+  }
+}
+
+bool Connection::process_staged() {
+  if (state_ == State::kHandshake) {
+    const size_t used = handshake_->feed({rbuf_.get() + rpos_, wpos_ - rpos_});
+    rpos_ += used;
+    out_ += handshake_->output();
+    handshake_->output().clear();
+    if (handshake_->closed()) {
+      log(handshake_->close_reason());
+      send_output();  // the last option reply (ABORT's ACK), if it fits
+      hard_close("");
+      return false;
+    }
+    if (!handshake_->done()) return true;
+    nego_ = std::move(handshake_->result());
+    handshake_.reset();
+    size_ = nego_.disk->size_bytes();
+    lbs_ = nego_.disk->limits().logical_block_size;
+    state_ = State::kTransmission;
+    log(fmt::format("export chosen ({} bytes{}{})", size_,
+                    nego_.structured_replies ? ", structured replies" : "",
+                    nego_.base_allocation ? ", base:allocation" : ""));
+  }
+  while (true) {
+    const size_t avail = wpos_ - rpos_;
+    if (input_ == Input::kPayload) {
+      const uint32_t k = static_cast<uint32_t>(
+          std::min<size_t>(avail, payload_slot_->length - payload_got_));
+      std::memcpy(payload_slot_->buf + payload_got_, rbuf_.get() + rpos_, k);
+      rpos_ += k;
+      payload_got_ += k;
+      if (payload_got_ < payload_slot_->length) return true;
+      payload_received();
+      continue;
+    }
+    if (input_ == Input::kDiscard) {
+      const uint64_t k = std::min<uint64_t>(avail, discard_left_);
+      rpos_ += k;
+      discard_left_ -= k;
+      if (discard_left_ != 0) return true;
+      input_ = Input::kHeader;
+      reply_now(discard_slot_, discard_error_);
+      discard_slot_ = nullptr;
+      continue;
+    }
+    if (state_ != State::kTransmission) return false;
+    if (avail < kRequestSize) return true;
+    if (!handle_request(decode_request(rbuf_.get() + rpos_))) return false;
+  }
+}
+
+void Connection::payload_received() {
+  RequestSlot* s = payload_slot_;
+  payload_slot_ = nullptr;
+  input_ = Input::kHeader;
+  submit(s);
+}
+
+bool Connection::handle_request(const Request& rq) {
+  if (rq.magic != kRequestMagic) {
+    hard_close(fmt::format("bad request magic {:#x}", rq.magic));
+    return false;
+  }
+  if (rq.type == kCmdDisc) {
+    rpos_ += kRequestSize;
+    state_ = State::kDraining;
+    return false;
+  }
+  if (rq.type == kCmdWrite && rq.length > kMaxPayload) {
+    // Skipping 4 GiB of payload would let the client keep us busy for
+    // nothing, and the spec allows a disconnect here.
+    hard_close(fmt::format("WRITE of {} bytes is over the {} byte maximum", rq.length,
+                           kMaxPayload));
+    return false;
+  }
+  uint64_t cost = 0;
+  if (rq.type == kCmdRead || rq.type == kCmdWrite)
+    cost = std::min(rq.length, kMaxPayload);
+  RequestSlot* s = get_slot(cost);
+  if (!s) {
+    read_blocked_ = true;  // resumes when a reply has been sent
+    return false;
+  }
+  rpos_ += kRequestSize;
+  s->cookie = rq.cookie;
+  s->offset = rq.offset;
+  s->length = rq.length;
+  s->type = rq.type;
+  s->flags = rq.flags;
+
+  // The checks, in the order doc/proto.md implies: unknown, read-only,
+  // out of range (ENOSPC for writes, EINVAL otherwise), misaligned.
+  uint32_t err = 0;
+  const bool in_range = rq.offset <= size_ && rq.length <= size_ - rq.offset;
+  const bool aligned = rq.offset % lbs_ == 0 && rq.length % lbs_ == 0;
+  const QueueLimits& lim = nego_.disk->limits();
+  switch (rq.type) {
+    case kCmdRead:
+      if (rq.length == 0 || rq.length > kMaxPayload || !in_range || !aligned)
+        err = kEinval;
+      break;
+    case kCmdWrite:
+    case kCmdWriteZeroes:
+      if (nego_.disk->read_only())
+        err = kEperm;
+      else if (rq.length == 0 || !aligned)
+        err = kEinval;
+      else if (!in_range)
+        err = kEnospc;
+      break;
+    case kCmdTrim:
+      if (nego_.disk->read_only())
+        err = kEperm;
+      else if (lim.max_discard_sectors == 0 || rq.length == 0 || !in_range || !aligned)
+        err = kEinval;
+      break;
+    case kCmdFlush:
+      break;
+    case kCmdCache:
+    case kCmdBlockStatus:
+      if (rq.length == 0 || !in_range) err = kEinval;
+      if (rq.type == kCmdBlockStatus && !nego_.base_allocation) err = kEinval;
+      break;
+    default:
+      err = kEinval;
+      break;
+  }
+  if (rq.flags & ~kKnownCmdFlags) err = kEinval;
+
+  if (rq.type == kCmdWrite) {
+    // The payload follows the header whatever we answer: receive it into
+    // the buffer, or drop it when the answer is already known.
+    if (err == 0 && !grow(s, rq.length)) err = kEnomem;
+    if (err != 0) {
+      input_ = Input::kDiscard;
+      discard_left_ = rq.length;
+      discard_error_ = err;
+      discard_slot_ = s;
+    } else {
+      input_ = Input::kPayload;
+      payload_slot_ = s;
+      payload_got_ = 0;
+    }
+    return true;
+  }
+  if (err == 0 && rq.type == kCmdRead && !grow(s, rq.length)) err = kEnomem;
+  if (err != 0) {
+    reply_now(s, err);
+    return true;
+  }
+  switch (rq.type) {
+    case kCmdCache:  // our devices have no slower tier to warm
+      reply_now(s, 0);
+      break;
+    case kCmdBlockStatus:
+      block_status(s);
+      break;
+    default:
+      submit(s);
+      break;
+  }
+  return true;
+}
+
+void Connection::submit(RequestSlot* s) {
+  Disk* disk = nego_.disk.get();
+  const uint64_t sector = s->offset >> kSectorShift;
+  Bio& bio = s->bio;
+  switch (s->type) {
+    case kCmdRead:
+    case kCmdWrite:
+      s->seg = Segment(s->buf, s->length);
+      bio.init(disk, s->type == kCmdRead ? Op::kRead : Op::kWrite, sector, {&s->seg, 1},
+               &Connection::bio_done, s);
+      break;
+    case kCmdFlush:
+      bio.init_nodata(disk, Op::kFlush, 0, 0, &Connection::bio_done, s);
+      bio.set_flags(BioFlag::kPreflush);
+      break;
+    case kCmdTrim:
+      bio.init_nodata(disk, Op::kDiscard, sector, s->length, &Connection::bio_done, s);
+      break;
+    case kCmdWriteZeroes: {
+      const bool native = disk->limits().max_write_zeroes_sectors != 0;
+      const bool as_data = !native || (s->flags & kCmdFlagNoHole);
+      if (as_data && (s->flags & kCmdFlagFastZero)) {
+        // Writing zeroes is no faster than the client writing them.
+        return reply_now(s, kEnotsup);
+      }
+      if (!as_data) {
+        bio.init_nodata(disk, Op::kWriteZeroes, sector, s->length, &Connection::bio_done,
+                        s);
+        break;
+      }
+      // Without a hole: zeroes written as data, every segment pointing at
+      // one read-only zero buffer. The vector is kept for the next time.
+      s->zero_segs.clear();
+      for (uint32_t left = s->length; left > 0;) {
+        const uint32_t n = std::min(left, kZeroBufSize);
+        s->zero_segs.emplace_back(const_cast<std::byte*>(kZeroes), n);
+        left -= n;
+      }
+      bio.init(disk, Op::kWrite, sector, s->zero_segs, &Connection::bio_done, s);
+      break;
+    }
+    default:
+      return reply_now(s, kEinval);
+  }
+  if ((s->flags & kCmdFlagFua) && s->type != kCmdRead) bio.set_flags(BioFlag::kFua);
+  submit_bio(bio);
+}
+
+void Connection::block_status(RequestSlot* s) {
+  const uint32_t max = (s->flags & kCmdFlagReqOne) ? 1 : kMaxExtents;
+  if (!grow(s, 4 + 8 * max)) return reply_now(s, kEnomem);
+  const BioDriver& driver = nego_.disk->driver();
+  store32(s->buf, kBaseAllocationId);
+  uint32_t n = 0;
+  uint64_t pos = s->offset;
+  const uint64_t end = s->offset + s->length;
+  while (pos < end && n < max) {
+    const Extent e = driver.extent_at(pos, end - pos);
+    if (e.length == 0) break;
+    const uint64_t len = std::min(e.length, end - pos);
+    store32(s->buf + 4 + 8 * n, static_cast<uint32_t>(len));
+    store32(s->buf + 8 + 8 * n,
+            (e.allocated ? 0 : kStateHole) | (e.zero ? kStateZero : 0));
+    ++n;
+    pos += len;
+  }
+  if (n == 0) return reply_now(s, kEio);
+  s->data_len = 4 + 8 * n;
+  set_reply(s, 0);
+  s->data = s->buf;
+  s->data_len = 4 + 8 * n;
+  store32(s->hdr + 16, s->data_len);
+  queue_reply(s);
+}
+
+// --- closing -----------------------------------------------------------------
+
+void Connection::hard_close(const std::string& why) {
+  if (state_ == State::kClosed) return;
+  if (!why.empty()) log(why);
+  state_ = State::kClosed;
+  ::shutdown(fd_, SHUT_RDWR);
+  out_.clear();
+  while (send_head_) {
+    RequestSlot* s = send_head_;
+    send_head_ = s->next;
+    release(s);
+  }
+  send_tail_ = nullptr;
+  if (payload_slot_) release(payload_slot_);
+  if (discard_slot_) release(discard_slot_);
+  payload_slot_ = discard_slot_ = nullptr;
+  input_ = Input::kHeader;
+}
+
+void Connection::maybe_close() {
+  if (state_ == State::kClosed) return;
+  const bool done_reading = eof_ || state_ == State::kDraining;
+  if (!done_reading || in_flight_ != 0 || !out_.empty()) return;
+  if (state_ == State::kDraining)
+    log("disconnect");
+  else
+    log("client closed");
+  state_ = State::kClosed;
+  ::shutdown(fd_, SHUT_RDWR);
+}
+
+void Connection::begin_shutdown(bool force) {
+  if (force || state_ == State::kHandshake) return hard_close(force ? "shut down" : "");
+  if (state_ != State::kTransmission) return;
+  state_ = State::kDraining;
+  // A write whose payload has not fully arrived was never acknowledged:
+  // dropping it loses nothing the client was told is stored.
+  if (payload_slot_) release(payload_slot_);
+  if (discard_slot_) release(discard_slot_);
+  payload_slot_ = discard_slot_ = nullptr;
+  input_ = Input::kHeader;
+}
+
+}  // namespace blkstack::nbd

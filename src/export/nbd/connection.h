@@ -1,0 +1,179 @@
+// Connection: one NBD client, from the greeting to the close.
+//
+// A connection owns a non-blocking socket and is driven by one thread, its
+// reactor's (an EventLoop, or a test that calls run() itself). It first runs
+// a Handshake, then the transmission phase:
+//
+//   bytes -> 28-byte request header -> checks -> RequestSlot -> Bio ->
+//   submit_bio -> (completion, any thread) -> reply queued -> sendmsg
+//
+// Data is not copied on the way: a WRITE payload is received straight into
+// the slot's buffer (readv of [payload rest, receive buffer]; only payload
+// bytes that arrived in the same read as their header are moved out of the
+// 64 KiB receive buffer), the bio writes from that buffer, and a READ is
+// sent with one sendmsg of the reply header and the buffer the bio filled.
+//
+// Requests run concurrently and are answered in completion order. Slots and
+// their buffers are reused, so the steady state allocates nothing. What a
+// client can pin is bounded: bytes of payload in flight (request and reply
+// side) and the number of requests; past either, the connection stops
+// reading its socket until replies drain. A client that never reads its
+// replies therefore stalls only itself.
+//
+// Errors follow doc/proto.md: a bad request gets an error reply and the
+// connection goes on; garbage magic, a WRITE longer than the advertised
+// maximum (its payload cannot be skipped safely) or a socket error is a
+// hard disconnect. I/O already submitted always completes before the
+// connection's memory goes away.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "blkstack/bio.h"
+#include "export/export_table.h"
+#include "export/nbd/handshake.h"
+#include "export/nbd/protocol.h"
+
+namespace blkstack::nbd {
+
+class Connection;
+struct RequestSlot;
+
+// The thread that drives connections.
+class Reactor {
+ public:
+  virtual ~Reactor() = default;
+  // True when called on the reactor's thread.
+  virtual bool on_reactor_thread() const = 0;
+  // From any other thread (a driver's completion thread): the bio of `slot`
+  // completed. The reactor calls slot->conn->complete(slot) and then run()
+  // on its own thread soon. The slot, not the connection, is handed over:
+  // the connection may be gone once complete() has run.
+  virtual void post(RequestSlot* slot) = 0;
+};
+
+struct ConnectionLimits {
+  uint64_t max_bytes_in_flight = 64u << 20;  // payload bytes held by requests
+  uint32_t max_requests = 512;               // requests in flight
+};
+
+// One request in flight, with a buffer that is kept for the next one.
+struct RequestSlot {
+  Connection* conn = nullptr;
+  Bio bio;
+  Segment seg;                     // the whole buffer, for READ and WRITE
+  std::vector<Segment> zero_segs;  // WRITE_ZEROES written as data (NO_HOLE)
+  std::byte* buf = nullptr;        // 4096-aligned, `cap` bytes
+  uint32_t cap = 0;
+  // The request.
+  uint64_t cookie = 0;
+  uint64_t offset = 0;
+  uint32_t length = 0;
+  uint16_t type = 0;
+  uint16_t flags = 0;
+  uint64_t cost = 0;  // bytes charged to the connection's budget
+  // The reply: header bytes, then optional data; `sent` counts both.
+  std::byte hdr[32];
+  uint32_t hdr_len = 0;
+  const std::byte* data = nullptr;
+  uint32_t data_len = 0;
+  uint32_t sent = 0;
+  RequestSlot* next = nullptr;  // free list, send queue, reactor's list
+};
+
+class Connection {
+ public:
+  // Takes ownership of `fd` (made non-blocking here).
+  Connection(int fd, std::shared_ptr<const ExportTable> exports, Reactor& reactor,
+             ConnectionLimits limits = {});
+  ~Connection();  // requires finished()
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  int fd() const { return fd_; }
+  // Does all the socket allows now: sends, reads and parses, submits. On
+  // the reactor thread, after an event on the socket or complete().
+  void run();
+  // The bio of `s` completed: queue its reply. On the reactor thread.
+  void complete(RequestSlot* s);
+  // Which events the connection waits for now.
+  bool wants_read() const;
+  bool wants_write() const { return !out_.empty() || send_head_ != nullptr; }
+  // Closed and no I/O in flight: may be destroyed.
+  bool finished() const { return state_ == State::kClosed && in_flight_ == 0; }
+  // Server shutdown: stop reading requests, answer what is in flight, then
+  // close. After `force`, pending replies are dropped too.
+  void begin_shutdown(bool force = false);
+  // Name for the log ("conn 3").
+  const std::string& name() const { return name_; }
+  // The export chosen (empty during the handshake).
+  const std::string& export_name() const { return nego_.export_name; }
+
+ private:
+  enum class State { kHandshake, kTransmission, kDraining, kClosed };
+  enum class Input { kHeader, kPayload, kDiscard };
+
+  static void bio_done(Bio& bio);
+  void read_input();
+  bool process_staged();  // false: stop reading for now
+  bool handle_request(const Request& rq);
+  void payload_received();
+  void submit(RequestSlot* s);
+  void block_status(RequestSlot* s);
+  RequestSlot* get_slot(uint64_t cost);
+  bool grow(RequestSlot* s, uint32_t bytes);
+  void release(RequestSlot* s);
+  void reply_now(RequestSlot* s, uint32_t error);
+  void set_reply(RequestSlot* s, uint32_t error);
+  void queue_reply(RequestSlot* s);
+  void send_output();
+  void hard_close(const std::string& why);
+  void maybe_close();
+  void log(const std::string& what) const;
+
+  int fd_;
+  std::string name_;
+  std::shared_ptr<const ExportTable> exports_;
+  Reactor& reactor_;
+  ConnectionLimits limits_;
+  State state_ = State::kHandshake;
+  std::unique_ptr<Handshake> handshake_;
+  Negotiated nego_;
+  uint64_t size_ = 0;
+  uint32_t lbs_ = 512;
+
+  // Receive buffer: bytes [rpos_, wpos_) are unparsed.
+  std::unique_ptr<std::byte[]> rbuf_;
+  size_t rpos_ = 0, wpos_ = 0;
+  bool eof_ = false;
+  Input input_ = Input::kHeader;
+  RequestSlot* payload_slot_ = nullptr;  // kPayload: where the bytes go
+  uint32_t payload_got_ = 0;
+  uint64_t discard_left_ = 0;   // kDiscard: bytes to drop
+  uint32_t discard_error_ = 0;  // and the error to answer with
+  RequestSlot* discard_slot_ = nullptr;
+
+  // Slots.
+  std::vector<std::unique_ptr<RequestSlot>> slots_;
+  RequestSlot* free_ = nullptr;
+  uint32_t in_flight_ = 0;  // slots taken (bio running or reply unsent)
+  uint64_t bytes_in_flight_ = 0;
+  bool read_blocked_ = false;  // budget or slots exhausted
+
+  // Output: handshake bytes first, then replies in completion order.
+  std::string out_;
+  RequestSlot* send_head_ = nullptr;
+  RequestSlot* send_tail_ = nullptr;
+
+ public:
+  void* reactor_data = nullptr;  // the reactor's own bookkeeping
+};
+
+}  // namespace blkstack::nbd

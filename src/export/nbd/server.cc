@@ -1,0 +1,467 @@
+#include "export/nbd/server.h"
+
+#include <arpa/inet.h>
+#include <fmt/format.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <set>
+#include <thread>
+
+#include "blkstack/block_handle.h"
+#include "blkstack/disk.h"
+#include "blkstack/error.h"
+#include "export/log.h"
+
+namespace blkstack::nbd {
+namespace {
+
+thread_local const EventLoop* tls_loop = nullptr;
+
+std::string errno_text() { return std::strerror(errno); }
+
+// Splits "HOST:PORT" or "[V6]:PORT".
+void split_host_port(const std::string& addr, std::string* host, std::string* port) {
+  const size_t colon = addr.rfind(':');
+  if (colon == std::string::npos || colon + 1 == addr.size()) {
+    throw Error(fmt::format("listen address '{}': expected HOST:PORT", addr));
+  }
+  *host = addr.substr(0, colon);
+  *port = addr.substr(colon + 1);
+  if (host->size() >= 2 && host->front() == '[' && host->back() == ']') {
+    *host = host->substr(1, host->size() - 2);
+  }
+  if (host->empty()) throw Error(fmt::format("listen address '{}': no host", addr));
+}
+
+std::string sockaddr_text(const sockaddr* sa) {
+  char buf[INET6_ADDRSTRLEN] = "?";
+  if (sa->sa_family == AF_INET) {
+    auto* in = reinterpret_cast<const sockaddr_in*>(sa);
+    inet_ntop(AF_INET, &in->sin_addr, buf, sizeof buf);
+    return fmt::format("{}:{}", buf, ntohs(in->sin_port));
+  }
+  auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
+  inet_ntop(AF_INET6, &in6->sin6_addr, buf, sizeof buf);
+  return fmt::format("[{}]:{}", buf, ntohs(in6->sin6_port));
+}
+
+int listen_unix(const std::string& path) {
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof sa.sun_path) {
+    throw Error(fmt::format("unix socket '{}': the path must be 1 to {} bytes", path,
+                            sizeof sa.sun_path - 1));
+  }
+  std::memcpy(sa.sun_path, path.data(), path.size());
+  // A socket left behind by a server that died is replaced, as nbdkit
+  // does; anything else at the path is an error.
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode))
+      throw Error(fmt::format("unix socket '{}': exists and is not a socket", path));
+    ::unlink(path.c_str());
+  }
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) throw Error(fmt::format("unix socket '{}': {}", path, errno_text()));
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 ||
+      ::listen(fd, 128) != 0) {
+    const std::string why = errno_text();
+    ::close(fd);
+    throw Error(fmt::format("unix socket '{}': {}", path, why));
+  }
+  return fd;
+}
+
+int listen_tcp(const std::string& addr, std::string* bound) {
+  std::string host, port;
+  split_host_port(addr, &host, &port);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  if (int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res); rc != 0) {
+    throw Error(fmt::format("listen address '{}': {}", addr, gai_strerror(rc)));
+  }
+  std::string why = "no address";
+  int fd = -1;
+  for (addrinfo* ai = res; ai && fd < 0; ai = ai->ai_next) {
+    fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) continue;
+    const int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (::bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || ::listen(fd, 128) != 0) {
+      why = errno_text();
+      ::close(fd);
+      fd = -1;
+    }
+  }
+  ::freeaddrinfo(res);
+  if (fd < 0) throw Error(fmt::format("listen address '{}': {}", addr, why));
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  *bound = sockaddr_text(reinterpret_cast<sockaddr*>(&ss));
+  return fd;
+}
+
+}  // namespace
+
+// --- EventLoop -----------------------------------------------------------------
+
+// What an epoll event points at.
+struct LoopEntry {
+  enum Kind { kWake, kListener, kConn } kind;
+  int fd = -1;
+  std::unique_ptr<Connection> conn;
+  uint32_t events = 0;  // registered with epoll
+  bool dirty = false;   // on the list of connections to run/update
+};
+
+class EventLoop final : public Reactor {
+ public:
+  EventLoop(Server& server, unsigned index) : server_(server), index_(index) {
+    epfd_ = ::epoll_create1(EPOLL_CLOEXEC);
+    evfd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (epfd_ < 0 || evfd_ < 0) throw Error(fmt::format("event loop: {}", errno_text()));
+    wake_.kind = LoopEntry::kWake;
+    wake_.fd = evfd_;
+    add(&wake_, EPOLLIN);
+  }
+  ~EventLoop() override {
+    for (auto& l : listeners_) ::close(l->fd);
+    ::close(evfd_);
+    ::close(epfd_);
+  }
+
+  void add_listener(int fd) {
+    auto e = std::make_unique<LoopEntry>();
+    e->kind = LoopEntry::kListener;
+    e->fd = fd;
+    add(e.get(), EPOLLIN);
+    listeners_.push_back(std::move(e));
+  }
+
+  void start() {
+    thread_ = std::thread([this] { loop(); });
+  }
+  void join() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+  bool on_reactor_thread() const override { return tls_loop == this; }
+
+  void post(RequestSlot* s) override {
+    RequestSlot* head = remote_.load(std::memory_order_relaxed);
+    do {
+      s->next = head;
+    } while (!remote_.compare_exchange_weak(head, s, std::memory_order_release,
+                                            std::memory_order_relaxed));
+    if (head == nullptr) kick();  // one wake-up per batch
+  }
+
+  void adopt(int fd) {
+    {
+      std::lock_guard lock(mu_);
+      pending_.push_back(fd);
+    }
+    kick();
+  }
+
+  void request_stop(std::chrono::steady_clock::time_point deadline) {
+    {
+      std::lock_guard lock(mu_);
+      deadline_ = deadline;
+      stop_ = true;
+    }
+    kick();
+  }
+
+  size_t connections() const { return nconns_.load(std::memory_order_relaxed); }
+
+ private:
+  void kick() {
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t r = ::write(evfd_, &one, sizeof one);
+  }
+
+  void add(LoopEntry* e, uint32_t events) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.ptr = e;
+    ::epoll_ctl(epfd_, EPOLL_CTL_ADD, e->fd, &ev);
+    e->events = events;
+  }
+
+  void mark(LoopEntry* e) {
+    if (e->dirty) return;
+    e->dirty = true;
+    dirty_.push_back(e);
+  }
+
+  void take_pending() {
+    std::vector<int> fds;
+    {
+      std::lock_guard lock(mu_);
+      fds.swap(pending_);
+    }
+    for (int fd : fds) {
+      if (stopping_) {
+        ::close(fd);
+        continue;
+      }
+      const int one = 1;
+      ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
+                   sizeof one);  // fails on unix: fine
+      auto e = std::make_unique<LoopEntry>();
+      e->kind = LoopEntry::kConn;
+      e->fd = fd;
+      e->conn = std::make_unique<Connection>(fd, server_.exports(), *this,
+                                             server_.options_.limits);
+      e->conn->reactor_data = e.get();
+      serve_log(fmt::format("{}: connected (loop {})", e->conn->name(), index_));
+      add(e.get(), 0);
+      mark(e.get());
+      conns_.push_back(std::move(e));
+      nconns_.store(conns_.size(), std::memory_order_relaxed);
+    }
+  }
+
+  void take_remote() {
+    RequestSlot* list = remote_.exchange(nullptr, std::memory_order_acquire);
+    RequestSlot* rev = nullptr;  // the stack is newest first
+    while (list) {
+      RequestSlot* n = list->next;
+      list->next = rev;
+      rev = list;
+      list = n;
+    }
+    while (rev) {
+      RequestSlot* n = rev->next;
+      Connection* c = rev->conn;
+      c->complete(rev);
+      mark(static_cast<LoopEntry*>(c->reactor_data));
+      rev = n;
+    }
+  }
+
+  void accept_all(LoopEntry* l) {
+    for (int i = 0; i < 64; ++i) {
+      const int fd = ::accept4(l->fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (fd < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+          serve_log(fmt::format("accept: {}", errno_text()));
+        }
+        return;
+      }
+      server_.dispatch(fd);
+    }
+  }
+
+  void begin_stop() {
+    stopping_ = true;
+    for (auto& l : listeners_) {
+      ::epoll_ctl(epfd_, EPOLL_CTL_DEL, l->fd, nullptr);
+      ::close(l->fd);
+    }
+    listeners_.clear();
+    for (auto& e : conns_) {
+      e->conn->begin_shutdown();
+      mark(e.get());
+    }
+  }
+
+  // Runs the marked connections, updates their epoll interest, and
+  // destroys the ones that are finished.
+  void settle() {
+    for (size_t i = 0; i < dirty_.size(); ++i) {
+      LoopEntry* e = dirty_[i];
+      e->dirty = false;
+      Connection& c = *e->conn;
+      c.run();
+      const uint32_t want = (c.wants_read() ? uint32_t{EPOLLIN} : 0u) |
+                            (c.wants_write() ? uint32_t{EPOLLOUT} : 0u);
+      if (want != e->events) {
+        epoll_event ev{};
+        ev.events = want;
+        ev.data.ptr = e;
+        ::epoll_ctl(epfd_, EPOLL_CTL_MOD, e->fd, &ev);
+        e->events = want;
+      }
+    }
+    dirty_.clear();
+    bool any_finished = false;
+    for (auto& e : conns_) any_finished |= e->conn->finished();
+    if (!any_finished) return;
+    std::erase_if(conns_, [&](const std::unique_ptr<LoopEntry>& e) {
+      if (!e->conn->finished()) return false;
+      ::epoll_ctl(epfd_, EPOLL_CTL_DEL, e->fd, nullptr);
+      return true;  // the Connection closes the socket
+    });
+    nconns_.store(conns_.size(), std::memory_order_relaxed);
+  }
+
+  void loop() {
+    tls_loop = this;
+    epoll_event events[64];
+    while (true) {
+      const int timeout = stopping_ ? 50 : -1;
+      const int n = ::epoll_wait(epfd_, events, 64, timeout);
+      for (int i = 0; i < n; ++i) {
+        auto* e = static_cast<LoopEntry*>(events[i].data.ptr);
+        switch (e->kind) {
+          case LoopEntry::kWake: {
+            uint64_t v;
+            [[maybe_unused]] ssize_t r = ::read(evfd_, &v, sizeof v);
+            bool stop;
+            {
+              std::lock_guard lock(mu_);
+              stop = stop_;
+            }
+            if (stop && !stopping_) begin_stop();
+            take_pending();
+            take_remote();
+            break;
+          }
+          case LoopEntry::kListener:
+            accept_all(e);
+            break;
+          case LoopEntry::kConn:
+            mark(e);
+            break;
+        }
+      }
+      // A completion may land between the wake-up and here; taking the
+      // list every round costs one atomic exchange.
+      take_remote();
+      settle();
+      if (stopping_) {
+        if (!forced_ && std::chrono::steady_clock::now() >= deadline_) {
+          forced_ = true;
+          for (auto& e : conns_) {
+            e->conn->begin_shutdown(/*force=*/true);
+            mark(e.get());
+          }
+          settle();
+        }
+        if (conns_.empty()) break;
+      }
+    }
+    tls_loop = nullptr;
+  }
+
+  Server& server_;
+  unsigned index_;
+  int epfd_ = -1;
+  int evfd_ = -1;
+  LoopEntry wake_;
+  std::vector<std::unique_ptr<LoopEntry>> listeners_;
+  std::vector<std::unique_ptr<LoopEntry>> conns_;
+  std::vector<LoopEntry*> dirty_;
+  std::atomic<RequestSlot*> remote_{nullptr};
+  std::atomic<size_t> nconns_{0};
+  std::thread thread_;
+  std::mutex mu_;  // pending_, stop_, deadline_: not on the I/O path
+  std::vector<int> pending_;
+  bool stop_ = false;
+  std::chrono::steady_clock::time_point deadline_;
+  bool stopping_ = false;  // loop thread only
+  bool forced_ = false;
+};
+
+// --- Server ------------------------------------------------------------------------
+
+Server::Server(ServerOptions options, std::shared_ptr<const ExportTable> exports)
+    : options_(std::move(options)), exports_(std::move(exports)) {
+  if (options_.threads == 0) options_.threads = 1;
+  seen_.push_back(exports_);
+}
+
+Server::~Server() { stop(); }
+
+void Server::start() {
+  if (started_) return;
+  try {
+    for (const std::string& path : options_.unix_sockets) {
+      listen_fds_.push_back(listen_unix(path));
+      addresses_.push_back("unix:" + path);
+    }
+    for (const std::string& addr : options_.tcp) {
+      std::string bound;
+      listen_fds_.push_back(listen_tcp(addr, &bound));
+      addresses_.push_back("tcp:" + bound);
+    }
+    for (unsigned i = 0; i < options_.threads; ++i) {
+      loops_.push_back(std::make_unique<EventLoop>(*this, i));
+    }
+  } catch (...) {
+    for (int fd : listen_fds_) ::close(fd);
+    listen_fds_.clear();
+    throw;
+  }
+  for (int fd : listen_fds_) loops_[0]->add_listener(fd);
+  for (auto& l : loops_) l->start();
+  started_ = true;
+}
+
+void Server::dispatch(int fd) {
+  const unsigned i = next_loop_.fetch_add(1, std::memory_order_relaxed) % loops_.size();
+  loops_[i]->adopt(fd);
+}
+
+void Server::adopt(int fd) {
+  if (!started_) throw Error("Server::adopt before start()");
+  dispatch(fd);
+}
+
+void Server::set_exports(std::shared_ptr<const ExportTable> exports) {
+  std::lock_guard lock(exports_mu_);
+  exports_ = std::move(exports);
+  seen_.push_back(exports_);
+}
+
+std::shared_ptr<const ExportTable> Server::exports() const {
+  std::lock_guard lock(exports_mu_);
+  return exports_;
+}
+
+size_t Server::connections() const {
+  size_t n = 0;
+  for (const auto& l : loops_) n += l->connections();
+  return n;
+}
+
+void Server::stop(std::chrono::milliseconds grace) {
+  if (!started_ || stopped_) return;
+  stopped_ = true;
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  for (auto& l : loops_) l->request_stop(deadline);
+  for (auto& l : loops_) l->join();
+  loops_.clear();  // closes the listening sockets
+  listen_fds_.clear();
+  for (const std::string& path : options_.unix_sockets) ::unlink(path.c_str());
+  // Writes were acknowledged; make them durable before we go.
+  std::set<Disk*> flushed;
+  for (const auto& table : seen_) {
+    for (const Export& e : table->list()) {
+      if (!flushed.insert(e.disk.get()).second) continue;
+      BlockHandle h(e.disk);
+      if (const Status s = h.flush(); s != Status::kOk) {
+        serve_log(
+            fmt::format("flush of '{}' failed: {}", e.disk->name(), status_name(s)));
+      }
+    }
+  }
+}
+
+}  // namespace blkstack::nbd

@@ -1,0 +1,76 @@
+// Server: the NBD server's listeners and event loops.
+//
+// One EventLoop (epoll) per thread; each owns the connections it was given
+// and runs them start to finish, so a connection is never touched by two
+// threads and the hot path takes no lock. Listening sockets live in loop 0,
+// which hands accepted sockets to the loops round-robin. Completions that
+// arrive on a driver's thread are passed back to the owning loop through a
+// lock-free list and an eventfd.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "export/export_table.h"
+#include "export/nbd/connection.h"
+
+namespace blkstack::nbd {
+
+struct ServerOptions {
+  std::vector<std::string> unix_sockets;  // paths
+  std::vector<std::string> tcp;           // HOST:PORT, [V6HOST]:PORT; port 0 picks one
+  unsigned threads = 1;                   // event loops
+  ConnectionLimits limits;
+};
+
+class EventLoop;
+
+class Server {
+ public:
+  Server(ServerOptions options, std::shared_ptr<const ExportTable> exports);
+  ~Server();  // stop()
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds and listens on every address, then starts the loops. Throws
+  // Error naming the address that failed.
+  void start();
+  // What start() listens on: "unix:PATH", "tcp:HOST:PORT" (the real port).
+  std::vector<std::string> addresses() const { return addresses_; }
+  // Serves an already connected socket (tests use one end of a socketpair).
+  void adopt(int fd);
+
+  // Connections that start negotiating from now on see `exports` (SIGHUP).
+  void set_exports(std::shared_ptr<const ExportTable> exports);
+  std::shared_ptr<const ExportTable> exports() const;
+
+  // Refuses new clients, lets each connection answer what is in flight,
+  // closes them (forcibly after `grace`, for clients that stopped reading),
+  // joins the loops, flushes every exported disk and removes the unix
+  // sockets. Idempotent.
+  void stop(std::chrono::milliseconds grace = std::chrono::seconds(10));
+
+  // Connections open now, over all loops (for tests and the log).
+  size_t connections() const;
+
+ private:
+  friend class EventLoop;
+  void dispatch(int fd);  // an accepted socket, to the next loop
+
+  ServerOptions options_;
+  mutable std::mutex exports_mu_;
+  std::shared_ptr<const ExportTable> exports_;
+  std::vector<std::shared_ptr<const ExportTable>> seen_;  // flushed at stop
+  std::vector<std::unique_ptr<EventLoop>> loops_;
+  std::vector<int> listen_fds_;
+  std::vector<std::string> addresses_;
+  std::atomic<unsigned> next_loop_{0};
+  bool started_ = false;
+  bool stopped_ = false;
+};
+
+}  // namespace blkstack::nbd

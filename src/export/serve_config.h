@@ -1,0 +1,80 @@
+// ServeConfig: what `blkstack serve` runs — devices, exports, listeners —
+// read from a TOML file and/or command-line options.
+//
+//   [server]
+//   sockets = ["/run/blkstack.sock"]     # unix sockets
+//   listen = ["127.0.0.1:10809"]         # TCP addresses
+//   threads = 2                          # event loops
+//
+//   [[device]]
+//   name = "ram0"
+//   spec = "ram:1G"                      # any device spec
+//
+//   [[export]]
+//   name = "disk"                        # the NBD export name
+//   device = "ram0"
+//   type = "nbd"                         # "nbd" (default) or "fuse" (planned)
+//   description = "scratch disk"         # optional, shown by NBD_OPT_LIST/INFO
+//
+// Every mistake is a ConfigError whose message names the file, the line and
+// the key. The FUSE export will read the same file: exports of another type
+// are kept in the config and skipped by the NBD server.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "blkstack/error.h"
+
+namespace blkstack {
+
+class DiskRegistry;
+class ExportTable;
+
+// A configuration mistake (the CLI exits 2 on it).
+class ConfigError : public Error {
+ public:
+  using Error::Error;
+};
+
+struct DeviceConfig {
+  std::string name;
+  std::string spec;
+  std::string where;  // "FILE:LINE" for messages
+};
+
+struct ExportConfig {
+  std::string name;
+  std::string device;
+  std::string type = "nbd";
+  std::string description;
+  std::string where;
+};
+
+struct ServeConfig {
+  std::vector<std::string> sockets;
+  std::vector<std::string> listen;
+  unsigned threads = 0;  // 0: not set
+  std::vector<DeviceConfig> devices;
+  std::vector<ExportConfig> exports;
+};
+
+// Parses TOML text; `source` names it in messages (the file name).
+ServeConfig parse_serve_config(std::string_view text, const std::string& source);
+// Reads and parses a file. Throws ConfigError.
+ServeConfig load_serve_config(const std::string& path);
+
+// --export NAME=SPEC: a device named NAME (unless the spec has name=) made
+// from SPEC, exported as NAME. Throws ConfigError on a missing '='.
+void add_cli_export(ServeConfig& config, std::string_view name_equals_spec);
+
+// Makes the devices not yet in `registry` (ones already there are reused, so
+// a reload keeps their data) and returns the exports of type `type`. Throws
+// ConfigError naming the device or export at fault.
+std::shared_ptr<const ExportTable> build_exports(const ServeConfig& config,
+                                                 DiskRegistry& registry,
+                                                 std::string_view type = "nbd");
+
+}  // namespace blkstack
