@@ -11,7 +11,8 @@ PACKAGES=(
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev libfmt-dev nlohmann-json3-dev libxxhash-dev liburing-dev
   clang libclang-rt-14-dev
-  fio
+  libtomlplusplus-dev libnbd-dev libfuse3-dev
+  fio libnbd-bin nbdkit nbd-server qemu-utils qemu-system-common fuse3 e2fsprogs
 )
 
 missing=()

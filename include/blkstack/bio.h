@@ -61,6 +61,10 @@ enum class BioFlag : uint16_t {
   kMeta = 1 << 3,      // file system metadata
   kPrio = 1 << 4,      // boost priority
   kNowait = 1 << 5,    // fail with Status::kAgain instead of waiting
+  // Completes only when polled (REQ_POLLED): it goes to a poll queue, and
+  // the submitter calls Disk::poll() until it ends. A disk without poll
+  // queues clears the flag and completes it as usual.
+  kPolled = 1 << 6,
 };
 constexpr BioFlag operator|(BioFlag a, BioFlag b) {
   return static_cast<BioFlag>(static_cast<uint16_t>(a) | static_cast<uint16_t>(b));

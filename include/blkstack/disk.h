@@ -62,6 +62,16 @@ class BioDriver {
     (void)bio;
     return false;
   }
+  // Polled I/O (BioFlag::kPolled): whether the driver has poll queues, and
+  // polling them. poll() completes what is ready, waiting up to `wait_ns`
+  // for the first completion; it returns how many it completed, or
+  // kPollBusy when another thread is polling (and so completes them).
+  static constexpr int kPollBusy = -1;
+  virtual bool can_poll() const { return false; }
+  virtual int poll(uint64_t wait_ns) {
+    (void)wait_ns;
+    return 0;
+  }
 };
 
 // Index of the statistic groups, in /proc/diskstats order.

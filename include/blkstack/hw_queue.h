@@ -37,6 +37,7 @@ struct alignas(64) SoftwareQueue {
   std::atomic<uint32_t> count{0};
   unsigned index = 0;
   HwQueue* hctx = nullptr;
+  HwQueue* poll_hctx = nullptr;  // where polled bios go; null without poll queues
 };
 
 class alignas(64) HwQueue {

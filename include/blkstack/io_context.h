@@ -55,7 +55,8 @@ enum IocbFlags : uint32_t {
   kIocbNowait = 1u << 1,  // RWF_NOWAIT: -EAGAIN rather than wait for a tag
   kIocbDirect = 1u << 2,  // O_DIRECT rules: offset and length aligned to the
                           // logical block size, memory to 512 bytes, else -EINVAL
-  kIocbHipri = 1u << 3,   // RWF_HIPRI: a hint, accepted and ignored
+  kIocbHipri = 1u << 3,   // RWF_HIPRI: polled I/O on a disk with poll queues
+                          // (completed by get_events polling; else ignored)
 };
 
 struct Iocb {
@@ -127,6 +128,21 @@ class IoContext {
  private:
   int submit_one(Iocb& cb);
   void post_event(Kiocb& k);
+  // Polls the disks with polled iocbs in flight; the result as Disk's
+  // poll(). Under no lock.
+  int poll_disks(std::unique_lock<std::mutex>& lock, uint64_t wait_ns);
+
+  // Disks with polled iocbs in flight, and how many on each (under lock_).
+  // Few: an iocb for a fifth disk is not polled.
+  struct PolledDisk {
+    Disk* disk = nullptr;
+    unsigned iocbs = 0;
+  };
+  static constexpr unsigned kMaxPolledDisks = 4;
+  PolledDisk polled_[kMaxPolledDisks];
+  unsigned polled_iocbs_ = 0;
+  bool track_polled(Disk* disk);
+  void untrack_polled(Disk* disk);
 
   unsigned max_events_;
   std::unique_ptr<Kiocb[]> kiocbs_;  // one per slot: nothing allocated per I/O

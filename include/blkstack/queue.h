@@ -75,8 +75,10 @@ class Queue final : public BioDriver {
   // kick_requeue_list() sends the requeued ones after `delay_ns`.
   void requeue_request(Request& rq, bool kick = true);
   void kick_requeue_list(uint64_t delay_ns = 0);
-  // Completes what the driver's poll() finds on hardware queue `i`.
-  int poll(unsigned i);
+  // Polled I/O: see BioDriver. Polls every poll queue; waits (up to
+  // `wait_ns`) only when there is one.
+  bool can_poll() const override { return !poll_hctxs_.empty(); }
+  int poll(uint64_t wait_ns) override;
 
   // Scheduler by name ("none", ...): freezes, swaps, unfreezes.
   void set_scheduler(std::string_view name);
@@ -126,7 +128,8 @@ class Queue final : public BioDriver {
   // Flush stages bypass the scheduler: straight to the dispatch list.
   void dispatch_internal(Request& rq);
   void init_hw_queues();
-  HwQueue& map_queue() const;
+  // This thread's hardware queue for `bio` (its poll queue if polled).
+  HwQueue& map_queue(const Bio& bio) const;
   SoftwareQueue& this_ctx();
   bool try_merge_somewhere(HwQueue& hctx, Bio& bio);
   bool try_ctx_merge(SoftwareQueue& ctx, Bio& bio);
@@ -147,7 +150,8 @@ class Queue final : public BioDriver {
   std::shared_ptr<TagSet> tag_set_;
   std::unique_ptr<RequestDriver> owned_driver_;
   Disk* disk_ = nullptr;
-  std::vector<std::unique_ptr<HwQueue>> hctxs_;
+  std::vector<std::unique_ptr<HwQueue>> hctxs_;  // the default queues, then the poll queues
+  std::vector<HwQueue*> poll_hctxs_;
   std::unique_ptr<SoftwareQueue[]> ctxs_;
   std::unique_ptr<FlushQueue> flush_;
   std::unique_ptr<Scheduler> sched_;

@@ -32,10 +32,15 @@ class HwQueue;
 
 struct TagSetConfig {
   unsigned nr_hw_queues = 1;   // submit_queues
+  // More hardware queues after those, for polled I/O only (nvme's
+  // poll_queues): their requests complete when RequestDriver::poll() runs.
+  unsigned nr_poll_queues = 0;
   unsigned queue_depth = 64;   // tags per hardware queue (hw_queue_depth)
   bool shared_tags = false;    // one tag space for all hardware queues
   size_t cmd_size = 0;         // bytes of driver data per request (pdu)
   uint64_t timeout_ns = 30'000'000'000;  // a request in the driver longer fails
+
+  unsigned nr_queues() const { return nr_hw_queues + nr_poll_queues; }
 };
 
 enum class TimeoutAction : uint8_t {
@@ -56,10 +61,15 @@ class RequestDriver {
     rq.end_request_all(Status::kTimeout);
     return TimeoutAction::kDone;
   }
-  // Completes what is ready without waiting for an interrupt-like event;
-  // returns how many requests it completed.
-  virtual int poll(HwQueue& hctx) {
+  // Completes what is ready on a poll queue without waiting for an
+  // interrupt-like event. With `wait_ns` > 0 it may wait that long for the
+  // first completion if requests are in flight there. Returns how many it
+  // completed, or kPollBusy if another thread is polling `hctx` (that
+  // thread completes them).
+  static constexpr int kPollBusy = -1;
+  virtual int poll(HwQueue& hctx, uint64_t wait_ns) {
     (void)hctx;
+    (void)wait_ns;
     return 0;
   }
   // Once per preallocated request, to set up its pdu.

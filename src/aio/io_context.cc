@@ -27,6 +27,7 @@ struct Kiocb {
   std::atomic<uint32_t> refs{0};
   std::atomic<int> error{0};  // first errno, positive
   std::atomic<bool> started{false};  // the bio is set up: cancel may look at it
+  Disk* polled = nullptr;     // the disk get_events polls for it, if any
   uint64_t bytes = 0;         // what the bio moves when it succeeds
   Kiocb* prev = nullptr;      // the context's in-flight list
   Kiocb* next = nullptr;
@@ -148,6 +149,11 @@ int IoContext::submit_one(Iocb& cb) {
     free_ = kp->next;
     kp->user = &cb;
     kp->refs.store(2, std::memory_order_relaxed);  // this side and the bio
+    // Polled before the bio exists: it may complete inside submit_bio().
+    const bool polled = (cb.flags & kIocbHipri) && disk->driver().can_poll() && track_polled(disk);
+    kp->polled = polled ? disk : nullptr;
+    // A reaper asleep on the condition variable must start polling.
+    if (polled && waiters_ > 0) cv_.notify_all();
     kp->prev = nullptr;
     kp->next = active_;
     if (active_) active_->prev = kp;
@@ -186,6 +192,7 @@ int IoContext::submit_one(Iocb& cb) {
   if ((cb.flags & kIocbDsync) && is_write(cb.op)) k.bio.set_flags(BioFlag::kFua);
   if (cb.op == IoOp::kFsync || cb.op == IoOp::kFdsync) k.bio.set_flags(BioFlag::kPreflush);
   if (cb.flags & kIocbNowait) k.bio.set_flags(BioFlag::kNowait);
+  if (k.polled) k.bio.set_flags(BioFlag::kPolled);
   k.started.store(true, std::memory_order_release);
   submit_bio(k.bio);
   put_kiocb(k);  // the submitting side lets go; the event may post now
@@ -202,6 +209,7 @@ void IoContext::post_event(Kiocb& k) {
   const int resfd = k.user->resfd;
   k.more_segs.reset();
   std::lock_guard lock(lock_);
+  if (k.polled) untrack_polled(k.polled);
   (k.prev ? k.prev->next : active_) = k.next;
   if (k.next) k.next->prev = k.prev;
   // Free before the event is visible: once reaped, its slot may be
@@ -223,26 +231,93 @@ void IoContext::post_event(Kiocb& k) {
   if (waiters_ > 0) cv_.notify_all();
 }
 
+bool IoContext::track_polled(Disk* disk) {
+  PolledDisk* free_slot = nullptr;
+  for (PolledDisk& p : polled_) {
+    if (p.disk == disk) {
+      ++p.iocbs;
+      ++polled_iocbs_;
+      return true;
+    }
+    if (p.disk == nullptr && free_slot == nullptr) free_slot = &p;
+  }
+  if (free_slot == nullptr) return false;
+  *free_slot = {disk, 1};
+  ++polled_iocbs_;
+  return true;
+}
+
+void IoContext::untrack_polled(Disk* disk) {
+  for (PolledDisk& p : polled_) {
+    if (p.disk == disk) {
+      if (--p.iocbs == 0) p.disk = nullptr;
+      --polled_iocbs_;
+      return;
+    }
+  }
+}
+
+int IoContext::poll_disks(std::unique_lock<std::mutex>& lock, uint64_t wait_ns) {
+  // Only one disk may be waited on: a sleep in one ring would not see the
+  // others' completions. The disks stay open while their iocbs are in
+  // flight, and those are ours until we post their events.
+  Disk* disks[kMaxPolledDisks];
+  unsigned n = 0;
+  for (const PolledDisk& p : polled_) {
+    if (p.disk) disks[n++] = p.disk;
+  }
+  lock.unlock();
+  int done = 0;
+  bool busy = false;
+  for (unsigned i = 0; i < n; ++i) {
+    const int r = disks[i]->driver().poll(n == 1 ? wait_ns : 0);
+    if (r == BioDriver::kPollBusy) busy = true; else done += r;
+  }
+  lock.lock();
+  return done == 0 && busy ? BioDriver::kPollBusy : done;
+}
+
 int IoContext::get_events(unsigned min_nr, std::span<IoEvent> events,
                           std::optional<std::chrono::nanoseconds> timeout) {
+  using Clock = std::chrono::steady_clock;
   if (min_nr > events.size()) min_nr = static_cast<unsigned>(events.size());
   std::unique_lock lock(lock_);
   if (count_ < min_nr) {
     lock.unlock();
     prepare_to_wait("IoContext::get_events");
     lock.lock();
-    ++waiters_;
+    // wait_until() with now() + a timeout near nanoseconds::max() would
+    // overflow into the past and return at once. A timeout beyond what
+    // the clock can count means forever.
+    const auto now = Clock::now();
+    const bool forever = !timeout || *timeout >= Clock::time_point::max() - now;
+    const auto deadline = forever ? Clock::time_point::max() : now + *timeout;
     auto ready = [&] { return count_ >= min_nr; };
-    // wait_for() adds the timeout to now(): one near nanoseconds::max()
-    // overflowed into the past and returned at once. A timeout beyond
-    // what the clock can count means forever.
-    const auto now = std::chrono::steady_clock::now();
-    if (!timeout || *timeout >= std::chrono::steady_clock::time_point::max() - now) {
-      cv_.wait(lock, ready);
-    } else {
-      cv_.wait_until(lock, now + *timeout, ready);
+    while (!ready()) {
+      const auto left = deadline - Clock::now();
+      if (left <= Clock::duration::zero()) break;
+      if (polled_iocbs_ > 0) {
+        // Polled iocbs complete only when polled: do it here, sleeping in
+        // the ring for the first completion.
+        const int r = poll_disks(lock, static_cast<uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(left).count()));
+        if (r > 0 || ready()) continue;
+        // Another thread is polling (and posts our events), or our
+        // polled I/O is not in a ring yet (parked for a tag, say): look
+        // again shortly. Not forever: that thread may leave first.
+        ++waiters_;
+        cv_.wait_for(lock, std::min<Clock::duration>(left, std::chrono::microseconds(50)));
+        --waiters_;
+        continue;
+      }
+      ++waiters_;
+      if (forever) {
+        cv_.wait(lock, [&] { return ready() || polled_iocbs_ > 0; });
+      } else {
+        cv_.wait_until(lock, deadline, [&] { return ready() || polled_iocbs_ > 0; });
+      }
+      --waiters_;
     }
-    --waiters_;
   }
   const size_t n = std::min(count_, events.size());
   for (size_t i = 0; i < n; ++i) {

@@ -64,10 +64,18 @@ class FileDriver final : public RequestDriver {
     close(fd_);
   }
 
-  // One io_uring per hardware queue.
-  void start(unsigned nr_queues, const UringQueue::Options& o) {
-    for (unsigned i = 0; i < nr_queues; ++i) {
-      queues_.push_back(std::make_unique<UringQueue>(fd_, buffered_fd_, o, &FileDriver::on_complete));
+  // One io_uring per hardware queue; poll queues (after the others) have
+  // no completion thread.
+  void start(const TagSetConfig& tags, UringQueue::Options o) {
+    const HostIoFactory* factory = ScopedHostIoFactory::current();
+    for (unsigned i = 0; i < tags.nr_queues(); ++i) {
+      o.completion_thread = i < tags.nr_hw_queues;
+      if (factory) {
+        queues_.push_back((*factory)(HostIoSetup{i, fd_, buffered_fd_, !o.completion_thread,
+                                                 &FileDriver::on_complete}));
+      } else {
+        queues_.push_back(std::make_unique<UringQueue>(fd_, buffered_fd_, o, &FileDriver::on_complete));
+      }
     }
   }
 
@@ -120,6 +128,11 @@ class FileDriver final : public RequestDriver {
   }
 
   void commit_rqs(HwQueue& hctx) override { queues_[hctx.index()]->submit(); }
+
+  int poll(HwQueue& hctx, uint64_t wait_ns) override {
+    const int r = queues_[hctx.index()]->poll(wait_ns);
+    return r < 0 ? kPollBusy : r;
+  }
 
   std::string describe() const override { return describe_; }
 
@@ -210,7 +223,7 @@ class FileDriver final : public RequestDriver {
   uint32_t mem_align_;
   bool zeroes_unmap_;
   std::string describe_;
-  std::vector<std::unique_ptr<UringQueue>> queues_;
+  std::vector<std::unique_ptr<HostIoQueue>> queues_;
 };
 
 constexpr OptionDef kOptions[] = {
@@ -221,6 +234,9 @@ constexpr OptionDef kOptions[] = {
      "O_DIRECT: on, off, or auto (on where the file system supports it)", "auto|on|off|1|0"},
     {"sqpoll", OptionKind::kBool, "0", "a kernel thread polls each submission queue"},
     {"fixed_file", OptionKind::kBool, "1", "register the file with each ring"},
+    {"poll_queues", OptionKind::kUint, "0",
+     "extra queues for polled I/O (RWF_HIPRI, bench --hipri): no completion thread, the "
+     "waiting thread reaps its ring"},
     {"zeroes", OptionKind::kChoice, "zero",
      "write-zeroes as a zeroed range (zero) or a punched hole (unmap)", "zero|unmap"},
     {"max_sectors", OptionKind::kUint, "2048", "largest I/O in 512-byte sectors"},
@@ -244,6 +260,7 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
   }
   qm.mq = true;
   qm.tags.cmd_size = sizeof(FileCmd);
+  qm.tags.nr_poll_queues = static_cast<unsigned>(std::min<uint64_t>(o.uint("poll_queues"), 64));
 
   int flags = (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC;
   if (o.given("size") && !ro) flags |= O_CREAT;
@@ -334,7 +351,7 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
   uo.entries = std::max(2 * qm.tags.queue_depth, 8u);
   uo.sqpoll = o.flag("sqpoll");
   uo.fixed_file = o.flag("fixed_file");
-  driver->start(qm.tags.nr_hw_queues, uo);
+  driver->start(qm.tags, uo);
   return make_disk(name, size >> kSectorShift, lim, qm, nullptr, std::move(driver));
 }
 

@@ -12,10 +12,16 @@ namespace blkstack {
 namespace {
 // user_data of the entry that tells the completion thread to stop.
 constexpr uint64_t kStopTag = ~uint64_t{0};
+// The ring whose completions this thread is calling back for: a callback
+// that resubmits must not try to reap the same ring again (its lock is
+// ours already; the loop around the callbacks picks up what it adds).
+thread_local const UringQueue* t_reaping = nullptr;
 }  // namespace
 
 UringQueue::UringQueue(int fd, int alt_fd, const Options& o, Callback on_complete)
-    : fds_{fd, alt_fd >= 0 ? alt_fd : fd}, fixed_(o.fixed_file), on_complete_(on_complete) {
+    : fds_{fd, alt_fd >= 0 ? alt_fd : fd},
+      fixed_(o.fixed_file),
+      on_complete_(on_complete) {
   io_uring_params p{};
   if (o.sqpoll) {
     p.flags |= IORING_SETUP_SQPOLL;
@@ -24,10 +30,14 @@ UringQueue::UringQueue(int fd, int alt_fd, const Options& o, Callback on_complet
   int r = io_uring_queue_init_params(o.entries, &ring_, &p);
   if (r < 0) throw Error(fmt::format("io_uring setup failed: {}", std::strerror(-r)));
   if (fixed_ && io_uring_register_files(&ring_, fds_, 2) < 0) fixed_ = false;
-  reaper_ = std::thread([this] { reap(); });
+  if (o.completion_thread) reaper_ = std::thread([this] { wait_and_reap(); });
 }
 
 UringQueue::~UringQueue() {
+  if (!reaper_.joinable()) {
+    io_uring_queue_exit(&ring_);
+    return;
+  }
   {
     std::lock_guard lock(lock_);
     io_uring_sqe* sqe;
@@ -61,43 +71,94 @@ bool UringQueue::queue(const HostIo& io, void* ctx) {
       io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
       break;
     case HostIo::kPunchHole:
-      io_uring_prep_fallocate(sqe, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, io.offset,
-                              io.len);
+      io_uring_prep_fallocate(sqe, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                              io.offset, io.len);
       break;
     case HostIo::kZeroRange:
-      io_uring_prep_fallocate(sqe, fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, io.offset,
-                              io.len);
+      io_uring_prep_fallocate(sqe, fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+                              io.offset, io.len);
       break;
   }
   if (fixed_) sqe->flags |= IOSQE_FIXED_FILE;
   io_uring_sqe_set_data(sqe, ctx);
+  in_flight_.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
 
 void UringQueue::submit() {
-  std::lock_guard lock(lock_);
-  io_uring_submit(&ring_);
+  {
+    std::lock_guard lock(lock_);
+    io_uring_submit(&ring_);
+  }
+  try_reap();
 }
 
-void UringQueue::reap() {
+int UringQueue::drain(bool* stop) {
+  unsigned head, seen = 0;
+  int done = 0;
+  io_uring_cqe* cqe;
+  const UringQueue* outer = t_reaping;
+  t_reaping = this;
+  io_uring_for_each_cqe(&ring_, head, cqe) {
+    ++seen;
+    if (cqe->user_data == kStopTag) {
+      if (stop) *stop = true;
+      continue;
+    }
+    ++done;
+    in_flight_.fetch_sub(1, std::memory_order_relaxed);
+    on_complete_(io_uring_cqe_get_data(cqe), cqe->res);
+  }
+  io_uring_cq_advance(&ring_, seen);
+  t_reaping = outer;
+  return done;
+}
+
+void UringQueue::try_reap() {
+  // The holder may have looked at the queue just before our entries landed
+  // and be letting go now; whoever lets go looks once more (the loop), so
+  // entries never wait for a thread that is not coming.
+  if (t_reaping == this) return;
+  do {
+    std::unique_lock reap(reap_lock_, std::try_to_lock);
+    if (!reap.owns_lock()) return;
+    drain();  // a stop entry comes only from the destructor, after submitters
+  } while (io_uring_cq_ready(&ring_) > 0);
+}
+
+void UringQueue::wait_and_reap() {
   for (;;) {
     io_uring_cqe* cqe;
     int r = io_uring_wait_cqe(&ring_, &cqe);
     if (r == -EINTR) continue;
     if (r < 0) return;  // the ring is broken; nothing more will complete
-    unsigned head, seen = 0;
+    // Blocking here, not trying: a submitter holding the lock may have
+    // looked at the queue already, and then only we will see these.
+    std::lock_guard reap(reap_lock_);
     bool stop = false;
-    io_uring_for_each_cqe(&ring_, head, cqe) {
-      ++seen;
-      if (cqe->user_data == kStopTag) {
-        stop = true;
-        continue;
-      }
-      on_complete_(io_uring_cqe_get_data(cqe), cqe->res);
-    }
-    io_uring_cq_advance(&ring_, seen);
+    drain(&stop);
     if (stop) return;
   }
+}
+
+int UringQueue::poll(uint64_t wait_ns) {
+  if (t_reaping == this) return 0;  // a completion callback polling: no
+  std::unique_lock reap(reap_lock_, std::try_to_lock);
+  if (!reap.owns_lock()) return -1;
+  int done = drain();
+  // Sleep in the ring only with something in flight, or nothing would
+  // wake us before the timeout.
+  if (done == 0 && wait_ns > 0 && in_flight_.load(std::memory_order_relaxed) > 0) {
+    __kernel_timespec ts{static_cast<int64_t>(wait_ns / 1'000'000'000),
+                         static_cast<long long>(wait_ns % 1'000'000'000)};
+    io_uring_cqe* cqe;
+    io_uring_wait_cqe_timeout(&ring_, &cqe, &ts);
+    done = drain();
+  }
+  reap.unlock();
+  // Entries that landed while we let go are for the next call (polled I/O
+  // has no other reaper, and its owner polls until it is done).
+  return done;
 }
 
 }  // namespace blkstack

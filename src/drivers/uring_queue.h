@@ -3,52 +3,39 @@
 // nbd client will share it).
 //
 // Submitters prepare entries under a per-ring lock and ring the doorbell
-// when a batch ends; a completion thread waits on the completion queue and
-// calls back for each entry. Completions arrive on that thread only, so a
-// driver's completion logic needs no lock of its own.
+// when a batch ends. Whatever the kernel finished during that doorbell (a
+// read served from the page cache or tmpfs, say) is reaped right there by
+// the submitter, as fio does: no hop to another thread and no wake-up. The
+// completion thread waits for the rest (I/O the kernel finishes later).
+// Reaping is serialized by its own lock, so completion callbacks never run
+// concurrently for one ring and a driver's completion logic needs no lock
+// of its own; they may run on a submitting thread, as inline completions
+// do in the kernel.
+//
+// A poll queue has no completion thread: what the kernel finishes later is
+// reaped by whoever calls poll(), the thread waiting for its polled I/O,
+// which then sleeps in the ring itself rather than being woken by another
+// thread (one hop fewer per completion, as fio's io_uring engine does).
 #pragma once
 
-#include <sys/uio.h>
+#include <liburing.h>
 
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <thread>
 
-#include <liburing.h>
+#include "drivers/host_io.h"
 
 namespace blkstack {
-
-// One host operation on the file.
-struct HostIo {
-  enum Kind : uint8_t { kRead, kWrite, kFdatasync, kPunchHole, kZeroRange };
-  Kind kind;
-  int rw_flags = 0;  // RWF_DSYNC for FUA writes
-  uint64_t offset = 0;
-  uint64_t len = 0;  // fallocate ops
-  const iovec* iov = nullptr;
-  unsigned iovcnt = 0;
-  bool alternate_file = false;  // use the queue's second file (see UringQueue)
-};
-
-// Where a driver sends host operations; the io_uring one below, or a
-// recording one in tests. on_complete(ctx, res) gets the syscall result
-// (bytes or -errno) on the completion thread.
-class HostIoQueue {
- public:
-  using Callback = void (*)(void* ctx, int res);
-  virtual ~HostIoQueue() = default;
-  // Prepares `io`; false if the ring is full (try again later).
-  virtual bool queue(const HostIo& io, void* ctx) = 0;
-  // Rings the doorbell for everything prepared.
-  virtual void submit() = 0;
-};
 
 class UringQueue final : public HostIoQueue {
  public:
   struct Options {
     unsigned entries = 128;
-    bool sqpoll = false;       // a kernel thread polls the submission queue
-    bool fixed_file = true;    // register the file with the ring
+    bool sqpoll = false;            // a kernel thread polls the submission queue
+    bool fixed_file = true;         // register the file with the ring
+    bool completion_thread = true;  // false: a poll queue (see above)
   };
   // Throws Error if the ring cannot be set up. `alt_fd` (or -1) is a second
   // descriptor for the same file that HostIo::alternate_file selects.
@@ -56,16 +43,27 @@ class UringQueue final : public HostIoQueue {
   ~UringQueue() override;
 
   bool queue(const HostIo& io, void* ctx) override;
+  // Rings the doorbell, then completes what is already done.
   void submit() override;
+  int poll(uint64_t wait_ns) override;
 
  private:
-  void reap();
+  // The completion thread's loop.
+  void wait_and_reap();
+  // Calls back for every completion queue entry there is and returns how
+  // many; sets *stop if the stop entry was among them. Under reap_lock_.
+  int drain(bool* stop = nullptr);
+  // Reaps without waiting for the lock: if another thread holds it, that
+  // thread looks at the queue again after letting go.
+  void try_reap();
 
   io_uring ring_{};
   int fds_[2];
   bool fixed_;
   Callback on_complete_;
-  std::mutex lock_;  // the submission queue
+  std::mutex lock_;                     // the submission queue
+  std::mutex reap_lock_;                // the completion queue
+  std::atomic<uint32_t> in_flight_{0};  // prepared and not yet reaped
   std::thread reaper_;
 };
 

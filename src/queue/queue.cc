@@ -47,15 +47,18 @@ Queue::Queue(std::shared_ptr<TagSet> tag_set) : tag_set_(std::move(tag_set)) {
 }
 
 void Queue::init_hw_queues() {
-  const unsigned n = tag_set_->config().nr_hw_queues;
-  for (unsigned i = 0; i < n; ++i) {
+  const TagSetConfig& c = tag_set_->config();
+  const unsigned n = c.nr_hw_queues, p = c.nr_poll_queues;
+  for (unsigned i = 0; i < n + p; ++i) {
     hctxs_.push_back(std::make_unique<HwQueue>(*this, i, tag_set_->tags(i)));
+    if (i >= n) poll_hctxs_.push_back(hctxs_.back().get());
   }
   // One software queue per thread slot, spread over the hardware queues.
   ctxs_.reset(new SoftwareQueue[kSlotCount]);
   for (unsigned i = 0; i < kSlotCount; ++i) {
     ctxs_[i].index = i;
     ctxs_[i].hctx = hctxs_[i % n].get();
+    ctxs_[i].poll_hctx = p > 0 ? poll_hctxs_[i % p] : nullptr;
   }
   flush_ = std::make_unique<FlushQueue>(*this);
   worker_ = std::thread([this] { worker_loop(); });
@@ -81,7 +84,8 @@ void Queue::attach(Disk& disk) {
 
 std::string Queue::describe() const {
   const TagSetConfig& c = tag_set_->config();
-  std::string s = fmt::format("mq hw_queues={} depth={}{} sched={}", c.nr_hw_queues,
+  std::string s = fmt::format("mq hw_queues={}{} depth={}{} sched={}", c.nr_hw_queues,
+                              c.nr_poll_queues ? fmt::format(" poll_queues={}", c.nr_poll_queues) : "",
                               c.queue_depth, c.shared_tags ? " shared_tags" : "",
                               scheduler_name());
   std::string d = driver().describe();
@@ -94,7 +98,11 @@ Extent Queue::extent_at(uint64_t offset, uint64_t max_length) const {
 
 uint64_t Queue::allocated_bytes() const { return driver().allocated_bytes(); }
 
-HwQueue& Queue::map_queue() const { return *ctxs_[this_slot().index].hctx; }
+HwQueue& Queue::map_queue(const Bio& bio) const {
+  const SoftwareQueue& ctx = ctxs_[this_slot().index];
+  // The submit path cleared kPolled if there are no poll queues.
+  return bio.has_flag(BioFlag::kPolled) ? *ctx.poll_hctx : *ctx.hctx;
+}
 SoftwareQueue& Queue::this_ctx() { return ctxs_[this_slot().index]; }
 
 // --- submission -----------------------------------------------------------------
@@ -102,7 +110,7 @@ SoftwareQueue& Queue::this_ctx() { return ctxs_[this_slot().index]; }
 void Queue::submit(Bio& bio) {
   // The bio holds the disk (and so this queue) from submit_bio() until it
   // completes; freezing and removal wait for it (Disk::freeze).
-  HwQueue& hctx = map_queue();
+  HwQueue& hctx = map_queue(bio);
   if (nomerges() != 2 && try_merge_somewhere(hctx, bio)) return;
   Tags& tags = hctx.tags();
   Plug* plug = Plug::current();
@@ -271,6 +279,9 @@ Queue::Merge Queue::can_merge(const Request& rq, const Bio& bio) const {
   if (rq.flush_policy_ != 0 || rq.internal_flush_ || any(rq.flags_ & kNoMergeFlags) ||
       any(bio.flags() & kNoMergeFlags))
     return Merge::kNone;
+  // A polled bio in an unpolled request would complete unasked, and an
+  // unpolled one in a polled request would wait for a poller.
+  if (any(rq.flags_ & BioFlag::kPolled) != bio.has_flag(BioFlag::kPolled)) return Merge::kNone;
   if (rq.state_.load(std::memory_order_relaxed) != Request::State::kIdle) return Merge::kNone;
   Merge where;
   if (rq.sector_ + rq.sectors() == bio.sector()) {
@@ -311,6 +322,7 @@ bool Queue::requests_mergeable(const Request& rq, const Request& next) const {
   if (rq.sector_ + rq.sectors() != next.sector_) return false;
   if (rq.flush_policy_ || next.flush_policy_ || any((rq.flags_ | next.flags_) & kNoMergeFlags))
     return false;
+  if (rq.hctx_ != next.hctx_) return false;  // a polled and an unpolled one
   const QueueLimits& lim = limits();
   if (uint64_t{rq.sectors()} + next.sectors() > lim.max_io_sectors()) return false;
   return rq.nr_segments_ + next.nr_segments_ <= lim.max_segments;
@@ -518,7 +530,16 @@ void Queue::run_hw_queues() {
   for (auto& h : hctxs_) h->run();
 }
 
-int Queue::poll(unsigned i) { return driver().poll(hw_queue(i)); }
+int Queue::poll(uint64_t wait_ns) {
+  if (poll_hctxs_.size() == 1) return driver().poll(*poll_hctxs_[0], wait_ns);
+  int done = 0;
+  bool busy = false;
+  for (HwQueue* h : poll_hctxs_) {
+    const int r = driver().poll(*h, 0);
+    if (r == kPollBusy) busy = true; else done += r;
+  }
+  return done == 0 && busy ? kPollBusy : done;
+}
 
 void Queue::set_scheduler(std::string_view name) {
   const SchedulerType& type = find_scheduler_type(name);

@@ -156,7 +156,7 @@ TagSet::TagSet(const TagSetConfig& config, RequestDriver& driver)
     : config_(config), driver_(driver) {
   if (config_.nr_hw_queues == 0) config_.nr_hw_queues = 1;
   if (config_.queue_depth == 0) config_.queue_depth = 1;
-  unsigned spaces = config_.shared_tags ? 1 : config_.nr_hw_queues;
+  unsigned spaces = config_.shared_tags ? 1 : config_.nr_queues();
   for (unsigned i = 0; i < spaces; ++i) {
     tags_.push_back(std::make_unique<Tags>(config_.queue_depth, config_.cmd_size));
     for (unsigned t = 0; t < config_.queue_depth; ++t) driver_.init_request(tags_[i]->requests[t]);

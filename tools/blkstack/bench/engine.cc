@@ -86,7 +86,8 @@ class Worker {
       slots_[i].buf = bufs_.get() + static_cast<size_t>(i) * max_bs;
       slots_[i].cb.user_data = i;
       slots_[i].cb.disk = s.disk;
-      slots_[i].cb.flags = job_.direct ? uint32_t{kIocbDirect} : 0u;
+      slots_[i].cb.flags = (job_.direct ? uint32_t{kIocbDirect} : 0u) |
+                           (job_.hipri ? uint32_t{kIocbHipri} : 0u);
     }
     for (unsigned i = depth_; i-- > 0;) free_.push_back(i);  // slot `depth_` is for fsync
     events_.resize(depth_ + 1);

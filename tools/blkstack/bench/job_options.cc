@@ -304,6 +304,10 @@ const Def kDefs[] = {
     {"randseed", "N", "seed of the random offsets and of verify (default 0x89)", SET(j.randseed = parse_unsigned(key, v))},
     {"direct", "BOOL", "O_DIRECT rules: offsets, lengths and buffers aligned (kIocbDirect)",
      SET(j.direct = parse_flag(key, v))},
+    {"hipri", "BOOL",
+     "polled completion (RWF_HIPRI): this thread reaps its I/O from the disk's poll queues "
+     "(file:...,poll_queues=1) instead of being woken",
+     SET(j.hipri = parse_flag(key, v))},
     {"fsync", "N", "an fsync after every N writes (waits for the writes in flight first)",
      SET(j.fsync = parse_count(key, v, 0, UINT32_MAX))},
     {"end_fsync", "BOOL", "an fsync when the job's writes are done", SET(j.end_fsync = parse_flag(key, v))},

@@ -68,6 +68,7 @@ struct JobOptions {
   bool norandommap = false;
   uint64_t randseed = 0x89;  // fio's default
   bool direct = false;
+  bool hipri = false;  // polled completion (kIocbHipri)
   unsigned fsync = 0;  // an fsync after every N writes
   bool end_fsync = false;
   VerifyAlgo verify = VerifyAlgo::kNone;
