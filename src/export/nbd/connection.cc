@@ -276,18 +276,22 @@ void Connection::complete(RequestSlot* s) {
 // --- input -------------------------------------------------------------------
 
 void Connection::run() {
-  // A few rounds: sending frees slots, which may unblock parsing of
-  // requests already in the receive buffer.
-  for (int round = 0; round < 4 && state_ != State::kClosed; ++round) {
+  // Sending frees slots, which unblocks parsing of requests already in the
+  // receive buffer: go round while that happens, a bounded number of times
+  // so one busy client cannot starve the others of its loop.
+  for (int round = 0; round < 16; ++round) {
     send_output();
     if (!wants_read()) break;
     read_input();
-    if (!read_blocked_) break;
-    send_output();  // frees slots, and so unblocks, if the client reads
-    if (read_blocked_) break;
+    send_output();
+    if (!wants_rerun()) break;
   }
-  send_output();
   maybe_close();
+}
+
+bool Connection::wants_rerun() const {
+  return state_ == State::kTransmission && !read_blocked_ && !eof_ &&
+         input_ == Input::kHeader && wpos_ - rpos_ >= kRequestSize;
 }
 
 void Connection::read_input() {
@@ -339,12 +343,9 @@ void Connection::read_input() {
       if (payload_got_ == payload_slot_->length) payload_received();
     }
     wpos_ += got;
-    if (static_cast<size_t>(r) < want) {
-      // The socket is drained: parse what came and wait for the next event.
-      process_staged();
-      return;
-    }
+    if (static_cast<size_t>(r) < want) break;  // drained: wait for the next event
   }
+  process_staged();
 }
 
 bool Connection::process_staged() {

@@ -106,6 +106,9 @@ class Connection {
   // Which events the connection waits for now.
   bool wants_read() const;
   bool wants_write() const { return !out_.empty() || send_head_ != nullptr; }
+  // Requests wait in the receive buffer although the socket may have
+  // nothing new: run() again soon without waiting for an event.
+  bool wants_rerun() const;
   // Closed and no I/O in flight: may be destroyed.
   bool finished() const { return state_ == State::kClosed && in_flight_ == 0; }
   // Server shutdown: stop reading requests, answer what is in flight, then

@@ -289,6 +289,7 @@ class EventLoop final : public Reactor {
       e->dirty = false;
       Connection& c = *e->conn;
       c.run();
+      if (c.wants_rerun()) again_.push_back(e);
       const uint32_t want = (c.wants_read() ? uint32_t{EPOLLIN} : 0u) |
                             (c.wants_write() ? uint32_t{EPOLLOUT} : 0u);
       if (want != e->events) {
@@ -315,7 +316,9 @@ class EventLoop final : public Reactor {
     tls_loop = this;
     epoll_event events[64];
     while (true) {
-      const int timeout = stopping_ ? 50 : -1;
+      for (LoopEntry* e : again_) mark(e);
+      const int timeout = !again_.empty() ? 0 : stopping_ ? 50 : -1;
+      again_.clear();
       const int n = ::epoll_wait(epfd_, events, 64, timeout);
       for (int i = 0; i < n; ++i) {
         auto* e = static_cast<LoopEntry*>(events[i].data.ptr);
@@ -368,6 +371,7 @@ class EventLoop final : public Reactor {
   std::vector<std::unique_ptr<LoopEntry>> listeners_;
   std::vector<std::unique_ptr<LoopEntry>> conns_;
   std::vector<LoopEntry*> dirty_;
+  std::vector<LoopEntry*> again_;  // to run again next round (wants_rerun)
   std::atomic<RequestSlot*> remote_{nullptr};
   std::atomic<size_t> nconns_{0};
   std::thread thread_;

@@ -1,0 +1,319 @@
+// The NBD transmission phase against a real Server on RAM disks, one end of
+// a socketpair per client: the commands, their flags, every malformed
+// request we know of, clients that vanish or never read, shutdown.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <thread>
+
+#include "blkstack/block_handle.h"
+#include "blkstack/disk.h"
+#include "blkstack/disk_registry.h"
+#include "export/export_table.h"
+#include "export/log.h"
+#include "export/nbd/server.h"
+#include "nbd_test_util.h"
+
+namespace blkstack::nbd {
+namespace {
+
+using namespace testing;
+
+class NbdServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    set_serve_log_enabled(false);
+    disk_ = registry_.create("ram:64M,name=srv0");
+    auto ro = registry_.create("ram:4M,name=srv1,ro=1");
+    auto big = registry_.create("ram:4M,name=srv2,bs=4096");
+    ServerOptions o;
+    o.threads = 2;
+    o.limits.max_bytes_in_flight = 8u << 20;
+    server_ = std::make_unique<Server>(
+        o, std::make_shared<const ExportTable>(std::vector<Export>{
+               {"disk", "", disk_}, {"ro", "", ro}, {"4k", "", big}}));
+    server_->start();
+  }
+  void TearDown() override { server_->stop(std::chrono::seconds(2)); }
+
+  std::unique_ptr<Client> connect() {
+    int sv[2];
+    EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    server_->adopt(sv[0]);
+    return std::make_unique<Client>(sv[1]);
+  }
+  // A client in transmission on `name`.
+  std::unique_ptr<Client> open(std::string_view name = "disk", bool structured = true) {
+    auto c = connect();
+    c->negotiate(name, structured);
+    return c;
+  }
+
+  DiskRegistry registry_;
+  std::shared_ptr<Disk> disk_;
+  std::unique_ptr<Server> server_;
+};
+
+std::string pattern(size_t n, char seed) {
+  std::string s(n, 0);
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(seed + i * 7);
+  return s;
+}
+
+TEST_F(NbdServerTest, WriteThenReadBackSimpleAndStructured) {
+  for (bool structured : {false, true}) {
+    auto c = open("disk", structured);
+    const std::string data = pattern(64 << 10, structured ? 'a' : 'b');
+    EXPECT_EQ(c->io(kCmdWrite, 1 << 20, data.size(), data), 0u);
+    std::string back;
+    EXPECT_EQ(c->io(kCmdRead, 1 << 20, data.size(), {}, 0, &back), 0u);
+    EXPECT_EQ(back, data);
+    EXPECT_EQ(c->io(kCmdFlush, 0, 0), 0u);
+    EXPECT_EQ(c->io(kCmdWrite, 0, 4096, pattern(4096, 'z'), kCmdFlagFua), 0u);
+    EXPECT_EQ(c->io(kCmdCache, 0, 1 << 20), 0u);
+  }
+}
+
+TEST_F(NbdServerTest, StructuredReadIsOneDataChunkWithTheOffset) {
+  auto c = open();
+  c->send(request(kCmdRead, 7, 8192, 4096, kCmdFlagDf));
+  Reply r;
+  ASSERT_TRUE(c->read_reply(&r));
+  EXPECT_TRUE(r.structured);
+  EXPECT_EQ(r.cookie, 7u);
+  EXPECT_EQ(r.chunk_type, kReplyTypeOffsetData);
+  EXPECT_EQ(load64(r.payload.data()), 8192u);
+  EXPECT_EQ(r.payload.size(), 8u + 4096);
+}
+
+TEST_F(NbdServerTest, OutOfRangeReadIsEinvalWriteIsEnospcAndTheConnectionGoesOn) {
+  auto c = open("disk", false);
+  const uint64_t size = c->size();
+  EXPECT_EQ(c->io(kCmdRead, size - 512, 1024), kEinval);
+  EXPECT_EQ(c->io(kCmdRead, ~0ull - 511, 512), kEinval);  // offset + length wraps
+  EXPECT_EQ(c->io(kCmdWrite, size, 512, pattern(512, 'q')), kEnospc);
+  EXPECT_EQ(c->io(kCmdWriteZeroes, size - 512, 4096), kEnospc);
+  EXPECT_EQ(c->io(kCmdTrim, size, 512), kEinval);
+  EXPECT_EQ(c->io(kCmdBlockStatus, size, 512), kEinval);
+  // The refused write's payload was skipped, not parsed as requests.
+  std::string back;
+  EXPECT_EQ(c->io(kCmdRead, size - 512, 512, {}, 0, &back), 0u);
+  EXPECT_EQ(back, std::string(512, '\0'));
+}
+
+TEST_F(NbdServerTest, StructuredErrorsAreErrorChunks) {
+  auto c = open();
+  c->send(request(kCmdRead, 9, c->size(), 512));
+  Reply r;
+  ASSERT_TRUE(c->read_reply(&r));
+  EXPECT_TRUE(r.structured);
+  EXPECT_EQ(r.chunk_type, kReplyTypeError);
+  EXPECT_EQ(r.error, kEinval);
+}
+
+TEST_F(NbdServerTest, MisalignedAndEmptyRequestsAreEinval) {
+  auto c = open("4k");
+  EXPECT_EQ(c->io(kCmdRead, 512, 4096), kEinval);
+  EXPECT_EQ(c->io(kCmdRead, 0, 512), kEinval);
+  EXPECT_EQ(c->io(kCmdWrite, 100, 4096, pattern(4096, 'm')), kEinval);
+  EXPECT_EQ(c->io(kCmdRead, 0, 0), kEinval);
+  EXPECT_EQ(c->io(kCmdTrim, 0, 100), kEinval);
+  EXPECT_EQ(c->io(kCmdRead, 0, 4096), 0u);
+}
+
+TEST_F(NbdServerTest, OversizedReadIsEinvalOversizedWriteDisconnects) {
+  auto c = open();
+  EXPECT_EQ(c->io(kCmdRead, 0, kMaxPayload + 512), kEinval);
+  EXPECT_EQ(c->io(kCmdRead, 0, 4096), 0u);
+  c->send(request(kCmdWrite, 1, 0, kMaxPayload + 512));
+  EXPECT_TRUE(c->closed_by_server());
+  // Others are unaffected.
+  auto d = open();
+  EXPECT_EQ(d->io(kCmdRead, 0, 4096), 0u);
+}
+
+TEST_F(NbdServerTest, GarbageMagicDisconnects) {
+  auto c = open();
+  c->send(request(kCmdRead, 1, 0, 512, 0, 0xdeadbeef));
+  EXPECT_TRUE(c->closed_by_server());
+  c = open();
+  c->send(std::string(64, 'G'));
+  EXPECT_TRUE(c->closed_by_server());
+}
+
+TEST_F(NbdServerTest, UnknownCommandsAndFlagsAreEinval) {
+  auto c = open();
+  EXPECT_EQ(c->io(99, 0, 512), kEinval);
+  EXPECT_EQ(c->io(kCmdResize, 0, 0), kEinval);
+  EXPECT_EQ(c->io(kCmdRead, 0, 512, {}, 1u << 12), kEinval);
+  EXPECT_EQ(c->io(kCmdWrite, 0, 512, pattern(512, 'f'), 1u << 13), kEinval);
+  EXPECT_EQ(c->io(kCmdRead, 0, 512), 0u);  // the rejected payload was skipped
+}
+
+TEST_F(NbdServerTest, ReadOnlyExportRefusesWritesWithEperm) {
+  auto c = connect();
+  const uint16_t flags = c->negotiate("ro");
+  EXPECT_TRUE(flags & kFlagReadOnly);
+  EXPECT_EQ(c->io(kCmdWrite, 0, 512, pattern(512, 'r')), kEperm);
+  EXPECT_EQ(c->io(kCmdTrim, 0, 4096), kEperm);
+  EXPECT_EQ(c->io(kCmdWriteZeroes, 0, 4096), kEperm);
+  EXPECT_EQ(c->io(kCmdRead, 0, 512), 0u);
+  EXPECT_EQ(c->io(kCmdFlush, 0, 0), 0u);
+}
+
+// The extents of [offset, offset + length) as (length, flags) pairs.
+std::vector<std::pair<uint32_t, uint32_t>> extents(Client& c, uint64_t offset,
+                                                   uint32_t length, uint16_t flags = 0) {
+  c.send(request(kCmdBlockStatus, 77, offset, length, flags));
+  Reply r;
+  EXPECT_TRUE(c.read_reply(&r));
+  EXPECT_EQ(r.chunk_type, kReplyTypeBlockStatus);
+  std::vector<std::pair<uint32_t, uint32_t>> out;
+  if (r.payload.size() < 4) return out;
+  EXPECT_EQ(load32(r.payload.data()), kBaseAllocationId);
+  for (size_t i = 4; i + 8 <= r.payload.size(); i += 8) {
+    out.emplace_back(load32(r.payload.data() + i), load32(r.payload.data() + i + 4));
+  }
+  return out;
+}
+
+TEST_F(NbdServerTest, BlockStatusReportsHolesTrimAndWriteZeroes) {
+  auto c = open();
+  const uint32_t mb = 1 << 20;
+  ASSERT_EQ(c->io(kCmdWrite, 0, mb, pattern(mb, 'd')), 0u);
+  ASSERT_EQ(c->io(kCmdWrite, 2 * mb, mb, pattern(mb, 'e')), 0u);
+  auto e = extents(*c, 0, 4 * mb);
+  ASSERT_EQ(e.size(), 4u);
+  EXPECT_EQ(e[0], std::make_pair(mb, 0u));
+  EXPECT_EQ(e[1], std::make_pair(mb, kStateHole | kStateZero));
+  EXPECT_EQ(e[2], std::make_pair(mb, 0u));
+  EXPECT_EQ(extents(*c, 0, 4 * mb, kCmdFlagReqOne).size(), 1u);
+
+  ASSERT_EQ(c->io(kCmdTrim, 0, mb), 0u);
+  EXPECT_EQ(extents(*c, 0, mb)[0], std::make_pair(mb, kStateHole | kStateZero));
+  // Write-zeroes may punch a hole; with NO_HOLE the range stays allocated.
+  ASSERT_EQ(c->io(kCmdWriteZeroes, 2 * mb, 64 << 10), 0u);
+  EXPECT_EQ(extents(*c, 2 * mb, 64 << 10)[0].second, kStateHole | kStateZero);
+  ASSERT_EQ(c->io(kCmdWriteZeroes, 2 * mb, 64 << 10, {}, kCmdFlagNoHole), 0u);
+  EXPECT_EQ(extents(*c, 2 * mb, 64 << 10)[0].second, 0u);
+  std::string back;
+  ASSERT_EQ(c->io(kCmdRead, 2 * mb, 128 << 10, {}, 0, &back), 0u);
+  EXPECT_EQ(back.substr(0, 64 << 10), std::string(64 << 10, '\0'));
+  EXPECT_EQ(back.substr(64 << 10), pattern(mb, 'e').substr(64 << 10, 64 << 10));
+  // Zeroes written as data are not fast.
+  EXPECT_EQ(c->io(kCmdWriteZeroes, 0, 4096, {}, kCmdFlagNoHole | kCmdFlagFastZero),
+            kEnotsup);
+  EXPECT_EQ(c->io(kCmdWriteZeroes, 0, 4096, {}, kCmdFlagFastZero), 0u);
+}
+
+TEST_F(NbdServerTest, BlockStatusWithoutMetaContextIsEinval) {
+  auto c = connect();
+  c->negotiate("disk", /*structured=*/true, /*meta=*/false);
+  EXPECT_EQ(c->io(kCmdBlockStatus, 0, 4096), kEinval);
+}
+
+TEST_F(NbdServerTest, ManyRequestsInFlightAllAnswered) {
+  auto c = open();
+  std::string batch;
+  constexpr int kN = 200;
+  for (int i = 0; i < kN; ++i) {
+    if (i % 2) {
+      batch +=
+          request(kCmdWrite, 1000 + i, uint64_t(i) * 4096, 4096) + pattern(4096, char(i));
+    } else {
+      batch += request(kCmdRead, 1000 + i, uint64_t(i) * 4096, 4096);
+    }
+  }
+  c->send(batch);
+  std::vector<bool> seen(kN);
+  for (int i = 0; i < kN; ++i) {
+    Reply r;
+    ASSERT_TRUE(c->read_reply(&r));
+    const uint64_t k = r.cookie - 1000;
+    ASSERT_LT(k, uint64_t{kN});
+    EXPECT_FALSE(seen[k]);
+    seen[k] = true;
+    EXPECT_EQ(r.error, 0u);
+  }
+  std::string back;
+  ASSERT_EQ(c->io(kCmdRead, 4096, 4096, {}, 0, &back), 0u);
+  EXPECT_EQ(back, pattern(4096, char(1)));
+}
+
+TEST_F(NbdServerTest, ClientVanishingMidWriteLosesNothingAndOthersGoOn) {
+  auto w = open();
+  ASSERT_EQ(w->io(kCmdWrite, 0, 8192, pattern(8192, 'k')), 0u);
+  w->send(request(kCmdWrite, 5, 0, 8192) + std::string(3000, 'X'));
+  w->close();
+  auto c = open();
+  // Let the server see the close; then the old data must still be there.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::string back;
+  ASSERT_EQ(c->io(kCmdRead, 0, 8192, {}, 0, &back), 0u);
+  EXPECT_EQ(back, pattern(8192, 'k'));
+}
+
+TEST_F(NbdServerTest, ClientThatNeverReadsStallsOnlyItself) {
+  auto hog = open();
+  // 64 reads of 1 MiB, never read back: far past the 8 MiB budget and
+  // any socket buffer. The server must stop reading the hog, not stall.
+  std::string batch;
+  for (int i = 0; i < 64; ++i) batch += request(kCmdRead, i, uint64_t(i) << 20, 1 << 20);
+  hog->send(batch);
+  auto c = open();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 100; ++i) ASSERT_EQ(c->io(kCmdRead, 0, 4096), 0u);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  // The hog gets all its answers once it reads.
+  for (int i = 0; i < 64; ++i) {
+    Reply r;
+    ASSERT_TRUE(hog->read_reply(&r));
+    ASSERT_EQ(r.error, 0u);
+  }
+}
+
+TEST_F(NbdServerTest, DisconnectClosesAfterAnsweringInFlight) {
+  auto c = open();
+  c->send(request(kCmdWrite, 1, 0, 4096) + pattern(4096, 'w') +
+          request(kCmdDisc, 2, 0, 0));
+  Reply r;
+  ASSERT_TRUE(c->read_reply(&r));
+  EXPECT_EQ(r.cookie, 1u);
+  EXPECT_TRUE(c->closed_by_server());
+}
+
+TEST_F(NbdServerTest, HandshakeGarbageClosesOnlyThatClient) {
+  auto bad = connect();
+  bad->recv(18);
+  bad->send(std::string(40, '\xff'));
+  EXPECT_TRUE(bad->closed_by_server());
+  auto c = open();
+  EXPECT_EQ(c->io(kCmdRead, 0, 512), 0u);
+}
+
+TEST_F(NbdServerTest, ReloadedExportsApplyToNewConnections) {
+  auto other = registry_.create("ram:1M,name=srv9");
+  auto old = open();
+  server_->set_exports(
+      std::make_shared<const ExportTable>(std::vector<Export>{{"fresh", "", other}}));
+  auto c = connect();
+  c->negotiate("fresh");
+  EXPECT_EQ(c->size(), 1u << 20);
+  EXPECT_EQ(old->io(kCmdRead, 0, 512), 0u);  // the old connection keeps its disk
+}
+
+TEST_F(NbdServerTest, StopAnswersInFlightAndFlushes) {
+  auto c = open();
+  ASSERT_EQ(c->io(kCmdWrite, 0, 4096, pattern(4096, 's')), 0u);
+  server_->stop(std::chrono::seconds(2));
+  EXPECT_TRUE(c->closed_by_server());
+  EXPECT_EQ(server_->connections(), 0u);
+  BlockHandle h(disk_);
+  std::string back(4096, 0);
+  ASSERT_EQ(h.pread(back.data(), 4096, 0), Status::kOk);
+  EXPECT_EQ(back, pattern(4096, 's'));
+}
+
+}  // namespace
+}  // namespace blkstack::nbd
