@@ -1,16 +1,13 @@
 #!/usr/bin/env bash
 # blkstack bench against fio, the same jobs on the same kind of target, side
 # by side, one thread, the job's iodepth, time based, RUNS runs each
-# (alternating), medians. Two kinds of target:
-#   null: blkstack bench on a null disk with inline completion (null:1G)
-#         against fio's null engine (--ioengine=null --size=1G);
-#   file: blkstack bench on the file driver (file:IMG, io_uring, O_DIRECT)
-#         against fio with --ioengine=io_uring --direct=1 on the same file,
-#         a 256 MiB file of random data in /dev/shm.
+# (alternating), medians: blkstack bench on a null disk with inline
+# completion (null:1G) against fio's null engine (--ioengine=null
+# --size=1G), so the figures are the cost of each tool's own path.
+# (The file driver against fio and the loop device: bench/file-vs-fio.sh.)
 #
 # The jobs: 4k randread QD1, 4k randread QD32 (the headline), 4k randwrite
-# QD32, 128k sequential read QD8 on null; 4k randread QD1 and QD32 on the
-# file.
+# QD32, 128k sequential read QD8.
 #
 # Prints a table (IOPS, mean latency, clat p50/p99, CPU per I/O) and ends
 # with one line for the headline job:
@@ -26,31 +23,20 @@ RUNTIME=${RUNTIME:-3}
 bench_setup bench-vs-fio cmake ninja fio python3
 bench_build blkstack_cli
 
-IMG=/dev/shm/blkstack-bench-vs-fio.img
-trap 'rm -rf "$tmp" "$IMG"' EXIT
-head -c 256M /dev/urandom >"$IMG"
-
-# name|target|options shared by both sides (fio's names)
+# name|options shared by both sides (fio's names)
 CASES=(
-  "rr-qd1|null|--rw=randread --bs=4k --iodepth=1"
-  "rr-qd32|null|--rw=randread --bs=4k --iodepth=32"
-  "rw-qd32|null|--rw=randwrite --bs=4k --iodepth=32"
-  "seq-128k-qd8|null|--rw=read --bs=128k --iodepth=8"
-  "file-rr-qd1|file|--rw=randread --bs=4k --iodepth=1"
-  "file-rr-qd32|file|--rw=randread --bs=4k --iodepth=32"
+  "rr-qd1|--rw=randread --bs=4k --iodepth=1"
+  "rr-qd32|--rw=randread --bs=4k --iodepth=32"
+  "rw-qd32|--rw=randwrite --bs=4k --iodepth=32"
+  "seq-128k-qd8|--rw=read --bs=128k --iodepth=8"
 )
 
 echo "bench-vs-fio: ${#CASES[@]} jobs, $RUNS runs of ${RUNTIME}s per side"
 for i in $(seq 1 "$RUNS"); do
   for c in "${CASES[@]}"; do
-    IFS='|' read -r name target opts <<<"$c"
-    if [ "$target" = file ]; then
-      ours="--filename=file:$IMG --direct=1"
-      theirs="--ioengine=io_uring --direct=1 --filename=$IMG"
-    else
-      ours="--filename=null:1G"
-      theirs="--ioengine=null --size=1G"
-    fi
+    IFS='|' read -r name opts <<<"$c"
+    ours="--filename=null:1G"
+    theirs="--ioengine=null --size=1G"
     # shellcheck disable=SC2086
     "$BUILD/blkstack" bench --name="$name" $ours $opts --time_based \
       --runtime="$RUNTIME" --output-format=json >"$tmp/blkstack-$name-$i.json" ||
@@ -105,8 +91,7 @@ print("IOPS: median of the runs (per side, one thread). lat: mean total latency.
 print("completion latency percentiles (fio's log-linear histogram on both sides). CPU ns/IO:")
 print("(usr + sys CPU) / I/Os. null rows: blkstack null:1G, inline completion, through IoContext;")
 print("fio --ioengine=null. With inline completion an I/O completes inside the submit call, so")
-print("clat is mostly the time until the batch is reaped, on both sides. file rows: blkstack's")
-print("file driver (io_uring, O_DIRECT) against fio's io_uring engine on the same /dev/shm file.")
+print("clat is mostly the time until the batch is reaped, on both sides.")
 print()
 b, f, r = headline
 print(f"RESULT blkstack_iops={b:.0f} fio_iops={f:.0f} ratio={r:.2f}")

@@ -61,11 +61,25 @@ bool UringQueue::queue(const HostIo& io, void* ctx) {
   const int which = io.alternate_file ? 1 : 0;
   const int fd = fixed_ ? which : fds_[which];
   switch (io.kind) {
+    // One segment (most I/O) goes as a plain read or write: the kernel
+    // then copies in no iovec array.
     case HostIo::kRead:
-      io_uring_prep_readv2(sqe, fd, io.iov, io.iovcnt, io.offset, io.rw_flags);
+      if (io.iovcnt == 1) {
+        io_uring_prep_read(sqe, fd, io.iov[0].iov_base, static_cast<unsigned>(io.iov[0].iov_len),
+                           io.offset);
+        sqe->rw_flags = io.rw_flags;
+      } else {
+        io_uring_prep_readv2(sqe, fd, io.iov, io.iovcnt, io.offset, io.rw_flags);
+      }
       break;
     case HostIo::kWrite:
-      io_uring_prep_writev2(sqe, fd, io.iov, io.iovcnt, io.offset, io.rw_flags);
+      if (io.iovcnt == 1) {
+        io_uring_prep_write(sqe, fd, io.iov[0].iov_base, static_cast<unsigned>(io.iov[0].iov_len),
+                            io.offset);
+        sqe->rw_flags = io.rw_flags;
+      } else {
+        io_uring_prep_writev2(sqe, fd, io.iov, io.iovcnt, io.offset, io.rw_flags);
+      }
       break;
     case HostIo::kFdatasync:
       io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
