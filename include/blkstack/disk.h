@@ -86,6 +86,10 @@ struct DiskStats {
   uint64_t in_flight = 0;              // I/Os started and not completed
   uint64_t io_ticks_ms = 0;            // time with at least one I/O in flight
   uint64_t time_in_queue_ms = 0;       // sum of all I/O durations (weighted)
+  // Completion latency, power-of-two buckets (pow2_histogram.h); the last
+  // bucket holds everything from 2^(kLatencyBuckets-2) ns (about 70 s) on.
+  static constexpr unsigned kLatencyBuckets = 38;
+  uint64_t latency[kStatGroups][kLatencyBuckets] = {};
 };
 
 class Disk {
@@ -121,6 +125,9 @@ class Disk {
   uint64_t in_flight() const;
   // The /proc/diskstats line of this disk.
   std::string diskstats_line() const;
+  // The statistics for people: the diskstats fields by name, and a latency
+  // histogram per kind of operation that has any.
+  std::string stats_report() const;
 
   bool dying() const { return dying_.load(std::memory_order_acquire); }
   // Refuses new I/O (kOffline) and waits for in-flight I/O to complete.

@@ -2,6 +2,7 @@
 
 #include "blkstack/debug/submit_context.h"
 #include "blkstack/error.h"
+#include "blkstack/pow2_histogram.h"
 #include "core/clock.h"
 #include "core/percpu.h"
 #include "core/percpu_ref.h"
@@ -18,6 +19,7 @@ struct alignas(kCacheLine) Disk::Shard {
   std::atomic<uint64_t> merges[kStatGroups];
   std::atomic<uint64_t> sectors[kStatGroups];
   std::atomic<uint64_t> nsecs[kStatGroups];
+  std::atomic<uint64_t> latency[kStatGroups][DiskStats::kLatencyBuckets];
 };
 
 namespace {
@@ -91,6 +93,7 @@ void Disk::account_done(Op op, uint32_t sectors, uint64_t duration_ns, uint64_t 
   slot_add(s.ios[g], 1, slot);
   slot_add(s.sectors[g], sectors, slot);
   slot_add(s.nsecs[g], duration_ns, slot);
+  slot_add(s.latency[g][pow2_bucket(duration_ns, DiskStats::kLatencyBuckets)], 1, slot);
 }
 
 void Disk::account_request_done(Op op, uint32_t sectors, uint64_t start_ns, uint64_t now) {
@@ -124,6 +127,9 @@ DiskStats Disk::stats() const {
       out.merges[g] += s.merges[g].load(std::memory_order_relaxed);
       out.sectors[g] += s.sectors[g].load(std::memory_order_relaxed);
       out.nsecs[g] += s.nsecs[g].load(std::memory_order_relaxed);
+      for (unsigned k = 0; k < DiskStats::kLatencyBuckets; ++k) {
+        out.latency[g][k] += s.latency[g][k].load(std::memory_order_relaxed);
+      }
     }
   }
   out.in_flight = in_flight();
@@ -264,6 +270,27 @@ void Disk::shutdown() {
   while (Bio* b = parked.pop_front()) b->complete(Status::kOffline);
   driver_->shutdown();
   wait_until_idle("removal of disk '" + name_ + "'");
+}
+
+std::string Disk::stats_report() const {
+  const DiskStats st = stats();
+  static constexpr const char* kGroupName[kStatGroups] = {"read", "write", "discard", "flush"};
+  std::string out = fmt::format("{} ({}:{}): {} in flight, busy {} ms\n", name_, major_, minor_,
+                                st.in_flight, st.io_ticks_ms);
+  out += fmt::format("  {:<8} {:>12} {:>10} {:>14} {:>12} {:>10}\n", "", "ios", "merges",
+                     "sectors", "ms", "mean");
+  for (int g = 0; g < kStatGroups; ++g) {
+    const double mean = st.ios[g] ? static_cast<double>(st.nsecs[g]) / static_cast<double>(st.ios[g]) : 0;
+    out += fmt::format("  {:<8} {:>12} {:>10} {:>14} {:>12} {:>10}\n", kGroupName[g], st.ios[g],
+                       st.merges[g], st.sectors[g], st.nsecs[g] / 1'000'000,
+                       st.ios[g] ? format_duration_ns(mean) : "-");
+  }
+  for (int g = 0; g < kStatGroups; ++g) {
+    if (st.ios[g] == 0) continue;
+    out += fmt::format("  {} latency:\n", kGroupName[g]);
+    out += format_pow2_histogram(st.latency[g], "    ", true);
+  }
+  return out;
 }
 
 }  // namespace blkstack

@@ -21,6 +21,7 @@
 #include "blkstack/completion.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/error.h"
+#include "blkstack/pow2_histogram.h"
 #include "blkstack/submit.h"
 #include "test_util.h"
 
@@ -383,6 +384,28 @@ TEST(DiskStats, CountsAKnownSequenceExactly) {
   EXPECT_EQ(f[14], "2");
   EXPECT_EQ(f[16], "256");
   EXPECT_EQ(f[18], "1");
+
+  // Every completed I/O is in its group's latency histogram, once.
+  for (int g = 0; g < kStatGroups; ++g) {
+    uint64_t n = 0;
+    for (uint64_t c : s.latency[g]) n += c;
+    EXPECT_EQ(n, s.ios[g]) << g;
+  }
+  const std::string report = d->stats_report();
+  EXPECT_TRUE(testing_util::Contains(report, "read latency:"));
+  EXPECT_TRUE(testing_util::Contains(report, "discard latency:"));
+  EXPECT_TRUE(testing_util::Contains(report, "flush latency:"));
+}
+
+TEST(DiskStats, LatencyLandsInItsPowerOfTwoBucket) {
+  EXPECT_EQ(pow2_bucket(0, 38), 0u);
+  EXPECT_EQ(pow2_bucket(1, 38), 1u);      // 1 < 2^1
+  EXPECT_EQ(pow2_bucket(1023, 38), 10u);  // 512 <= v < 1024
+  EXPECT_EQ(pow2_bucket(1024, 38), 11u);
+  EXPECT_EQ(pow2_bucket(~uint64_t{0}, 38), 37u);  // the last takes the rest
+  const uint64_t counts[4] = {0, 3, 0, 1};
+  EXPECT_EQ(format_pow2_histogram(counts, "", false), " 3 < 2ns 0 < 4ns 1 < 8ns\n");
+  EXPECT_EQ(format_pow2_histogram(std::span<const uint64_t>(), "", true), "");
 }
 
 TEST(DiskStats, LineIsPaddedLikeTheKernels) {

@@ -28,6 +28,7 @@ constexpr std::string_view kCommandHelp =
     "  flush                                flush the volatile cache\n"
     "  use NAME                             switch to another disk\n"
     "  stat                                 /proc/diskstats lines of all disks\n"
+    "  stats                                this disk's statistics by name, latency histograms\n"
     "  info                                 size, allocation and driver state";
 
 struct Args {
@@ -82,6 +83,11 @@ class IoSession {
     if (op == "stat") {
       need(0);
       for (const auto& d : registry_.list()) fmt::print("{}\n", d->diskstats_line());
+      return true;
+    }
+    if (op == "stats") {
+      need(0);
+      fmt::print("{}", handle_->disk().stats_report());
       return true;
     }
     if (op == "info") {
