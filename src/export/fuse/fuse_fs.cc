@@ -1,0 +1,494 @@
+#include "export/fuse/fuse_fs.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <linux/falloc.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "blkstack/completion.h"
+#include "blkstack/disk.h"
+#include "blkstack/submit.h"
+#include "export/export_table.h"
+#include "export/fuse/io_range.h"
+#include "export/fuse/worker.h"
+#include "export/log.h"
+
+namespace blkstack::fuse {
+namespace {
+
+constexpr fuse_ino_t kFirstFileIno = FUSE_ROOT_ID + 1;
+// Sizes never change while mounted, so the kernel may keep what it learns.
+constexpr double kAttrTimeout = 3600.0;
+// Zero data for write-zeroes on devices without it, and for edge zeroing.
+constexpr uint32_t kZeroBufSize = 1u << 20;
+alignas(4096) const std::byte kZeroes[kZeroBufSize] = {};
+
+FuseFs& fs_of(fuse_req_t req) { return *static_cast<FuseFs*>(fuse_req_userdata(req)); }
+
+int write_errno(Status s) {
+  return s == Status::kOutOfRange ? ENOSPC : status_to_errno(s);
+}
+
+// --- synchronous bios, for the rare paths (partial blocks, fallocate) ------
+
+void wake(Bio& bio) { static_cast<Completion*>(bio.context())->complete(); }
+
+Status run_bio(Disk* disk, Op op, uint64_t offset, std::span<Segment> segs,
+               uint32_t nodata_len = 0) {
+  Completion done;
+  Bio bio;
+  if (op_has_data(op))
+    bio.init(disk, op, offset >> kSectorShift, segs, wake, &done);
+  else
+    bio.init_nodata(disk, op, offset >> kSectorShift, nodata_len, wake, &done);
+  submit_bio(bio);
+  done.wait("FUSE export I/O");
+  return bio.status();
+}
+
+Status read_block(File& f, std::byte* buf, uint64_t offset) {
+  Segment seg(buf, f.lbs);
+  return run_bio(f.disk.get(), Op::kRead, offset, {&seg, 1});
+}
+
+// Zeroes [offset, offset + len) inside one block by read-modify-write.
+Status zero_partial(File& f, std::byte* bounce, uint64_t offset, uint32_t len) {
+  const uint64_t block = offset & ~uint64_t{f.lbs - 1};
+  if (Status s = read_block(f, bounce, block); !ok(s)) return s;
+  std::memset(bounce + (offset - block), 0, len);
+  Segment seg(bounce, f.lbs);
+  return run_bio(f.disk.get(), Op::kWrite, block, {&seg, 1});
+}
+
+// Whole blocks [offset, offset + len): discard, write-zeroes, or zero data.
+Status zero_blocks(File& f, Op op, uint64_t offset, uint64_t len) {
+  const QueueLimits& lim = f.disk->limits();
+  const bool as_data = op == Op::kWriteZeroes && lim.max_write_zeroes_sectors == 0;
+  // One bio carries at most 1 GiB here (its size field is 32 bits).
+  constexpr uint64_t kMaxBio = uint64_t{1} << 30;
+  Segment segs[kMaxBio / kZeroBufSize];
+  while (len > 0) {
+    const uint64_t n = std::min(len, kMaxBio);
+    Status s;
+    if (as_data) {
+      size_t nseg = 0;
+      for (uint64_t left = n; left > 0; ++nseg) {
+        const uint32_t piece =
+            static_cast<uint32_t>(std::min<uint64_t>(left, kZeroBufSize));
+        segs[nseg] = Segment(const_cast<std::byte*>(kZeroes), piece);
+        left -= piece;
+      }
+      s = run_bio(f.disk.get(), Op::kWrite, offset, {segs, nseg});
+    } else {
+      s = run_bio(f.disk.get(), op, offset, {}, static_cast<uint32_t>(n));
+    }
+    if (!ok(s)) return s;
+    offset += n;
+    len -= n;
+  }
+  return Status::kOk;
+}
+
+// --- completions -------------------------------------------------------------
+
+void read_done(Bio& bio) {
+  Slot* s = static_cast<Slot*>(bio.context());
+  if (ok(bio.status()))
+    fuse_reply_buf(s->req, reinterpret_cast<const char*>(s->buf) + s->reply_off,
+                   s->reply_len);
+  else
+    fuse_reply_err(s->req, status_to_errno(bio.status()));
+  Worker::put_slot(s);
+}
+
+void write_done(Bio& bio) {
+  Slot* s = static_cast<Slot*>(bio.context());
+  if (ok(bio.status()))
+    fuse_reply_write(s->req, s->reply_len);
+  else
+    fuse_reply_err(s->req, write_errno(bio.status()));
+  Worker::put_slot(s);
+}
+
+void flush_done(Bio& bio) {
+  Slot* s = static_cast<Slot*>(bio.context());
+  fuse_reply_err(s->req, status_to_errno(bio.status()));
+  Worker::put_slot(s);
+}
+
+// --- the name space ------------------------------------------------------------
+
+void op_init(void*, fuse_conn_info* conn) {
+  // libfuse derives max_pages from max_write (and caps max_write at its
+  // buffer size, 1 MiB); max_read stays as mounted (unlimited), so reads are
+  // cut at max_pages.
+  conn->max_write = kMaxIo;
+  conn->max_readahead = 0;
+  // Splice costs more system calls than it saves at the sizes that matter
+  // (a 4 KiB read is one writev of header and data); see export-fuse.md.
+  conn->want &= ~(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
+  conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+  // Let the kernel send the pieces of one large direct I/O concurrently.
+  if (conn->capable & FUSE_CAP_ASYNC_DIO) conn->want |= FUSE_CAP_ASYNC_DIO;
+  if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+  // Requests the kernel may queue in the background (async direct I/O).
+  conn->max_background = 256;
+  conn->congestion_threshold = 192;
+}
+
+void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  FuseFs& fs = fs_of(req);
+  File* f = parent == FUSE_ROOT_ID ? fs.find(name) : nullptr;
+  if (!f) return (void)fuse_reply_err(req, ENOENT);
+  fuse_entry_param e{};
+  e.ino = f->ino;
+  e.generation = 1;
+  fs.fill_attr(f->ino, &e.attr);
+  e.attr_timeout = kAttrTimeout;
+  e.entry_timeout = kAttrTimeout;
+  fuse_reply_entry(req, &e);
+}
+
+void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  FuseFs& fs = fs_of(req);
+  if (ino != FUSE_ROOT_ID && !fs.file(ino)) return (void)fuse_reply_err(req, ENOENT);
+  struct stat st;
+  fs.fill_attr(ino, &st);
+  fuse_reply_attr(req, &st, kAttrTimeout);
+}
+
+// A block device ignores truncation (O_TRUNC, ftruncate) and keeps its size;
+// so do these files, so that `dd of=FILE` without conv=notrunc works.
+// Ownership, mode and time changes are ignored too.
+void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat*, int, fuse_file_info* fi) {
+  op_getattr(req, ino, fi);
+}
+
+void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (ino != FUSE_ROOT_ID) return (void)fuse_reply_err(req, ENOTDIR);
+  fuse_reply_open(req, fi);
+}
+
+void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  FuseFs& fs = fs_of(req);
+  if (ino != FUSE_ROOT_ID) return (void)fuse_reply_err(req, ENOTDIR);
+  std::vector<char> buf(size);
+  size_t used = 0;
+  const auto& files = fs.files();
+  // Entry i is ".", "..", then the files; `off` is the next entry's index.
+  for (size_t i = static_cast<size_t>(off); i < files.size() + 2; ++i) {
+    struct stat st {};
+    const char* name;
+    if (i < 2) {
+      st.st_ino = FUSE_ROOT_ID;
+      st.st_mode = S_IFDIR;
+      name = i == 0 ? "." : "..";
+    } else {
+      st.st_ino = files[i - 2]->ino;
+      st.st_mode = S_IFREG;
+      name = files[i - 2]->name.c_str();
+    }
+    const size_t n = fuse_add_direntry(req, buf.data() + used, size - used, name, &st,
+                                       static_cast<off_t>(i + 1));
+    if (n > size - used) break;
+    used += n;
+  }
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  File* f = fs_of(req).file(ino);
+  if (!f) return (void)fuse_reply_err(req, ino == FUSE_ROOT_ID ? EISDIR : ENOENT);
+  const bool writable = (fi->flags & O_ACCMODE) != O_RDONLY;
+  if (writable && f->read_only) return (void)fuse_reply_err(req, EROFS);
+  fi->direct_io = 1;
+  fi->keep_cache = 0;
+#if FUSE_MAJOR_VERSION > 3 || (FUSE_MAJOR_VERSION == 3 && FUSE_MINOR_VERSION >= 15)
+  // Writes to one file need not be serialised by the kernel: a device takes
+  // concurrent writes, and overlapping ones are the writers' business.
+  fi->parallel_direct_writes = 1;
+#endif
+  fi->fh = writable ? 1 : 0;  // FLUSH (each close) skips read-only handles
+  fuse_reply_open(req, fi);
+}
+
+void op_statfs(fuse_req_t req, fuse_ino_t) {
+  FuseFs& fs = fs_of(req);
+  struct statvfs sv {};
+  uint64_t bytes = 0;
+  for (const auto& f : fs.files()) bytes += f->size;
+  sv.f_bsize = 4096;
+  sv.f_frsize = 4096;
+  sv.f_blocks = bytes / 4096;
+  sv.f_files = fs.files().size() + 1;
+  sv.f_namemax = 255;
+  fuse_reply_statfs(req, &sv);
+}
+
+// --- I/O ---------------------------------------------------------------------
+
+void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  File* f = fs_of(req).file(ino);
+  if (!f) return (void)fuse_reply_err(req, ino == FUSE_ROOT_ID ? EISDIR : ENOENT);
+  if (off < 0) return (void)fuse_reply_err(req, EINVAL);
+  const IoRange r = clamp_io(static_cast<uint64_t>(off), size, f->size, f->lbs);
+  if (r.len == 0) return (void)fuse_reply_buf(req, nullptr, 0);  // at or past EOF
+  Slot* s = Worker::current()->get_slot();
+  // Unaligned reads read the whole blocks and answer from inside them.
+  const uint32_t bytes = static_cast<uint32_t>(r.block_bytes());
+  if (!s->reserve(bytes)) {
+    Worker::put_slot(s);
+    return (void)fuse_reply_err(req, ENOMEM);
+  }
+  s->req = req;
+  s->file = f;
+  s->reply_off = r.head;
+  s->reply_len = r.len;
+  s->segs[0] = Segment(s->buf, bytes);
+  s->bio.init(f->disk.get(), Op::kRead, r.block_start >> kSectorShift, {s->segs, 1},
+              read_done, s);
+  submit_bio(s->bio);
+}
+
+// A write that starts or ends inside a block: the edges are read, patched
+// and written back with the middle (taken in place) in one bio, under the
+// file's rmw lock; synchronous, as this is not the path that matters.
+void write_unaligned(fuse_req_t req, File& f, const std::byte* data, const IoRange& r) {
+  Slot* s = Worker::current()->get_slot();
+  const uint32_t lbs = f.lbs;
+  const bool one_block = r.block_bytes() == lbs;
+  if (!s->reserve(2 * lbs)) {
+    Worker::put_slot(s);
+    return (void)fuse_reply_err(req, ENOMEM);
+  }
+  std::byte* first = s->buf;
+  std::byte* last = s->buf + lbs;
+  const uint64_t mid_start = r.head ? r.block_start + lbs : r.block_start;
+  const uint64_t mid_end = r.tail ? r.block_end - lbs : r.block_end;
+  size_t nseg = 0;
+  Status st = Status::kOk;
+  {
+    std::lock_guard lock(f.rmw);
+    if (r.head || one_block) {
+      st = read_block(f, first, r.block_start);
+      const uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(lbs - r.head, r.len));
+      std::memcpy(first + r.head, data, n);
+      s->segs[nseg++] = Segment(first, lbs);
+    }
+    if (ok(st) && !one_block && mid_end > mid_start) {
+      s->segs[nseg++] = Segment(const_cast<std::byte*>(data + (mid_start - r.offset)),
+                                static_cast<uint32_t>(mid_end - mid_start));
+    }
+    if (ok(st) && !one_block && r.tail) {
+      st = read_block(f, last, r.block_end - lbs);
+      std::memcpy(last, data + (r.block_end - lbs - r.offset), lbs - r.tail);
+      s->segs[nseg++] = Segment(last, lbs);
+    }
+    if (ok(st)) st = run_bio(f.disk.get(), Op::kWrite, r.block_start, {s->segs, nseg});
+  }
+  Worker::put_slot(s);
+  if (ok(st))
+    fuse_reply_write(req, r.len);
+  else
+    fuse_reply_err(req, write_errno(st));
+}
+
+void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
+              fuse_file_info*) {
+  File* f = fs_of(req).file(ino);
+  if (!f) return (void)fuse_reply_err(req, ino == FUSE_ROOT_ID ? EISDIR : ENOENT);
+  if (f->read_only) return (void)fuse_reply_err(req, EROFS);
+  if (off < 0) return (void)fuse_reply_err(req, EINVAL);
+  if (size == 0) return (void)fuse_reply_write(req, 0);
+  // At the end: no space, as on a block device. Across it: the part that
+  // fits is written and the count says so; the next write gets ENOSPC.
+  if (static_cast<uint64_t>(off) >= f->size) return (void)fuse_reply_err(req, ENOSPC);
+  const IoRange r = clamp_io(static_cast<uint64_t>(off), size, f->size, f->lbs);
+  const auto* data = reinterpret_cast<const std::byte*>(buf);
+  if (!r.aligned()) return write_unaligned(req, *f, data, r);
+  Worker* w = Worker::current();
+  Slot* s = w->get_slot();
+  s->req = req;
+  s->file = f;
+  s->reply_len = r.len;
+  if (w->lend_receive_buffer(s, buf)) {
+    s->segs[0] = Segment(const_cast<std::byte*>(data), static_cast<uint32_t>(r.len));
+  } else {  // not from our receive buffer (cannot happen with worker.cc): copy
+    if (!s->reserve(static_cast<uint32_t>(r.len))) {
+      Worker::put_slot(s);
+      return (void)fuse_reply_err(req, ENOMEM);
+    }
+    std::memcpy(s->buf, data, r.len);
+    s->segs[0] = Segment(s->buf, static_cast<uint32_t>(r.len));
+  }
+  s->bio.init(f->disk.get(), Op::kWrite, r.offset >> kSectorShift, {s->segs, 1},
+              write_done, s);
+  submit_bio(s->bio);
+}
+
+void flush_file(fuse_req_t req, File* f) {
+  Slot* s = Worker::current()->get_slot();
+  s->req = req;
+  s->file = f;
+  s->bio.init_nodata(f->disk.get(), Op::kFlush, 0, 0, flush_done, s);
+  s->bio.set_flags(BioFlag::kPreflush);
+  submit_bio(s->bio);
+}
+
+// FLUSH comes with every close(): the data written through this handle is
+// made durable then, as a file system's close-to-open guarantee would.
+void op_flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  File* f = fs_of(req).file(ino);
+  if (!f) return (void)fuse_reply_err(req, ENOENT);
+  if (fi->fh == 0 || f->read_only) return (void)fuse_reply_err(req, 0);
+  flush_file(req, f);
+}
+
+void op_fsync(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info*) {
+  File* f = fs_of(req).file(ino);
+  if (!f) return (void)fuse_reply_err(req, ENOENT);
+  if (f->read_only) return (void)fuse_reply_err(req, 0);
+  flush_file(req, f);
+}
+
+void op_release(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+
+void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
+                  fuse_file_info*) {
+  File* f = fs_of(req).file(ino);
+  if (!f) return (void)fuse_reply_err(req, ENOENT);
+  Op op;
+  if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE))
+    op = Op::kDiscard;
+  else if (mode == FALLOC_FL_ZERO_RANGE ||
+           mode == (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE))
+    op = Op::kWriteZeroes;
+  else
+    return (void)fuse_reply_err(req, EOPNOTSUPP);
+  if (f->read_only) return (void)fuse_reply_err(req, EROFS);
+  if (off < 0 || len <= 0) return (void)fuse_reply_err(req, EINVAL);
+  if (op == Op::kDiscard && f->disk->limits().max_discard_sectors == 0)
+    return (void)fuse_reply_err(req, EOPNOTSUPP);
+  const uint64_t end = static_cast<uint64_t>(off) + static_cast<uint64_t>(len);
+  // Zeroing past the end would grow the file; a device cannot.
+  if (!(mode & FALLOC_FL_KEEP_SIZE) && end > f->size)
+    return (void)fuse_reply_err(req, ENOSPC);
+  const IoRange r =
+      clamp_io(static_cast<uint64_t>(off), static_cast<uint64_t>(len), f->size, f->lbs);
+  if (r.len == 0) return (void)fuse_reply_err(req, 0);
+  Slot* s = Worker::current()->get_slot();
+  if (!s->reserve(f->lbs)) {
+    Worker::put_slot(s);
+    return (void)fuse_reply_err(req, ENOMEM);
+  }
+  const uint64_t io_end = r.offset + r.len;
+  Status st = Status::kOk;
+  {
+    std::lock_guard lock(f->rmw);
+    if (r.block_bytes() == f->lbs && !r.aligned()) {  // inside one block
+      st = zero_partial(*f, s->buf, r.offset, static_cast<uint32_t>(r.len));
+    } else {
+      uint64_t mid_start = r.block_start, mid_end = r.block_end;
+      if (r.head) {
+        mid_start += f->lbs;
+        st = zero_partial(*f, s->buf, r.offset, f->lbs - r.head);
+      }
+      if (ok(st) && r.tail) {
+        mid_end -= f->lbs;
+        st = zero_partial(*f, s->buf, mid_end, static_cast<uint32_t>(io_end - mid_end));
+      }
+      if (ok(st) && mid_end > mid_start)
+        st = zero_blocks(*f, op, mid_start, mid_end - mid_start);
+    }
+  }
+  Worker::put_slot(s);
+  fuse_reply_err(req, write_errno(st));
+}
+
+fuse_lowlevel_ops make_ops() {
+  fuse_lowlevel_ops o{};
+  o.init = op_init;
+  o.lookup = op_lookup;
+  o.getattr = op_getattr;
+  o.setattr = op_setattr;
+  o.opendir = op_opendir;
+  o.readdir = op_readdir;
+  o.open = op_open;
+  o.read = op_read;
+  o.write = op_write;
+  o.flush = op_flush;
+  o.fsync = op_fsync;
+  o.release = op_release;
+  o.statfs = op_statfs;
+  o.fallocate = op_fallocate;
+  return o;
+}
+
+bool valid_file_name(const std::string& n) {
+  return !n.empty() && n != "." && n != ".." && n.size() <= 255 &&
+         n.find('/') == std::string::npos;
+}
+
+}  // namespace
+
+FuseFs::FuseFs(const ExportTable& exports) : mtime_(time(nullptr)) {
+  fuse_ino_t ino = kFirstFileIno;
+  for (const Export& e : exports.list()) {
+    if (!valid_file_name(e.name)) {
+      serve_log(fmt::format("fuse: export '{}' left out: not a file name", e.name));
+      continue;
+    }
+    auto f = std::make_unique<File>();
+    f->name = e.name;
+    f->disk = e.disk;
+    f->ino = ino++;
+    f->size = e.disk->size_bytes();
+    f->lbs = e.disk->limits().logical_block_size;
+    f->read_only = e.disk->read_only();
+    files_.push_back(std::move(f));
+  }
+}
+
+const fuse_lowlevel_ops& FuseFs::ops() {
+  static const fuse_lowlevel_ops o = make_ops();
+  return o;
+}
+
+File* FuseFs::file(fuse_ino_t ino) {
+  if (ino < kFirstFileIno || ino - kFirstFileIno >= files_.size()) return nullptr;
+  return files_[ino - kFirstFileIno].get();
+}
+
+File* FuseFs::find(const char* name) {
+  for (auto& f : files_)
+    if (f->name == name) return f.get();
+  return nullptr;
+}
+
+void FuseFs::fill_attr(fuse_ino_t ino, struct stat* st) const {
+  *st = {};
+  st->st_ino = ino;
+  st->st_uid = getuid();
+  st->st_gid = getgid();
+  st->st_atime = st->st_mtime = st->st_ctime = mtime_;
+  if (ino == FUSE_ROOT_ID) {
+    st->st_mode = S_IFDIR | 0755;
+    st->st_nlink = 2;
+    st->st_blksize = 4096;
+    return;
+  }
+  const File& f = *files_[ino - kFirstFileIno];
+  st->st_mode = S_IFREG | (f.read_only ? 0400 : 0600);
+  st->st_nlink = 1;
+  st->st_size = static_cast<off_t>(f.size);
+  // `blkstack attach` gives the loop device this logical block size.
+  st->st_blksize = f.lbs;
+  st->st_blocks = static_cast<blkcnt_t>(f.size / 512);
+}
+
+}  // namespace blkstack::fuse
