@@ -3,7 +3,9 @@
 # verify=crc32c (written, then read back and checked), the same blocks
 # verified again by a separate fio on a new connection (verify_only), a
 # mixed randrw job with two jobs (two connections) at QD32 and variable
-# block sizes; every job must end with no error and with I/O done.
+# block sizes; a file-backed export verified through the server and then
+# straight from the file; every job must end with no error and with I/O
+# done.
 source "$(dirname "$0")/nbd_lib.sh" "$@"
 nbd_require fio python3
 
@@ -56,4 +58,19 @@ for j in d["jobs"]:
     assert j["read"]["total_ios"] > 0 and j["write"]["total_ios"] > 0, j["jobname"]'
 
 nbd_stop main
+
+# A file-backed export: verify through the server, then, with the server
+# stopped (SIGTERM flushes), the same blocks straight from the file.
+FILE=$NBD_TMP/img.raw
+truncate -s 64M "$FILE"
+nbd_start file img=file:$FILE,size=64M
+URI=$(nbd_uri img)
+FVERIFY=(--name=fverify --rw=randwrite --bs=4k --iodepth=16 --size=32M --offset=0
+         --verify=crc32c --verify_fatal=1 --randrepeat=1)
+fio_json "file export: randwrite with verify=crc32c" "${FVERIFY[@]}" --do_verify=1
+fio_json "file export: mixed randrw QD32" --name=fmixed --rw=randrw --bsrange=4k-128k \
+  --iodepth=32 --offset=32M --size=32M --time_based --runtime=2
+nbd_stop file
+check "the file holds what was written through the server" \
+  fio --ioengine=psync --filename="$FILE" "${FVERIFY[@]}" --verify_only=1
 finish

@@ -141,7 +141,8 @@ nbd_uri() {
 }
 
 # _nbdkit_args SPEC: nbdkit options and plugin arguments for a blkstack
-# device spec (ram:SIZE[,ro=1][,bs=N] or null:SIZE). The blocksize-policy
+# device spec (ram:SIZE[,ro=1][,bs=N], null:SIZE, file:PATH[,size=S] with
+# the file already that size). The blocksize-policy
 # filter advertises block sizes as blkstack does: minimum = the logical
 # block size (512 unless bs= says otherwise).
 _nbdkit_args() {
@@ -153,12 +154,14 @@ _nbdkit_args() {
     case $o in
       ro=1) flags+=(-r) ;;
       bs=*) bs=${o#bs=} ;;
+      size=*) ;;  # file: the file's own size
       *) echo "nbd_lib: cannot map option '$o' of '$spec' to nbdkit" >&2; return 1 ;;
     esac
   done
   case $type in
     ram) type=memory ;;
     null) ;;
+    file) type="file $size"; size= ;;
     *) echo "nbd_lib: cannot map '$spec' to nbdkit" >&2; return 1 ;;
   esac
   echo "${flags[*]} --filter=blocksize-policy $type $size blocksize-minimum=$bs" \
@@ -293,6 +296,13 @@ _nbd_stop_one() {
     fail "server '$name' exited $rc after SIGTERM, expected 0"
     sed 's/^/    | /' "$log"
     return 1
+  fi
+  # blkstack serve removes its socket and pidfile on the way out.
+  if [[ $NBD_SERVER == blkstack ]]; then
+    local f
+    for f in "$NBD_TMP/$name.sock" "$NBD_TMP/$name.pid"; do
+      [[ -e $f ]] && { fail "server '$name' left $f behind after SIGTERM"; return 1; }
+    done
   fi
   return 0
 }
