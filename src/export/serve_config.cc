@@ -53,8 +53,16 @@ void parse_server(const std::string& source, const toml::table& t, ServeConfig& 
       if (!i || i->get() < 1 || i->get() > 256)
         fail(source, v, key, "expected an integer from 1 to 256");
       c.threads = static_cast<unsigned>(i->get());
+    } else if (k == "fuse") {
+      c.fuse_mountpoint = get_string(source, v, key);
+    } else if (k == "fuse_threads") {
+      const auto* i = v.as_integer();
+      if (!i || i->get() < 1 || i->get() > 256)
+        fail(source, v, key, "expected an integer from 1 to 256");
+      c.fuse_threads = static_cast<unsigned>(i->get());
     } else {
-      fail(source, v, key, "unknown key (known: sockets, listen, threads)");
+      fail(source, v, key,
+           "unknown key (known: sockets, listen, threads, fuse, fuse_threads)");
     }
   }
 }

@@ -5,6 +5,8 @@
 //   sockets = ["/run/blkstack.sock"]     # unix sockets
 //   listen = ["127.0.0.1:10809"]         # TCP addresses
 //   threads = 2                          # event loops
+//   fuse = "/mnt/blkstack"               # FUSE mount point (type = "fuse" exports)
+//   fuse_threads = 2                     # FUSE workers
 //
 //   [[device]]
 //   name = "ram0"
@@ -13,7 +15,7 @@
 //   [[export]]
 //   name = "disk"                        # the NBD export name
 //   device = "ram0"
-//   type = "nbd"                         # "nbd" (default) or "fuse" (planned)
+//   type = "nbd"                         # "nbd" (default) or "fuse"
 //   description = "scratch disk"         # optional, shown by NBD_OPT_LIST/INFO
 //
 // Every mistake is a ConfigError whose message names the file, the line and
@@ -57,6 +59,10 @@ struct ServeConfig {
   std::vector<std::string> sockets;
   std::vector<std::string> listen;
   unsigned threads = 0;  // 0: not set
+  // The FUSE export ([server] fuse = "DIR", fuse_threads = N; --fuse DIR):
+  // the exports of type "fuse" appear as files in DIR.
+  std::string fuse_mountpoint;
+  unsigned fuse_threads = 0;  // 0: not set
   std::vector<DeviceConfig> devices;
   std::vector<ExportConfig> exports;
 };

@@ -43,7 +43,8 @@ for pid in $FIO $PY_PID; do
   fi
 done
 check_fails "the dead FUSE mount errors out" timeout 10 stat "$MNT/disk"
-grep -qi "not connected" "$OUT" || fail "stat of the dead mount: expected ENOTCONN"; _show_out
+grep -qi "not connected" "$OUT" || { fail "stat of the dead mount: expected ENOTCONN"; _show_out; }
+check_fails "statfs of the dead mount point errors out" timeout 10 stat -f "$MNT"
 check "umount ext4 (lazy)" timeout 60 umount -l "$TMP/fs"
 _mounts=()
 check "detach the loop device" timeout 30 "$BLKSTACK" detach "$dev"

@@ -1,4 +1,5 @@
-// blkstack serve: the NBD server, from a TOML config file and/or options.
+// blkstack serve: the NBD server, from a TOML config file and/or options,
+// and the FUSE export (--fuse DIR: the devices as files in DIR).
 // Runs until SIGINT or SIGTERM (then answers what is in flight, flushes and
 // exits 0); SIGHUP re-reads the config file and replaces the export list.
 #include <fmt/format.h>
@@ -7,11 +8,13 @@
 
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include "blkstack/disk_registry.h"
 #include "commands.h"
 #include "export/export_table.h"
+#include "export/fuse/fuse_export.h"
 #include "export/log.h"
 #include "export/nbd/server.h"
 #include "export/serve_config.h"
@@ -26,6 +29,8 @@ struct ServeArgs {
   std::vector<std::string> exports;
   unsigned threads = 0;
   std::string pidfile;
+  std::string fuse;  // mount point
+  unsigned fuse_threads = 0;
 };
 
 // The config file (if any) with the command line on top.
@@ -36,7 +41,36 @@ ServeConfig make_config(const ServeArgs& a) {
   c.listen.insert(c.listen.end(), a.listen.begin(), a.listen.end());
   if (a.threads) c.threads = a.threads;
   for (const std::string& e : a.exports) add_cli_export(c, e);
+  if (!a.fuse.empty()) c.fuse_mountpoint = a.fuse;
+  if (a.fuse_threads) c.fuse_threads = a.fuse_threads;
   return c;
+}
+
+// The FUSE files: the exports of type "fuse", and with a mount point every
+// --export too (they are NBD exports as well, on the same disks).
+std::shared_ptr<const ExportTable> fuse_exports(const ServeConfig& config,
+                                                const ServeArgs& a,
+                                                const ExportTable& nbd_table,
+                                                DiskRegistry& registry) {
+  auto typed = build_exports(config, registry, "fuse");
+  if (config.fuse_mountpoint.empty()) {
+    if (!typed->empty()) {
+      throw ConfigError(fmt::format(
+          "export '{}' has type \"fuse\": give --fuse DIR or [server] fuse = \"DIR\"",
+          typed->list().front().name));
+    }
+    return typed;
+  }
+  std::vector<Export> list(typed->list().begin(), typed->list().end());
+  for (const std::string& e : a.exports) {
+    const std::string name = e.substr(0, e.find('='));
+    if (const Export* x = nbd_table.find(name); x && x->name == name) list.push_back(*x);
+  }
+  try {
+    return std::make_shared<const ExportTable>(std::move(list));
+  } catch (const Error& e) {
+    throw ConfigError(e.what());
+  }
 }
 
 std::string export_names(const ExportTable& t) {
@@ -66,10 +100,12 @@ int serve(const ServeArgs& a) {
   ServeConfig config;
   DiskRegistry registry;
   std::shared_ptr<const ExportTable> exports;
+  std::shared_ptr<const ExportTable> fuse_table;
   try {
     config = make_config(a);
     exports = build_exports(config, registry);
-    if (exports->empty()) {
+    fuse_table = fuse_exports(config, a, *exports, registry);
+    if (exports->empty() && fuse_table->empty()) {
       throw ConfigError(
           "nothing to export: give --export NAME=SPEC or [[export]] in --config");
     }
@@ -80,6 +116,10 @@ int serve(const ServeArgs& a) {
   nbd::ServerOptions opts;
   opts.unix_sockets = config.sockets;
   opts.tcp = config.listen;
+  // With --fuse, NBD is served only where asked (--socket, --listen).
+  const bool fuse_on = !config.fuse_mountpoint.empty();
+  const bool nbd_on = !exports->empty() &&
+                      (!fuse_on || !opts.unix_sockets.empty() || !opts.tcp.empty());
   if (opts.unix_sockets.empty() && opts.tcp.empty())
     opts.tcp.push_back("127.0.0.1:10809");
   opts.threads =
@@ -95,13 +135,37 @@ int serve(const ServeArgs& a) {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  nbd::Server server(opts, exports);
-  server.start();
-  std::string addrs;
-  for (const std::string& s : server.addresses())
-    addrs += (addrs.empty() ? "" : ", ") + s;
-  serve_log(fmt::format("listening on {} ({} thread{}; exports: {})", addrs, opts.threads,
-                        opts.threads == 1 ? "" : "s", export_names(*exports)));
+  std::optional<nbd::Server> nbd_server;
+  if (nbd_on) {
+    nbd::Server& server = nbd_server.emplace(opts, exports);
+    server.start();
+    std::string addrs;
+    for (const std::string& s : server.addresses())
+      addrs += (addrs.empty() ? "" : ", ") + s;
+    serve_log(fmt::format("listening on {} ({} thread{}; exports: {})", addrs,
+                          opts.threads, opts.threads == 1 ? "" : "s",
+                          export_names(*exports)));
+  }
+  std::optional<fuse::FuseExport> fuse_export;
+  if (fuse_on) {
+    fuse::FuseOptions fo;
+    fo.mountpoint = config.fuse_mountpoint;
+    fo.threads = config.fuse_threads;
+    fuse_export.emplace(fo, fuse_table);
+    try {
+      fuse_export->start();
+    } catch (const Error& e) {
+      fmt::print(stderr, "blkstack serve: {}\n", e.what());
+      fuse_export.reset();
+      if (nbd_server) nbd_server->stop();
+      return 1;
+    }
+    std::string names;
+    for (const std::string& n : fuse_export->files()) names += (names.empty() ? "" : ", ") + n;
+    serve_log(fmt::format("mounted {} (FUSE, {} thread{}; files: {})", fo.mountpoint,
+                          fuse_export->threads(), fuse_export->threads() == 1 ? "" : "s",
+                          names));
+  }
   if (!a.pidfile.empty()) write_pidfile(a.pidfile);
 
   while (true) {
@@ -111,7 +175,7 @@ int serve(const ServeArgs& a) {
       try {
         ServeConfig fresh = make_config(a);
         auto table = build_exports(fresh, registry);
-        server.set_exports(table);
+        if (nbd_server) nbd_server->set_exports(table);
         serve_log(fmt::format("reloaded: exports {}", export_names(*table)));
       } catch (const Error& e) {
         serve_log(fmt::format("reload failed, keeping the old exports: {}", e.what()));
@@ -120,7 +184,8 @@ int serve(const ServeArgs& a) {
     }
     serve_log(fmt::format("{}: refusing new clients, finishing I/O in flight",
                           sig == SIGINT ? "SIGINT" : "SIGTERM"));
-    server.stop();
+    if (fuse_export) fuse_export->stop();
+    if (nbd_server) nbd_server->stop();
     if (!a.pidfile.empty()) ::unlink(a.pidfile.c_str());
     serve_log("stopped");
     return 0;
@@ -146,7 +211,15 @@ void add_serve_command(CLI::App& app) {
       "the spec makes it read-only");
   cmd->add_option("--threads", args.threads, "Event loops (default: one per core)")
       ->check(CLI::Range(1, 256));
-  cmd->add_option("--pidfile", args.pidfile, "Write the pid here once listening");
+  cmd->add_option("--pidfile", args.pidfile,
+                  "Write the pid here once listening (and the FUSE mount is up)");
+  cmd->add_option("--fuse", args.fuse,
+                  "Also export the devices as files in this directory, a FUSE mount: "
+                  "every --export and every type = \"fuse\" export (NBD then only "
+                  "with --socket or --listen)");
+  cmd->add_option("--fuse-threads", args.fuse_threads,
+                  "FUSE workers reading requests (default: one per core)")
+      ->check(CLI::Range(1, 256));
   cmd->footer(
       "The empty export name selects the first export. Logs go to stderr; SIGINT and\n"
       "SIGTERM stop the server cleanly (exit 0), SIGHUP reloads --config.\n"
@@ -156,6 +229,8 @@ void add_serve_command(CLI::App& app) {
       "  blkstack serve --listen 0.0.0.0:10809 --export img=file:/srv/disk.img \\\n"
       "      --export golden=file:/srv/golden.img,ro=1\n"
       "  blkstack serve --config /etc/blkstack.toml --pidfile /run/blkstack.pid\n"
+      "  blkstack serve --fuse /tmp/mnt --export disk=ram:1G     (file /tmp/mnt/disk)\n"
+      "      blkstack attach /tmp/mnt/disk; mkfs.ext4 /dev/loopN   (see 'attach --help')\n"
       "Config file:\n"
       "  [server]\n"
       "  sockets = [\"/run/blkstack.sock\"]\n"

@@ -10,5 +10,7 @@ void add_disk_command(CLI::App& app);
 void add_io_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
+void add_attach_command(CLI::App& app);
+void add_detach_command(CLI::App& app);
 
 }  // namespace blkstack::cli

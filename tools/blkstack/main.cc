@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
       "  blkstack bench --name=job1 --filename=null:1G --rw=randread --bs=4k --iodepth=32 \\\n"
       "      --runtime=10 --time_based       fio-style benchmark\n"
       "  blkstack serve --socket /tmp/nbd.sock --export disk=ram:1G   NBD server\n"
+      "  blkstack serve --fuse /tmp/mnt --export disk=ram:1G          file /tmp/mnt/disk\n"
+      "  blkstack attach /tmp/mnt/disk                                prints /dev/loopN\n"
       "Run 'blkstack SUBCOMMAND --help' for each subcommand's options.");
   app.require_subcommand(1);
   app.set_version_flag("--version", BLKSTACK_VERSION);
@@ -34,6 +36,8 @@ int main(int argc, char** argv) {
   blkstack::cli::add_io_command(app);
   blkstack::cli::add_bench_command(app);
   blkstack::cli::add_serve_command(app);
+  blkstack::cli::add_attach_command(app);
+  blkstack::cli::add_detach_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

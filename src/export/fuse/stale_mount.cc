@@ -4,6 +4,7 @@
 #include <spawn.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -99,18 +100,26 @@ std::string lazy_unmount(const std::string& dir) {
 
 bool prepare_mountpoint(const std::string& dir) {
   struct stat st;
+  int err = 0;
   if (stat(dir.c_str(), &st) == 0) {
     if (!S_ISDIR(st.st_mode))
       throw Error(fmt::format("--fuse '{}': not a directory", dir));
-    if (is_mounted(dir, "fuse.blkstack")) {
+    if (!is_mounted(dir, "fuse")) return false;
+    // stat() may be answered from attributes the kernel cached; statfs()
+    // always asks the server, so it tells a dead mount from a live one.
+    struct statfs sf;
+    if (statfs(dir.c_str(), &sf) == 0) {
+      if (!is_mounted(dir, "fuse.blkstack"))
+        return false;  // someone else's: mount over it
       throw Error(fmt::format(
           "--fuse '{}': a live blkstack FUSE export is mounted there already (another "
           "blkstack serve?); stop it or unmount it first",
           dir));
     }
-    return false;
+    err = errno;
+  } else {
+    err = errno;
   }
-  const int err = errno;
   if (err == ENOENT) {
     if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
       throw Error(fmt::format("--fuse '{}': cannot create the directory: {}", dir,
