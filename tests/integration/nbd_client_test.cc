@@ -201,7 +201,7 @@ class Server {
       for (const char* a : {"--filter=blocksize-policy", "memory"}) argv.push_back(a);
       argv.push_back(size);
       for (const char* a : {"blocksize-minimum=512", "blocksize-preferred=4096",
-                            "blocksize-maximum=33554432"})
+                            "blocksize-maximum=33554432", "blocksize-error-policy=error"})
         argv.push_back(a);
       sockets_[name] = socket(name);
       if (auto err = launch(name, std::move(argv)); !err.empty()) return err;
@@ -710,9 +710,21 @@ TEST(NbdClient, OutOfRangeFailsAndTheConnectionGoesOn) {
   }
   EXPECT_EQ(read_back(h.get(), 4096, kErrBase), a);
   // An unknown command flag is refused (EINVAL) and the connection goes on.
-  if (nbd_pread(h.get(), buf.data(), 4096, kErrBase, 0x8000) == -1) {
+  EXPECT_EQ(nbd_pread(h.get(), buf.data(), 4096, kErrBase, 0x8000), -1);
+  EXPECT_EQ(nbd_get_errno(), EINVAL) << "unknown flag: " << nbd_error_text();
+  EXPECT_EQ(read_back(h.get(), 4096, kErrBase), a);
+  // A zero-length read, and a read longer than the maximum block size
+  // (the spec lets a server refuse it; blkstack does, with EINVAL).
+  EXPECT_EQ(nbd_pread(h.get(), buf.data(), 0, kErrBase, 0), -1);
+  EXPECT_EQ(nbd_get_errno(), EINVAL) << "zero-length read: " << nbd_error_text();
+  const int64_t mx = nbd_get_block_size(h.get(), LIBNBD_SIZE_MAXIMUM);
+  if (mx > 0 && mx < static_cast<int64_t>(kDiskSize)) {
+    std::vector<uint8_t> big(mx + 4096);
+    EXPECT_EQ(nbd_pread(h.get(), big.data(), big.size(), 0, 0), -1)
+        << "a read of " << big.size() << " bytes, over the maximum block size " << mx;
     EXPECT_EQ(nbd_get_errno(), EINVAL) << nbd_error_text();
   }
+  EXPECT_EQ(nbd_aio_is_ready(h.get()), 1) << nbd_connection_state(h.get());
   EXPECT_EQ(read_back(h.get(), 4096, kErrBase), a);
 }
 

@@ -165,7 +165,7 @@ _nbdkit_args() {
     *) echo "nbd_lib: cannot map '$spec' to nbdkit" >&2; return 1 ;;
   esac
   echo "${flags[*]} --filter=blocksize-policy $type $size blocksize-minimum=$bs" \
-       "blocksize-preferred=4096 blocksize-maximum=33554432"
+       "blocksize-preferred=4096 blocksize-maximum=33554432 blocksize-error-policy=error"
 }
 
 # nbd_start NAME EXPORT=SPEC... [-- EXTRA SERVER ARGS]: starts a server on
