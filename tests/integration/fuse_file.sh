@@ -108,4 +108,30 @@ check_fails "--zero-range past the end (growing) fails" \
 
 fuse_stop
 check "the server logged its mount" grep -q "blkstack serve: mounted $MNT" "$LOG"
+
+# The config file: [server] fuse = DIR and an [[export]] of type "fuse"; an
+# export of type "nbd" is not a file (and no NBD server runs: no socket).
+cat >"$TMP/serve.toml" <<EOF2
+[server]
+fuse = "$MNT"
+fuse_threads = 1
+[[device]]
+name = "d0"
+spec = "ram:32M"
+[[device]]
+name = "d1"
+spec = "ram:16M"
+[[export]]
+name = "fromconfig"
+device = "d0"
+type = "fuse"
+[[export]]
+name = "nbdonly"
+device = "d1"
+EOF2
+fuse_start -- --config "$TMP/serve.toml"
+check "the type = \"fuse\" export is a file" test "$(stat -c %s "$MNT/fromconfig")" -eq $((32 << 20))
+check_fails "the NBD-only export is not" test -e "$MNT/nbdonly"
+check "1 FUSE thread as configured" grep -q "FUSE, 1 thread;" "$LOG"
+fuse_stop
 finish

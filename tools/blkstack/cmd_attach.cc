@@ -52,7 +52,8 @@ void detach(const DetachArgs& a) {
   try {
     struct stat st;
     std::vector<std::string> devices;
-    if (stat(a.target.c_str(), &st) == 0 && S_ISBLK(st.st_mode)) {
+    if (stat(a.target.c_str(), &st) == 0 &&
+        !S_ISREG(st.st_mode)) {  // a device: loop_detach checks it
       devices.push_back(a.target);
     } else {
       devices = loops_backed_by(a.target);
