@@ -129,7 +129,8 @@ for s in "${SERVERS[@]}"; do
 done
 
 TICK=$(getconf CLK_TCK)
-echo "nbd-servers: ${#CASES[@]} jobs x ${#SERVERS[@]} servers, $RUNS runs of ${RUNTIME}s"
+echo "nbd-servers: ${#CASES[@]} jobs x ${#SERVERS[@]} servers, $RUNS runs of ${RUNTIME}s;" \
+     "load average before: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs)"
 for i in $(seq 1 "$RUNS"); do
   for c in "${CASES[@]}"; do
     IFS='|' read -r name opts <<<"$c"
