@@ -54,6 +54,21 @@ device = "ram0"
 EOF
 nbd_start conf -- --config "$CONF"
 SOCK=$NBD_SOCK
+# sighup_and_wait PATTERN: SIGHUP, then wait (10 s) for a new log line
+# matching PATTERN ("reloaded" or "reload failed").
+sighup_and_wait() {
+  local log=$NBD_TMP/conf.log before
+  before=$(grep -c "$1" "$log")
+  kill -HUP "$(nbd_pid conf)"
+  _checks=$((_checks + 1))
+  for _ in $(seq 100); do
+    [[ $(grep -c "$1" "$log") -gt $before ]] && return 0
+    sleep 0.1
+  done
+  fail "SIGHUP: no new '$1' line in the log within 10 s"
+  sed 's/^/    | /' "$log"
+  return 1
+}
 list_names() {
   check "nbdinfo --list ($1)" nbdinfo --list --json "nbd+unix://?socket=$SOCK" || return
   cp "$OUT" "$NBD_TMP/list.json"
@@ -93,8 +108,7 @@ device = "ram0"
 name = "two"
 device = "ram1"
 EOF
-kill -HUP "$(nbd_pid conf)"
-sleep 1
+sighup_and_wait '^blkstack serve: reloaded'
 list_names "after SIGHUP" '["one", "two"]'
 check_qemu_io "the kept device kept its data" "$(nbd_uri one)" 'read -P 0x61 0 64k'
 check "the new export's size" nbdinfo --size "$(nbd_uri two)"
@@ -118,8 +132,7 @@ fi
 
 # A broken config on SIGHUP: logged, the old exports stay.
 echo 'this is = not [valid' >"$CONF"
-kill -HUP "$(nbd_pid conf)"
-sleep 1
+sighup_and_wait '^blkstack serve: reload failed'
 list_names "after a SIGHUP with a broken config" '["one", "two"]'
 nbd_stop conf
 
