@@ -8,7 +8,7 @@
 # unmounted) and the data still there for a second server on the same mount
 # point would need a file device, see fuse_ext4_file.sh.
 source "$(dirname "$0")/fuse_lib.sh" "$@"
-fuse_require python3 dd fallocate cmp
+fuse_require python3 dd fallocate cmp blockdev
 
 fuse_start disk=ram:1G ro=ram:16M,ro=1 big=ram:64M,bs=4096
 F=$MNT/disk
@@ -105,6 +105,22 @@ PY
 check_fails "fallocate mode 0 is not supported" fallocate --offset 0 --length 4096 "$F"
 check_fails "--zero-range past the end (growing) fails" \
   fallocate --zero-range --offset $(((1 << 30) - 4096)) --length 8192 "$F"
+
+# blkstack attach/detach: a read-only export gives a read-only loop device,
+# the 4 KiB export a 4 KiB one; detach by the file's name.
+if dev=$(fuse_attach "$MNT/ro"); then
+  check "the loop device over the read-only file is read-only" test "$(blockdev --getro "$dev")" -eq 1
+  check "detach by file name" timeout 30 "$BLKSTACK" detach "$MNT/ro"
+  grep -qx "detached $dev" "$OUT" || fail "detach by file name did not say 'detached $dev'"
+  _loops=()
+fi
+if dev=$(fuse_attach "$MNT/big"); then
+  check "the loop device over the 4 KiB file has 4 KiB sectors" test "$(blockdev --getss "$dev")" -eq 4096
+  check "its data is the file's" cmp -n 65536 "$dev" "$MNT/big"
+  fuse_detach "$dev"
+fi
+check_fails "attach of a missing file fails" "$BLKSTACK" attach "$MNT/nope"
+grep -q "No such file" "$OUT" || { fail "attach of a missing file: no 'No such file'"; _show_out; }
 
 fuse_stop
 check "the server logged its mount" grep -q "blkstack serve: mounted $MNT" "$LOG"
