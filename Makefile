@@ -1,10 +1,11 @@
 # blkstack — the two set-up commands:
 #
-#   make demo   install what is missing, build, and take a short tour of the CLI
+#   make demo   install what is missing, build, and run the main job: ext4 on a
+#               blkstack RAM disk (serve, FUSE export, loop device; needs root)
 #   make test   install what is missing, build, and run every test: all ctest
 #               labels, then the unit tests under ASan+UBSan, then the fuzzers
 #
-# Helpers: make build | bench | format | clean.
+# Helpers: make build | tour (a short tour of the CLI) | bench | format | clean.
 # Knobs: JOBS (build parallelism, default 2), FUZZ_SECONDS (per fuzz target).
 
 SHELL := /bin/bash
@@ -33,10 +34,11 @@ timed = start=$$(date +%s); rc=0; $(2) || rc=$$?; t=$$(( $$(date +%s) - start ))
         mkdir -p $(1); echo $$t > $(1)/phase-time; echo "---- $(1): $$t s, exit status $$rc"; \
         exit $$rc
 
-.PHONY: help deps build demo test test-all test-asan test-fuzz test-summary bench format clean
+.PHONY: help deps build demo tour test test-all test-asan test-fuzz test-summary bench format clean
 
 help:
-	@echo "make demo   build and take a short tour of the blkstack CLI"
+	@echo "make demo   build and run the main job: ext4 on a blkstack RAM disk (root)"
+	@echo "make tour   build and take a short tour of the blkstack CLI"
 	@echo "make test   build and run all tests (ctest, ASan+UBSan unit tests, fuzzers)"
 
 deps:
@@ -47,6 +49,9 @@ build: deps
 
 demo: build
 	@scripts/demo.sh $(BUILD)/blkstack
+
+tour: build
+	@scripts/tour.sh $(BUILD)/blkstack
 
 test: deps
 	@$(MAKE) --no-print-directory test-all test-asan test-fuzz

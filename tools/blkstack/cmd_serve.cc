@@ -1,7 +1,9 @@
 // blkstack serve: the NBD server, from a TOML config file and/or options,
 // and the FUSE export (--fuse DIR: the devices as files in DIR).
 // Runs until SIGINT or SIGTERM (then answers what is in flight, flushes and
-// exits 0); SIGHUP re-reads the config file and replaces the export list.
+// exits 0); SIGHUP re-reads the config file and replaces the export list;
+// SIGUSR1 logs every device's statistics (diskstats fields and latency
+// histograms), as the server also does when it stops.
 #include <fmt/format.h>
 #include <signal.h>
 #include <unistd.h>
@@ -11,6 +13,7 @@
 #include <optional>
 #include <thread>
 
+#include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
 #include "commands.h"
 #include "export/export_table.h"
@@ -21,6 +24,15 @@
 
 namespace blkstack::cli {
 namespace {
+
+void log_statistics(const DiskRegistry& registry) {
+  serve_log("statistics:");
+  for (const auto& disk : registry.list()) {
+    std::string report = disk->stats_report();
+    if (!report.empty() && report.back() == '\n') report.pop_back();
+    serve_log(report);
+  }
+}
 
 struct ServeArgs {
   std::string config;
@@ -118,8 +130,8 @@ int serve(const ServeArgs& a) {
   opts.tcp = config.listen;
   // With --fuse, NBD is served only where asked (--socket, --listen).
   const bool fuse_on = !config.fuse_mountpoint.empty();
-  const bool nbd_on = !exports->empty() &&
-                      (!fuse_on || !opts.unix_sockets.empty() || !opts.tcp.empty());
+  const bool nbd_on =
+      !exports->empty() && (!fuse_on || !opts.unix_sockets.empty() || !opts.tcp.empty());
   if (opts.unix_sockets.empty() && opts.tcp.empty())
     opts.tcp.push_back("127.0.0.1:10809");
   opts.threads =
@@ -132,6 +144,7 @@ int serve(const ServeArgs& a) {
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
@@ -161,7 +174,8 @@ int serve(const ServeArgs& a) {
       return 1;
     }
     std::string names;
-    for (const std::string& n : fuse_export->files()) names += (names.empty() ? "" : ", ") + n;
+    for (const std::string& n : fuse_export->files())
+      names += (names.empty() ? "" : ", ") + n;
     serve_log(fmt::format("mounted {} (FUSE, {} thread{}; files: {})", fo.mountpoint,
                           fuse_export->threads(), fuse_export->threads() == 1 ? "" : "s",
                           names));
@@ -171,6 +185,10 @@ int serve(const ServeArgs& a) {
   while (true) {
     int sig = 0;
     if (sigwait(&set, &sig) != 0) continue;
+    if (sig == SIGUSR1) {
+      log_statistics(registry);
+      continue;
+    }
     if (sig == SIGHUP) {
       try {
         ServeConfig fresh = make_config(a);
@@ -187,6 +205,7 @@ int serve(const ServeArgs& a) {
     if (fuse_export) fuse_export->stop();
     if (nbd_server) nbd_server->stop();
     if (!a.pidfile.empty()) ::unlink(a.pidfile.c_str());
+    log_statistics(registry);
     serve_log("stopped");
     return 0;
   }
@@ -222,7 +241,8 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::Range(1, 256));
   cmd->footer(
       "The empty export name selects the first export. Logs go to stderr; SIGINT and\n"
-      "SIGTERM stop the server cleanly (exit 0), SIGHUP reloads --config.\n"
+      "SIGTERM stop the server cleanly (exit 0), SIGHUP reloads --config, SIGUSR1 logs\n"
+      "every device's statistics.\n"
       "Examples:\n"
       "  blkstack serve --socket /tmp/nbd.sock --export disk=ram:1G\n"
       "      nbdinfo 'nbd+unix:///disk?socket=/tmp/nbd.sock'\n"
@@ -230,7 +250,8 @@ void add_serve_command(CLI::App& app) {
       "      --export golden=file:/srv/golden.img,ro=1\n"
       "  blkstack serve --config /etc/blkstack.toml --pidfile /run/blkstack.pid\n"
       "  blkstack serve --fuse /tmp/mnt --export disk=ram:1G     (file /tmp/mnt/disk)\n"
-      "      blkstack attach /tmp/mnt/disk; mkfs.ext4 /dev/loopN   (see 'attach --help')\n"
+      "      blkstack attach /tmp/mnt/disk; mkfs.ext4 /dev/loopN   (see 'attach "
+      "--help')\n"
       "Config file:\n"
       "  [server]\n"
       "  sockets = [\"/run/blkstack.sock\"]\n"
