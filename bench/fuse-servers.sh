@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# blkstack's FUSE export against the other ways to see a block device as a
+# file through FUSE, with the same fio jobs (io_uring, direct=1) on the FUSE
+# file itself and on a loop device over it (losetup --direct-io=on, the way
+# a file system reaches the disk, see docs/export-fuse.md):
+#   blkstack   blkstack serve --fuse DIR --export disk=ram:1G
+#   nbdfuse    nbdfuse over nbdkit --threads=1 memory 1G (unix socket)
+#   qsd        qemu-storage-daemon's FUSE export of a 1 GiB /dev/shm file
+#              (aio=io_uring, cache.direct=off)
+# Each file is prefilled once (1 MiB writes, depth 8); then the jobs run
+# time based (RUNTIME s), RUNS times, alternating the servers within each
+# run; medians. Server CPU per I/O: utime+stime of the server processes
+# (nbdfuse and nbdkit together) from /proc/PID/stat around each job.
+#
+# Jobs: 4 KiB random read and write at depth 32, 1 MiB sequential read and
+# write at depth 8, on the FUSE file and on the loop device.
+#
+# Ends with one line for 4 KiB random read, depth 32, on the FUSE file:
+#   RESULT blkstack_iops=N qsd_iops=N nbdfuse_iops=N vs_qsd=R
+#
+# Usage: bench/fuse-servers.sh      (env: JOBS=2 RUNS=3 RUNTIME=3; root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+source bench/lib.sh
+RUNS=${RUNS:-3}
+RUNTIME=${RUNTIME:-3}
+bench_setup fuse-servers cmake ninja fio python3 nbdkit nbdfuse qemu-storage-daemon losetup \
+  fusermount3
+[ "$(id -u)" -eq 0 ] || bench_fail "needs root (FUSE mounts for others, loop devices)"
+
+SHM_IMG=/dev/shm/blkstack-fuse-servers.img
+declare -A PIDS=() FILES=() LOOPS=() MOUNTS=() CPU_PIDS=()
+teardown() {
+  local s
+  for s in "${!LOOPS[@]}"; do losetup -d "${LOOPS[$s]}" 2>/dev/null || true; done
+  for s in "${!PIDS[@]}"; do kill -TERM "${PIDS[$s]}" 2>/dev/null || true; done
+  sleep 1
+  for s in "${!MOUNTS[@]}"; do
+    mountpoint -q "${MOUNTS[$s]}" && { fusermount3 -u -z "${MOUNTS[$s]}" 2>/dev/null || umount -l "${MOUNTS[$s]}" 2>/dev/null || true; }
+  done
+  for s in "${!PIDS[@]}"; do kill -KILL "${PIDS[$s]}" 2>/dev/null || true; done
+  rm -rf "$tmp" "$SHM_IMG"
+}
+trap teardown EXIT
+
+bench_build blkstack_cli
+
+# wait_for WHAT LOG TEST...: waits up to 10 s for TEST to succeed.
+wait_for() {
+  local what=$1 log=$2 i
+  shift 2
+  for i in $(seq 100); do
+    "$@" && return 0
+    sleep 0.1
+  done
+  bench_fail "$what did not come up within 10 s" "$log"
+}
+
+start() {
+  local name=$1 log=$tmp/$1.log
+  case $name in
+    blkstack)
+      mkdir -p "$tmp/bmnt"
+      "$BUILD/blkstack" serve --fuse "$tmp/bmnt" --pidfile "$tmp/blkstack.pid" \
+        --export disk=ram:1G >"$log" 2>&1 &
+      wait_for "blkstack serve" "$log" test -s "$tmp/blkstack.pid"
+      PIDS[$name]=$(cat "$tmp/blkstack.pid")
+      CPU_PIDS[$name]=${PIDS[$name]}
+      MOUNTS[$name]=$tmp/bmnt
+      FILES[$name]=$tmp/bmnt/disk ;;
+    nbdfuse)
+      mkdir -p "$tmp/nmnt"
+      nbdkit -U "$tmp/nbdkit.sock" --pidfile "$tmp/nbdkit.pid" --threads=1 memory 1G >"$log" 2>&1 ||
+        bench_fail "nbdkit did not start" "$log"
+      wait_for "nbdkit" "$log" test -s "$tmp/nbdkit.pid"
+      nbdfuse "$tmp/nmnt/disk" --unix "$tmp/nbdkit.sock" >>"$log" 2>&1 &
+      PIDS[$name]=$!
+      PIDS[nbdkit]=$(cat "$tmp/nbdkit.pid")
+      wait_for "nbdfuse" "$log" test -f "$tmp/nmnt/disk"
+      CPU_PIDS[$name]="${PIDS[$name]} ${PIDS[nbdkit]}"
+      MOUNTS[$name]=$tmp/nmnt
+      FILES[$name]=$tmp/nmnt/disk ;;
+    qsd)
+      truncate -s 1G "$SHM_IMG"
+      touch "$tmp/qsd-disk"
+      qemu-storage-daemon \
+        --blockdev driver=file,node-name=f0,filename="$SHM_IMG",aio=io_uring,cache.direct=off \
+        --export type=fuse,id=e0,node-name=f0,mountpoint="$tmp/qsd-disk",writable=on \
+        --pidfile "$tmp/qsd.pid" --daemonize >"$log" 2>&1 ||
+        bench_fail "qemu-storage-daemon did not start" "$log"
+      PIDS[$name]=$(cat "$tmp/qsd.pid")
+      CPU_PIDS[$name]=${PIDS[$name]}
+      MOUNTS[$name]=$tmp/qsd-disk
+      FILES[$name]=$tmp/qsd-disk ;;
+  esac
+  LOOPS[$name]=$(losetup -f --show --direct-io=on "${FILES[$name]}" 2>"$tmp/losetup.log") ||
+    bench_fail "no loop device over $name's file" "$tmp/losetup.log"
+}
+
+# CPU ticks used so far by the processes in $@ (utime+stime+cutime+cstime).
+cpu_ticks() {
+  local p sum=0 t
+  for p in "$@"; do
+    t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$p/stat")
+    sum=$((sum + t))
+  done
+  echo "$sum"
+}
+
+SERVERS=(blkstack nbdfuse qsd)
+TARGETS=(file loop)
+CASES=(
+  "rr-qd32|--rw=randread --bs=4k --iodepth=32"
+  "rw-qd32|--rw=randwrite --bs=4k --iodepth=32"
+  "seqr-1m|--rw=read --bs=1M --iodepth=8"
+  "seqw-1m|--rw=write --bs=1M --iodepth=8"
+)
+
+for s in "${SERVERS[@]}"; do
+  start "$s"
+  fio --name=prefill --ioengine=io_uring --direct=1 --filename="${FILES[$s]}" --rw=write \
+    --bs=1M --iodepth=8 --output-format=json >"$tmp/prefill-$s.json" 2>&1 ||
+    bench_fail "prefill of $s failed" "$tmp/prefill-$s.json"
+done
+
+TICK=$(getconf CLK_TCK)
+echo "fuse-servers: ${#CASES[@]} jobs x ${#TARGETS[@]} targets x ${#SERVERS[@]} servers," \
+  "$RUNS runs of ${RUNTIME}s"
+for i in $(seq 1 "$RUNS"); do
+  for t in "${TARGETS[@]}"; do
+    for c in "${CASES[@]}"; do
+      IFS='|' read -r name opts <<<"$c"
+      for s in "${SERVERS[@]}"; do
+        out=$tmp/$s-$t-$name-$i
+        dev=${FILES[$s]}
+        [ "$t" = loop ] && dev=${LOOPS[$s]}
+        # shellcheck disable=SC2086
+        before=$(cpu_ticks ${CPU_PIDS[$s]})
+        # shellcheck disable=SC2086
+        fio --name="$name" --ioengine=io_uring --direct=1 --filename="$dev" $opts --time_based \
+          --runtime="$RUNTIME" --output-format=json >"$out.json" 2>&1 ||
+          bench_fail "fio $name on $s ($t) failed" "$out.json"
+        # shellcheck disable=SC2086
+        after=$(cpu_ticks ${CPU_PIDS[$s]})
+        echo "$((after - before)) $TICK" >"$out.cpu"
+      done
+    done
+  done
+done
+
+python3 - "$tmp" "$RUNS" "${CASES[@]}" <<'PY'
+import json, statistics, sys
+
+tmp, runs, cases = sys.argv[1], int(sys.argv[2]), [c.split("|", 1)[0] for c in sys.argv[3:]]
+servers, targets = ("blkstack", "nbdfuse", "qsd"), ("file", "loop")
+med = statistics.median
+
+def load(s, t, name, i):
+    base = f"{tmp}/{s}-{t}-{name}-{i}"
+    text = open(base + ".json").read()
+    job = json.loads(text[text.index("{"):])["jobs"][0]
+    d = job["read"] if job["read"]["total_ios"] > 0 else job["write"]
+    ticks, hz = (int(x) for x in open(base + ".cpu").read().split())
+    return d["iops"], d["bw_bytes"], ticks / hz * 1e6 / max(1, d["total_ios"])
+
+res = {}
+for t in targets:
+    for name in cases:
+        for s in servers:
+            fs = [load(s, t, name, i) for i in range(1, runs + 1)]
+            res[t, name, s] = (med(f[0] for f in fs), med(f[1] for f in fs), med(f[2] for f in fs))
+
+def show(t, name, s):
+    iops, bw, _ = res[t, name, s]
+    return f"{bw / 1e9:.2f} GB/s" if name.startswith("seq") else f"{iops / 1000:.1f}k"
+
+print()
+print("| on | job | blkstack | nbdfuse+nbdkit | qsd FUSE | vs qsd | vs nbdfuse | server CPU µs/IO (blkstack / nbdfuse / qsd) |")
+print("|---|---|---|---|---|---|---|---|")
+for t in targets:
+    for name in cases:
+        b, n, q = (res[t, name, s] for s in servers)
+        print(f"| {t} | {name} | {show(t, name, 'blkstack')} | {show(t, name, 'nbdfuse')} |"
+              f" {show(t, name, 'qsd')} | {b[0] / q[0]:.2f} | {b[0] / n[0]:.2f} |"
+              f" {b[2]:.1f} / {n[2]:.1f} / {q[2]:.1f} |")
+print()
+print(f"Medians of {runs} runs; fio io_uring direct=1, one job. file: fio on the FUSE file;")
+print("loop: on a loop device (direct I/O) over it. Client, kernel and servers share 2 cores.")
+print()
+b, q, n = (res["file", "rr-qd32", s][0] for s in ("blkstack", "qsd", "nbdfuse"))
+print(f"RESULT blkstack_iops={b:.0f} qsd_iops={q:.0f} nbdfuse_iops={n:.0f} vs_qsd={b / q:.2f}")
+PY
