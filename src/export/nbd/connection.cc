@@ -29,6 +29,9 @@ alignas(4096) const std::byte kZeroes[kZeroBufSize] = {};
 constexpr int kMaxIov = 64;
 constexpr uint16_t kKnownCmdFlags =
     kCmdFlagFua | kCmdFlagNoHole | kCmdFlagDf | kCmdFlagReqOne | kCmdFlagFastZero;
+// Replies to requests at least this large are sent before the next request
+// is parsed (see complete()).
+constexpr uint32_t kEagerSendBytes = 256u << 10;
 // BLOCK_STATUS answers at most this many extents per request.
 constexpr uint32_t kMaxExtents = 1024;
 std::atomic<uint64_t> next_id{1};
@@ -271,6 +274,10 @@ void Connection::bio_done(Bio& bio) {
 void Connection::complete(RequestSlot* s) {
   set_reply(s, nbd_error(s->bio.status(), is_write_type(s->type)));
   queue_reply(s);
+  // Answering a large request at once frees its buffer while it is still
+  // in the cache, for the next request to reuse (the free list is LIFO):
+  // eight 1 MiB buffers in turn cost a quarter more CPU than one.
+  if (s->length >= kEagerSendBytes) eager_send_ = true;
 }
 
 // --- input -------------------------------------------------------------------
@@ -395,6 +402,10 @@ bool Connection::process_staged() {
     if (state_ != State::kTransmission) return false;
     if (avail < kRequestSize) return true;
     if (!handle_request(decode_request(rbuf_.get() + rpos_))) return false;
+    if (eager_send_) {
+      eager_send_ = false;
+      send_output();
+    }
   }
 }
 

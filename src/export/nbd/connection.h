@@ -169,6 +169,7 @@ class Connection {
   uint32_t in_flight_ = 0;  // slots taken (bio running or reply unsent)
   uint64_t bytes_in_flight_ = 0;
   bool read_blocked_ = false;  // budget or slots exhausted
+  bool eager_send_ = false;    // a large request completed: send before parsing on
 
   // Output: handshake bytes first, then replies in completion order.
   std::string out_;
