@@ -125,6 +125,9 @@ TEST_F(HandshakeTest, InfoGivesSizeFlagsAndBlockSizes) {
         saw_export = true;
         EXPECT_EQ(load64(x.data.data() + 2), 4u << 20);
         EXPECT_TRUE(load16(x.data.data() + 10) & kFlagReadOnly);
+        // Nothing that writes is advertised on a read-only export.
+        EXPECT_FALSE(load16(x.data.data() + 10) & (kFlagSendTrim | kFlagSendWriteZeroes |
+                                                   kFlagSendFua | kFlagSendFastZero));
         EXPECT_TRUE(load16(x.data.data() + 10) & kFlagHasFlags);
         break;
       case kInfoBlockSize:

@@ -43,10 +43,15 @@ bool read_string(std::string_view data, size_t* pos, std::string_view* out) {
 
 uint16_t transmission_flags(const Disk& disk, bool structured_replies) {
   const QueueLimits& l = disk.limits();
-  uint16_t f = kFlagHasFlags | kFlagSendFlush | kFlagSendFua | kFlagSendWriteZeroes |
-               kFlagSendFastZero | kFlagSendCache;
-  if (disk.read_only()) f |= kFlagReadOnly;
-  if (l.max_discard_sectors != 0) f |= kFlagSendTrim;
+  uint16_t f = kFlagHasFlags | kFlagSendFlush | kFlagSendCache;
+  if (disk.read_only()) {
+    // Nothing that writes: a client need not wonder whether TRIM or FUA
+    // would work on an export that refuses every write.
+    f |= kFlagReadOnly;
+  } else {
+    f |= kFlagSendFua | kFlagSendWriteZeroes | kFlagSendFastZero;
+    if (l.max_discard_sectors != 0) f |= kFlagSendTrim;
+  }
   // DF only means something when reads can be split into chunks.
   if (structured_replies) f |= kFlagSendDf;
   // Every blkstack device completes a flush after all writes completed
