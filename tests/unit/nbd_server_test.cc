@@ -273,6 +273,32 @@ TEST_F(NbdServerTest, ClientThatNeverReadsStallsOnlyItself) {
   }
 }
 
+TEST_F(NbdServerTest, HandshakeClientThatDoesNotReadIsThrottledNotDropped) {
+  auto c = connect();
+  c->recv(18);
+  std::string flags;
+  put32(flags, kClientFixedNewstyle | kClientNoZeroes);
+  c->send(flags);
+  // 20000 LISTs (320 KB) without reading: the replies (about 2 MB) would
+  // pile up in the server; it must stop reading instead. The sender
+  // blocks until we read, so it runs on its own thread.
+  constexpr int kLists = 20000;
+  std::thread sender([&] {
+    std::string all;
+    for (int i = 0; i < kLists; ++i) all += option(kOptList);
+    c->send(all);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  int acks = 0;
+  while (acks < kLists) {
+    OptReply r = c->read_opt_reply();
+    if (r.type == 0) break;
+    if (r.type == kRepAck) ++acks;
+  }
+  sender.join();
+  EXPECT_EQ(acks, kLists);
+}
+
 TEST_F(NbdServerTest, DisconnectClosesAfterAnsweringInFlight) {
   auto c = open();
   c->send(request(kCmdWrite, 1, 0, 4096) + pattern(4096, 'w') +

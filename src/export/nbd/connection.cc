@@ -29,6 +29,8 @@ alignas(4096) const std::byte kZeroes[kZeroBufSize] = {};
 constexpr int kMaxIov = 64;
 constexpr uint16_t kKnownCmdFlags =
     kCmdFlagFua | kCmdFlagNoHole | kCmdFlagDf | kCmdFlagReqOne | kCmdFlagFastZero;
+// Option replies waiting to be sent above which the handshake stops reading.
+constexpr size_t kMaxHandshakeOutput = 256u << 10;
 // Replies to requests at least this large are sent before the next request
 // is parsed (see complete()).
 constexpr uint32_t kEagerSendBytes = 256u << 10;
@@ -97,7 +99,16 @@ void Connection::log(const std::string& what) const {
 
 bool Connection::wants_read() const {
   if (eof_ || read_blocked_) return false;
-  return state_ == State::kHandshake || state_ == State::kTransmission;
+  if (state_ == State::kHandshake) return out_.size() < kMaxHandshakeOutput;
+  return state_ == State::kTransmission;
+}
+
+bool Connection::wants_rerun() const {
+  if (state_ == State::kHandshake) {
+    return !eof_ && rpos_ < wpos_ && out_.size() < kMaxHandshakeOutput;
+  }
+  return state_ == State::kTransmission && !read_blocked_ && !eof_ &&
+         input_ == Input::kHeader && wpos_ - rpos_ >= kRequestSize;
 }
 
 // --- slots -------------------------------------------------------------------
@@ -296,11 +307,6 @@ void Connection::run() {
   maybe_close();
 }
 
-bool Connection::wants_rerun() const {
-  return state_ == State::kTransmission && !read_blocked_ && !eof_ &&
-         input_ == Input::kHeader && wpos_ - rpos_ >= kRequestSize;
-}
-
 void Connection::read_input() {
   for (int round = 0; round < 8; ++round) {
     if (!process_staged() || !wants_read()) return;
@@ -357,10 +363,16 @@ void Connection::read_input() {
 
 bool Connection::process_staged() {
   if (state_ == State::kHandshake) {
-    const size_t used = handshake_->feed({rbuf_.get() + rpos_, wpos_ - rpos_});
-    rpos_ += used;
-    out_ += handshake_->output();
-    handshake_->output().clear();
+    // Option by option, and not while the client leaves our replies
+    // unread: a client sending LIST in a loop without reading would
+    // otherwise grow out_ without bound.
+    while (rpos_ < wpos_ && out_.size() < kMaxHandshakeOutput && !handshake_->done() &&
+           !handshake_->closed()) {
+      const size_t n = std::min<size_t>(wpos_ - rpos_, 4096);
+      rpos_ += handshake_->feed({rbuf_.get() + rpos_, n});
+      out_ += handshake_->output();
+      handshake_->output().clear();
+    }
     if (handshake_->closed()) {
       log(handshake_->close_reason());
       send_output();  // the last option reply (ABORT's ACK), if it fits
