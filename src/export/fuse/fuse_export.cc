@@ -1,8 +1,11 @@
 #include "export/fuse/fuse_export.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <fuse_lowlevel.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -17,6 +20,30 @@
 #include "export/log.h"
 
 namespace blkstack::fuse {
+
+namespace {
+
+// Mounts DIR on a new /dev/fuse descriptor (what libfuse does as root) and
+// returns the descriptor, or -1 to let libfuse try (fusermount3). libfuse
+// takes it as "/dev/fd/N"; mounting ourselves leaves libfuse nothing to
+// unmount, which we do lazily in stop() (see there).
+int mount_as_root(const std::string& mnt) {
+  struct stat st;
+  if (stat(mnt.c_str(), &st) != 0) return -1;
+  const int fd = ::open("/dev/fuse", O_RDWR | O_CLOEXEC);
+  if (fd < 0) return -1;
+  const std::string opts =
+      fmt::format("fd={},rootmode={:o},user_id={},group_id={},default_permissions", fd,
+                  st.st_mode & S_IFMT, getuid(), getgid());
+  if (mount("blkstack", mnt.c_str(), "fuse.blkstack", MS_NOSUID | MS_NODEV,
+            opts.c_str()) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+}  // namespace
 
 FuseExport::FuseExport(FuseOptions options, std::shared_ptr<const ExportTable> exports)
     : options_(std::move(options)), exports_(std::move(exports)) {}
@@ -43,8 +70,11 @@ void FuseExport::start() {
                         "fsname=blkstack,subtype=blkstack,default_permissions"};
   fuse_args args = FUSE_ARGS_INIT(3, const_cast<char**>(argv));
   se_ = fuse_session_new(&args, &FuseFs::ops(), sizeof(fuse_lowlevel_ops), fs_.get());
+  fuse_opt_free_args(&args);  // parsing may have copied them
   if (!se_) throw Error(fmt::format("--fuse '{}': cannot create a FUSE session", mnt));
-  if (fuse_session_mount(se_, mnt.c_str()) != 0) {
+  const int fd = getuid() == 0 ? mount_as_root(mnt) : -1;
+  const std::string target = fd >= 0 ? fmt::format("/dev/fd/{}", fd) : mnt;
+  if (fuse_session_mount(se_, target.c_str()) != 0) {
     fuse_session_destroy(se_);
     se_ = nullptr;
     throw Error(fmt::format(
