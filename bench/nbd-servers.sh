@@ -194,7 +194,7 @@ for name in cases:
     print()
 print(f"Medians of {runs} runs. vs nbdkit: IOPS over the better nbdkit configuration on the row.")
 print("CPU us/IO: the server's user+system CPU during the job over the I/Os fio did. Client and")
-print("server share the machine's cores. qsd: null-co, read-zeroes=off (no data copied at all).")
+print("server share the machine's cores. qsd: null-co, read-zeroes=off (nothing is stored).")
 print()
 h = "rr-qd32"
 nk = best_nbdkit(h)
