@@ -141,6 +141,7 @@ class EventLoop final : public Reactor {
   }
   ~EventLoop() override {
     for (auto& l : listeners_) ::close(l->fd);
+    for (int fd : pending_) ::close(fd);  // dealt to us after our loop ended
     ::close(evfd_);
     ::close(epfd_);
   }
