@@ -329,6 +329,31 @@ TEST_F(NbdServerTest, ReloadedExportsApplyToNewConnections) {
   EXPECT_EQ(old->io(kCmdRead, 0, 512), 0u);  // the old connection keeps its disk
 }
 
+TEST_F(NbdServerTest, StopFinishesInFlightAndRefusesTheRestWithEshutdown) {
+  auto c = open();
+  // More 1 MiB reads than the 8 MiB budget admits, replies unread: some are
+  // in flight when the server stops, the rest still wait in the socket.
+  constexpr int kN = 32;
+  std::string batch;
+  for (int i = 0; i < kN; ++i) batch += request(kCmdRead, i, uint64_t(i) << 20, 1 << 20);
+  c->send(batch);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::thread stopper([&] { server_->stop(std::chrono::seconds(5)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  int ok = 0, shutdown = 0;
+  for (int i = 0; i < kN; ++i) {
+    Reply r;
+    ASSERT_TRUE(c->read_reply(&r)) << "reply " << i;
+    if (r.error == 0) ++ok;
+    if (r.error == kEshutdown) ++shutdown;
+  }
+  EXPECT_EQ(ok + shutdown, kN);
+  EXPECT_GE(ok, 1);
+  EXPECT_GE(shutdown, 1);
+  EXPECT_TRUE(c->closed_by_server());
+  stopper.join();
+}
+
 TEST_F(NbdServerTest, StopAnswersInFlightAndFlushes) {
   auto c = open();
   ASSERT_EQ(c->io(kCmdWrite, 0, 4096, pattern(4096, 's')), 0u);

@@ -100,15 +100,19 @@ void Connection::log(const std::string& what) const {
 bool Connection::wants_read() const {
   if (eof_ || read_blocked_) return false;
   if (state_ == State::kHandshake) return out_.size() < kMaxHandshakeOutput;
-  return state_ == State::kTransmission;
+  return parsing();
+}
+
+bool Connection::parsing() const {
+  return state_ == State::kTransmission || (state_ == State::kDraining && shutting_down_);
 }
 
 bool Connection::wants_rerun() const {
   if (state_ == State::kHandshake) {
     return !eof_ && rpos_ < wpos_ && out_.size() < kMaxHandshakeOutput;
   }
-  return state_ == State::kTransmission && !read_blocked_ && !eof_ &&
-         input_ == Input::kHeader && wpos_ - rpos_ >= kRequestSize;
+  return parsing() && !read_blocked_ && !eof_ && input_ == Input::kHeader &&
+         wpos_ - rpos_ >= kRequestSize;
 }
 
 // --- slots -------------------------------------------------------------------
@@ -411,7 +415,7 @@ bool Connection::process_staged() {
       discard_slot_ = nullptr;
       continue;
     }
-    if (state_ != State::kTransmission) return false;
+    if (!parsing()) return false;
     if (avail < kRequestSize) return true;
     if (!handle_request(decode_request(rbuf_.get() + rpos_))) return false;
     if (eager_send_) {
@@ -436,6 +440,7 @@ bool Connection::handle_request(const Request& rq) {
   if (rq.type == kCmdDisc) {
     rpos_ += kRequestSize;
     state_ = State::kDraining;
+    shutting_down_ = false;  // nothing more to read
     return false;
   }
   if (rq.type == kCmdWrite && rq.length > kMaxPayload) {
@@ -498,6 +503,9 @@ bool Connection::handle_request(const Request& rq) {
       break;
   }
   if (rq.flags & ~kKnownCmdFlags) err = kEinval;
+  // The server is stopping: requests that arrive while the ones in flight
+  // finish are refused, as the spec's soft disconnect asks.
+  if (shutting_down_) err = kEshutdown;
 
   if (rq.type == kCmdWrite) {
     // The payload follows the header whatever we answer: receive it into
@@ -645,12 +653,16 @@ void Connection::begin_shutdown(bool force) {
   if (force || state_ == State::kHandshake) return hard_close(force ? "shut down" : "");
   if (state_ != State::kTransmission) return;
   state_ = State::kDraining;
-  // A write whose payload has not fully arrived was never acknowledged:
-  // dropping it loses nothing the client was told is stored.
-  if (payload_slot_) release(payload_slot_);
-  if (discard_slot_) release(discard_slot_);
-  payload_slot_ = discard_slot_ = nullptr;
-  input_ = Input::kHeader;
+  shutting_down_ = true;
+  // A write whose payload is still arriving is not submitted: its payload
+  // is received and dropped, and the write answered ESHUTDOWN.
+  if (input_ == Input::kPayload) {
+    input_ = Input::kDiscard;
+    discard_slot_ = payload_slot_;
+    discard_left_ = payload_slot_->length - payload_got_;
+    discard_error_ = kEshutdown;
+    payload_slot_ = nullptr;
+  }
 }
 
 }  // namespace blkstack::nbd

@@ -111,8 +111,9 @@ class Connection {
   bool wants_rerun() const;
   // Closed and no I/O in flight: may be destroyed.
   bool finished() const { return state_ == State::kClosed && in_flight_ == 0; }
-  // Server shutdown: stop reading requests, answer what is in flight, then
-  // close. After `force`, pending replies are dropped too.
+  // Server shutdown: answer what is in flight, refuse requests that arrive
+  // meanwhile with ESHUTDOWN, then close. With `force`, close now and drop
+  // pending replies (I/O in flight still completes before finished()).
   void begin_shutdown(bool force = false);
   // Name for the log ("conn 3").
   const std::string& name() const { return name_; }
@@ -139,6 +140,7 @@ class Connection {
   void send_output();
   void hard_close(const std::string& why);
   void maybe_close();
+  bool parsing() const;  // request headers are parsed now
   void log(const std::string& what) const;
 
   int fd_;
@@ -168,8 +170,9 @@ class Connection {
   RequestSlot* free_ = nullptr;
   uint32_t in_flight_ = 0;  // slots taken (bio running or reply unsent)
   uint64_t bytes_in_flight_ = 0;
-  bool read_blocked_ = false;  // budget or slots exhausted
-  bool eager_send_ = false;    // a large request completed: send before parsing on
+  bool read_blocked_ = false;   // budget or slots exhausted
+  bool shutting_down_ = false;  // server stopping: answer new requests ESHUTDOWN
+  bool eager_send_ = false;     // a large request completed: send before parsing on
 
   // Output: handshake bytes first, then replies in completion order.
   std::string out_;
