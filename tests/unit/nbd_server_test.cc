@@ -366,5 +366,63 @@ TEST_F(NbdServerTest, StopAnswersInFlightAndFlushes) {
   EXPECT_EQ(back, pattern(4096, 's'));
 }
 
+// A server of its own, with `o`, on one RAM disk.
+struct SmallServer {
+  DiskRegistry registry;
+  std::unique_ptr<Server> server;
+  explicit SmallServer(ServerOptions o) {
+    set_serve_log_enabled(false);
+    server = std::make_unique<Server>(
+        o, std::make_shared<const ExportTable>(
+               std::vector<Export>{{"disk", "", registry.create("ram:1M,name=small0")}}));
+    server->start();
+  }
+  std::unique_ptr<Client> connect() {
+    int sv[2];
+    EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    server->adopt(sv[0]);
+    return std::make_unique<Client>(sv[1]);
+  }
+};
+
+TEST(NbdServerLimits, HandshakeTimeoutClosesIdleClientsOnly) {
+  ServerOptions o;
+  o.handshake_timeout = std::chrono::milliseconds(200);
+  SmallServer s(o);
+  auto idle = s.connect();
+  idle->recv(18);
+  auto busy = s.connect();
+  busy->negotiate("disk");
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(idle->closed_by_server());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(3));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(busy->io(kCmdRead, 0, 512), 0u);  // past the timeout, still served
+}
+
+TEST(NbdServerLimits, ConnectionsAboveTheLimitAreClosed) {
+  ServerOptions o;
+  o.max_connections = 2;
+  SmallServer s(o);
+  auto a = s.connect();
+  auto b = s.connect();
+  a->recv(18);
+  b->recv(18);
+  for (int i = 0; i < 200 && s.server->connections() < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(s.server->connections(), 2u);
+  auto c = s.connect();
+  EXPECT_TRUE(c->closed_by_server());
+  a->close();
+  a.reset();
+  for (int i = 0; i < 200 && s.server->connections() > 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  auto d = s.connect();  // room again
+  d->negotiate("disk");
+  EXPECT_EQ(d->io(kCmdRead, 0, 512), 0u);
+}
+
 }  // namespace
 }  // namespace blkstack::nbd

@@ -115,6 +115,8 @@ class Connection {
   // meanwhile with ESHUTDOWN, then close. With `force`, close now and drop
   // pending replies (I/O in flight still completes before finished()).
   void begin_shutdown(bool force = false);
+  // Still negotiating options (for the handshake timeout).
+  bool in_handshake() const { return state_ == State::kHandshake; }
   // Name for the log ("conn 3").
   const std::string& name() const { return name_; }
   // The export chosen (empty during the handshake).

@@ -126,7 +126,8 @@ struct LoopEntry {
   int fd = -1;
   std::unique_ptr<Connection> conn;
   uint32_t events = 0;  // registered with epoll
-  bool dirty = false;   // on the list of connections to run/update
+  std::chrono::steady_clock::time_point handshake_deadline;
+  bool dirty = false;  // on the list of connections to run/update
 };
 
 class EventLoop final : public Reactor {
@@ -236,6 +237,9 @@ class EventLoop final : public Reactor {
       e->conn = std::make_unique<Connection>(fd, server_.exports(), *this,
                                              server_.options_.limits);
       e->conn->reactor_data = e.get();
+      e->handshake_deadline =
+          std::chrono::steady_clock::now() + server_.options_.handshake_timeout;
+      negotiating_ = true;
       serve_log(fmt::format("{}: connected (loop {})", e->conn->name(), index_));
       add(e.get(), 0);
       mark(e.get());
@@ -319,12 +323,36 @@ class EventLoop final : public Reactor {
     nconns_.store(conns_.size(), std::memory_order_relaxed);
   }
 
+  // Closes connections still negotiating past their deadline. Scans at
+  // most twice a second, and only while some connection may negotiate.
+  void expire_handshakes() {
+    if (!negotiating_) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (now < next_expiry_check_) return;
+    next_expiry_check_ = now + std::chrono::milliseconds(500);
+    bool any = false;
+    for (auto& e : conns_) {
+      if (!e->conn->in_handshake()) continue;
+      if (now < e->handshake_deadline) {
+        any = true;
+        continue;
+      }
+      serve_log(fmt::format("{}: no export chosen within the handshake timeout",
+                            e->conn->name()));
+      e->conn->begin_shutdown(/*force=*/true);
+      mark(e.get());
+    }
+    negotiating_ = any;
+    settle();
+  }
+
   void loop() {
     tls_loop = this;
     epoll_event events[64];
     while (true) {
       for (LoopEntry* e : again_) mark(e);
-      const int timeout = !again_.empty() ? 0 : stopping_ ? 50 : -1;
+      // Wake once a second while someone is negotiating, for the timeout.
+      const int timeout = !again_.empty() ? 0 : stopping_ ? 50 : negotiating_ ? 1000 : -1;
       again_.clear();
       const int n = ::epoll_wait(epfd_, events, 64, timeout);
       for (int i = 0; i < n; ++i) {
@@ -355,6 +383,7 @@ class EventLoop final : public Reactor {
       // list every round costs one atomic exchange.
       take_remote();
       settle();
+      expire_handshakes();
       if (stopping_) {
         if (!forced_ && std::chrono::steady_clock::now() >= deadline_) {
           forced_ = true;
@@ -388,6 +417,8 @@ class EventLoop final : public Reactor {
   std::chrono::steady_clock::time_point deadline_;
   bool stopping_ = false;  // loop thread only
   bool forced_ = false;
+  bool negotiating_ = false;  // a connection is in its handshake
+  std::chrono::steady_clock::time_point next_expiry_check_;
 };
 
 // --- Server ------------------------------------------------------------------------
@@ -426,6 +457,12 @@ void Server::start() {
 }
 
 void Server::dispatch(int fd) {
+  if (connections() >= options_.max_connections) {
+    serve_log(fmt::format("refusing a connection: {} are open (the limit)",
+                          options_.max_connections));
+    ::close(fd);
+    return;
+  }
   const unsigned i = next_loop_.fetch_add(1, std::memory_order_relaxed) % loops_.size();
   loops_[i]->adopt(fd);
 }

@@ -25,6 +25,12 @@ struct ServerOptions {
   std::vector<std::string> tcp;           // HOST:PORT, [V6HOST]:PORT; port 0 picks one
   unsigned threads = 1;                   // event loops
   ConnectionLimits limits;
+  // Open connections above which new ones are closed at once: each holds a
+  // 64 KiB receive buffer and a socket, so their number is the bound.
+  size_t max_connections = 1024;
+  // A client that has not chosen an export after this long is closed (as
+  // qemu-nbd does), so idle sockets cannot hold connections forever.
+  std::chrono::milliseconds handshake_timeout = std::chrono::seconds(10);
 };
 
 class EventLoop;
