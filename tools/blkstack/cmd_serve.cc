@@ -257,13 +257,14 @@ void add_serve_command(CLI::App& app) {
       "  sockets = [\"/run/blkstack.sock\"]\n"
       "  listen = [\"127.0.0.1:10809\"]\n"
       "  threads = 2\n"
+      "  fuse = \"/mnt/blkstack\"          # the FUSE mount point, as --fuse\n"
       "  [[device]]\n"
       "  name = \"ram0\"\n"
       "  spec = \"ram:1G\"\n"
       "  [[export]]\n"
       "  name = \"disk\"\n"
       "  device = \"ram0\"\n"
-      "  type = \"nbd\"");
+      "  type = \"nbd\"                 # or \"fuse\": a file in the FUSE mount");
   cmd->callback([] {
     const int rc = serve(args);
     if (rc != 0) throw CLI::RuntimeError(rc);
