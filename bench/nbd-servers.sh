@@ -41,10 +41,16 @@ stop_servers() {
   for s in "${!PIDS[@]}"; do
     kill -TERM "${PIDS[$s]}" 2>/dev/null || true
   done
-  sleep 0.5
+  # Freeing a full 1 GiB export takes a moment: 10 s, then SIGKILL.
   for s in "${!PIDS[@]}"; do
+    for _ in $(seq 100); do
+      # (blkstack is our child: once it exits it stays a zombie until waited.)
+      [[ $(awk '{print $3}' "/proc/${PIDS[$s]}/stat" 2>/dev/null) =~ ^[^Z]$ ]] || break
+      sleep 0.1
+    done
     kill -KILL "${PIDS[$s]}" 2>/dev/null || true
   done
+  wait 2>/dev/null || true
   rm -rf "$tmp" "$SHM_IMG"
 }
 trap stop_servers EXIT
