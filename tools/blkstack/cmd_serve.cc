@@ -6,6 +6,7 @@
 // histograms), as the server also does when it stops.
 #include <fmt/format.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -147,6 +148,12 @@ int serve(const ServeArgs& a) {
   sigaddset(&set, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // A socket per client: the usual soft limit of 1024 descriptors would
+  // run out before the server's own connection limit.
+  if (rlimit rl; getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
 
   std::optional<nbd::Server> nbd_server;
   if (nbd_on) {

@@ -270,13 +270,36 @@ class EventLoop final : public Reactor {
     for (int i = 0; i < 64; ++i) {
       const int fd = ::accept4(l->fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
       if (fd < 0) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-          serve_log(fmt::format("accept: {}", errno_text()));
-        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+        // Out of descriptors or memory: the pending connection stays, the
+        // level-triggered listener would wake us at once, forever. Stop
+        // listening for a moment instead.
+        serve_log(fmt::format("accept: {}; not accepting for 100 ms", errno_text()));
+        pause_listeners();
         return;
       }
       server_.dispatch(fd);
     }
+  }
+
+  void pause_listeners() {
+    for (auto& l : listeners_) set_events(l.get(), 0);
+    listeners_paused_ = true;
+    resume_at_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+  }
+
+  void maybe_resume_listeners() {
+    if (!listeners_paused_ || std::chrono::steady_clock::now() < resume_at_) return;
+    for (auto& l : listeners_) set_events(l.get(), EPOLLIN);
+    listeners_paused_ = false;
+  }
+
+  void set_events(LoopEntry* e, uint32_t events) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.ptr = e;
+    ::epoll_ctl(epfd_, EPOLL_CTL_MOD, e->fd, &ev);
+    e->events = events;
   }
 
   void begin_stop() {
@@ -303,13 +326,7 @@ class EventLoop final : public Reactor {
       if (c.wants_rerun()) again_.push_back(e);
       const uint32_t want = (c.wants_read() ? uint32_t{EPOLLIN} : 0u) |
                             (c.wants_write() ? uint32_t{EPOLLOUT} : 0u);
-      if (want != e->events) {
-        epoll_event ev{};
-        ev.events = want;
-        ev.data.ptr = e;
-        ::epoll_ctl(epfd_, EPOLL_CTL_MOD, e->fd, &ev);
-        e->events = want;
-      }
+      if (want != e->events) set_events(e, want);
     }
     dirty_.clear();
     bool any_finished = false;
@@ -352,7 +369,11 @@ class EventLoop final : public Reactor {
     while (true) {
       for (LoopEntry* e : again_) mark(e);
       // Wake once a second while someone is negotiating, for the timeout.
-      const int timeout = !again_.empty() ? 0 : stopping_ ? 50 : negotiating_ ? 1000 : -1;
+      maybe_resume_listeners();
+      const int timeout = !again_.empty()                  ? 0
+                          : stopping_ || listeners_paused_ ? 50
+                          : negotiating_                   ? 1000
+                                                           : -1;
       again_.clear();
       const int n = ::epoll_wait(epfd_, events, 64, timeout);
       for (int i = 0; i < n; ++i) {
@@ -417,7 +438,9 @@ class EventLoop final : public Reactor {
   std::chrono::steady_clock::time_point deadline_;
   bool stopping_ = false;  // loop thread only
   bool forced_ = false;
-  bool negotiating_ = false;  // a connection is in its handshake
+  bool negotiating_ = false;
+  bool listeners_paused_ = false;  // accept failed for want of resources
+  std::chrono::steady_clock::time_point resume_at_;  // a connection is in its handshake
   std::chrono::steady_clock::time_point next_expiry_check_;
 };
 
