@@ -46,17 +46,6 @@ trap teardown EXIT
 
 bench_build blkstack_cli
 
-# wait_for WHAT LOG TEST...: waits up to 10 s for TEST to succeed.
-wait_for() {
-  local what=$1 log=$2 i
-  shift 2
-  for i in $(seq 100); do
-    "$@" && return 0
-    sleep 0.1
-  done
-  bench_fail "$what did not come up within 10 s" "$log"
-}
-
 start() {
   local name=$1 log=$tmp/$1.log
   case $name in
@@ -64,7 +53,7 @@ start() {
       mkdir -p "$tmp/bmnt"
       "$BUILD/blkstack" serve --fuse "$tmp/bmnt" --pidfile "$tmp/blkstack.pid" \
         --export disk=ram:1G >"$log" 2>&1 &
-      wait_for "blkstack serve" "$log" test -s "$tmp/blkstack.pid"
+      bench_wait "blkstack serve" "$log" test -s "$tmp/blkstack.pid"
       PIDS[$name]=$(cat "$tmp/blkstack.pid")
       CPU_PIDS[$name]=${PIDS[$name]}
       MOUNTS[$name]=$tmp/bmnt
@@ -73,11 +62,11 @@ start() {
       mkdir -p "$tmp/nmnt"
       nbdkit -U "$tmp/nbdkit.sock" --pidfile "$tmp/nbdkit.pid" --threads=1 memory 1G >"$log" 2>&1 ||
         bench_fail "nbdkit did not start" "$log"
-      wait_for "nbdkit" "$log" test -s "$tmp/nbdkit.pid"
+      bench_wait "nbdkit" "$log" test -s "$tmp/nbdkit.pid"
       nbdfuse "$tmp/nmnt/disk" --unix "$tmp/nbdkit.sock" >>"$log" 2>&1 &
       PIDS[$name]=$!
       PIDS[nbdkit]=$(cat "$tmp/nbdkit.pid")
-      wait_for "nbdfuse" "$log" test -f "$tmp/nmnt/disk"
+      bench_wait "nbdfuse" "$log" test -f "$tmp/nmnt/disk"
       CPU_PIDS[$name]="${PIDS[$name]} ${PIDS[nbdkit]}"
       MOUNTS[$name]=$tmp/nmnt
       FILES[$name]=$tmp/nmnt/disk ;;
@@ -96,16 +85,6 @@ start() {
   esac
   LOOPS[$name]=$(losetup -f --show --direct-io=on "${FILES[$name]}" 2>"$tmp/losetup.log") ||
     bench_fail "no loop device over $name's file" "$tmp/losetup.log"
-}
-
-# CPU ticks used so far by the processes in $@ (utime+stime+cutime+cstime).
-cpu_ticks() {
-  local p sum=0 t
-  for p in "$@"; do
-    t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$p/stat")
-    sum=$((sum + t))
-  done
-  echo "$sum"
 }
 
 SERVERS=(blkstack nbdfuse qsd)

@@ -3,6 +3,8 @@
 #   bench_setup NAME TOOL...   checks the tools, makes $tmp (removed at exit)
 #   bench_build TARGET...      builds the targets in $BUILD (Release)
 #   bench_fail MESSAGE [LOG]   prints LOG (if any) and MESSAGE, exits 1
+#   bench_wait WHAT LOG TEST...  waits up to 10 s for TEST to succeed, else fails
+#   cpu_ticks PID...           CPU clock ticks the processes used so far
 
 JOBS=${JOBS:-2}
 BUILD=build-bench
@@ -31,4 +33,25 @@ bench_build() {
     bench_fail "configure failed" "$tmp/configure.log"
   cmake --build "$BUILD" -j "$JOBS" --target "$@" >"$tmp/build.log" 2>&1 ||
     bench_fail "build failed" "$tmp/build.log"
+}
+
+bench_wait() {
+  local what=$1 log=$2 i
+  shift 2
+  for i in $(seq 100); do
+    "$@" && return 0
+    sleep 0.1
+  done
+  bench_fail "$what did not come up within 10 s" "$log"
+}
+
+# utime+stime+cutime+cstime from /proc/PID/stat (reaped children count: a
+# server that forks per connection), summed over the processes given.
+cpu_ticks() {
+  local p sum=0 t
+  for p in "$@"; do
+    t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$p/stat")
+    sum=$((sum + t))
+  done
+  echo "$sum"
 }

@@ -67,16 +67,6 @@ else
        "blkstack is reported as missing" >&2
 fi
 
-# wait_pidfile NAME FILE LOG: waits (10 s) for the server's pidfile.
-wait_pidfile() {
-  local i
-  for i in $(seq 100); do
-    [ -s "$2" ] && return 0
-    sleep 0.1
-  done
-  bench_fail "$1 did not write its pidfile within 10 s" "$3"
-}
-
 # start NAME: starts server NAME on $tmp/NAME.sock; sets PIDS and URIS.
 start() {
   local name=$1 sock=$tmp/$1.sock pid=$tmp/$1.pid log=$tmp/$1.log
@@ -106,14 +96,9 @@ start() {
         bench_fail "nbd-server did not start" "$log"
       URIS[$name]="nbd+unix:///mem?socket=$sock" ;;
   esac
-  wait_pidfile "$name" "$pid" "$log"
+  bench_wait "$name" "$log" test -s "$pid"
   PIDS[$name]=$(cat "$pid")
   for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
-}
-
-# Server CPU time so far in clock ticks: utime+stime+cutime+cstime.
-cpu_ticks() {
-  awk '{ sub(/^.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$1/stat"
 }
 
 SERVERS=(nbdkit nbdkit-t1 qsd nbd-server)

@@ -16,6 +16,20 @@ constexpr uint64_t kStopTag = ~uint64_t{0};
 // that resubmits must not try to reap the same ring again (its lock is
 // ours already; the loop around the callbacks picks up what it adds).
 thread_local const UringQueue* t_reaping = nullptr;
+
+// A read or write. One segment (most I/O) goes as a plain READ or WRITE:
+// the kernel then copies in no iovec array.
+void prep_transfer(io_uring_sqe* sqe, const HostIo& io, int fd) {
+  const bool read = io.kind == HostIo::kRead;
+  if (io.iovcnt == 1) {
+    io_uring_prep_rw(read ? IORING_OP_READ : IORING_OP_WRITE, sqe, fd, io.iov[0].iov_base,
+                     static_cast<unsigned>(io.iov[0].iov_len), io.offset);
+  } else {
+    io_uring_prep_rw(read ? IORING_OP_READV : IORING_OP_WRITEV, sqe, fd, io.iov,
+                     io.iovcnt, io.offset);
+  }
+  sqe->rw_flags = io.rw_flags;
+}
 }  // namespace
 
 UringQueue::UringQueue(int fd, int alt_fd, const Options& o, Callback on_complete)
@@ -34,7 +48,8 @@ UringQueue::UringQueue(int fd, int alt_fd, const Options& o, Callback on_complet
   // submitter is not the reaper, and must be interrupted. (Without that
   // flag each io-wq completion on tmpfs cost an IPI: 160k IOPS where fio,
   // which sets it, did 700k.)
-  if (!o.completion_thread && !o.sqpoll) p.flags |= IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+  if (!o.completion_thread && !o.sqpoll)
+    p.flags |= IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
   int r = io_uring_queue_init_params(o.entries, &ring_, &p);
   if (r == -EINVAL && (p.flags & IORING_SETUP_COOP_TASKRUN)) {  // kernels before 5.19
     p = io_uring_params{};
@@ -73,25 +88,9 @@ bool UringQueue::queue(const HostIo& io, void* ctx) {
   const int which = io.alternate_file ? 1 : 0;
   const int fd = fixed_ ? which : fds_[which];
   switch (io.kind) {
-    // One segment (most I/O) goes as a plain read or write: the kernel
-    // then copies in no iovec array.
     case HostIo::kRead:
-      if (io.iovcnt == 1) {
-        io_uring_prep_read(sqe, fd, io.iov[0].iov_base, static_cast<unsigned>(io.iov[0].iov_len),
-                           io.offset);
-        sqe->rw_flags = io.rw_flags;
-      } else {
-        io_uring_prep_readv2(sqe, fd, io.iov, io.iovcnt, io.offset, io.rw_flags);
-      }
-      break;
     case HostIo::kWrite:
-      if (io.iovcnt == 1) {
-        io_uring_prep_write(sqe, fd, io.iov[0].iov_base, static_cast<unsigned>(io.iov[0].iov_len),
-                            io.offset);
-        sqe->rw_flags = io.rw_flags;
-      } else {
-        io_uring_prep_writev2(sqe, fd, io.iov, io.iovcnt, io.offset, io.rw_flags);
-      }
+      prep_transfer(sqe, io, fd);
       break;
     case HostIo::kFdatasync:
       io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);

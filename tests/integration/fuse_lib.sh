@@ -19,8 +19,6 @@ set -uo pipefail
 
 BLKSTACK=$(realpath "${1:?usage: $0 PATH_TO_BLKSTACK}")
 TEST_NAME=$(basename "$0" .sh)
-_failures=0
-_checks=0
 SERVER_PID=
 _loops=()
 _mounts=()
@@ -45,40 +43,7 @@ _fuse_cleanup() {
 }
 trap _fuse_cleanup EXIT
 
-fail() {
-  echo "FAIL: $*"
-  _failures=$((_failures + 1))
-}
-
-_show_out() { [[ -s $OUT ]] && tail -n 40 "$OUT" | sed 's/^/    | /'; }
-
-check() {
-  local desc=$1
-  shift
-  _checks=$((_checks + 1))
-  "$@" >"$OUT" 2>&1
-  local rc=$?
-  if [[ $rc -ne 0 ]]; then
-    fail "$desc: '$*' exited $rc"
-    _show_out
-    return 1
-  fi
-  return 0
-}
-
-check_fails() {
-  local desc=$1
-  shift
-  _checks=$((_checks + 1))
-  "$@" >"$OUT" 2>&1
-  local rc=$?
-  if [[ $rc -eq 0 ]]; then
-    fail "$desc: '$*' succeeded, expected a failure"
-    _show_out
-    return 1
-  fi
-  return 0
-}
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 
 finish() {
   echo "$TEST_NAME: $_checks checks, $_failures failures"

@@ -28,8 +28,6 @@ set -uo pipefail
 BLKSTACK=$(realpath "${1:?usage: $0 PATH_TO_BLKSTACK}")
 NBD_SERVER=${BLKSTACK_TEST_NBD_SERVER:-blkstack}
 TEST_NAME=$(basename "$0" .sh)
-_failures=0
-_checks=0
 declare -A _server_pid=()
 NBD_TMP=$(mktemp -d "${TMPDIR:-/tmp}/blkstack-$TEST_NAME.XXXXXX")
 OUT=$NBD_TMP/out
@@ -48,46 +46,7 @@ _nbd_cleanup() {
 }
 trap _nbd_cleanup EXIT
 
-fail() {
-  echo "FAIL: $*"
-  _failures=$((_failures + 1))
-}
-
-# The last 40 lines of the last command's output, indented.
-_show_out() { [[ -s $OUT ]] && tail -n 40 "$OUT" | sed 's/^/    | /'; }
-
-check() {
-  local desc=$1
-  shift
-  _checks=$((_checks + 1))
-  "$@" >"$OUT" 2>&1
-  local rc=$?
-  if [[ $rc -ne 0 ]]; then
-    fail "$desc: '$*' exited $rc"
-    _show_out
-    return 1
-  fi
-  return 0
-}
-
-check_fails() {
-  local desc=$1
-  shift
-  _checks=$((_checks + 1))
-  "$@" >"$OUT" 2>&1
-  local rc=$?
-  if [[ $rc -eq 0 ]]; then
-    fail "$desc: '$*' succeeded, expected a failure"
-    _show_out
-    return 1
-  fi
-  if [[ $rc -ge 128 ]]; then
-    fail "$desc: '$*' died with signal $((rc - 128))"
-    _show_out
-    return 1
-  fi
-  return 0
-}
+source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
 
 # check_qemu_io DESC URI 'CMD' 'CMD'...: runs the qemu-io commands on the
 # raw image at URI. qemu-io exits 0 when an aio_read pattern check fails, so
