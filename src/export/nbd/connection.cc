@@ -433,6 +433,7 @@ void Connection::payload_received() {
 }
 
 bool Connection::handle_request(const Request& rq) {
+  ++requests_seen_;
   if (rq.magic != kRequestMagic) {
     hard_close(fmt::format("bad request magic {:#x}", rq.magic));
     return false;

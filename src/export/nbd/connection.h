@@ -117,6 +117,8 @@ class Connection {
   void begin_shutdown(bool force = false);
   // Still negotiating options (for the handshake timeout).
   bool in_handshake() const { return state_ == State::kHandshake; }
+  // Requests read so far (the event loop's measure of a client's depth).
+  uint64_t requests_seen() const { return requests_seen_; }
   // Name for the log ("conn 3").
   const std::string& name() const { return name_; }
   // The export chosen (empty during the handshake).
@@ -170,7 +172,8 @@ class Connection {
   // Slots.
   std::vector<std::unique_ptr<RequestSlot>> slots_;
   RequestSlot* free_ = nullptr;
-  uint32_t in_flight_ = 0;  // slots taken (bio running or reply unsent)
+  uint32_t in_flight_ = 0;
+  uint64_t requests_seen_ = 0;  // slots taken (bio running or reply unsent)
   uint64_t bytes_in_flight_ = 0;
   bool read_blocked_ = false;   // budget or slots exhausted
   bool shutting_down_ = false;  // server stopping: answer new requests ESHUTDOWN
