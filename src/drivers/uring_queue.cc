@@ -35,7 +35,8 @@ void prep_transfer(io_uring_sqe* sqe, const HostIo& io, int fd) {
 UringQueue::UringQueue(int fd, int alt_fd, const Options& o, Callback on_complete)
     : fds_{fd, alt_fd >= 0 ? alt_fd : fd},
       fixed_(o.fixed_file),
-      on_complete_(on_complete) {
+      on_complete_(on_complete),
+      polled_(!o.completion_thread) {
   io_uring_params p{};
   if (o.sqpoll) {
     p.flags |= IORING_SETUP_SQPOLL;
@@ -106,7 +107,7 @@ bool UringQueue::queue(const HostIo& io, void* ctx) {
   }
   if (fixed_) sqe->flags |= IOSQE_FIXED_FILE;
   io_uring_sqe_set_data(sqe, ctx);
-  in_flight_.fetch_add(1, std::memory_order_relaxed);
+  if (polled_) in_flight_.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
 
@@ -131,7 +132,7 @@ int UringQueue::drain(bool* stop) {
       continue;
     }
     ++done;
-    in_flight_.fetch_sub(1, std::memory_order_relaxed);
+    if (polled_) in_flight_.fetch_sub(1, std::memory_order_relaxed);
     on_complete_(io_uring_cqe_get_data(cqe), cqe->res);
   }
   io_uring_cq_advance(&ring_, seen);

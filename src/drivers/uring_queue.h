@@ -61,9 +61,13 @@ class UringQueue final : public HostIoQueue {
   int fds_[2];
   bool fixed_;
   Callback on_complete_;
-  std::mutex lock_;                     // the submission queue
-  std::mutex reap_lock_;                // the completion queue
-  std::atomic<uint32_t> in_flight_{0};  // prepared and not yet reaped
+  std::mutex lock_;       // the submission queue
+  std::mutex reap_lock_;  // the completion queue
+  // Prepared and not yet reaped; counted on poll queues only, the one
+  // place it is read (a queue with a completion thread would pay an atomic
+  // on a shared line per I/O for nothing).
+  const bool polled_;
+  std::atomic<uint32_t> in_flight_{0};
   std::thread reaper_;
 };
 
