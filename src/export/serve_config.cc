@@ -41,6 +41,14 @@ std::vector<std::string> get_strings(const std::string& source, const toml::node
   return out;
 }
 
+unsigned get_uint(const std::string& source, const toml::node& n, std::string_view key,
+                  int64_t lo, int64_t hi) {
+  const auto* i = n.as_integer();
+  if (!i || i->get() < lo || i->get() > hi)
+    fail(source, n, key, fmt::format("expected an integer from {} to {}", lo, hi));
+  return static_cast<unsigned>(i->get());
+}
+
 void parse_server(const std::string& source, const toml::table& t, ServeConfig& c) {
   for (auto&& [k, v] : t) {
     const std::string key = "server." + std::string(k.str());
@@ -49,20 +57,17 @@ void parse_server(const std::string& source, const toml::table& t, ServeConfig& 
     } else if (k == "listen") {
       c.listen = get_strings(source, v, key);
     } else if (k == "threads") {
-      const auto* i = v.as_integer();
-      if (!i || i->get() < 1 || i->get() > 256)
-        fail(source, v, key, "expected an integer from 1 to 256");
-      c.threads = static_cast<unsigned>(i->get());
+      c.threads = get_uint(source, v, key, 1, 256);
+    } else if (k == "coalesce_us") {
+      c.coalesce_us = get_uint(source, v, key, 0, kMaxCoalesceUs);
     } else if (k == "fuse") {
       c.fuse_mountpoint = get_string(source, v, key);
     } else if (k == "fuse_threads") {
-      const auto* i = v.as_integer();
-      if (!i || i->get() < 1 || i->get() > 256)
-        fail(source, v, key, "expected an integer from 1 to 256");
-      c.fuse_threads = static_cast<unsigned>(i->get());
+      c.fuse_threads = get_uint(source, v, key, 1, 256);
     } else {
       fail(source, v, key,
-           "unknown key (known: sockets, listen, threads, fuse, fuse_threads)");
+           "unknown key (known: sockets, listen, threads, coalesce_us, fuse, "
+           "fuse_threads)");
     }
   }
 }

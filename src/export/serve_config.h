@@ -5,6 +5,7 @@
 //   sockets = ["/run/blkstack.sock"]     # unix sockets
 //   listen = ["127.0.0.1:10809"]         # TCP addresses
 //   threads = 2                          # event loops
+//   coalesce_us = 20                     # 0: never coalesce (wait_policy.h)
 //   fuse = "/mnt/blkstack"               # FUSE mount point (type = "fuse" exports)
 //   fuse_threads = 2                     # FUSE workers
 //
@@ -24,6 +25,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -40,6 +42,8 @@ class ConfigError : public Error {
  public:
   using Error::Error;
 };
+
+inline constexpr unsigned kMaxCoalesceUs = 10000;
 
 struct DeviceConfig {
   std::string name;
@@ -59,6 +63,9 @@ struct ServeConfig {
   std::vector<std::string> sockets;
   std::vector<std::string> listen;
   unsigned threads = 0;  // 0: not set
+  // How long an event loop sleeps between rounds for a client at high
+  // depth (WaitOptions::coalesce); 0 turns coalescing off.
+  std::optional<unsigned> coalesce_us;
   // The FUSE export ([server] fuse = "DIR", fuse_threads = N; --fuse DIR):
   // the exports of type "fuse" appear as files in DIR.
   std::string fuse_mountpoint;

@@ -20,6 +20,7 @@ constexpr const char* kGood = R"(
 sockets = ["/tmp/a.sock", "/tmp/b.sock"]
 listen = ["127.0.0.1:10809"]
 threads = 2
+coalesce_us = 0
 
 [[device]]
 name = "ram0"
@@ -50,6 +51,8 @@ TEST(ServeConfig, ParsesEverySection) {
   EXPECT_EQ(c.sockets, (std::vector<std::string>{"/tmp/a.sock", "/tmp/b.sock"}));
   EXPECT_EQ(c.listen, std::vector<std::string>{"127.0.0.1:10809"});
   EXPECT_EQ(c.threads, 2u);
+  EXPECT_EQ(c.coalesce_us, 0u);  // set, to off
+  EXPECT_FALSE(parse_serve_config("", "empty.toml").coalesce_us.has_value());
   ASSERT_EQ(c.devices.size(), 2u);
   EXPECT_EQ(c.devices[1].spec, "ram:4M,ro=1");
   ASSERT_EQ(c.exports.size(), 3u);
@@ -115,6 +118,9 @@ TEST(ServeConfig, ErrorsNameFileLineAndKey) {
   EXPECT_TRUE(Contains(e, "servers")) << e;
   e = config_error("[server]\nthreads = 0\n");
   EXPECT_TRUE(Contains(e, "server.threads")) << e;
+  e = config_error("[server]\ncoalesce_us = 20000\n");
+  EXPECT_TRUE(Contains(e, "server.coalesce_us")) << e;
+  EXPECT_TRUE(Contains(e, "0 to 10000")) << e;
 }
 
 TEST(ServeConfig, BuildErrorsNameTheEntry) {

@@ -41,6 +41,7 @@ struct ServeArgs {
   std::vector<std::string> listen;
   std::vector<std::string> exports;
   unsigned threads = 0;
+  std::optional<unsigned> coalesce_us;
   std::string pidfile;
   std::string fuse;  // mount point
   unsigned fuse_threads = 0;
@@ -53,6 +54,7 @@ ServeConfig make_config(const ServeArgs& a) {
   c.sockets.insert(c.sockets.end(), a.sockets.begin(), a.sockets.end());
   c.listen.insert(c.listen.end(), a.listen.begin(), a.listen.end());
   if (a.threads) c.threads = a.threads;
+  if (a.coalesce_us) c.coalesce_us = a.coalesce_us;
   for (const std::string& e : a.exports) add_cli_export(c, e);
   if (!a.fuse.empty()) c.fuse_mountpoint = a.fuse;
   if (a.fuse_threads) c.fuse_threads = a.fuse_threads;
@@ -137,6 +139,8 @@ int serve(const ServeArgs& a) {
     opts.tcp.push_back("127.0.0.1:10809");
   opts.threads =
       config.threads ? config.threads : std::max(1u, std::thread::hardware_concurrency());
+  if (config.coalesce_us)
+    opts.wait.coalesce = std::chrono::microseconds(*config.coalesce_us);
 
   // The signals are taken synchronously by this thread; the loop threads
   // inherit the mask and never see them.
@@ -237,6 +241,10 @@ void add_serve_command(CLI::App& app) {
       "the spec makes it read-only");
   cmd->add_option("--threads", args.threads, "Event loops (default: one per core)")
       ->check(CLI::Range(1, 256));
+  cmd->add_option("--coalesce-us", args.coalesce_us,
+                  "At high depth, serve a client's requests in batches this many "
+                  "microseconds apart instead of waking for each (default 20; 0: off)")
+      ->check(CLI::Range(0u, kMaxCoalesceUs));
   cmd->add_option("--pidfile", args.pidfile,
                   "Write the pid here once listening (and the FUSE mount is up)");
   cmd->add_option("--fuse", args.fuse,
@@ -264,6 +272,7 @@ void add_serve_command(CLI::App& app) {
       "  sockets = [\"/run/blkstack.sock\"]\n"
       "  listen = [\"127.0.0.1:10809\"]\n"
       "  threads = 2\n"
+      "  coalesce_us = 20               # as --coalesce-us\n"
       "  fuse = \"/mnt/blkstack\"          # the FUSE mount point, as --fuse\n"
       "  [[device]]\n"
       "  name = \"ram0\"\n"

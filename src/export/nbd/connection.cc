@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -77,6 +79,10 @@ Connection::Connection(int fd, std::shared_ptr<const ExportTable> exports,
       rbuf_(new std::byte[kRecvBufSize]) {
   const int fl = fcntl(fd_, F_GETFL);
   if (fl >= 0) fcntl(fd_, F_SETFL, fl | O_NONBLOCK);
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  unix_socket_ = ::getsockname(fd_, reinterpret_cast<sockaddr*>(&ss), &len) == 0 &&
+                 ss.ss_family == AF_UNIX;
   out_ = std::move(handshake_->output());
   handshake_->output().clear();
 }
@@ -101,6 +107,13 @@ bool Connection::wants_read() const {
   if (eof_ || read_blocked_) return false;
   if (state_ == State::kHandshake) return out_.size() < kMaxHandshakeOutput;
   return parsing();
+}
+
+bool Connection::client_has_unread_replies() const {
+  // A unix stream socket's output queue holds what was sent until the
+  // peer has read it.
+  int queued = 0;
+  return unix_socket_ && ::ioctl(fd_, SIOCOUTQ, &queued) == 0 && queued > 0;
 }
 
 bool Connection::parsing() const {

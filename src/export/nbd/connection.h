@@ -119,6 +119,10 @@ class Connection {
   bool in_handshake() const { return state_ == State::kHandshake; }
   // Requests read so far (the event loop's measure of a client's depth).
   uint64_t requests_seen() const { return requests_seen_; }
+  // Whether the client has not yet read all the replies sent to it; false
+  // also where the socket cannot tell (TCP counts bytes not acknowledged
+  // by the peer's kernel, not bytes its program has not read).
+  bool client_has_unread_replies() const;
   // Name for the log ("conn 3").
   const std::string& name() const { return name_; }
   // The export chosen (empty during the handshake).
@@ -148,6 +152,7 @@ class Connection {
   void log(const std::string& what) const;
 
   int fd_;
+  bool unix_socket_ = false;
   std::string name_;
   std::shared_ptr<const ExportTable> exports_;
   Reactor& reactor_;

@@ -7,9 +7,11 @@
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -21,6 +23,7 @@
 #include "blkstack/disk.h"
 #include "blkstack/error.h"
 #include "export/log.h"
+#include "export/nbd/wait_policy.h"
 
 namespace blkstack::nbd {
 namespace {
@@ -132,7 +135,8 @@ struct LoopEntry {
 
 class EventLoop final : public Reactor {
  public:
-  EventLoop(Server& server, unsigned index) : server_(server), index_(index) {
+  EventLoop(Server& server, unsigned index)
+      : server_(server), index_(index), policy_(server.options_.wait) {
     epfd_ = ::epoll_create1(EPOLL_CLOEXEC);
     evfd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (epfd_ < 0 || evfd_ < 0) throw Error(fmt::format("event loop: {}", errno_text()));
@@ -365,25 +369,49 @@ class EventLoop final : public Reactor {
     settle();
   }
 
-  // After a round with work, a client at low depth usually sends its next
-  // request within microseconds; a sleep and wake-up in between costs tens
-  // of microseconds on a virtual machine. So look again without sleeping
-  // for a short while before blocking.
-  int spin_then_wait(epoll_event* events) {
-    const auto until =
-        std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinUs);
-    while (std::chrono::steady_clock::now() < until) {
-      const int n = ::epoll_wait(epfd_, events, 64, 0);
-      if (n != 0) return n;
+  // Waits as the policy says (see wait_policy.h) for the next events.
+  int wait(epoll_event* events, int timeout) {
+    if (timeout != -1) return ::epoll_wait(epfd_, events, kMaxEvents, timeout);
+    policy_.round_done(round_requests_, backlog_ && !starved_);  // since the last wait
+    round_requests_ = 0;
+    const WaitPolicy::Wait how = policy_.next();
+    measure_backlog_ = how == WaitPolicy::Wait::kCoalesce;
+    backlog_ = starved_ = false;
+    int n = 0;
+    switch (how) {
+      case WaitPolicy::Wait::kCoalesce: {
+        const auto us = policy_.options().coalesce.count();
+        const timespec ts{us / 1000000, (us % 1000000) * 1000};
+        ::clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, nullptr);
+        n = ::epoll_wait(epfd_, events, kMaxEvents, 0);
+        break;
+      }
+      case WaitPolicy::Wait::kSpin: {
+        const auto until = std::chrono::steady_clock::now() + policy_.options().spin;
+        do {
+          n = ::epoll_wait(epfd_, events, kMaxEvents, 0);
+        } while (n == 0 && std::chrono::steady_clock::now() < until);
+        break;
+      }
+      case WaitPolicy::Wait::kBlock:
+        break;
     }
-    return ::epoll_wait(epfd_, events, 64, -1);
+    return n != 0 ? n : ::epoll_wait(epfd_, events, kMaxEvents, -1);
   }
-  static constexpr int kSpinUs = 30;
-  uint64_t round_requests_ = 0;  // requests read in the last round
+  static constexpr int kMaxEvents = 64;
+  uint64_t round_requests_ = 0;  // requests read since the policy last heard
+  // After a coalescing wait: whether a client that woke us still had
+  // replies to read (backlog), or had read them all (starved).
+  bool measure_backlog_ = false;
+  bool backlog_ = false;
+  bool starved_ = false;
 
   void loop() {
     tls_loop = this;
-    epoll_event events[64];
+    // Coalescing sleeps are tens of microseconds: without this, the
+    // default 50 µs timer slack would more than double them.
+    ::prctl(PR_SET_TIMERSLACK, 1UL);
+    epoll_event events[kMaxEvents];
     while (true) {
       for (LoopEntry* e : again_) mark(e);
       // Wake once a second while someone is negotiating, for the timeout.
@@ -393,13 +421,7 @@ class EventLoop final : public Reactor {
                           : negotiating_                   ? 1000
                                                            : -1;
       again_.clear();
-      // Spin only after a round of one or two requests: a client at low
-      // depth. At high depth the requests come in batches anyway, and
-      // spinning would only cost CPU.
-      const bool spin = timeout == -1 && round_requests_ > 0 && round_requests_ <= 2;
-      round_requests_ = 0;
-      int n = ::epoll_wait(epfd_, events, 64, spin ? 0 : timeout);
-      if (n == 0 && spin) n = spin_then_wait(events);
+      const int n = wait(events, timeout);
       for (int i = 0; i < n; ++i) {
         auto* e = static_cast<LoopEntry*>(events[i].data.ptr);
         switch (e->kind) {
@@ -421,6 +443,11 @@ class EventLoop final : public Reactor {
             break;
           case LoopEntry::kConn:
             mark(e);
+            if (measure_backlog_) {
+              const bool unread = e->conn->client_has_unread_replies();
+              backlog_ |= unread;
+              starved_ |= !unread;
+            }
             break;
         }
       }
@@ -453,6 +480,7 @@ class EventLoop final : public Reactor {
   std::vector<std::unique_ptr<LoopEntry>> conns_;
   std::vector<LoopEntry*> dirty_;
   std::vector<LoopEntry*> again_;  // to run again next round (wants_rerun)
+  WaitPolicy policy_;
   std::atomic<RequestSlot*> remote_{nullptr};
   std::atomic<size_t> nconns_{0};
   std::thread thread_;

@@ -17,6 +17,7 @@
 
 #include "export/export_table.h"
 #include "export/nbd/connection.h"
+#include "export/nbd/wait_policy.h"
 
 namespace blkstack::nbd {
 
@@ -31,6 +32,9 @@ struct ServerOptions {
   // A client that has not chosen an export after this long is closed (as
   // qemu-nbd does), so idle sockets cannot hold connections forever.
   std::chrono::milliseconds handshake_timeout = std::chrono::seconds(10);
+  // How the loops wait between rounds: spinning at low depth, coalescing
+  // at high depth (wait_policy.h).
+  WaitOptions wait;
 };
 
 class EventLoop;

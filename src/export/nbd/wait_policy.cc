@@ -1,0 +1,57 @@
+#include "export/nbd/wait_policy.h"
+
+#include <algorithm>
+
+namespace blkstack::nbd {
+
+WaitPolicy::WaitPolicy(WaitOptions options)
+    : options_(options),
+      probe_interval_(std::max<uint32_t>(1, options.probe_interval)),
+      rounds_to_probe_(probe_interval_) {}
+
+WaitPolicy::Wait WaitPolicy::next() {
+  const bool can_coalesce = options_.coalesce.count() > 0;
+  if (coalescing_ && can_coalesce) {
+    last_ = Wait::kCoalesce;
+  } else if (last_requests_ == 0) {
+    last_ = Wait::kBlock;
+  } else if (can_coalesce && --rounds_to_probe_ == 0) {
+    last_ = Wait::kCoalesce;  // a probe
+  } else {
+    last_ = last_requests_ <= 2 ? Wait::kSpin : Wait::kBlock;
+  }
+  return last_;
+}
+
+void WaitPolicy::round_done(uint64_t requests, bool backlog) {
+  last_requests_ = requests;
+  if (last_ != Wait::kCoalesce) return;
+  const bool worth_it = backlog && requests >= options_.stay_at;
+  if (coalescing_) {
+    short_rounds_ = worth_it ? 0 : short_rounds_ + 1;
+    if (short_rounds_ < 2) {
+      ++settled_rounds_;
+      return;
+    }
+    coalescing_ = false;
+    // Coalescing that lasted earns quick probes; a short stint means the
+    // client's depth is at the edge, where probing often costs.
+    set_probe_interval(settled_rounds_ >= kSettledRounds);
+    return;
+  }
+  // The round after a probe.
+  if (worth_it && requests >= options_.enter_at) {
+    coalescing_ = true;
+    short_rounds_ = settled_rounds_ = 0;
+  } else {
+    set_probe_interval(false);
+  }
+}
+
+void WaitPolicy::set_probe_interval(bool reset) {
+  probe_interval_ = reset ? std::max<uint32_t>(1, options_.probe_interval)
+                          : std::min(probe_interval_ * 2, kMaxProbeInterval);
+  rounds_to_probe_ = probe_interval_;
+}
+
+}  // namespace blkstack::nbd

@@ -1,0 +1,137 @@
+// WaitPolicy: when an event loop blocks, spins or coalesces, fed with the
+// rounds a client at a given depth would bring.
+#include <gtest/gtest.h>
+
+#include "export/nbd/wait_policy.h"
+
+namespace blkstack::nbd {
+namespace {
+
+using Wait = WaitPolicy::Wait;
+
+WaitOptions small_probe_interval() {
+  WaitOptions o;
+  o.probe_interval = 4;
+  return o;
+}
+
+// Rounds of `requests` each (with `backlog`) until the policy asks for a
+// coalescing wait; returns how many waits that took (0: none within `max`).
+int waits_until_coalesce(WaitPolicy& p, uint64_t requests, bool backlog,
+                         int max = 10000) {
+  for (int i = 1; i <= max; ++i) {
+    const Wait w = p.next();
+    p.round_done(requests, backlog);
+    if (w == Wait::kCoalesce) return i;
+  }
+  return 0;
+}
+
+TEST(WaitPolicyTest, BlocksWhenIdleAndSpinsAtLowDepth) {
+  WaitPolicy p;
+  EXPECT_EQ(p.next(), Wait::kBlock);  // nothing has happened yet
+  p.round_done(1);
+  EXPECT_EQ(p.next(), Wait::kSpin);  // one request: its successor is close
+  p.round_done(2);
+  EXPECT_EQ(p.next(), Wait::kSpin);
+  p.round_done(3);
+  EXPECT_EQ(p.next(), Wait::kBlock);  // a batch: no spinning
+  p.round_done(0);
+  EXPECT_EQ(p.next(), Wait::kBlock);  // idle
+  EXPECT_FALSE(p.coalescing());
+}
+
+TEST(WaitPolicyTest, ProbesOnlyAfterRoundsWithRequests) {
+  WaitPolicy p(small_probe_interval());
+  for (int i = 0; i < 100; ++i) {
+    EXPECT_EQ(p.next(), Wait::kBlock);
+    p.round_done(0);
+  }
+  EXPECT_EQ(waits_until_coalesce(p, 1, false), 5);  // the idle rounds did not count
+}
+
+TEST(WaitPolicyTest, ClientWithBacklogAtDepthIsCoalesced) {
+  WaitPolicy p(small_probe_interval());
+  EXPECT_EQ(waits_until_coalesce(p, 16, true), 5);
+  EXPECT_TRUE(p.coalescing());
+  for (int i = 0; i < 1000; ++i) {
+    EXPECT_EQ(p.next(), Wait::kCoalesce);
+    p.round_done(i % 2 ? 16 : 2, true);  // stay_at is enough
+  }
+}
+
+TEST(WaitPolicyTest, ProbeFailsWithoutBacklogOrDepth) {
+  {
+    WaitPolicy p(small_probe_interval());
+    waits_until_coalesce(p, 16, /*backlog=*/false);  // the client read everything
+    EXPECT_FALSE(p.coalescing());
+  }
+  {
+    WaitPolicy p(small_probe_interval());
+    waits_until_coalesce(p, 3, /*backlog=*/true);  // below enter_at
+    EXPECT_FALSE(p.coalescing());
+  }
+}
+
+TEST(WaitPolicyTest, FailedProbesBackOffExponentially) {
+  WaitPolicy p(small_probe_interval());
+  // The first probe comes after 4 rounds, fails; then 8, 16, ... rounds
+  // (plus the probe's own wait), up to the cap.
+  EXPECT_EQ(waits_until_coalesce(p, 1, false), 5);
+  int expect = 8;
+  for (int i = 0; i < 14; ++i) {
+    EXPECT_EQ(waits_until_coalesce(p, 1, false), expect) << "probe " << i;
+    expect = std::min<int>(expect * 2, WaitPolicy::kMaxProbeInterval);
+  }
+}
+
+TEST(WaitPolicyTest, LeavesAfterTwoShortRoundsInARow) {
+  WaitPolicy p(small_probe_interval());
+  waits_until_coalesce(p, 16, true);
+  ASSERT_TRUE(p.coalescing());
+  p.next();
+  p.round_done(16, false);  // one client had read everything: one strike
+  EXPECT_TRUE(p.coalescing());
+  p.next();
+  p.round_done(16, true);  // strikes must be in a row
+  p.next();
+  p.round_done(1, true);  // fewer than stay_at
+  EXPECT_TRUE(p.coalescing());
+  p.next();
+  p.round_done(0, false);  // the client went idle
+  EXPECT_FALSE(p.coalescing());
+  EXPECT_EQ(p.next(), Wait::kBlock);
+}
+
+TEST(WaitPolicyTest, ShortStintDoublesTheProbeIntervalLongOneResetsIt) {
+  WaitPolicy p(small_probe_interval());
+  waits_until_coalesce(p, 16, true);
+  for (int i = 0; i < 2; ++i) {  // over at once: depth at the edge
+    p.next();
+    p.round_done(16, false);
+  }
+  ASSERT_FALSE(p.coalescing());
+  EXPECT_EQ(waits_until_coalesce(p, 16, true), 8);  // the 8th round with requests
+  ASSERT_TRUE(p.coalescing());
+  for (uint32_t i = 0; i < WaitPolicy::kSettledRounds; ++i) {
+    p.next();
+    p.round_done(16, true);
+  }
+  for (int i = 0; i < 2; ++i) {
+    p.next();
+    p.round_done(0, false);
+  }
+  ASSERT_FALSE(p.coalescing());
+  EXPECT_EQ(waits_until_coalesce(p, 16, true), 5);  // back to the first interval
+}
+
+TEST(WaitPolicyTest, ZeroIntervalNeverCoalesces) {
+  WaitOptions o = small_probe_interval();
+  o.coalesce = std::chrono::microseconds(0);
+  WaitPolicy p(o);
+  EXPECT_EQ(waits_until_coalesce(p, 64, true), 0);
+  EXPECT_FALSE(p.coalescing());
+}
+
+}  // namespace
+}  // namespace blkstack::nbd
