@@ -1,18 +1,25 @@
 // ram: a sparse RAM disk (the kernel's brd, the sbd sample of seed 003).
 //
-// Memory is held in 4 KiB pages allocated on first write; a page never
-// written reads as zeroes; discard and write-zeroes free whole pages (and
-// zero the partial ones at the edges). Pages are grouped into 2 MiB chunks,
-// each with a reader/writer lock: reads and writes share it, freeing a page
-// takes it exclusively, so a page is never freed under a reader.
+// The device is cut into 2 MiB chunks. A chunk's memory is an anonymous
+// mapping made on the first write into it, so the kernel provides a page
+// only where data is written, and discard hands whole pages back with
+// MADV_DONTNEED; a bitmap per chunk says which 4 KiB pages hold data, and
+// pages outside it read as zeroes without being touched. Pages of one
+// chunk are contiguous and page-aligned: a 4 KiB read is one aligned copy
+// from one page, a 1 MiB read one copy of 256 pages.
+//
+// No lock: a mapping lives as long as the store, so an I/O never touches
+// freed memory. A discard racing a read or write of the same page can only
+// leave the old data, the new data or zeroes, which is what the block
+// layer already allows for requests that are not ordered.
 #include <fmt/format.h>
+#include <sys/mman.h>
 
 #include <atomic>
+#include <bit>
 #include <cstring>
 #include <memory>
-#include <mutex>
 #include <new>
-#include <shared_mutex>
 
 #include "blkstack/disk.h"
 #include "blkstack/driver.h"
@@ -39,78 +46,67 @@ class RamStore {
   uint64_t size() const { return bytes_; }
 
   ~RamStore() {
-    for (uint64_t c = 0; c < nr_chunks_; ++c) {
-      Chunk* chunk = chunks_[c].load(std::memory_order_relaxed);
-      if (!chunk) continue;
-      for (auto& p : chunk->pages) delete[] p.load(std::memory_order_relaxed);
-      delete chunk;
-    }
+    for (uint64_t c = 0; c < nr_chunks_; ++c)
+      delete chunks_[c].load(std::memory_order_relaxed);
   }
 
   void read(uint64_t off, std::byte* dst, uint64_t len) const {
-    for_each_page(off, len, [&](uint64_t page, uint64_t in_page, uint64_t n) {
-      Chunk* chunk = chunks_[page / kPagesPerChunk].load(std::memory_order_acquire);
-      if (chunk) {
-        std::shared_lock lock(chunk->lock);
-        if (std::byte* p = chunk->pages[page % kPagesPerChunk].load(std::memory_order_acquire)) {
-          std::memcpy(dst, p + in_page, n);
-          dst += n;
-          return true;
-        }
-      }
-      std::memset(dst, 0, n);
-      dst += n;
-      return true;
-    });
+    for_each_run(off, len,
+                 [&](Chunk* chunk, uint64_t in_chunk, uint64_t n, bool present) {
+                   if (present)
+                     std::memcpy(dst, chunk->base + in_chunk, n);
+                   else
+                     std::memset(dst, 0, n);
+                   dst += n;
+                   return true;
+                 });
   }
 
-  // False when a page could not be allocated.
+  // False when memory for a chunk could not be mapped.
   bool write(uint64_t off, const std::byte* src, uint64_t len) {
-    return for_each_page(off, len, [&](uint64_t page, uint64_t in_page, uint64_t n) {
-      Chunk* chunk = chunk_for_write(page / kPagesPerChunk);
+    while (len > 0) {
+      const uint64_t in_chunk = off % kChunkBytes;
+      const uint64_t n = std::min(len, kChunkBytes - in_chunk);
+      Chunk* chunk = chunk_for_write(off / kChunkBytes);
       if (!chunk) return false;
-      std::shared_lock lock(chunk->lock);
-      std::atomic<std::byte*>& slot = chunk->pages[page % kPagesPerChunk];
-      std::byte* p = slot.load(std::memory_order_acquire);
-      if (!p) {
-        std::byte* fresh = new (std::nothrow) std::byte[kPageSize]();
-        if (!fresh) return false;
-        if (slot.compare_exchange_strong(p, fresh, std::memory_order_acq_rel)) {
-          p = fresh;
-          allocated_pages_.fetch_add(1, std::memory_order_relaxed);
-        } else {
-          delete[] fresh;  // another writer won the race; p is its page
-        }
-      }
-      std::memcpy(p + in_page, src, n);
+      std::memcpy(chunk->base + in_chunk, src, n);
+      const uint64_t first = in_chunk / kPageSize;
+      const uint64_t last = (in_chunk + n - 1) / kPageSize;
+      allocated_pages_.fetch_add(chunk->mark(first, last, true),
+                                 std::memory_order_relaxed);
+      off += n;
       src += n;
-      return true;
-    });
+      len -= n;
+    }
+    return true;
   }
 
-  // Frees the pages fully inside the range and zeroes the edges.
+  // Gives whole pages back and zeroes the parts of pages at the edges.
   void discard(uint64_t off, uint64_t len) {
-    for_each_page(off, len, [&](uint64_t page, uint64_t in_page, uint64_t n) {
-      Chunk* chunk = chunks_[page / kPagesPerChunk].load(std::memory_order_acquire);
-      if (!chunk) return true;
-      std::atomic<std::byte*>& slot = chunk->pages[page % kPagesPerChunk];
-      if (n == kPageSize) {
-        std::unique_lock lock(chunk->lock);
-        if (std::byte* p = slot.exchange(nullptr, std::memory_order_acq_rel)) {
-          delete[] p;
-          allocated_pages_.fetch_sub(1, std::memory_order_relaxed);
-        }
-      } else {
-        std::shared_lock lock(chunk->lock);
-        if (std::byte* p = slot.load(std::memory_order_acquire)) std::memset(p + in_page, 0, n);
-      }
-      return true;
-    });
+    for_each_run(
+        off, len, [&](Chunk* chunk, uint64_t in_chunk, uint64_t n, bool present) {
+          if (!present) return true;
+          const uint64_t end = in_chunk + n;
+          const uint64_t whole_first = (in_chunk + kPageSize - 1) / kPageSize;
+          const uint64_t whole_end = end / kPageSize;
+          if (whole_first >= whole_end) {  // inside one page
+            std::memset(chunk->base + in_chunk, 0, n);
+            return true;
+          }
+          std::memset(chunk->base + in_chunk, 0, whole_first * kPageSize - in_chunk);
+          std::memset(chunk->base + whole_end * kPageSize, 0,
+                      end - whole_end * kPageSize);
+          allocated_pages_.fetch_sub(chunk->mark(whole_first, whole_end - 1, false),
+                                     std::memory_order_relaxed);
+          ::madvise(chunk->base + whole_first * kPageSize,
+                    (whole_end - whole_first) * kPageSize, MADV_DONTNEED);
+          return true;
+        });
   }
 
   bool page_present(uint64_t page) const {
-    Chunk* chunk = chunks_[page / kPagesPerChunk].load(std::memory_order_acquire);
-    return chunk && chunk->pages[page % kPagesPerChunk].load(std::memory_order_acquire);
+    const Chunk* chunk = chunks_[page / kPagesPerChunk].load(std::memory_order_acquire);
+    return chunk && chunk->present(page % kPagesPerChunk);
   }
 
   uint64_t allocated_bytes() const {
@@ -119,32 +115,68 @@ class RamStore {
 
  private:
   struct Chunk {
-    std::shared_mutex lock;
-    std::atomic<std::byte*> pages[kPagesPerChunk] = {};
+    explicit Chunk(std::byte* mem) : base(mem) {}
+    ~Chunk() { ::munmap(base, kChunkBytes); }
+
+    bool present(uint64_t page) const {
+      return bits[page / 64].load(std::memory_order_acquire) >> (page % 64) & 1;
+    }
+    // Sets or clears the bits of pages [first, last]; returns how many changed.
+    uint64_t mark(uint64_t first, uint64_t last, bool set) {
+      uint64_t changed = 0;
+      for (uint64_t w = first / 64; w <= last / 64; ++w) {
+        const uint64_t lo = w == first / 64 ? first % 64 : 0;
+        const uint64_t hi = w == last / 64 ? last % 64 : 63;
+        const uint64_t mask = (~uint64_t{0} >> (63 - hi)) & (~uint64_t{0} << lo);
+        const uint64_t old = set ? bits[w].fetch_or(mask, std::memory_order_acq_rel)
+                                 : bits[w].fetch_and(~mask, std::memory_order_acq_rel);
+        changed += std::popcount(set ? mask & ~old : mask & old);
+      }
+      return changed;
+    }
+
+    std::byte* const base;  // kChunkBytes, mapped
+    std::atomic<uint64_t> bits[kPagesPerChunk / 64] = {};
   };
 
-  // Calls fn(page, offset in page, bytes) for each page piece of the range;
-  // stops early and returns false when fn does.
+  // Calls fn(chunk, offset in chunk, bytes, present) for each run of pages
+  // of the range that are alike (all holding data, or none), chunk by
+  // chunk; chunk is null where none was ever written. Stops when fn
+  // returns false.
   template <class Fn>
-  static bool for_each_page(uint64_t off, uint64_t len, Fn&& fn) {
+  void for_each_run(uint64_t off, uint64_t len, Fn&& fn) const {
     while (len > 0) {
-      uint64_t page = off / kPageSize;
-      uint64_t in_page = off % kPageSize;
-      uint64_t n = std::min(len, kPageSize - in_page);
-      if (!fn(page, in_page, n)) return false;
+      const uint64_t in_chunk = off % kChunkBytes;
+      uint64_t n = std::min(len, kChunkBytes - in_chunk);
+      Chunk* chunk = chunks_[off / kChunkBytes].load(std::memory_order_acquire);
+      bool present = false;
+      if (chunk) {
+        uint64_t page = in_chunk / kPageSize;
+        present = chunk->present(page);
+        uint64_t run = (page + 1) * kPageSize - in_chunk;
+        while (run < n && chunk->present(++page) == present) run += kPageSize;
+        n = std::min(n, run);
+      }
+      if (!fn(chunk, in_chunk, n, present)) return;
       off += n;
       len -= n;
     }
-    return true;
   }
 
   Chunk* chunk_for_write(uint64_t c) {
     Chunk* chunk = chunks_[c].load(std::memory_order_acquire);
     if (chunk) return chunk;
-    Chunk* fresh = new (std::nothrow) Chunk();
-    if (!fresh) return nullptr;
-    if (chunks_[c].compare_exchange_strong(chunk, fresh, std::memory_order_acq_rel)) return fresh;
-    delete fresh;
+    void* mem = ::mmap(nullptr, kChunkBytes, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mem == MAP_FAILED) return nullptr;
+    Chunk* fresh = new (std::nothrow) Chunk(static_cast<std::byte*>(mem));
+    if (!fresh) {
+      ::munmap(mem, kChunkBytes);
+      return nullptr;
+    }
+    if (chunks_[c].compare_exchange_strong(chunk, fresh, std::memory_order_acq_rel))
+      return fresh;
+    delete fresh;  // another writer won the race; chunk is its
     return chunk;
   }
 
@@ -235,7 +267,12 @@ class RamRequestDriver final : public RamReports<RequestDriver> {
 };
 
 constexpr OptionDef kOptions[] = {
-    {"size", OptionKind::kSize, "64M", "capacity in bytes (K, M, G, T suffixes)", {}, true},
+    {"size",
+     OptionKind::kSize,
+     "64M",
+     "capacity in bytes (K, M, G, T suffixes)",
+     {},
+     true},
     {"bs", OptionKind::kSize, "512", "logical block size: 512 to 65536, a power of two"},
     {"max_sectors", OptionKind::kUint, "2560", "largest I/O in 512-byte sectors"},
 };
@@ -259,7 +296,8 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
 }  // namespace
 
 extern const DriverType kRamDriver{
-    "ram", "sparse RAM disk: 4 KiB pages on first write, discard frees them (brd)", 1,
-    kOptions, create, /*queue_modes=*/true};
+    "ram",  "sparse RAM disk: 4 KiB pages on first write, discard frees them (brd)",
+    1,      kOptions,
+    create, /*queue_modes=*/true};
 
 }  // namespace blkstack

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -327,6 +328,100 @@ TEST(RamDriver, WriteZeroesReadsZeroAndFreesWholePages) {
   // Write-zeroes over holes allocates nothing.
   ASSERT_EQ(ram.h.write_zeroes(1 << 20, 1 << 20), Status::kOk);
   EXPECT_EQ(ram.allocated(), 3 * kPage);
+}
+
+// Runs of data and holes across the 2 MiB chunk boundary: one read sees
+// them all, in place.
+TEST(RamDriver, ReadsAcrossChunksAndHoles) {
+  RamDisk ram("ram:8M");
+  constexpr uint64_t kChunk = 2 << 20;
+  ram.write(kChunk - 2 * kPage, kPage, 0x31);  // the last page but one of chunk 0
+  ram.write(kChunk, 3 * kPage, 0x32);          // the first three of chunk 1
+  ram.write(2 * kChunk + kPage, kPage, 0x33);  // the second of chunk 2
+  std::vector<std::byte> all = ram.read(kChunk - 4 * kPage, kChunk + 8 * kPage);
+  const std::byte* p = all.data();
+  EXPECT_TRUE(AllAre(p, 2 * kPage, 0));
+  EXPECT_TRUE(AllAre(p + 2 * kPage, kPage, 0x31));
+  EXPECT_TRUE(AllAre(p + 3 * kPage, kPage, 0));
+  EXPECT_TRUE(AllAre(p + 4 * kPage, 3 * kPage, 0x32));
+  EXPECT_TRUE(AllAre(p + 7 * kPage, kChunk - 3 * kPage, 0));
+  EXPECT_TRUE(AllAre(p + 4 * kPage + kChunk, kPage, 0));
+  EXPECT_TRUE(AllAre(p + 5 * kPage + kChunk, kPage, 0x33));
+  EXPECT_TRUE(AllAre(p + 6 * kPage + kChunk, 2 * kPage, 0));
+  EXPECT_EQ(ram.allocated(), 5 * kPage);
+  // A write across the boundary lands in both chunks.
+  ram.write(kChunk - kPage - 512, 2 * kPage, 0x34);
+  std::vector<std::byte> w = ram.read(kChunk - 2 * kPage, 4 * kPage);
+  EXPECT_TRUE(AllAre(w.data(), kPage - 512, 0x31));
+  EXPECT_TRUE(AllAre(w.data() + kPage - 512, 2 * kPage, 0x34));
+  EXPECT_TRUE(AllAre(w.data() + 3 * kPage - 512, kPage + 512, 0x32));
+  EXPECT_EQ(ram.allocated(), 6 * kPage);
+}
+
+// Resident memory of this process, from /proc/self/statm.
+uint64_t resident_bytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  unsigned long size = 0, resident = 0;
+  if (f) {
+    if (std::fscanf(f, "%lu %lu", &size, &resident) != 2) resident = 0;
+    std::fclose(f);
+  }
+  return uint64_t{resident} * 4096;
+}
+
+TEST(RamDriver, DiscardGivesMemoryBackAndReadingHolesTakesNone) {
+  RamDisk ram("ram:256M");
+  const uint64_t before = resident_bytes();
+  std::vector<std::byte> buf(1 << 20);
+  for (uint64_t off = 0; off < (128u << 20); off += buf.size())
+    ASSERT_EQ(ram.h.pread(buf.data(), buf.size(), off), Status::kOk);
+  EXPECT_LT(resident_bytes(), before + (16u << 20)) << "reading holes allocated memory";
+  ram.write(0, 64 << 20, 0x41);
+  EXPECT_GE(resident_bytes(), before + (64u << 20) - (8u << 20));
+  ASSERT_EQ(ram.h.discard(0, 64 << 20), Status::kOk);
+  EXPECT_LT(resident_bytes(), before + (16u << 20)) << "discard kept the memory";
+  EXPECT_EQ(ram.allocated(), 0u);
+}
+
+// Writers, discards and readers on the same pages at once: no crash, no
+// read of anything but zeroes or a value some writer wrote, and the
+// accounting ends where the last operations on each page leave it.
+TEST(RamDriver, ConcurrentWriteDiscardAndRead) {
+  RamDisk ram("ram:4M");
+  constexpr int kPages = 64;
+  std::atomic<bool> stop{false};
+  std::atomic<int> bad{0};
+  auto writer = [&](uint8_t v) {
+    std::vector<std::byte> b = Filled(kPage, v);
+    for (int i = 0; !stop; i = (i + 7) % kPages)
+      if (ram.h.pwrite(b.data(), kPage, i * kPage) != Status::kOk) ++bad;
+  };
+  auto discarder = [&] {
+    for (int i = 0; !stop; i = (i + 5) % kPages)
+      if (ram.h.discard(i * kPage, 2 * kPage) != Status::kOk) ++bad;
+  };
+  auto reader = [&] {
+    std::vector<std::byte> b(kPage);
+    for (int i = 0; !stop; i = (i + 3) % kPages) {
+      if (ram.h.pread(b.data(), kPage, i * kPage) != Status::kOk) ++bad;
+      for (std::byte x : b)
+        if (x != std::byte{0} && x != std::byte{0x51} && x != std::byte{0x52}) ++bad;
+    }
+  };
+  std::vector<std::thread> ts;
+  ts.emplace_back(writer, 0x51);
+  ts.emplace_back(writer, 0x52);
+  ts.emplace_back(discarder);
+  ts.emplace_back(reader);
+  std::this_thread::sleep_for(300ms);
+  stop = true;
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(bad, 0);
+  EXPECT_LE(ram.allocated(), kPages * kPage);
+  ASSERT_EQ(ram.h.discard(0, 4 << 20), Status::kOk);
+  EXPECT_EQ(ram.allocated(), 0u);
+  ram.write(0, kPages * kPage, 0x53);
+  EXPECT_EQ(ram.allocated(), kPages * kPage);
 }
 
 TEST(RamDriver, FourKiBBlocks) {

@@ -21,7 +21,7 @@ int waits_until_coalesce(WaitPolicy& p, uint64_t requests, bool backlog,
                          int max = 10000) {
   for (int i = 1; i <= max; ++i) {
     const Wait w = p.next();
-    p.round_done(requests, backlog);
+    p.round_done({requests, false, backlog});
     if (w == Wait::kCoalesce) return i;
   }
   return 0;
@@ -30,14 +30,16 @@ int waits_until_coalesce(WaitPolicy& p, uint64_t requests, bool backlog,
 TEST(WaitPolicyTest, BlocksWhenIdleAndSpinsAtLowDepth) {
   WaitPolicy p;
   EXPECT_EQ(p.next(), Wait::kBlock);  // nothing has happened yet
-  p.round_done(1);
+  p.round_done({1});
   EXPECT_EQ(p.next(), Wait::kSpin);  // one request: its successor is close
-  p.round_done(2);
+  p.round_done({2});
   EXPECT_EQ(p.next(), Wait::kSpin);
-  p.round_done(3);
+  p.round_done({3});
   EXPECT_EQ(p.next(), Wait::kBlock);  // a batch: no spinning
-  p.round_done(0);
+  p.round_done({0});
   EXPECT_EQ(p.next(), Wait::kBlock);  // idle
+  p.round_done({0, /*payload=*/true});
+  EXPECT_EQ(p.next(), Wait::kSpin);  // a large write: more of it is coming
   EXPECT_FALSE(p.coalescing());
 }
 
@@ -45,7 +47,7 @@ TEST(WaitPolicyTest, ProbesOnlyAfterRoundsWithRequests) {
   WaitPolicy p(small_probe_interval());
   for (int i = 0; i < 100; ++i) {
     EXPECT_EQ(p.next(), Wait::kBlock);
-    p.round_done(0);
+    p.round_done({0});
   }
   EXPECT_EQ(waits_until_coalesce(p, 1, false), 5);  // the idle rounds did not count
 }
@@ -56,7 +58,7 @@ TEST(WaitPolicyTest, ClientWithBacklogAtDepthIsCoalesced) {
   EXPECT_TRUE(p.coalescing());
   for (int i = 0; i < 1000; ++i) {
     EXPECT_EQ(p.next(), Wait::kCoalesce);
-    p.round_done(i % 2 ? 16 : 2, true);  // stay_at is enough
+    p.round_done({i % 2 ? 16u : 2u, false, true});  // stay_at is enough
   }
 }
 
@@ -90,15 +92,15 @@ TEST(WaitPolicyTest, LeavesAfterTwoShortRoundsInARow) {
   waits_until_coalesce(p, 16, true);
   ASSERT_TRUE(p.coalescing());
   p.next();
-  p.round_done(16, false);  // one client had read everything: one strike
+  p.round_done({16, false, false});  // one client had read everything: one strike
   EXPECT_TRUE(p.coalescing());
   p.next();
-  p.round_done(16, true);  // strikes must be in a row
+  p.round_done({16, false, true});  // strikes must be in a row
   p.next();
-  p.round_done(1, true);  // fewer than stay_at
+  p.round_done({1, false, true});  // fewer than stay_at
   EXPECT_TRUE(p.coalescing());
   p.next();
-  p.round_done(0, false);  // the client went idle
+  p.round_done({0, false, false});  // the client went idle
   EXPECT_FALSE(p.coalescing());
   EXPECT_EQ(p.next(), Wait::kBlock);
 }
@@ -108,18 +110,18 @@ TEST(WaitPolicyTest, ShortStintDoublesTheProbeIntervalLongOneResetsIt) {
   waits_until_coalesce(p, 16, true);
   for (int i = 0; i < 2; ++i) {  // over at once: depth at the edge
     p.next();
-    p.round_done(16, false);
+    p.round_done({16, false, false});
   }
   ASSERT_FALSE(p.coalescing());
   EXPECT_EQ(waits_until_coalesce(p, 16, true), 8);  // the 8th round with requests
   ASSERT_TRUE(p.coalescing());
   for (uint32_t i = 0; i < WaitPolicy::kSettledRounds; ++i) {
     p.next();
-    p.round_done(16, true);
+    p.round_done({16, false, true});
   }
   for (int i = 0; i < 2; ++i) {
     p.next();
-    p.round_done(0, false);
+    p.round_done({0, false, false});
   }
   ASSERT_FALSE(p.coalescing());
   EXPECT_EQ(waits_until_coalesce(p, 16, true), 5);  // back to the first interval

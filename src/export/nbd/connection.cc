@@ -34,7 +34,8 @@ constexpr uint16_t kKnownCmdFlags =
 // Option replies waiting to be sent above which the handshake stops reading.
 constexpr size_t kMaxHandshakeOutput = 256u << 10;
 // Replies to requests at least this large are sent before the next request
-// is parsed (see complete()).
+// is parsed (see complete()); and no request is parsed while this much
+// reply data waits for room in the socket (see output_full()).
 constexpr uint32_t kEagerSendBytes = 256u << 10;
 // BLOCK_STATUS answers at most this many extents per request.
 constexpr uint32_t kMaxExtents = 1024;
@@ -103,8 +104,12 @@ void Connection::log(const std::string& what) const {
                         nego_.export_name, what));
 }
 
+bool Connection::output_full() const {
+  return state_ != State::kHandshake && unsent_ >= kEagerSendBytes;
+}
+
 bool Connection::wants_read() const {
-  if (eof_ || read_blocked_) return false;
+  if (eof_ || read_blocked_ || output_full()) return false;
   if (state_ == State::kHandshake) return out_.size() < kMaxHandshakeOutput;
   return parsing();
 }
@@ -124,8 +129,8 @@ bool Connection::wants_rerun() const {
   if (state_ == State::kHandshake) {
     return !eof_ && rpos_ < wpos_ && out_.size() < kMaxHandshakeOutput;
   }
-  return parsing() && !read_blocked_ && !eof_ && input_ == Input::kHeader &&
-         wpos_ - rpos_ >= kRequestSize;
+  return parsing() && !read_blocked_ && !output_full() && !eof_ &&
+         input_ == Input::kHeader && wpos_ - rpos_ >= kRequestSize;
 }
 
 // --- slots -------------------------------------------------------------------
@@ -228,6 +233,7 @@ void Connection::queue_reply(RequestSlot* s) {
   }
   s->sent = 0;
   s->next = nullptr;
+  unsent_ += s->hdr_len + s->data_len;
   if (send_tail_)
     send_tail_->next = s;
   else
@@ -253,6 +259,11 @@ void Connection::send_output() {
       if (s->sent < s->hdr_len) {
         iov[n++] = {s->hdr + s->sent, s->hdr_len - s->sent};
         want += s->hdr_len - s->sent;
+        // A large reply's data goes in a send of its own, so that it starts
+        // a socket buffer: copied at the same alignment as it lies in our
+        // buffer, which makes the kernel's copy (and the client's) about
+        // a tenth cheaper than 28 bytes off.
+        if (s->data_len >= kEagerSendBytes) break;
       }
       const uint32_t data_done = s->sent > s->hdr_len ? s->sent - s->hdr_len : 0;
       if (s->data_len > data_done) {
@@ -280,6 +291,7 @@ void Connection::send_output() {
       const uint32_t total = s->hdr_len + s->data_len;
       const uint32_t k = static_cast<uint32_t>(std::min<size_t>(left, total - s->sent));
       s->sent += k;
+      unsent_ -= k;
       left -= k;
       if (s->sent < total) break;
       send_head_ = s->next;
@@ -367,6 +379,7 @@ void Connection::read_input() {
     }
     size_t got = static_cast<size_t>(r);
     if (payload_want) {
+      ++payload_reads_;
       const uint32_t k = static_cast<uint32_t>(std::min<size_t>(got, payload_want));
       payload_got_ += k;
       got -= k;
@@ -430,6 +443,9 @@ bool Connection::process_staged() {
     }
     if (!parsing()) return false;
     if (avail < kRequestSize) return true;
+    // A reply that waits for room in the socket: producing more now would
+    // only let its data go cold in the cache before it is sent.
+    if (output_full()) return false;
     if (!handle_request(decode_request(rbuf_.get() + rpos_))) return false;
     if (eager_send_) {
       eager_send_ = false;
@@ -639,6 +655,7 @@ void Connection::hard_close(const std::string& why) {
   state_ = State::kClosed;
   ::shutdown(fd_, SHUT_RDWR);
   out_.clear();
+  unsent_ = 0;
   while (send_head_) {
     RequestSlot* s = send_head_;
     send_head_ = s->next;

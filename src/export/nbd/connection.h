@@ -117,8 +117,10 @@ class Connection {
   void begin_shutdown(bool force = false);
   // Still negotiating options (for the handshake timeout).
   bool in_handshake() const { return state_ == State::kHandshake; }
-  // Requests read so far (the event loop's measure of a client's depth).
+  // Requests read so far (the event loop's measure of a client's depth),
+  // and reads that brought a write's payload.
   uint64_t requests_seen() const { return requests_seen_; }
+  uint64_t payload_reads() const { return payload_reads_; }
   // Whether the client has not yet read all the replies sent to it; false
   // also where the socket cannot tell (TCP counts bytes not acknowledged
   // by the peer's kernel, not bytes its program has not read).
@@ -148,7 +150,8 @@ class Connection {
   void send_output();
   void hard_close(const std::string& why);
   void maybe_close();
-  bool parsing() const;  // request headers are parsed now
+  bool parsing() const;      // request headers are parsed now
+  bool output_full() const;  // reply data waits for the socket: parse no more
   void log(const std::string& what) const;
 
   int fd_;
@@ -178,7 +181,8 @@ class Connection {
   std::vector<std::unique_ptr<RequestSlot>> slots_;
   RequestSlot* free_ = nullptr;
   uint32_t in_flight_ = 0;
-  uint64_t requests_seen_ = 0;  // slots taken (bio running or reply unsent)
+  uint64_t requests_seen_ = 0;  // request headers read
+  uint64_t payload_reads_ = 0;  // reads that brought payload bytes
   uint64_t bytes_in_flight_ = 0;
   bool read_blocked_ = false;   // budget or slots exhausted
   bool shutting_down_ = false;  // server stopping: answer new requests ESHUTDOWN
@@ -188,6 +192,7 @@ class Connection {
   std::string out_;
   RequestSlot* send_head_ = nullptr;
   RequestSlot* send_tail_ = nullptr;
+  uint64_t unsent_ = 0;  // reply bytes queued and not yet sent
 
  public:
   void* reactor_data = nullptr;  // the reactor's own bookkeeping

@@ -327,8 +327,10 @@ class EventLoop final : public Reactor {
       e->dirty = false;
       Connection& c = *e->conn;
       const uint64_t seen = c.requests_seen();
+      const uint64_t payload_reads = c.payload_reads();
       c.run();
       round_requests_ += c.requests_seen() - seen;
+      round_payload_ |= c.payload_reads() != payload_reads;
       if (c.wants_rerun()) again_.push_back(e);
       const uint32_t want = (c.wants_read() ? uint32_t{EPOLLIN} : 0u) |
                             (c.wants_write() ? uint32_t{EPOLLOUT} : 0u);
@@ -372,8 +374,10 @@ class EventLoop final : public Reactor {
   // Waits as the policy says (see wait_policy.h) for the next events.
   int wait(epoll_event* events, int timeout) {
     if (timeout != -1) return ::epoll_wait(epfd_, events, kMaxEvents, timeout);
-    policy_.round_done(round_requests_, backlog_ && !starved_);  // since the last wait
+    // The round since the last wait.
+    policy_.round_done({round_requests_, round_payload_, backlog_ && !starved_});
     round_requests_ = 0;
+    round_payload_ = false;
     const WaitPolicy::Wait how = policy_.next();
     measure_backlog_ = how == WaitPolicy::Wait::kCoalesce;
     backlog_ = starved_ = false;
@@ -399,7 +403,9 @@ class EventLoop final : public Reactor {
     return n != 0 ? n : ::epoll_wait(epfd_, events, kMaxEvents, -1);
   }
   static constexpr int kMaxEvents = 64;
-  uint64_t round_requests_ = 0;  // requests read since the policy last heard
+  // What was read since the policy last heard.
+  uint64_t round_requests_ = 0;
+  bool round_payload_ = false;
   // After a coalescing wait: whether a client that woke us still had
   // replies to read (backlog), or had read them all (starved).
   bool measure_backlog_ = false;

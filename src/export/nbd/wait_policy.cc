@@ -13,20 +13,20 @@ WaitPolicy::Wait WaitPolicy::next() {
   const bool can_coalesce = options_.coalesce.count() > 0;
   if (coalescing_ && can_coalesce) {
     last_ = Wait::kCoalesce;
-  } else if (last_requests_ == 0) {
-    last_ = Wait::kBlock;
+  } else if (last_round_.requests == 0) {
+    last_ = last_round_.payload ? Wait::kSpin : Wait::kBlock;
   } else if (can_coalesce && --rounds_to_probe_ == 0) {
     last_ = Wait::kCoalesce;  // a probe
   } else {
-    last_ = last_requests_ <= 2 ? Wait::kSpin : Wait::kBlock;
+    last_ = last_round_.requests <= 2 ? Wait::kSpin : Wait::kBlock;
   }
   return last_;
 }
 
-void WaitPolicy::round_done(uint64_t requests, bool backlog) {
-  last_requests_ = requests;
+void WaitPolicy::round_done(const Round& round) {
+  last_round_ = round;
   if (last_ != Wait::kCoalesce) return;
-  const bool worth_it = backlog && requests >= options_.stay_at;
+  const bool worth_it = round.backlog && round.requests >= options_.stay_at;
   if (coalescing_) {
     short_rounds_ = worth_it ? 0 : short_rounds_ + 1;
     if (short_rounds_ < 2) {
@@ -40,7 +40,7 @@ void WaitPolicy::round_done(uint64_t requests, bool backlog) {
     return;
   }
   // The round after a probe.
-  if (worth_it && requests >= options_.enter_at) {
+  if (worth_it && round.requests >= options_.enter_at) {
     coalescing_ = true;
     short_rounds_ = settled_rounds_ = 0;
   } else {

@@ -10,7 +10,8 @@
 //              clients that leave long gaps between requests.
 //   kSpin      look again without sleeping for up to `spin` first. After a
 //              round of one or two requests: a client at low depth, whose
-//              next request follows our reply within microseconds.
+//              next request follows our reply within microseconds; or of
+//              a piece of a large write, whose next piece is on its way.
 //   kCoalesce  sleep `coalesce` on a timer, not on the sockets, then serve
 //              all that arrived in one round: one read for the requests,
 //              one send for the replies. A client keeping many requests in
@@ -62,10 +63,15 @@ class WaitPolicy {
 
   // How to wait before the next round.
   Wait next();
-  // What the round after that wait brought: the requests read, and (after
-  // a coalescing wait) whether every client that sent some still had
-  // replies unread at the wake-up.
-  void round_done(uint64_t requests, bool backlog = false);
+  // What the round after a wait brought.
+  struct Round {
+    uint64_t requests = 0;  // request headers read
+    bool payload = false;   // bytes of a write's payload read
+    // After a coalescing wait: every client that woke the loop still had
+    // replies unread at the wake-up.
+    bool backlog = false;
+  };
+  void round_done(const Round& round);
 
   bool coalescing() const { return coalescing_; }
   const WaitOptions& options() const { return options_; }
@@ -75,7 +81,7 @@ class WaitPolicy {
 
   WaitOptions options_;
   Wait last_ = Wait::kBlock;
-  uint64_t last_requests_ = 0;
+  Round last_round_;
   bool coalescing_ = false;
   uint32_t short_rounds_ = 0;    // in a row, while coalescing
   uint32_t settled_rounds_ = 0;  // since coalescing began
