@@ -3,7 +3,8 @@
 # verify=crc32c (written, then read back and checked), the same blocks
 # verified again by a separate fio on a new connection (verify_only), a
 # mixed randrw job with two jobs (two connections) at QD32 and variable
-# block sizes; a file-backed export verified through the server and then
+# block sizes; a verified QD32 job, and SIGUSR1's report of the event
+# loops; a file-backed export verified through the server and then
 # straight from the file; every job must end with no error and with I/O
 # done.
 source "$(dirname "$0")/nbd_lib.sh" "$@"
@@ -56,6 +57,21 @@ check_py "mixed: both directions on both connections" "$NBD_TMP/fio.json" '
 assert len(d["jobs"]) == 2, len(d["jobs"])
 for j in d["jobs"]:
     assert j["read"]["total_ios"] > 0 and j["write"]["total_ios"] > 0, j["jobname"]'
+
+# A verified job at depth 32, where the event loops may serve in coalesced
+# rounds (src/export/nbd/wait_policy.h; the unit tests force them); then
+# SIGUSR1 logs how each loop waited.
+fio_json "QD32 randwrite with verify=crc32c" --name=v32 --rw=randwrite --bs=4k \
+  --iodepth=32 --size=32M --offset=64M --verify=crc32c --verify_fatal=1 --do_verify=1
+if [[ $NBD_SERVER == blkstack ]]; then
+  logged() {
+    grep -Eq '^blkstack serve: loop 0: [0-9]+ waits: block [0-9]+%, spin [0-9]+%, coalesce [0-9]+%' \
+      "$NBD_TMP/main.log"
+  }
+  kill -USR1 "${_server_pid[main]}"
+  for _ in $(seq 50); do logged && break; sleep 0.1; done
+  check "SIGUSR1 logs how each event loop waited" logged
+fi
 
 nbd_stop main
 

@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <optional>
@@ -26,13 +27,20 @@
 namespace blkstack::cli {
 namespace {
 
-void log_statistics(const DiskRegistry& registry) {
-  serve_log("statistics:");
-  for (const auto& disk : registry.list()) {
-    std::string report = disk->stats_report();
-    if (!report.empty() && report.back() == '\n') report.pop_back();
-    serve_log(report);
+// Logs each line of `report`.
+void log_lines(const std::string& report) {
+  size_t pos = 0;
+  while (pos < report.size()) {
+    const size_t end = std::min(report.find('\n', pos), report.size());
+    if (end > pos) serve_log(report.substr(pos, end - pos));
+    pos = end + 1;
   }
+}
+
+void log_statistics(const DiskRegistry& registry, const nbd::Server* server) {
+  serve_log("statistics:");
+  for (const auto& disk : registry.list()) log_lines(disk->stats_report());
+  if (server) log_lines(server->stats_report());
 }
 
 struct ServeArgs {
@@ -197,7 +205,7 @@ int serve(const ServeArgs& a) {
     int sig = 0;
     if (sigwait(&set, &sig) != 0) continue;
     if (sig == SIGUSR1) {
-      log_statistics(registry);
+      log_statistics(registry, nbd_server ? &*nbd_server : nullptr);
       continue;
     }
     if (sig == SIGHUP) {
@@ -216,7 +224,7 @@ int serve(const ServeArgs& a) {
     if (fuse_export) fuse_export->stop();
     if (nbd_server) nbd_server->stop();
     if (!a.pidfile.empty()) ::unlink(a.pidfile.c_str());
-    log_statistics(registry);
+    log_statistics(registry, nbd_server ? &*nbd_server : nullptr);
     serve_log("stopped");
     return 0;
   }

@@ -196,6 +196,15 @@ class EventLoop final : public Reactor {
 
   size_t connections() const { return nconns_.load(std::memory_order_relaxed); }
 
+  LoopStats stats() const {
+    LoopStats st;
+    st.blocked = waits_[0].load(std::memory_order_relaxed);
+    st.spun = waits_[1].load(std::memory_order_relaxed);
+    st.coalesced = waits_[2].load(std::memory_order_relaxed);
+    st.coalesced_requests = coalesced_requests_.load(std::memory_order_relaxed);
+    return st;
+  }
+
  private:
   void kick() {
     const uint64_t one = 1;
@@ -375,10 +384,12 @@ class EventLoop final : public Reactor {
   int wait(epoll_event* events, int timeout) {
     if (timeout != -1) return ::epoll_wait(epfd_, events, kMaxEvents, timeout);
     // The round since the last wait.
+    if (measure_backlog_) count(coalesced_requests_, round_requests_);
     policy_.round_done({round_requests_, round_payload_, backlog_ && !starved_});
     round_requests_ = 0;
     round_payload_ = false;
     const WaitPolicy::Wait how = policy_.next();
+    count(waits_[static_cast<int>(how)]);
     measure_backlog_ = how == WaitPolicy::Wait::kCoalesce;
     backlog_ = starved_ = false;
     int n = 0;
@@ -402,6 +413,13 @@ class EventLoop final : public Reactor {
     }
     return n != 0 ? n : ::epoll_wait(epfd_, events, kMaxEvents, -1);
   }
+  // Counters written by the loop's thread only, read by stats().
+  static void count(std::atomic<uint64_t>& c, uint64_t n = 1) {
+    c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+  std::atomic<uint64_t> waits_[3] = {};  // by WaitPolicy::Wait
+  std::atomic<uint64_t> coalesced_requests_{0};
+
   static constexpr int kMaxEvents = 64;
   // What was read since the policy last heard.
   uint64_t round_requests_ = 0;
@@ -564,6 +582,29 @@ std::shared_ptr<const ExportTable> Server::exports() const {
   return exports_;
 }
 
+std::vector<LoopStats> Server::loop_stats() const {
+  if (loops_.empty()) return final_stats_;
+  std::vector<LoopStats> out;
+  for (const auto& l : loops_) out.push_back(l->stats());
+  return out;
+}
+
+std::string Server::stats_report() const {
+  std::string out;
+  const std::vector<LoopStats> all = loop_stats();
+  for (size_t i = 0; i < all.size(); ++i) {
+    const LoopStats& st = all[i];
+    const uint64_t total = st.blocked + st.spun + st.coalesced;
+    const auto pct = [&](uint64_t n) { return total ? 100.0 * n / total : 0.0; };
+    out += fmt::format(
+        "loop {}: {} waits: block {:.0f}%, spin {:.0f}%, coalesce {:.0f}% ({:.1f} "
+        "requests per coalesced round)\n",
+        i, total, pct(st.blocked), pct(st.spun), pct(st.coalesced),
+        st.coalesced ? double(st.coalesced_requests) / st.coalesced : 0.0);
+  }
+  return out;
+}
+
 size_t Server::connections() const {
   size_t n = 0;
   for (const auto& l : loops_) n += l->connections();
@@ -576,6 +617,7 @@ void Server::stop(std::chrono::milliseconds grace) {
   const auto deadline = std::chrono::steady_clock::now() + grace;
   for (auto& l : loops_) l->request_stop(deadline);
   for (auto& l : loops_) l->join();
+  final_stats_ = loop_stats();
   loops_.clear();  // closes the listening sockets
   listen_fds_.clear();
   for (const std::string& path : options_.unix_sockets) ::unlink(path.c_str());

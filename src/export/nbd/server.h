@@ -39,6 +39,15 @@ struct ServerOptions {
 
 class EventLoop;
 
+// What one event loop did: its waits of each kind, and the requests the
+// rounds after its coalescing waits brought.
+struct LoopStats {
+  uint64_t blocked = 0;
+  uint64_t spun = 0;
+  uint64_t coalesced = 0;
+  uint64_t coalesced_requests = 0;
+};
+
 class Server {
  public:
   Server(ServerOptions options, std::shared_ptr<const ExportTable> exports);
@@ -66,6 +75,10 @@ class Server {
 
   // Connections open now, over all loops (for tests and the log).
   size_t connections() const;
+  // How each event loop waited (see wait_policy.h); after stop(), as it
+  // was then. stats_report() says it in a line per loop, for the log.
+  std::vector<LoopStats> loop_stats() const;
+  std::string stats_report() const;
 
  private:
   friend class EventLoop;
@@ -81,6 +94,7 @@ class Server {
   std::atomic<unsigned> next_loop_{0};
   bool started_ = false;
   bool stopped_ = false;
+  std::vector<LoopStats> final_stats_;
 };
 
 }  // namespace blkstack::nbd
