@@ -103,7 +103,6 @@ for s in "${SERVERS[@]}"; do
     bench_fail "prefill of $s failed" "$tmp/prefill-$s.json"
 done
 
-TICK=$(getconf CLK_TCK)
 echo "fuse-servers: ${#CASES[@]} jobs x ${#TARGETS[@]} targets x ${#SERVERS[@]} servers," \
   "$RUNS runs of ${RUNTIME}s"
 for i in $(seq 1 "$RUNS"); do
@@ -111,18 +110,11 @@ for i in $(seq 1 "$RUNS"); do
     for c in "${CASES[@]}"; do
       IFS='|' read -r name opts <<<"$c"
       for s in "${SERVERS[@]}"; do
-        out=$tmp/$s-$t-$name-$i
         dev=${FILES[$s]}
         [ "$t" = loop ] && dev=${LOOPS[$s]}
         # shellcheck disable=SC2086
-        before=$(cpu_ticks ${CPU_PIDS[$s]})
-        # shellcheck disable=SC2086
-        fio --name="$name" --ioengine=io_uring --direct=1 --filename="$dev" $opts --time_based \
-          --runtime="$RUNTIME" --output-format=json >"$out.json" 2>&1 ||
-          bench_fail "fio $name on $s ($t) failed" "$out.json"
-        # shellcheck disable=SC2086
-        after=$(cpu_ticks ${CPU_PIDS[$s]})
-        echo "$((after - before)) $TICK" >"$out.cpu"
+        measure_job "$name on $s ($t)" "$tmp/$s-$t-$name-$i" "${CPU_PIDS[$s]}" 0 \
+          --name="$name" --ioengine=io_uring --direct=1 --filename="$dev" $opts
       done
     done
   done

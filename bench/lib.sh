@@ -5,6 +5,10 @@
 #   bench_fail MESSAGE [LOG]   prints LOG (if any) and MESSAGE, exits 1
 #   bench_wait WHAT LOG TEST...  waits up to 10 s for TEST to succeed, else fails
 #   cpu_ticks PID...           CPU clock ticks the processes used so far
+#   measure_job DESC OUT "PID..." SETTLE FIO_ARG...
+#                              one time-based fio job (RUNTIME s): JSON in
+#                              OUT.json, the CPU ticks the processes used in
+#                              OUT.cpu ("TICKS TICKS_PER_SECOND")
 
 JOBS=${JOBS:-2}
 BUILD=build-bench
@@ -54,4 +58,19 @@ cpu_ticks() {
     sum=$((sum + t))
   done
   echo "$sum"
+}
+
+# SETTLE: seconds to wait after fio before reading the CPU time, so that a
+# server that forks per connection has reaped the child (its cutime).
+measure_job() {
+  local desc=$1 out=$2 pids=$3 settle=$4 before after
+  shift 4
+  # shellcheck disable=SC2086
+  before=$(cpu_ticks $pids)
+  fio "$@" --time_based --runtime="$RUNTIME" --output-format=json >"$out.json" 2>&1 ||
+    bench_fail "fio $desc failed" "$out.json"
+  sleep "$settle"
+  # shellcheck disable=SC2086
+  after=$(cpu_ticks $pids)
+  echo "$((after - before)) $(getconf CLK_TCK)" >"$out.cpu"
 }

@@ -119,22 +119,16 @@ for s in "${SERVERS[@]}"; do
     bench_fail "prefill of $s failed" "$tmp/prefill-$s.json"
 done
 
-TICK=$(getconf CLK_TCK)
 echo "nbd-servers: ${#CASES[@]} jobs x ${#SERVERS[@]} servers, $RUNS runs of ${RUNTIME}s;" \
      "load average before: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs)"
 for i in $(seq 1 "$RUNS"); do
   for c in "${CASES[@]}"; do
     IFS='|' read -r name opts <<<"$c"
     for s in "${SERVERS[@]}"; do
-      out=$tmp/$s-$name-$i
-      before=$(cpu_ticks "${PIDS[$s]}")
+      # (0.2 s: nbd-server's connection process is reaped by then.)
       # shellcheck disable=SC2086
-      fio --name="$name" --ioengine=nbd --uri="${URIS[$s]}" $opts --time_based \
-        --runtime="$RUNTIME" --output-format=json >"$out.json" 2>&1 ||
-        bench_fail "fio $name on $s failed" "$out.json"
-      sleep 0.2  # nbd-server's connection process is reaped (cutime) by now
-      after=$(cpu_ticks "${PIDS[$s]}")
-      echo "$(( after - before )) $TICK" >"$out.cpu"
+      measure_job "$name on $s" "$tmp/$s-$name-$i" "${PIDS[$s]}" 0.2 \
+        --name="$name" --ioengine=nbd --uri="${URIS[$s]}" $opts
     done
   done
 done

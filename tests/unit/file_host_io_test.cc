@@ -26,6 +26,7 @@
 #include "blkstack/io_context.h"
 #include "blkstack/submit.h"
 #include "drivers/host_io.h"
+#include "file_test_util.h"
 #include "test_util.h"
 
 namespace blkstack {
@@ -201,18 +202,12 @@ class ScriptedHostIo final : public HostIoQueue {
   bool running_ = false;
 };
 
-class FileHostIo : public ::testing::Test {
+class FileHostIo : public ScratchDirTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/var/tmp/blkstack-host-io-test-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    path_ = dir_ + "/disk.img";
-  }
   void TearDown() override {
     disk_.reset();
     if (journal_.fd >= 0) close(journal_.fd);
-    fs::remove_all(dir_);
+    ScratchDirTest::TearDown();
   }
 
   // A file disk whose host I/O the test runs; `spec_options` add to the spec.
@@ -226,14 +221,6 @@ class FileHostIo : public ::testing::Test {
     ASSERT_GE(journal_.fd, 0);
   }
 
-  static std::vector<std::byte> pattern(size_t n, unsigned seed) {
-    std::vector<std::byte> v(n);
-    std::mt19937 rng(seed);
-    for (auto& b : v) b = static_cast<std::byte>(rng());
-    return v;
-  }
-
-  std::string dir_, path_;
   Journal journal_;
   DiskRegistry registry_;
   std::shared_ptr<Disk> disk_;

@@ -19,35 +19,19 @@
 #include "blkstack/disk_registry.h"
 #include "blkstack/error.h"
 #include "blkstack/submit.h"
+#include "file_test_util.h"
 
 namespace blkstack {
 namespace {
 
 namespace fs = std::filesystem;
 
-class FileDisk : public ::testing::Test {
+class FileDisk : public ScratchDirTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/var/tmp/blkstack-file-test-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    path_ = dir_ + "/disk.img";
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  static std::vector<std::byte> pattern(size_t n, unsigned seed) {
-    std::vector<std::byte> v(n);
-    std::mt19937 rng(seed);
-    for (auto& b : v) b = static_cast<std::byte>(rng());
-    return v;
-  }
   static uint64_t blocks_allocated(const std::string& p) {
     struct stat st;
     return stat(p.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_blocks) : ~uint64_t{0};
   }
-
-  std::string dir_;
-  std::string path_;
 };
 
 TEST_F(FileDisk, WritesReachTheFileAndFileContentsReadBack) {
