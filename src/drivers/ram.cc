@@ -10,8 +10,11 @@
 //
 // No lock: a mapping lives as long as the store, so an I/O never touches
 // freed memory. A discard racing a read or write of the same page can only
-// leave the old data, the new data or zeroes, which is what the block
-// layer already allows for requests that are not ordered.
+// leave, byte by byte, the old data, the new data or zeroes, which is what
+// the block layer already allows for requests that are not ordered.
+//
+// Chunks are kept out of transparent huge pages: one 4 KiB write must not
+// take 2 MiB, nor a discard of 4 KiB free nothing.
 #include <fmt/format.h>
 #include <sys/mman.h>
 
@@ -72,7 +75,7 @@ class RamStore {
       std::memcpy(chunk->base + in_chunk, src, n);
       const uint64_t first = in_chunk / kPageSize;
       const uint64_t last = (in_chunk + n - 1) / kPageSize;
-      allocated_pages_.fetch_add(chunk->mark(first, last, true),
+      allocated_pages_.fetch_add(static_cast<int64_t>(chunk->mark(first, last, true)),
                                  std::memory_order_relaxed);
       off += n;
       src += n;
@@ -96,10 +99,15 @@ class RamStore {
           std::memset(chunk->base + in_chunk, 0, whole_first * kPageSize - in_chunk);
           std::memset(chunk->base + whole_end * kPageSize, 0,
                       end - whole_end * kPageSize);
-          allocated_pages_.fetch_sub(chunk->mark(whole_first, whole_end - 1, false),
-                                     std::memory_order_relaxed);
-          ::madvise(chunk->base + whole_first * kPageSize,
-                    (whole_end - whole_first) * kPageSize, MADV_DONTNEED);
+          allocated_pages_.fetch_sub(
+              static_cast<int64_t>(chunk->mark(whole_first, whole_end - 1, false)),
+              std::memory_order_relaxed);
+          std::byte* const whole = chunk->base + whole_first * kPageSize;
+          const size_t whole_bytes = (whole_end - whole_first) * kPageSize;
+          // Discard is also write-zeroes: if the pages cannot be dropped
+          // (locked memory), they must still read as zeroes.
+          if (::madvise(whole, whole_bytes, MADV_DONTNEED) != 0)
+            std::memset(whole, 0, whole_bytes);
           return true;
         });
   }
@@ -110,7 +118,10 @@ class RamStore {
   }
 
   uint64_t allocated_bytes() const {
-    return allocated_pages_.load(std::memory_order_relaxed) * kPageSize;
+    // A discard may count a page off before the write that set its bit
+    // counted it on: the sum is exact once both are done.
+    const int64_t pages = allocated_pages_.load(std::memory_order_relaxed);
+    return pages > 0 ? static_cast<uint64_t>(pages) * kPageSize : 0;
   }
 
  private:
@@ -169,6 +180,7 @@ class RamStore {
     void* mem = ::mmap(nullptr, kChunkBytes, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (mem == MAP_FAILED) return nullptr;
+    ::madvise(mem, kChunkBytes, MADV_NOHUGEPAGE);  // best effort
     Chunk* fresh = new (std::nothrow) Chunk(static_cast<std::byte*>(mem));
     if (!fresh) {
       ::munmap(mem, kChunkBytes);
@@ -183,7 +195,7 @@ class RamStore {
   uint64_t bytes_;
   uint64_t nr_chunks_;
   std::unique_ptr<std::atomic<Chunk*>[]> chunks_;
-  std::atomic<uint64_t> allocated_pages_{0};
+  std::atomic<int64_t> allocated_pages_{0};
 };
 
 // Moves one bio's data to or from the store.

@@ -214,6 +214,8 @@ int serve(const ServeArgs& a) {
         auto table = build_exports(fresh, registry);
         if (nbd_server) nbd_server->set_exports(table);
         serve_log(fmt::format("reloaded: exports {}", export_names(*table)));
+        if (fresh.threads != config.threads || fresh.coalesce_us != config.coalesce_us)
+          serve_log("reload: threads and coalesce_us take effect at the next start");
       } catch (const Error& e) {
         serve_log(fmt::format("reload failed, keeping the old exports: {}", e.what()));
       }

@@ -34,8 +34,7 @@ constexpr uint16_t kKnownCmdFlags =
 // Option replies waiting to be sent above which the handshake stops reading.
 constexpr size_t kMaxHandshakeOutput = 256u << 10;
 // Replies to requests at least this large are sent before the next request
-// is parsed (see complete()); and no request is parsed while this much
-// reply data waits for room in the socket (see output_full()).
+// is parsed (see complete()), their header on its own (see send_output()).
 constexpr uint32_t kEagerSendBytes = 256u << 10;
 // BLOCK_STATUS answers at most this many extents per request.
 constexpr uint32_t kMaxExtents = 1024;
@@ -104,12 +103,8 @@ void Connection::log(const std::string& what) const {
                         nego_.export_name, what));
 }
 
-bool Connection::output_full() const {
-  return state_ != State::kHandshake && unsent_ >= kEagerSendBytes;
-}
-
 bool Connection::wants_read() const {
-  if (eof_ || read_blocked_ || output_full()) return false;
+  if (eof_ || read_blocked_) return false;
   if (state_ == State::kHandshake) return out_.size() < kMaxHandshakeOutput;
   return parsing();
 }
@@ -129,8 +124,8 @@ bool Connection::wants_rerun() const {
   if (state_ == State::kHandshake) {
     return !eof_ && rpos_ < wpos_ && out_.size() < kMaxHandshakeOutput;
   }
-  return parsing() && !read_blocked_ && !output_full() && !eof_ &&
-         input_ == Input::kHeader && wpos_ - rpos_ >= kRequestSize;
+  return parsing() && !read_blocked_ && !eof_ && input_ == Input::kHeader &&
+         wpos_ - rpos_ >= kRequestSize;
 }
 
 // --- slots -------------------------------------------------------------------
@@ -233,7 +228,6 @@ void Connection::queue_reply(RequestSlot* s) {
   }
   s->sent = 0;
   s->next = nullptr;
-  unsent_ += s->hdr_len + s->data_len;
   if (send_tail_)
     send_tail_->next = s;
   else
@@ -259,11 +253,12 @@ void Connection::send_output() {
       if (s->sent < s->hdr_len) {
         iov[n++] = {s->hdr + s->sent, s->hdr_len - s->sent};
         want += s->hdr_len - s->sent;
-        // A large reply's data goes in a send of its own, so that it starts
-        // a socket buffer: copied at the same alignment as it lies in our
-        // buffer, which makes the kernel's copy (and the client's) about
-        // a tenth cheaper than 28 bytes off.
-        if (s->data_len >= kEagerSendBytes) break;
+        // On a unix socket, a large reply's data goes in a send of its own,
+        // so that it starts a socket buffer: copied at the same alignment
+        // as it lies in our buffer, which makes the kernel's copy (and the
+        // client's) about a tenth cheaper than 28 bytes off. (TCP would
+        // only get an extra small segment.)
+        if (unix_socket_ && s->data_len >= kEagerSendBytes) break;
       }
       const uint32_t data_done = s->sent > s->hdr_len ? s->sent - s->hdr_len : 0;
       if (s->data_len > data_done) {
@@ -291,7 +286,6 @@ void Connection::send_output() {
       const uint32_t total = s->hdr_len + s->data_len;
       const uint32_t k = static_cast<uint32_t>(std::min<size_t>(left, total - s->sent));
       s->sent += k;
-      unsent_ -= k;
       left -= k;
       if (s->sent < total) break;
       send_head_ = s->next;
@@ -443,9 +437,6 @@ bool Connection::process_staged() {
     }
     if (!parsing()) return false;
     if (avail < kRequestSize) return true;
-    // A reply that waits for room in the socket: producing more now would
-    // only let its data go cold in the cache before it is sent.
-    if (output_full()) return false;
     if (!handle_request(decode_request(rbuf_.get() + rpos_))) return false;
     if (eager_send_) {
       eager_send_ = false;
@@ -655,7 +646,6 @@ void Connection::hard_close(const std::string& why) {
   state_ = State::kClosed;
   ::shutdown(fd_, SHUT_RDWR);
   out_.clear();
-  unsent_ = 0;
   while (send_head_) {
     RequestSlot* s = send_head_;
     send_head_ = s->next;

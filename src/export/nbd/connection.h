@@ -150,8 +150,7 @@ class Connection {
   void send_output();
   void hard_close(const std::string& why);
   void maybe_close();
-  bool parsing() const;      // request headers are parsed now
-  bool output_full() const;  // reply data waits for the socket: parse no more
+  bool parsing() const;  // request headers are parsed now
   void log(const std::string& what) const;
 
   int fd_;
@@ -192,7 +191,6 @@ class Connection {
   std::string out_;
   RequestSlot* send_head_ = nullptr;
   RequestSlot* send_tail_ = nullptr;
-  uint64_t unsent_ = 0;  // reply bytes queued and not yet sent
 
  public:
   void* reactor_data = nullptr;  // the reactor's own bookkeeping

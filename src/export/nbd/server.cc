@@ -382,7 +382,13 @@ class EventLoop final : public Reactor {
 
   // Waits as the policy says (see wait_policy.h) for the next events.
   int wait(epoll_event* events, int timeout) {
-    if (timeout != -1) return ::epoll_wait(epfd_, events, kMaxEvents, timeout);
+    if (timeout != -1) {
+      // A round for housekeeping or for requests left in a receive buffer:
+      // the policy hears of it with the next round; only a wake-up from a
+      // coalescing sleep says anything about the clients' backlog.
+      measure_backlog_ = false;
+      return ::epoll_wait(epfd_, events, kMaxEvents, timeout);
+    }
     // The round since the last wait.
     if (measure_backlog_) count(coalesced_requests_, round_requests_);
     policy_.round_done({round_requests_, round_payload_, backlog_ && !starved_});

@@ -6,7 +6,7 @@ namespace blkstack::nbd {
 
 WaitPolicy::WaitPolicy(WaitOptions options)
     : options_(options),
-      probe_interval_(std::max<uint32_t>(1, options.probe_interval)),
+      probe_interval_(std::clamp<uint32_t>(options.probe_interval, 1, kMaxProbeInterval)),
       rounds_to_probe_(probe_interval_) {}
 
 WaitPolicy::Wait WaitPolicy::next() {
@@ -49,8 +49,9 @@ void WaitPolicy::round_done(const Round& round) {
 }
 
 void WaitPolicy::set_probe_interval(bool reset) {
-  probe_interval_ = reset ? std::max<uint32_t>(1, options_.probe_interval)
-                          : std::min(probe_interval_ * 2, kMaxProbeInterval);
+  probe_interval_ =
+      reset ? std::clamp<uint32_t>(options_.probe_interval, 1, kMaxProbeInterval)
+            : std::min(probe_interval_ * 2, kMaxProbeInterval);
   rounds_to_probe_ = probe_interval_;
 }
 

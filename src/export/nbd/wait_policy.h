@@ -50,7 +50,7 @@ struct WaitOptions {
   std::chrono::microseconds coalesce{20};  // 0: never coalesce
   uint32_t enter_at = 4;
   uint32_t stay_at = 2;
-  uint32_t probe_interval = 64;
+  uint32_t probe_interval = 64;  // 1 to WaitPolicy::kMaxProbeInterval
 };
 
 class WaitPolicy {
