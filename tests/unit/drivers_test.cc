@@ -22,6 +22,7 @@
 #include "blkstack/completion.h"
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
+#include "blkstack/error.h"
 #include "blkstack/submit.h"
 
 namespace blkstack {
@@ -426,6 +427,25 @@ TEST(RamDriver, ConcurrentWriteDiscardAndRead) {
   EXPECT_EQ(ram.allocated(), 0u);
   ram.write(0, kPages * kPage, 0x53);
   EXPECT_EQ(ram.allocated(), kPages * kPage);
+}
+
+// huge=1 changes where the memory comes from, not what the disk says.
+TEST(RamDriver, HugePagesKeepTheSameSemantics) {
+  RamDisk ram("ram:8M,huge=1");
+  ram.write(kPage, 2 * kPage, 0x61);
+  EXPECT_EQ(ram.allocated(), 2 * kPage) << "pages holding data are counted, not memory";
+  std::vector<std::byte> all = ram.read(0, 4 * kPage);
+  EXPECT_TRUE(AllAre(all.data(), kPage, 0));
+  EXPECT_TRUE(AllAre(all.data() + kPage, 2 * kPage, 0x61));
+  EXPECT_TRUE(AllAre(all.data() + 3 * kPage, kPage, 0));
+  EXPECT_FALSE(ram.extent(0, kPage).allocated);
+  EXPECT_TRUE(ram.extent(kPage, 2 * kPage).allocated);
+  ASSERT_EQ(ram.h.discard(kPage, kPage), Status::kOk);
+  EXPECT_EQ(ram.allocated(), kPage);
+  EXPECT_TRUE(AllAre(ram.read(kPage, kPage).data(), kPage, 0));
+  EXPECT_TRUE(AllAre(ram.read(2 * kPage, kPage).data(), kPage, 0x61));
+  DiskRegistry r;
+  EXPECT_THROW(r.create("ram:8M,huge=maybe"), Error);
 }
 
 TEST(RamDriver, FourKiBBlocks) {
