@@ -17,35 +17,34 @@ fail() {
 # The last 40 lines of the last command's output, indented.
 _show_out() { [[ -s $OUT ]] && tail -n 40 "$OUT" | sed 's/^/    | /'; }
 
-check() {
-  local desc=$1
-  shift
+# Runs CMD with its output in $OUT, counting it as a check.
+_run() {
   _checks=$((_checks + 1))
   "$@" >"$OUT" 2>&1
-  local rc=$?
-  if [[ $rc -ne 0 ]]; then
-    fail "$desc: '$*' exited $rc"
-    _show_out
-    return 1
-  fi
-  return 0
+}
+
+_failed() {
+  fail "$1"
+  _show_out
+  return 1
+}
+
+check() {
+  local desc=$1 rc
+  shift
+  _run "$@"
+  rc=$?
+  ((rc == 0)) || _failed "$desc: '$*' exited $rc"
 }
 
 check_fails() {
-  local desc=$1
+  local desc=$1 rc
   shift
-  _checks=$((_checks + 1))
-  "$@" >"$OUT" 2>&1
-  local rc=$?
-  if [[ $rc -eq 0 ]]; then
-    fail "$desc: '$*' succeeded, expected a failure"
-    _show_out
-    return 1
+  _run "$@"
+  rc=$?
+  if ((rc == 0)); then
+    _failed "$desc: '$*' succeeded, expected a failure"
+  elif ((rc >= 128)); then
+    _failed "$desc: '$*' died with signal $((rc - 128))"
   fi
-  if [[ $rc -ge 128 ]]; then
-    fail "$desc: '$*' died with signal $((rc - 128))"
-    _show_out
-    return 1
-  fi
-  return 0
 }

@@ -179,7 +179,7 @@ class Connection {
   // Slots.
   std::vector<std::unique_ptr<RequestSlot>> slots_;
   RequestSlot* free_ = nullptr;
-  uint32_t in_flight_ = 0;
+  uint32_t in_flight_ = 0;      // slots taken (bio running or reply unsent)
   uint64_t requests_seen_ = 0;  // request headers read
   uint64_t payload_reads_ = 0;  // reads that brought payload bytes
   uint64_t bytes_in_flight_ = 0;

@@ -211,11 +211,13 @@ class EventLoop final : public Reactor {
     [[maybe_unused]] ssize_t r = ::write(evfd_, &one, sizeof one);
   }
 
-  void add(LoopEntry* e, uint32_t events) {
+  void add(LoopEntry* e, uint32_t events) { control(e, EPOLL_CTL_ADD, events); }
+  void set_events(LoopEntry* e, uint32_t events) { control(e, EPOLL_CTL_MOD, events); }
+  void control(LoopEntry* e, int op, uint32_t events) {
     epoll_event ev{};
     ev.events = events;
     ev.data.ptr = e;
-    ::epoll_ctl(epfd_, EPOLL_CTL_ADD, e->fd, &ev);
+    ::epoll_ctl(epfd_, op, e->fd, &ev);
     e->events = events;
   }
 
@@ -307,14 +309,6 @@ class EventLoop final : public Reactor {
     listeners_paused_ = false;
   }
 
-  void set_events(LoopEntry* e, uint32_t events) {
-    epoll_event ev{};
-    ev.events = events;
-    ev.data.ptr = e;
-    ::epoll_ctl(epfd_, EPOLL_CTL_MOD, e->fd, &ev);
-    e->events = events;
-  }
-
   void begin_stop() {
     stopping_ = true;
     for (auto& l : listeners_) {
@@ -390,11 +384,13 @@ class EventLoop final : public Reactor {
       return ::epoll_wait(epfd_, events, kMaxEvents, timeout);
     }
     // The round since the last wait.
-    if (measure_backlog_) count(coalesced_requests_, round_requests_);
+    if (last_wait_ == WaitPolicy::Wait::kCoalesce)
+      count(coalesced_requests_, round_requests_);
     policy_.round_done({round_requests_, round_payload_, backlog_ && !starved_});
     round_requests_ = 0;
     round_payload_ = false;
     const WaitPolicy::Wait how = policy_.next();
+    last_wait_ = how;
     count(waits_[static_cast<int>(how)]);
     measure_backlog_ = how == WaitPolicy::Wait::kCoalesce;
     backlog_ = starved_ = false;
@@ -427,7 +423,8 @@ class EventLoop final : public Reactor {
   std::atomic<uint64_t> coalesced_requests_{0};
 
   static constexpr int kMaxEvents = 64;
-  // What was read since the policy last heard.
+  // The wait the policy chose last, and what was read since.
+  WaitPolicy::Wait last_wait_ = WaitPolicy::Wait::kBlock;
   uint64_t round_requests_ = 0;
   bool round_payload_ = false;
   // After a coalescing wait: whether a client that woke us still had
@@ -444,8 +441,8 @@ class EventLoop final : public Reactor {
     epoll_event events[kMaxEvents];
     while (true) {
       for (LoopEntry* e : again_) mark(e);
-      // Wake once a second while someone is negotiating, for the timeout.
       maybe_resume_listeners();
+      // Wake once a second while someone is negotiating, for the timeout.
       const int timeout = !again_.empty()                  ? 0
                           : stopping_ || listeners_paused_ ? 50
                           : negotiating_                   ? 1000
@@ -520,9 +517,9 @@ class EventLoop final : public Reactor {
   std::chrono::steady_clock::time_point deadline_;
   bool stopping_ = false;  // loop thread only
   bool forced_ = false;
-  bool negotiating_ = false;
+  bool negotiating_ = false;       // a connection is in its handshake
   bool listeners_paused_ = false;  // accept failed for want of resources
-  std::chrono::steady_clock::time_point resume_at_;  // a connection is in its handshake
+  std::chrono::steady_clock::time_point resume_at_;  // of the paused listeners
   std::chrono::steady_clock::time_point next_expiry_check_;
 };
 
