@@ -5,9 +5,9 @@
 //   sockets = ["/run/blkstack.sock"]     # unix sockets
 //   listen = ["127.0.0.1:10809"]         # TCP addresses
 //   threads = 2                          # event loops
-//   coalesce_us = 20                     # 0: never coalesce (wait_policy.h)
-//   fuse = "/mnt/blkstack"               # FUSE mount point (type = "fuse" exports)
-//   fuse_threads = 2                     # FUSE workers
+//   coalesce_us = 100                    # longest batching sleep; 0: never
+//   (wait_policy.h) fuse = "/mnt/blkstack"               # FUSE mount point (type =
+//   "fuse" exports) fuse_threads = 2                     # FUSE workers
 //
 //   [[device]]
 //   name = "ram0"
@@ -63,8 +63,9 @@ struct ServeConfig {
   std::vector<std::string> sockets;
   std::vector<std::string> listen;
   unsigned threads = 0;  // 0: not set
-  // How long an event loop sleeps between rounds for a client at high
-  // depth (WaitOptions::coalesce); 0 turns coalescing off.
+  // The longest an event loop sleeps between rounds for a client at high
+  // depth (WaitOptions::coalesce; the sleep adapts below it); 0 turns
+  // coalescing off.
   std::optional<unsigned> coalesce_us;
   // The FUSE export ([server] fuse = "DIR", fuse_threads = N; --fuse DIR):
   // the exports of type "fuse" appear as files in DIR.

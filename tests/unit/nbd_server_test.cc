@@ -289,9 +289,19 @@ TEST_F(NbdServerTest, ClientAtDepthIsServedInCoalescedRounds) {
     }
   }
   EXPECT_GE(coalesced(), 100u) << server_->stats_report();
-  uint64_t requests = 0;
-  for (const LoopStats& st : server_->loop_stats()) requests += st.coalesced_requests;
+  uint64_t requests = 0, unread = 0, dry = 0;
+  for (const LoopStats& st : server_->loop_stats()) {
+    requests += st.coalesced_requests;
+    dry += st.backlog[0];
+    unread += st.backlog[1] + st.backlog[2];
+    // The sleep stays within its bounds (5 µs to --coalesce-us, 100 here).
+    EXPECT_GE(st.coalesce_us, 5u);
+    EXPECT_LE(st.coalesce_us, 100u);
+  }
   EXPECT_GE(requests, 2 * coalesced()) << server_->stats_report();
+  // The client leaves replies unread, and the loop sees them at its sends
+  // (the split-send measure: a broken one reads "none" every time).
+  EXPECT_GT(unread, dry) << server_->stats_report();
 }
 
 TEST_F(NbdServerTest, ClientVanishingMidWriteLosesNothingAndOthersGoOn) {

@@ -2,12 +2,19 @@
 // rounds a client at a given depth would bring.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "export/nbd/wait_policy.h"
 
 namespace blkstack::nbd {
 namespace {
 
 using Wait = WaitPolicy::Wait;
+using std::chrono::microseconds;
+constexpr Backlog kNone = Backlog::kNone;
+constexpr Backlog kLastPart = Backlog::kLastPart;
+constexpr Backlog kMore = Backlog::kMore;
 
 WaitOptions small_probe_interval() {
   WaitOptions o;
@@ -17,7 +24,7 @@ WaitOptions small_probe_interval() {
 
 // Rounds of `requests` each (with `backlog`) until the policy asks for a
 // coalescing wait; returns how many waits that took (0: none within `max`).
-int waits_until_coalesce(WaitPolicy& p, uint64_t requests, bool backlog,
+int waits_until_coalesce(WaitPolicy& p, uint64_t requests, Backlog backlog,
                          int max = 10000) {
   for (int i = 1; i <= max; ++i) {
     const Wait w = p.next();
@@ -49,28 +56,28 @@ TEST(WaitPolicyTest, ProbesOnlyAfterRoundsWithRequests) {
     EXPECT_EQ(p.next(), Wait::kBlock);
     p.round_done({0});
   }
-  EXPECT_EQ(waits_until_coalesce(p, 1, false), 5);  // the idle rounds did not count
+  EXPECT_EQ(waits_until_coalesce(p, 1, kNone), 5);  // the idle rounds did not count
 }
 
 TEST(WaitPolicyTest, ClientWithBacklogAtDepthIsCoalesced) {
   WaitPolicy p(small_probe_interval());
-  EXPECT_EQ(waits_until_coalesce(p, 16, true), 5);
+  EXPECT_EQ(waits_until_coalesce(p, 16, kMore), 5);
   EXPECT_TRUE(p.coalescing());
   for (int i = 0; i < 1000; ++i) {
     EXPECT_EQ(p.next(), Wait::kCoalesce);
-    p.round_done({i % 2 ? 16u : 2u, false, true});  // stay_at is enough
+    p.round_done({i % 2 ? 16u : 2u, false, kLastPart});  // stay_at is enough
   }
 }
 
 TEST(WaitPolicyTest, ProbeFailsWithoutBacklogOrDepth) {
   {
     WaitPolicy p(small_probe_interval());
-    waits_until_coalesce(p, 16, /*backlog=*/false);  // the client read everything
+    waits_until_coalesce(p, 16, kNone);  // the client read everything
     EXPECT_FALSE(p.coalescing());
   }
   {
     WaitPolicy p(small_probe_interval());
-    waits_until_coalesce(p, 3, /*backlog=*/true);  // below enter_at
+    waits_until_coalesce(p, 3, kMore);  // below enter_at
     EXPECT_FALSE(p.coalescing());
   }
 }
@@ -79,59 +86,119 @@ TEST(WaitPolicyTest, FailedProbesBackOffExponentially) {
   WaitPolicy p(small_probe_interval());
   // The first probe comes after 4 rounds, fails; then 8, 16, ... rounds
   // (plus the probe's own wait), up to the cap.
-  EXPECT_EQ(waits_until_coalesce(p, 1, false), 5);
+  EXPECT_EQ(waits_until_coalesce(p, 1, kNone), 5);
   int expect = 8;
   for (int i = 0; i < 14; ++i) {
-    EXPECT_EQ(waits_until_coalesce(p, 1, false), expect) << "probe " << i;
+    EXPECT_EQ(waits_until_coalesce(p, 1, kNone), expect) << "probe " << i;
     expect = std::min<int>(expect * 2, WaitPolicy::kMaxProbeInterval);
   }
 }
 
 TEST(WaitPolicyTest, LeavesAfterTwoShortRoundsInARow) {
   WaitPolicy p(small_probe_interval());
-  waits_until_coalesce(p, 16, true);
+  waits_until_coalesce(p, 16, kMore);
   ASSERT_TRUE(p.coalescing());
   p.next();
-  p.round_done({16, false, false});  // one client had read everything: one strike
+  p.round_done({16, false, kNone});  // one client had read everything: one strike
   EXPECT_TRUE(p.coalescing());
   p.next();
-  p.round_done({16, false, true});  // strikes must be in a row
+  p.round_done({16, false, kLastPart});  // strikes must be in a row
   p.next();
-  p.round_done({1, false, true});  // fewer than stay_at
+  p.round_done({1, false, kMore});  // fewer than stay_at
   EXPECT_TRUE(p.coalescing());
   p.next();
-  p.round_done({0, false, false});  // the client went idle
+  p.round_done({0, false, kNone});  // the client went idle
   EXPECT_FALSE(p.coalescing());
   EXPECT_EQ(p.next(), Wait::kBlock);
 }
 
 TEST(WaitPolicyTest, ShortStintDoublesTheProbeIntervalLongOneResetsIt) {
   WaitPolicy p(small_probe_interval());
-  waits_until_coalesce(p, 16, true);
+  waits_until_coalesce(p, 16, kMore);
   for (int i = 0; i < 2; ++i) {  // over at once: depth at the edge
     p.next();
-    p.round_done({16, false, false});
+    p.round_done({16, false, kNone});
   }
   ASSERT_FALSE(p.coalescing());
-  EXPECT_EQ(waits_until_coalesce(p, 16, true), 8);  // the 8th round with requests
+  EXPECT_EQ(waits_until_coalesce(p, 16, kMore), 8);  // the 8th round with requests
   ASSERT_TRUE(p.coalescing());
   for (uint32_t i = 0; i < WaitPolicy::kSettledRounds; ++i) {
     p.next();
-    p.round_done({16, false, true});
+    p.round_done({16, false, kLastPart});
   }
   for (int i = 0; i < 2; ++i) {
     p.next();
-    p.round_done({0, false, false});
+    p.round_done({0, false, kNone});
   }
   ASSERT_FALSE(p.coalescing());
-  EXPECT_EQ(waits_until_coalesce(p, 16, true), 5);  // back to the first interval
+  EXPECT_EQ(waits_until_coalesce(p, 16, kMore), 5);  // back to the first interval
+}
+
+TEST(WaitPolicyTest, SleepLengthensWhileTheClientHasMoreThanTheLastPartUnread) {
+  WaitPolicy p(small_probe_interval());
+  EXPECT_EQ(p.interval(), microseconds(20));  // before any client
+  waits_until_coalesce(p, 16, kLastPart);
+  ASSERT_TRUE(p.coalescing());
+  EXPECT_EQ(p.interval(), microseconds(20));  // kLastPart: where it should be
+  std::vector<int64_t> seen;
+  for (int i = 0; i < 40; ++i) {
+    EXPECT_EQ(p.next(), Wait::kCoalesce);
+    p.round_done({16, false, kMore});
+    seen.push_back(p.interval().count());
+  }
+  // By an eighth each round (at least 1 µs), then held at the longest.
+  EXPECT_EQ(seen[0], 22);
+  EXPECT_EQ(seen[1], 24);
+  EXPECT_EQ(seen[2], 27);
+  EXPECT_EQ(seen.back(), 100);
+  EXPECT_TRUE(std::is_sorted(seen.begin(), seen.end()));
+  p.next();
+  p.round_done({16, false, kLastPart});
+  EXPECT_EQ(p.interval(), microseconds(100));
+}
+
+TEST(WaitPolicyTest, SleepShortensWhenTheClientRanDry) {
+  WaitOptions o = small_probe_interval();
+  o.min_coalesce = microseconds(8);
+  WaitPolicy p(o);
+  waits_until_coalesce(p, 16, kMore);  // the probe's round: 20 -> 22
+  ASSERT_TRUE(p.coalescing());
+  EXPECT_EQ(p.interval(), microseconds(22));
+  const int64_t expect[] = {16, 12, 9, 8, 8};
+  for (int64_t e : expect) {
+    p.next();
+    p.round_done({16, false, kNone});
+    EXPECT_EQ(p.interval().count(), e);
+    if (!p.coalescing()) waits_until_coalesce(p, 16, kLastPart);  // two strikes: back in
+  }
+}
+
+TEST(WaitPolicyTest, FewRequestsWithMuchUnreadDoNotLengthenTheSleep) {
+  // A slow reader of large replies: one request per round, far behind.
+  WaitPolicy p(small_probe_interval());
+  waits_until_coalesce(p, 16, kLastPart);
+  for (int i = 0; i < 10; ++i) {
+    p.next();
+    p.round_done({1, false, kMore});
+    p.next();
+    p.round_done({16, false, kLastPart});  // keeps it coalescing
+  }
+  EXPECT_EQ(p.interval(), microseconds(20));
+}
+
+TEST(WaitPolicyTest, LongestSleepBelowTheFirstIsTheSleep) {
+  WaitOptions o;
+  o.coalesce = microseconds(10);
+  EXPECT_EQ(WaitPolicy(o).interval(), microseconds(10));
+  o.coalesce = microseconds(2);  // below min_coalesce: the minimum wins
+  EXPECT_EQ(WaitPolicy(o).interval(), microseconds(5));
 }
 
 TEST(WaitPolicyTest, ZeroIntervalNeverCoalesces) {
   WaitOptions o = small_probe_interval();
   o.coalesce = std::chrono::microseconds(0);
   WaitPolicy p(o);
-  EXPECT_EQ(waits_until_coalesce(p, 64, true), 0);
+  EXPECT_EQ(waits_until_coalesce(p, 64, kMore), 0);
   EXPECT_FALSE(p.coalescing());
 }
 

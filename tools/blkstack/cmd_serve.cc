@@ -252,8 +252,9 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--threads", args.threads, "Event loops (default: one per core)")
       ->check(CLI::Range(1, 256));
   cmd->add_option("--coalesce-us", args.coalesce_us,
-                  "At high depth, serve a client's requests in batches this many "
-                  "microseconds apart instead of waking for each (default 20; 0: off)")
+                  "At high depth, serve a client's requests in batches instead of "
+                  "waking for each, at most this many microseconds apart; the gap "
+                  "adapts to the client's depth below it (default 100; 0: off)")
       ->check(CLI::Range(0u, kMaxCoalesceUs));
   cmd->add_option("--pidfile", args.pidfile,
                   "Write the pid here once listening (and the FUSE mount is up)");
@@ -282,7 +283,7 @@ void add_serve_command(CLI::App& app) {
       "  sockets = [\"/run/blkstack.sock\"]\n"
       "  listen = [\"127.0.0.1:10809\"]\n"
       "  threads = 2\n"
-      "  coalesce_us = 20               # as --coalesce-us\n"
+      "  coalesce_us = 100              # as --coalesce-us\n"
       "  fuse = \"/mnt/blkstack\"          # the FUSE mount point, as --fuse\n"
       "  [[device]]\n"
       "  name = \"ram0\"\n"

@@ -36,6 +36,8 @@ constexpr size_t kMaxHandshakeOutput = 256u << 10;
 // Replies to requests at least this large are sent before the next request
 // is parsed (see complete()), their header on its own (see send_output()).
 constexpr uint32_t kEagerSendBytes = 256u << 10;
+// Batches of fewer replies are sent whole, even when asked to split.
+constexpr uint32_t kMinSplitReplies = 4;
 // BLOCK_STATUS answers at most this many extents per request.
 constexpr uint32_t kMaxExtents = 1024;
 std::atomic<uint64_t> next_id{1};
@@ -109,11 +111,18 @@ bool Connection::wants_read() const {
   return parsing();
 }
 
-bool Connection::client_has_unread_replies() const {
+int Connection::unread_bytes() const {
   // A unix stream socket's output queue holds what was sent until the
-  // peer has read it.
+  // peer has read it, in whole socket buffers.
   int queued = 0;
-  return unix_socket_ && ::ioctl(fd_, SIOCOUTQ, &queued) == 0 && queued > 0;
+  if (!unix_socket_ || ::ioctl(fd_, SIOCOUTQ, &queued) != 0) return 0;
+  return queued;
+}
+
+Backlog Connection::client_backlog() const {
+  const int unread = unread_bytes();
+  if (unread <= 0) return Backlog::kNone;
+  return unread <= last_part_bytes_ ? Backlog::kLastPart : Backlog::kMore;
 }
 
 bool Connection::parsing() const {
@@ -228,6 +237,7 @@ void Connection::queue_reply(RequestSlot* s) {
   }
   s->sent = 0;
   s->next = nullptr;
+  ++queued_replies_;
   if (send_tail_)
     send_tail_->next = s;
   else
@@ -241,6 +251,31 @@ void Connection::reply_now(RequestSlot* s, uint32_t error) {
 }
 
 void Connection::send_output() {
+  if (!split_sends_ || queued_replies_ == 0) {
+    send_queued(0);
+    return;
+  }
+  if (measure_pending_) {  // the round's first batch: where is the client?
+    backlog_at_send_ = client_backlog();
+    measure_pending_ = false;
+  }
+  // The batch in two parts, its first third and the rest, with the
+  // socket's queue noted between them. The last part is the larger: a
+  // client still in it when the next batch goes out has not run dry, with
+  // room to spare for the time the loop takes to serve that batch.
+  last_part_bytes_ = 0;
+  if (!unix_socket_ || !out_.empty() || queued_replies_ < kMinSplitReplies) {
+    send_queued(0);
+    return;
+  }
+  if (!send_queued(queued_replies_ / 3)) return;
+  const int at_split = unread_bytes();
+  if (!send_queued(0)) return;
+  last_part_bytes_ = std::max(0, unread_bytes() - at_split);
+}
+
+bool Connection::send_queued(uint32_t max_replies) {
+  uint32_t left_to_send = max_replies;  // 0: no limit
   while (state_ != State::kClosed && (!out_.empty() || send_head_)) {
     iovec iov[kMaxIov];
     int n = 0;
@@ -249,7 +284,10 @@ void Connection::send_output() {
       iov[n++] = {out_.data(), out_.size()};
       want += out_.size();
     }
-    for (RequestSlot* s = send_head_; s && n + 2 <= kMaxIov; s = s->next) {
+    uint32_t replies = 0;
+    for (RequestSlot* s = send_head_;
+         s && n + 2 <= kMaxIov && (max_replies == 0 || replies < left_to_send);
+         s = s->next, ++replies) {
       if (s->sent < s->hdr_len) {
         iov[n++] = {s->hdr + s->sent, s->hdr_len - s->sent};
         want += s->hdr_len - s->sent;
@@ -272,8 +310,9 @@ void Connection::send_output() {
     const ssize_t r = ::sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (r < 0) {
       if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-      return hard_close(fmt::format("send: {}", std::strerror(errno)));
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
+      hard_close(fmt::format("send: {}", std::strerror(errno)));
+      return false;
     }
     size_t left = static_cast<size_t>(r);
     if (!out_.empty()) {
@@ -290,10 +329,14 @@ void Connection::send_output() {
       if (s->sent < total) break;
       send_head_ = s->next;
       if (!send_head_) send_tail_ = nullptr;
+      --queued_replies_;
+      if (max_replies != 0) --left_to_send;
       release(s);
     }
-    if (static_cast<size_t>(r) < want) return;  // the socket is full
+    if (static_cast<size_t>(r) < want) return false;  // the socket is full
+    if (max_replies != 0 && left_to_send == 0) return true;
   }
+  return state_ != State::kClosed;
 }
 
 // --- completions -------------------------------------------------------------
@@ -652,6 +695,7 @@ void Connection::hard_close(const std::string& why) {
     release(s);
   }
   send_tail_ = nullptr;
+  queued_replies_ = 0;
   if (payload_slot_) release(payload_slot_);
   if (discard_slot_) release(discard_slot_);
   payload_slot_ = discard_slot_ = nullptr;

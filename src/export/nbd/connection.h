@@ -38,6 +38,7 @@
 
 #include "blkstack/bio.h"
 #include "export/export_table.h"
+#include "export/nbd/backlog.h"
 #include "export/nbd/handshake.h"
 #include "export/nbd/protocol.h"
 
@@ -121,10 +122,15 @@ class Connection {
   // and reads that brought a write's payload.
   uint64_t requests_seen() const { return requests_seen_; }
   uint64_t payload_reads() const { return payload_reads_; }
-  // Whether the client has not yet read all the replies sent to it; false
-  // also where the socket cannot tell (TCP counts bytes not acknowledged
-  // by the peer's kernel, not bytes its program has not read).
-  bool client_has_unread_replies() const;
+  // For a coalescing loop (backlog.h), before each run(): with split sends
+  // on, each batch of replies goes in two parts, its last two thirds in a
+  // send of their own, and before the run's first batch the connection
+  // notes how much of the previous one the client had yet to read. It
+  // costs a sendmsg and two ioctls per batch. kNone also where the socket
+  // cannot tell: TCP counts bytes not yet acknowledged by the peer's
+  // kernel, not bytes its program has not read.
+  void set_split_sends(bool on) { split_sends_ = measure_pending_ = on; }
+  Backlog backlog_at_last_send() const { return backlog_at_send_; }
   // Name for the log ("conn 3").
   const std::string& name() const { return name_; }
   // The export chosen (empty during the handshake).
@@ -148,6 +154,11 @@ class Connection {
   void set_reply(RequestSlot* s, uint32_t error);
   void queue_reply(RequestSlot* s);
   void send_output();
+  // Sends what the socket takes of out_ and then of the replies, at most
+  // `max_replies` of them (0: all); true when all of that went out.
+  bool send_queued(uint32_t max_replies);
+  int unread_bytes() const;
+  Backlog client_backlog() const;
   void hard_close(const std::string& why);
   void maybe_close();
   bool parsing() const;  // request headers are parsed now
@@ -191,6 +202,13 @@ class Connection {
   std::string out_;
   RequestSlot* send_head_ = nullptr;
   RequestSlot* send_tail_ = nullptr;
+  uint32_t queued_replies_ = 0;  // on the send list
+  bool split_sends_ = false;
+  bool measure_pending_ = false;  // backlog_at_send_, at the next batch
+  // Bytes of the socket's queue that the last part of the latest split
+  // batch took (0: not split), for client_backlog().
+  int last_part_bytes_ = 0;
+  Backlog backlog_at_send_ = Backlog::kNone;
 
  public:
   void* reactor_data = nullptr;  // the reactor's own bookkeeping

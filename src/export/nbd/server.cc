@@ -140,6 +140,7 @@ class EventLoop final : public Reactor {
     epfd_ = ::epoll_create1(EPOLL_CLOEXEC);
     evfd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (epfd_ < 0 || evfd_ < 0) throw Error(fmt::format("event loop: {}", errno_text()));
+    coalesce_us_.store(static_cast<uint64_t>(policy_.interval().count()));
     wake_.kind = LoopEntry::kWake;
     wake_.fd = evfd_;
     add(&wake_, EPOLLIN);
@@ -202,6 +203,9 @@ class EventLoop final : public Reactor {
     st.spun = waits_[1].load(std::memory_order_relaxed);
     st.coalesced = waits_[2].load(std::memory_order_relaxed);
     st.coalesced_requests = coalesced_requests_.load(std::memory_order_relaxed);
+    for (int i = 0; i < 3; ++i)
+      st.backlog[i] = backlogs_[i].load(std::memory_order_relaxed);
+    st.coalesce_us = coalesce_us_.load(std::memory_order_relaxed);
     return st;
   }
 
@@ -331,7 +335,13 @@ class EventLoop final : public Reactor {
       Connection& c = *e->conn;
       const uint64_t seen = c.requests_seen();
       const uint64_t payload_reads = c.payload_reads();
+      c.set_split_sends(measure_backlog_ || policy_.coalescing());
       c.run();
+      if (measure_backlog_ && c.requests_seen() != seen) {
+        const Backlog b = c.backlog_at_last_send();
+        backlog_ = backlog_measured_ ? std::min(backlog_, b) : b;
+        backlog_measured_ = true;
+      }
       round_requests_ += c.requests_seen() - seen;
       round_payload_ |= c.payload_reads() != payload_reads;
       if (c.wants_rerun()) again_.push_back(e);
@@ -384,20 +394,25 @@ class EventLoop final : public Reactor {
       return ::epoll_wait(epfd_, events, kMaxEvents, timeout);
     }
     // The round since the last wait.
-    if (last_wait_ == WaitPolicy::Wait::kCoalesce)
+    if (last_wait_ == WaitPolicy::Wait::kCoalesce) {
       count(coalesced_requests_, round_requests_);
-    policy_.round_done({round_requests_, round_payload_, backlog_ && !starved_});
+      if (backlog_measured_) count(backlogs_[static_cast<int>(backlog_)]);
+    }
+    policy_.round_done({round_requests_, round_payload_, backlog_});
+    coalesce_us_.store(static_cast<uint64_t>(policy_.interval().count()),
+                       std::memory_order_relaxed);
     round_requests_ = 0;
     round_payload_ = false;
     const WaitPolicy::Wait how = policy_.next();
     last_wait_ = how;
     count(waits_[static_cast<int>(how)]);
     measure_backlog_ = how == WaitPolicy::Wait::kCoalesce;
-    backlog_ = starved_ = false;
+    backlog_ = Backlog::kNone;
+    backlog_measured_ = false;
     int n = 0;
     switch (how) {
       case WaitPolicy::Wait::kCoalesce: {
-        const auto us = policy_.options().coalesce.count();
+        const auto us = policy_.interval().count();
         const timespec ts{us / 1000000, (us % 1000000) * 1000};
         ::clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, nullptr);
         n = ::epoll_wait(epfd_, events, kMaxEvents, 0);
@@ -421,17 +436,18 @@ class EventLoop final : public Reactor {
   }
   std::atomic<uint64_t> waits_[3] = {};  // by WaitPolicy::Wait
   std::atomic<uint64_t> coalesced_requests_{0};
+  std::atomic<uint64_t> backlogs_[3] = {};  // by Backlog
+  std::atomic<uint64_t> coalesce_us_{0};
 
   static constexpr int kMaxEvents = 64;
   // The wait the policy chose last, and what was read since.
   WaitPolicy::Wait last_wait_ = WaitPolicy::Wait::kBlock;
   uint64_t round_requests_ = 0;
   bool round_payload_ = false;
-  // After a coalescing wait: whether a client that woke us still had
-  // replies to read (backlog), or had read them all (starved).
+  // After a coalescing wait: the least backlog of the clients that woke us.
   bool measure_backlog_ = false;
-  bool backlog_ = false;
-  bool starved_ = false;
+  bool backlog_measured_ = false;
+  Backlog backlog_ = Backlog::kNone;
 
   void loop() {
     tls_loop = this;
@@ -470,11 +486,6 @@ class EventLoop final : public Reactor {
             break;
           case LoopEntry::kConn:
             mark(e);
-            if (measure_backlog_) {
-              const bool unread = e->conn->client_has_unread_replies();
-              backlog_ |= unread;
-              starved_ |= !unread;
-            }
             break;
         }
       }
@@ -599,11 +610,15 @@ std::string Server::stats_report() const {
     const LoopStats& st = all[i];
     const uint64_t total = st.blocked + st.spun + st.coalesced;
     const auto pct = [&](uint64_t n) { return total ? 100.0 * n / total : 0.0; };
+    const uint64_t measured = st.backlog[0] + st.backlog[1] + st.backlog[2];
+    const auto share = [&](uint64_t n) { return measured ? 100.0 * n / measured : 0.0; };
     out += fmt::format(
         "loop {}: {} waits: block {:.0f}%, spin {:.0f}%, coalesce {:.0f}% ({:.1f} "
-        "requests per coalesced round)\n",
+        "requests per coalesced round; clients' backlog at the reply: none {:.0f}%, "
+        "last part {:.0f}%, more {:.0f}%; sleep now {} us)\n",
         i, total, pct(st.blocked), pct(st.spun), pct(st.coalesced),
-        st.coalesced ? double(st.coalesced_requests) / st.coalesced : 0.0);
+        st.coalesced ? double(st.coalesced_requests) / st.coalesced : 0.0,
+        share(st.backlog[0]), share(st.backlog[1]), share(st.backlog[2]), st.coalesce_us);
   }
   return out;
 }

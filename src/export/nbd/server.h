@@ -46,6 +46,11 @@ struct LoopStats {
   uint64_t spun = 0;
   uint64_t coalesced = 0;
   uint64_t coalesced_requests = 0;
+  // Rounds after a coalescing wait by the clients' backlog when their
+  // replies went out (backlog.h: kNone, kLastPart, kMore), and the
+  // coalescing sleep the loop would take now.
+  uint64_t backlog[3] = {};
+  uint64_t coalesce_us = 0;
 };
 
 class Server {

@@ -3,11 +3,19 @@
 #include <algorithm>
 
 namespace blkstack::nbd {
+namespace {
+
+// Where the coalescing sleep starts, before it has heard from a client.
+constexpr std::chrono::microseconds kFirstInterval{20};
+
+}  // namespace
 
 WaitPolicy::WaitPolicy(WaitOptions options)
     : options_(options),
       probe_interval_(std::clamp<uint32_t>(options.probe_interval, 1, kMaxProbeInterval)),
-      rounds_to_probe_(probe_interval_) {}
+      rounds_to_probe_(probe_interval_),
+      interval_(std::clamp(kFirstInterval, options.min_coalesce,
+                           std::max(options.min_coalesce, options.coalesce))) {}
 
 WaitPolicy::Wait WaitPolicy::next() {
   const bool can_coalesce = options_.coalesce.count() > 0;
@@ -26,7 +34,9 @@ WaitPolicy::Wait WaitPolicy::next() {
 void WaitPolicy::round_done(const Round& round) {
   last_round_ = round;
   if (last_ != Wait::kCoalesce) return;
-  const bool worth_it = round.backlog && round.requests >= options_.stay_at;
+  adapt_interval(round);
+  const bool worth_it =
+      round.backlog != Backlog::kNone && round.requests >= options_.stay_at;
   if (coalescing_) {
     short_rounds_ = worth_it ? 0 : short_rounds_ + 1;
     if (short_rounds_ < 2) {
@@ -45,6 +55,24 @@ void WaitPolicy::round_done(const Round& round) {
     short_rounds_ = settled_rounds_ = 0;
   } else {
     set_probe_interval(false);
+  }
+}
+
+void WaitPolicy::adapt_interval(const Round& round) {
+  using std::chrono::microseconds;
+  const microseconds longest = std::max(options_.min_coalesce, options_.coalesce);
+  switch (round.backlog) {
+    case Backlog::kNone:  // the client ran dry: it waited for us
+      interval_ = std::max(options_.min_coalesce, interval_ * 3 / 4);
+      break;
+    case Backlog::kMore:
+      // A wake-up for one or two requests with much left unread is a slow
+      // reader of large replies, not a sign the sleep is short.
+      if (round.requests < options_.stay_at) break;
+      interval_ = std::min(longest, interval_ + std::max(microseconds(1), interval_ / 8));
+      break;
+    case Backlog::kLastPart:
+      break;
   }
 }
 
