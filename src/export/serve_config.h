@@ -5,9 +5,9 @@
 //   sockets = ["/run/blkstack.sock"]     # unix sockets
 //   listen = ["127.0.0.1:10809"]         # TCP addresses
 //   threads = 2                          # event loops
-//   coalesce_us = 100                    # longest batching sleep; 0: never
-//   (wait_policy.h) fuse = "/mnt/blkstack"               # FUSE mount point (type =
-//   "fuse" exports) fuse_threads = 2                     # FUSE workers
+//   coalesce_us = 100                    # longest batching sleep; 0: off
+//   fuse = "/mnt/blkstack"               # FUSE mount point (type = "fuse" exports)
+//   fuse_threads = 2                     # FUSE workers
 //
 //   [[device]]
 //   name = "ram0"

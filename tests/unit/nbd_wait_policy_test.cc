@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "export/nbd/wait_policy.h"
@@ -161,16 +162,29 @@ TEST(WaitPolicyTest, SleepShortensWhenTheClientRanDry) {
   WaitOptions o = small_probe_interval();
   o.min_coalesce = microseconds(8);
   WaitPolicy p(o);
-  waits_until_coalesce(p, 16, kMore);  // the probe's round: 20 -> 22
+  waits_until_coalesce(p, 16, kMore);
   ASSERT_TRUE(p.coalescing());
-  EXPECT_EQ(p.interval(), microseconds(22));
-  const int64_t expect[] = {16, 12, 9, 8, 8};
+  EXPECT_EQ(p.interval(), microseconds(20));  // a probe's round does not adapt
+  const int64_t expect[] = {15, 11, 8, 8, 8};
   for (int64_t e : expect) {
     p.next();
     p.round_done({16, false, kNone});
     EXPECT_EQ(p.interval().count(), e);
     if (!p.coalescing()) waits_until_coalesce(p, 16, kLastPart);  // two strikes: back in
   }
+}
+
+TEST(WaitPolicyTest, FailedProbesAndUnmeasuredRoundsKeepTheSleep) {
+  WaitPolicy p(small_probe_interval());
+  for (int i = 0; i < 5; ++i) waits_until_coalesce(p, 16, kNone);  // a client at the edge
+  EXPECT_FALSE(p.coalescing());
+  EXPECT_EQ(p.interval(), microseconds(20));
+  waits_until_coalesce(p, 16, kLastPart, 100000);
+  ASSERT_TRUE(p.coalescing());
+  p.next();
+  p.round_done({16, false, std::nullopt});  // no replies went out: nothing known
+  EXPECT_EQ(p.interval(), microseconds(20));
+  EXPECT_TRUE(p.coalescing());
 }
 
 TEST(WaitPolicyTest, FewRequestsWithMuchUnreadDoNotLengthenTheSleep) {
@@ -186,12 +200,18 @@ TEST(WaitPolicyTest, FewRequestsWithMuchUnreadDoNotLengthenTheSleep) {
   EXPECT_EQ(p.interval(), microseconds(20));
 }
 
-TEST(WaitPolicyTest, LongestSleepBelowTheFirstIsTheSleep) {
+TEST(WaitPolicyTest, TheSleepNeverExceedsTheLongest) {
   WaitOptions o;
   o.coalesce = microseconds(10);
   EXPECT_EQ(WaitPolicy(o).interval(), microseconds(10));
-  o.coalesce = microseconds(2);  // below min_coalesce: the minimum wins
-  EXPECT_EQ(WaitPolicy(o).interval(), microseconds(5));
+  o.coalesce = microseconds(2);  // below min_coalesce: still the longest
+  WaitPolicy p(o);
+  EXPECT_EQ(p.interval(), microseconds(2));
+  waits_until_coalesce(p, 16, kLastPart);
+  ASSERT_TRUE(p.coalescing());
+  p.next();
+  p.round_done({16, false, kMore});
+  EXPECT_EQ(p.interval(), microseconds(2));
 }
 
 TEST(WaitPolicyTest, ZeroIntervalNeverCoalesces) {

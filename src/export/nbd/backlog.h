@@ -2,10 +2,11 @@
 //
 // An event loop that coalesces (wait_policy.h) must send its next batch of
 // replies before its clients run out of replies to read, and not much
-// earlier. A unix stream socket tells how many bytes sent are still unread
-// (SIOCOUTQ, in whole socket buffers), so a connection sends each batch in
-// two parts and, before the next, compares: more than the last part
-// unread, some of the last part only, or nothing.
+// earlier. A unix stream socket tells how much it still holds unread
+// (SIOCOUTQ: the memory of whole socket buffers, at least the bytes they
+// carry), so a connection sends each batch in two parts and, before the
+// next, compares: more than the last part unread, some of the last part
+// only, or nothing.
 #pragma once
 
 namespace blkstack::nbd {

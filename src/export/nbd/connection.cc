@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <new>
 
 #include "blkstack/disk.h"
@@ -62,6 +63,10 @@ uint32_t nbd_error(Status s, bool write) {
     default:
       return kEio;
   }
+}
+
+int clamp_to_int(uint64_t n) {
+  return static_cast<int>(std::min<uint64_t>(n, std::numeric_limits<int>::max()));
 }
 
 bool is_write_type(uint16_t type) {
@@ -255,23 +260,31 @@ void Connection::send_output() {
     send_queued(0);
     return;
   }
-  if (measure_pending_) {  // the round's first batch: where is the client?
+  if (measure_pending_) {  // the run's first batch: where is the client?
     backlog_at_send_ = client_backlog();
     measure_pending_ = false;
+    measured_ = true;
   }
   // The batch in two parts, its first third and the rest, with the
   // socket's queue noted between them. The last part is the larger: a
   // client still in it when the next batch goes out has not run dry, with
-  // room to spare for the time the loop takes to serve that batch.
-  last_part_bytes_ = 0;
+  // room to spare for the time the loop takes to serve that batch. The
+  // queue counts whole socket buffers, their overhead included, so the
+  // last part is at least the bytes it carried; a client that frees a
+  // buffer between the two readings cannot make it look smaller.
+  const uint64_t start = bytes_sent_;
   if (!unix_socket_ || !out_.empty() || queued_replies_ < kMinSplitReplies) {
     send_queued(0);
+    last_part_bytes_ = clamp_to_int(bytes_sent_ - start);  // all of it
     return;
   }
+  last_part_bytes_ = 0;
   if (!send_queued(queued_replies_ / 3)) return;
   const int at_split = unread_bytes();
+  const uint64_t split_at = bytes_sent_;
   if (!send_queued(0)) return;
-  last_part_bytes_ = std::max(0, unread_bytes() - at_split);
+  last_part_bytes_ =
+      std::max(unread_bytes() - at_split, clamp_to_int(bytes_sent_ - split_at));
 }
 
 bool Connection::send_queued(uint32_t max_replies) {
@@ -315,6 +328,7 @@ bool Connection::send_queued(uint32_t max_replies) {
       return false;
     }
     size_t left = static_cast<size_t>(r);
+    bytes_sent_ += left;
     if (!out_.empty()) {
       const size_t k = std::min(left, out_.size());
       out_.erase(0, k);

@@ -33,6 +33,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -125,12 +126,18 @@ class Connection {
   // For a coalescing loop (backlog.h), before each run(): with split sends
   // on, each batch of replies goes in two parts, its last two thirds in a
   // send of their own, and before the run's first batch the connection
-  // notes how much of the previous one the client had yet to read. It
-  // costs a sendmsg and two ioctls per batch. kNone also where the socket
-  // cannot tell: TCP counts bytes not yet acknowledged by the peer's
-  // kernel, not bytes its program has not read.
-  void set_split_sends(bool on) { split_sends_ = measure_pending_ = on; }
-  Backlog backlog_at_last_send() const { return backlog_at_send_; }
+  // notes how much of the previous one the client had yet to read (one
+  // more sendmsg and three SIOCOUTQ ioctls per batch). kNone also where
+  // the socket cannot tell: TCP counts bytes not yet acknowledged by the
+  // peer's kernel, not bytes its program has not read.
+  void set_split_sends(bool on) {
+    split_sends_ = measure_pending_ = on;
+    measured_ = false;
+  }
+  // The backlog noted in the last run(); empty if it sent no replies.
+  std::optional<Backlog> backlog_at_last_send() const {
+    return measured_ ? std::optional<Backlog>(backlog_at_send_) : std::nullopt;
+  }
   // Name for the log ("conn 3").
   const std::string& name() const { return name_; }
   // The export chosen (empty during the handshake).
@@ -205,6 +212,8 @@ class Connection {
   uint32_t queued_replies_ = 0;  // on the send list
   bool split_sends_ = false;
   bool measure_pending_ = false;  // backlog_at_send_, at the next batch
+  bool measured_ = false;         // ... done in this run
+  uint64_t bytes_sent_ = 0;       // all sent so far
   // Bytes of the socket's queue that the last part of the latest split
   // batch took (0: not split), for client_backlog().
   int last_part_bytes_ = 0;

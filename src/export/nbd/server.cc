@@ -16,6 +16,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -338,9 +339,8 @@ class EventLoop final : public Reactor {
       c.set_split_sends(measure_backlog_ || policy_.coalescing());
       c.run();
       if (measure_backlog_ && c.requests_seen() != seen) {
-        const Backlog b = c.backlog_at_last_send();
-        backlog_ = backlog_measured_ ? std::min(backlog_, b) : b;
-        backlog_measured_ = true;
+        if (const std::optional<Backlog> b = c.backlog_at_last_send())
+          backlog_ = backlog_ ? std::min(*backlog_, *b) : *b;
       }
       round_requests_ += c.requests_seen() - seen;
       round_payload_ |= c.payload_reads() != payload_reads;
@@ -396,7 +396,7 @@ class EventLoop final : public Reactor {
     // The round since the last wait.
     if (last_wait_ == WaitPolicy::Wait::kCoalesce) {
       count(coalesced_requests_, round_requests_);
-      if (backlog_measured_) count(backlogs_[static_cast<int>(backlog_)]);
+      if (backlog_) count(backlogs_[static_cast<int>(*backlog_)]);
     }
     policy_.round_done({round_requests_, round_payload_, backlog_});
     coalesce_us_.store(static_cast<uint64_t>(policy_.interval().count()),
@@ -407,8 +407,7 @@ class EventLoop final : public Reactor {
     last_wait_ = how;
     count(waits_[static_cast<int>(how)]);
     measure_backlog_ = how == WaitPolicy::Wait::kCoalesce;
-    backlog_ = Backlog::kNone;
-    backlog_measured_ = false;
+    backlog_.reset();
     int n = 0;
     switch (how) {
       case WaitPolicy::Wait::kCoalesce: {
@@ -444,10 +443,10 @@ class EventLoop final : public Reactor {
   WaitPolicy::Wait last_wait_ = WaitPolicy::Wait::kBlock;
   uint64_t round_requests_ = 0;
   bool round_payload_ = false;
-  // After a coalescing wait: the least backlog of the clients that woke us.
+  // After a coalescing wait: the least backlog of the clients served
+  // (those that sent requests and got replies in the round).
   bool measure_backlog_ = false;
-  bool backlog_measured_ = false;
-  Backlog backlog_ = Backlog::kNone;
+  std::optional<Backlog> backlog_;
 
   void loop() {
     tls_loop = this;

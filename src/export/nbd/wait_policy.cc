@@ -14,8 +14,11 @@ WaitPolicy::WaitPolicy(WaitOptions options)
     : options_(options),
       probe_interval_(std::clamp<uint32_t>(options.probe_interval, 1, kMaxProbeInterval)),
       rounds_to_probe_(probe_interval_),
-      interval_(std::clamp(kFirstInterval, options.min_coalesce,
-                           std::max(options.min_coalesce, options.coalesce))) {}
+      interval_(std::clamp(kFirstInterval, shortest(), options.coalesce)) {}
+
+std::chrono::microseconds WaitPolicy::shortest() const {
+  return std::min(options_.min_coalesce, options_.coalesce);
+}
 
 WaitPolicy::Wait WaitPolicy::next() {
   const bool can_coalesce = options_.coalesce.count() > 0;
@@ -34,9 +37,9 @@ WaitPolicy::Wait WaitPolicy::next() {
 void WaitPolicy::round_done(const Round& round) {
   last_round_ = round;
   if (last_ != Wait::kCoalesce) return;
-  adapt_interval(round);
-  const bool worth_it =
-      round.backlog != Backlog::kNone && round.requests >= options_.stay_at;
+  if (coalescing_) adapt_interval(round);
+  const bool worth_it = round.backlog.value_or(Backlog::kNone) != Backlog::kNone &&
+                        round.requests >= options_.stay_at;
   if (coalescing_) {
     short_rounds_ = worth_it ? 0 : short_rounds_ + 1;
     if (short_rounds_ < 2) {
@@ -60,16 +63,17 @@ void WaitPolicy::round_done(const Round& round) {
 
 void WaitPolicy::adapt_interval(const Round& round) {
   using std::chrono::microseconds;
-  const microseconds longest = std::max(options_.min_coalesce, options_.coalesce);
-  switch (round.backlog) {
+  if (!round.backlog) return;
+  switch (*round.backlog) {
     case Backlog::kNone:  // the client ran dry: it waited for us
-      interval_ = std::max(options_.min_coalesce, interval_ * 3 / 4);
+      interval_ = std::max(shortest(), interval_ * 3 / 4);
       break;
     case Backlog::kMore:
       // A wake-up for one or two requests with much left unread is a slow
       // reader of large replies, not a sign the sleep is short.
       if (round.requests < options_.stay_at) break;
-      interval_ = std::min(longest, interval_ + std::max(microseconds(1), interval_ / 8));
+      interval_ = std::min(options_.coalesce,
+                           interval_ + std::max(microseconds(1), interval_ / 8));
       break;
     case Backlog::kLastPart:
       break;
