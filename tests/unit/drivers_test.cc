@@ -429,6 +429,55 @@ TEST(RamDriver, ConcurrentWriteDiscardAndRead) {
   EXPECT_EQ(ram.allocated(), kPages * kPage);
 }
 
+// Anonymous memory in transparent huge pages, in KiB, from
+// /proc/self/smaps_rollup; -1 where the kernel has no huge pages to give.
+long anon_huge_kib() {
+  std::FILE* thp = std::fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+  if (!thp) return -1;
+  char mode[128] = {};
+  const bool never = !std::fgets(mode, sizeof mode, thp) || std::strstr(mode, "[never]");
+  std::fclose(thp);
+  if (never) return -1;
+  std::FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
+  if (!f) return -1;
+  long kib = -1;
+  char line[256];
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "AnonHugePages: %ld kB", &kib) == 1) break;
+  std::fclose(f);
+  return kib;
+}
+
+// A chunk whose every page holds data is moved into a huge page in the
+// background; reads, discards and writes go on as before.
+TEST(RamDriver, FullChunksBecomeHugePagesAndKeepTheirData) {
+  const long before = anon_huge_kib();
+  if (before < 0) GTEST_SKIP() << "no transparent huge pages here";
+  RamDisk ram("ram:8M");
+  ram.write(0, 4 << 20, 0x71);      // chunks 0 and 1, full
+  ram.write(4 << 20, kPage, 0x72);  // chunk 2: one page, stays small
+  long now = before;
+  for (int i = 0; i < 500 && now < before + 2048; ++i) {
+    std::this_thread::sleep_for(10ms);
+    now = anon_huge_kib();
+  }
+  EXPECT_GE(now, before + 2048) << "no full chunk was collapsed within 5 s";
+  EXPECT_LE(now, before + 4096) << "a chunk with holes took a huge page";
+  EXPECT_TRUE(AllAre(ram.read(0, 4 << 20).data(), 4 << 20, 0x71));
+  EXPECT_EQ(ram.allocated(), (4u << 20) + kPage);
+  // A hole in a huge chunk reads zeroes, its neighbours keep their data.
+  ASSERT_EQ(ram.h.discard(kPage, kPage), Status::kOk);
+  std::vector<std::byte> head = ram.read(0, 3 * kPage);
+  EXPECT_TRUE(AllAre(head.data(), kPage, 0x71));
+  EXPECT_TRUE(AllAre(head.data() + kPage, kPage, 0));
+  EXPECT_TRUE(AllAre(head.data() + 2 * kPage, kPage, 0x71));
+  EXPECT_EQ(ram.allocated(), 4u << 20);
+  ram.write(kPage, kPage, 0x73);  // full again
+  EXPECT_TRUE(AllAre(ram.read(kPage, kPage).data(), kPage, 0x73));
+  EXPECT_TRUE(AllAre(ram.read(2 * kPage, (4 << 20) - 2 * kPage).data(),
+                     (4 << 20) - 2 * kPage, 0x71));
+}
+
 // huge=1 changes where the memory comes from, not what the disk says.
 TEST(RamDriver, HugePagesKeepTheSameSemantics) {
   RamDisk ram("ram:8M,huge=1");
