@@ -8,22 +8,30 @@
 // chunk are contiguous and page-aligned: a 4 KiB read is one aligned copy
 // from one page, a 1 MiB read one copy of 256 pages.
 //
-// No lock: a mapping lives as long as the store, so an I/O never touches
-// freed memory. A discard racing a read or write of the same page can only
-// leave, byte by byte, the old data, the new data or zeroes, which is what
-// the block layer already allows for requests that are not ordered.
+// No lock on the I/O path: a mapping lives as long as the store, so an I/O
+// never touches freed memory. A discard racing a read or write of the same
+// page can only leave, byte by byte, the old data, the new data or zeroes,
+// which is what the block layer already allows for requests that are not
+// ordered.
 //
 // Huge pages: a chunk is mapped at a 2 MiB boundary but kept out of
 // transparent huge pages while it has holes: one 4 KiB write must not take
-// 2 MiB, nor a discard of 4 KiB free nothing. Once every page of a chunk
-// holds data it costs nothing more as one huge page, and copies from it
-// miss the TLB far less (1 MiB reads through `blkstack serve` ~25% faster,
-// 4 KiB random reads ~10% less CPU on the development VM). So a thread of
-// the store's own collapses full chunks (MADV_COLLAPSE, Linux 6.1; a 2 MiB
-// copy and a huge page allocation are not for a submitting thread), and a
-// discard in a chunk turns the advice off again. With huge=1 every chunk
-// asks for huge pages from its first write instead (where
-// /sys/kernel/mm/transparent_hugepage allows): 2 MiB per chunk touched.
+// 2 MiB. Once every page of a chunk holds data it costs nothing more as one
+// huge page, and copies from it miss the TLB far less (1 MiB reads through
+// `blkstack serve` ~25% faster, 4 KiB random reads ~7% less CPU on the
+// development VM). So a write that fills a chunk, or a discard that makes
+// a hole in a full one, hands the chunk to a thread of the store's own,
+// the only one that changes its advice: a full chunk is collapsed into a
+// huge page (MADV_COLLAPSE, Linux 6.1; a huge page allocation and a 2 MiB
+// copy are not for a submitting thread), one with holes is advised out of
+// huge pages again so that khugepaged does not refill them. Data is safe
+// throughout: the kernel unmaps the chunk while it copies, so a write
+// meanwhile waits and lands in the huge page. What a discard in a huge
+// chunk frees comes back when the kernel splits the page (under memory
+// pressure), and a collapse stalls I/O to that one chunk for its copy.
+// With huge=1 every chunk asks for huge pages from its first write instead
+// (where /sys/kernel/mm/transparent_hugepage allows): 2 MiB per chunk
+// touched.
 #include <fmt/format.h>
 #include <sys/mman.h>
 
@@ -32,11 +40,12 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <deque>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <new>
 #include <thread>
-#include <vector>
 
 #include "blkstack/disk.h"
 #include "blkstack/driver.h"
@@ -69,11 +78,11 @@ class RamStore {
 
   ~RamStore() {
     {
-      std::lock_guard lock(collapse_mu_);
-      collapse_stop_ = true;
+      std::lock_guard lock(advice_mu_);
+      advice_stop_ = true;
     }
-    collapse_cv_.notify_one();
-    if (collapse_thread_.joinable()) collapse_thread_.join();
+    advice_cv_.notify_one();
+    if (advice_thread_.joinable()) advice_thread_.join();
     for (uint64_t c = 0; c < nr_chunks_; ++c)
       delete chunks_[c].load(std::memory_order_relaxed);
   }
@@ -102,10 +111,7 @@ class RamStore {
       const uint64_t last = (in_chunk + n - 1) / kPageSize;
       const uint64_t added = chunk->mark(first, last, true);
       allocated_pages_.fetch_add(static_cast<int64_t>(added), std::memory_order_relaxed);
-      if (added != 0 &&
-          chunk->pages.fetch_add(added, std::memory_order_acq_rel) + added ==
-              kPagesPerChunk)
-        queue_collapse(chunk);
+      if (added != 0 && chunk->full()) queue_advice(chunk);
       off += n;
       src += n;
       len -= n;
@@ -131,11 +137,10 @@ class RamStore {
           const uint64_t removed = chunk->mark(whole_first, whole_end - 1, false);
           allocated_pages_.fetch_sub(static_cast<int64_t>(removed),
                                      std::memory_order_relaxed);
-          chunk->pages.fetch_sub(removed, std::memory_order_acq_rel);
-          // A hole again: no huge page for it (khugepaged would refill
-          // the holes of a chunk advised so).
-          if (removed != 0 && chunk->huge.exchange(false) && !huge_pages_)
-            ::madvise(chunk->base, kChunkBytes, MADV_NOHUGEPAGE);
+          // Holes again: out of huge pages. (The fence pairs with the one
+          // in advise(): one of the two sees the other's change.)
+          std::atomic_thread_fence(std::memory_order_seq_cst);
+          if (removed != 0 && chunk->advised_huge.load()) queue_advice(chunk);
           std::byte* const whole = chunk->base + whole_first * kPageSize;
           const size_t whole_bytes = (whole_end - whole_first) * kPageSize;
           // Discard is also write-zeroes: if the pages cannot be dropped
@@ -150,6 +155,9 @@ class RamStore {
     const Chunk* chunk = chunks_[page / kPagesPerChunk].load(std::memory_order_acquire);
     return chunk && chunk->present(page % kPagesPerChunk);
   }
+
+  // Chunks the advice thread moved into huge pages, over the store's life.
+  uint64_t collapsed_chunks() const { return collapsed_.load(std::memory_order_relaxed); }
 
   uint64_t allocated_bytes() const {
     // A discard may count a page off before the write that set its bit
@@ -182,8 +190,14 @@ class RamStore {
 
     std::byte* const base;  // kChunkBytes, mapped
     std::atomic<uint64_t> bits[kPagesPerChunk / 64] = {};
-    std::atomic<uint64_t> pages{0};  // bits set
-    std::atomic<bool> huge{false};   // advised MADV_HUGEPAGE when full
+    bool full() const {
+      for (const auto& w : bits)
+        if (w.load(std::memory_order_acquire) != ~uint64_t{0}) return false;
+      return true;
+    }
+    // Set by the advice thread only; read by discards.
+    std::atomic<bool> advised_huge{false};
+    std::atomic<bool> queued{false};  // for the advice thread
   };
 
   // Calls fn(chunk, offset in chunk, bytes, present) for each run of pages
@@ -230,9 +244,17 @@ class RamStore {
   // kChunkBytes at a kChunkBytes boundary, where a huge page can back it:
   // twice that is mapped and the ends trimmed. Null if mapping failed.
   static void* map_aligned_chunk() {
-    void* raw = ::mmap(nullptr, 2 * kChunkBytes, PROT_READ | PROT_WRITE,
+    const auto map = [](size_t bytes) {
+      void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (raw == MAP_FAILED) return nullptr;
+      return p == MAP_FAILED ? nullptr : p;
+    };
+    // Recent kernels align mappings of this size by themselves.
+    void* mem = map(kChunkBytes);
+    if (!mem || reinterpret_cast<uintptr_t>(mem) % kChunkBytes == 0) return mem;
+    ::munmap(mem, kChunkBytes);
+    void* raw = map(2 * kChunkBytes);
+    if (!raw) return nullptr;
     const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
     const uintptr_t aligned = (start + kChunkBytes - 1) & ~uintptr_t{kChunkBytes - 1};
     if (aligned > start) ::munmap(raw, aligned - start);
@@ -242,46 +264,60 @@ class RamStore {
     return reinterpret_cast<void*>(aligned);
   }
 
-  // A chunk whose every page holds data: to the collapse thread.
-  void queue_collapse(Chunk* chunk) {
-    if (huge_pages_) return;  // huge from the start
-    {
-      std::lock_guard lock(collapse_mu_);
-      if (collapse_stop_) return;
-      collapse_todo_.push_back(chunk);
-      if (!collapse_thread_.joinable())
-        collapse_thread_ = std::thread([this] { collapse_loop(); });
+  // A chunk that became full, or got a hole while advised huge: to the
+  // advice thread, once until it has looked at it.
+  void queue_advice(Chunk* chunk) {
+    if (huge_pages_ || chunk->queued.exchange(true)) return;
+    try {
+      {
+        std::lock_guard lock(advice_mu_);
+        if (advice_stop_) return;
+        advice_todo_.push_back(chunk);
+        if (!advice_thread_.joinable())
+          advice_thread_ = std::thread([this] { advice_loop(); });
+      }
+      advice_cv_.notify_one();
+    } catch (const std::exception&) {
+      // No memory or no thread: the chunk stays as it is (advice only).
+      // It is not queued again; nothing is wrong with its data.
     }
-    collapse_cv_.notify_one();
   }
 
-  void collapse_loop() {
-    std::unique_lock lock(collapse_mu_);
+  void advice_loop() {
+    std::unique_lock lock(advice_mu_);
     while (true) {
-      collapse_cv_.wait(lock, [&] { return collapse_stop_ || !collapse_todo_.empty(); });
-      if (collapse_stop_) return;
-      Chunk* chunk = collapse_todo_.back();
-      collapse_todo_.pop_back();
+      advice_cv_.wait(lock, [&] { return advice_stop_ || !advice_todo_.empty(); });
+      if (advice_stop_) return;
+      Chunk* chunk = advice_todo_.front();
+      advice_todo_.pop_front();
       lock.unlock();
-      collapse(chunk);
+      advise(chunk);
       lock.lock();
     }
   }
 
-  // Advice only: a kernel without MADV_COLLAPSE or without huge pages to
-  // spare leaves the chunk in 4 KiB pages. A discard racing this can at
-  // worst leave a full huge page under a chunk with holes: memory, not
-  // data, since holes read as zeroes from the bitmap.
-  static void collapse(Chunk* chunk) {
-    const auto full = [&] {
-      return chunk->pages.load(std::memory_order_acquire) == kPagesPerChunk;
-    };
-    if (!full()) return;
-    chunk->huge.store(true);
-    ::madvise(chunk->base, kChunkBytes, MADV_HUGEPAGE);
-    if (full()) ::madvise(chunk->base, kChunkBytes, MADV_COLLAPSE);
-    if (!full() && chunk->huge.exchange(false))
+  // On the advice thread. A chunk that changes while it is looked at is
+  // queued again by whoever changed it (queued is cleared first).
+  void advise(Chunk* chunk) {
+    chunk->queued.store(false, std::memory_order_release);
+    if (chunk->full()) {
+      if (!chunk->advised_huge.exchange(true))
+        ::madvise(chunk->base, kChunkBytes, MADV_HUGEPAGE);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      // Full still? Else a discard made a hole and may not have seen the
+      // advice: take it back here. (A discard from now on sees it.)
+      if (!chunk->full()) {
+        if (chunk->advised_huge.exchange(false))
+          ::madvise(chunk->base, kChunkBytes, MADV_NOHUGEPAGE);
+        return;
+      }
+      // Fails on kernels without it or without a huge page to spare; the
+      // advice then lets khugepaged do it later.
+      if (::madvise(chunk->base, kChunkBytes, MADV_COLLAPSE) == 0)
+        collapsed_.fetch_add(1, std::memory_order_relaxed);
+    } else if (chunk->advised_huge.exchange(false)) {
       ::madvise(chunk->base, kChunkBytes, MADV_NOHUGEPAGE);
+    }
   }
 
   uint64_t bytes_;
@@ -290,12 +326,13 @@ class RamStore {
   std::unique_ptr<std::atomic<Chunk*>[]> chunks_;
   std::atomic<int64_t> allocated_pages_{0};
 
-  // The collapse thread (started by the first full chunk) and its queue.
-  std::mutex collapse_mu_;
-  std::condition_variable collapse_cv_;
-  std::vector<Chunk*> collapse_todo_;
-  bool collapse_stop_ = false;
-  std::thread collapse_thread_;
+  // The advice thread (started by the first full chunk) and its queue.
+  std::mutex advice_mu_;
+  std::condition_variable advice_cv_;
+  std::deque<Chunk*> advice_todo_;
+  bool advice_stop_ = false;
+  std::thread advice_thread_;
+  std::atomic<uint64_t> collapsed_{0};  // chunks moved into huge pages
 };
 
 // Moves one bio's data to or from the store.
@@ -335,7 +372,9 @@ class RamReports : public Base {
   explicit RamReports(std::shared_ptr<RamStore> store) : store_(std::move(store)) {}
 
   std::string describe() const override {
-    return fmt::format("allocated={}", format_size(store_->allocated_bytes()));
+    return fmt::format("allocated={} huge_chunks={}",
+                       format_size(store_->allocated_bytes()),
+                       store_->collapsed_chunks());
   }
 
   Extent extent_at(uint64_t offset, uint64_t max_length) const override {

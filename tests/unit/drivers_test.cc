@@ -429,40 +429,40 @@ TEST(RamDriver, ConcurrentWriteDiscardAndRead) {
   EXPECT_EQ(ram.allocated(), kPages * kPage);
 }
 
-// Anonymous memory in transparent huge pages, in KiB, from
-// /proc/self/smaps_rollup; -1 where the kernel has no huge pages to give.
-long anon_huge_kib() {
+// Whether the kernel gives transparent huge pages at all.
+bool have_huge_pages() {
   std::FILE* thp = std::fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
-  if (!thp) return -1;
+  if (!thp) return false;
   char mode[128] = {};
   const bool never = !std::fgets(mode, sizeof mode, thp) || std::strstr(mode, "[never]");
   std::fclose(thp);
-  if (never) return -1;
-  std::FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
-  if (!f) return -1;
-  long kib = -1;
-  char line[256];
-  while (std::fgets(line, sizeof line, f))
-    if (std::sscanf(line, "AnonHugePages: %ld kB", &kib) == 1) break;
-  std::fclose(f);
-  return kib;
+  return !never;
+}
+
+// The ram device's count of chunks moved into huge pages, from describe().
+uint64_t huge_chunks(RamDisk& ram) {
+  const std::string d = ram.disk->driver().describe();
+  const size_t at = d.find("huge_chunks=");
+  return at == std::string::npos ? ~uint64_t{0} : std::stoull(d.substr(at + 12));
+}
+
+// Polls for up to 5 s until the device has collapsed `n` chunks.
+bool wait_huge_chunks(RamDisk& ram, uint64_t n) {
+  for (int i = 0; i < 500 && huge_chunks(ram) < n; ++i) std::this_thread::sleep_for(10ms);
+  return huge_chunks(ram) == n;
 }
 
 // A chunk whose every page holds data is moved into a huge page in the
 // background; reads, discards and writes go on as before.
 TEST(RamDriver, FullChunksBecomeHugePagesAndKeepTheirData) {
-  const long before = anon_huge_kib();
-  if (before < 0) GTEST_SKIP() << "no transparent huge pages here";
+  if (!have_huge_pages()) GTEST_SKIP() << "no transparent huge pages here";
   RamDisk ram("ram:8M");
-  ram.write(0, 4 << 20, 0x71);      // chunks 0 and 1, full
+  EXPECT_EQ(huge_chunks(ram), 0u);
   ram.write(4 << 20, kPage, 0x72);  // chunk 2: one page, stays small
-  long now = before;
-  for (int i = 0; i < 500 && now < before + 2048; ++i) {
-    std::this_thread::sleep_for(10ms);
-    now = anon_huge_kib();
-  }
-  EXPECT_GE(now, before + 2048) << "no full chunk was collapsed within 5 s";
-  EXPECT_LE(now, before + 4096) << "a chunk with holes took a huge page";
+  ram.write(0, 4 << 20, 0x71);      // chunks 0 and 1, full
+  EXPECT_TRUE(wait_huge_chunks(ram, 2)) << ram.disk->driver().describe();
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(huge_chunks(ram), 2u) << "a chunk with holes was collapsed";
   EXPECT_TRUE(AllAre(ram.read(0, 4 << 20).data(), 4 << 20, 0x71));
   EXPECT_EQ(ram.allocated(), (4u << 20) + kPage);
   // A hole in a huge chunk reads zeroes, its neighbours keep their data.
@@ -472,7 +472,8 @@ TEST(RamDriver, FullChunksBecomeHugePagesAndKeepTheirData) {
   EXPECT_TRUE(AllAre(head.data() + kPage, kPage, 0));
   EXPECT_TRUE(AllAre(head.data() + 2 * kPage, kPage, 0x71));
   EXPECT_EQ(ram.allocated(), 4u << 20);
-  ram.write(kPage, kPage, 0x73);  // full again
+  ram.write(kPage, kPage, 0x73);  // full again: collapsed again
+  EXPECT_TRUE(wait_huge_chunks(ram, 3)) << ram.disk->driver().describe();
   EXPECT_TRUE(AllAre(ram.read(kPage, kPage).data(), kPage, 0x73));
   EXPECT_TRUE(AllAre(ram.read(2 * kPage, (4 << 20) - 2 * kPage).data(),
                      (4 << 20) - 2 * kPage, 0x71));
