@@ -305,19 +305,17 @@ class RamStore {
         ::madvise(chunk->base, kChunkBytes, MADV_HUGEPAGE);
       std::atomic_thread_fence(std::memory_order_seq_cst);
       // Full still? Else a discard made a hole and may not have seen the
-      // advice: take it back here. (A discard from now on sees it.)
-      if (!chunk->full()) {
-        if (chunk->advised_huge.exchange(false))
-          ::madvise(chunk->base, kChunkBytes, MADV_NOHUGEPAGE);
+      // advice: take it back below. (A discard from now on sees it.)
+      if (chunk->full()) {
+        // Fails on kernels without it or without a huge page to spare;
+        // the advice then lets khugepaged do it later.
+        if (::madvise(chunk->base, kChunkBytes, MADV_COLLAPSE) == 0)
+          collapsed_.fetch_add(1, std::memory_order_relaxed);
         return;
       }
-      // Fails on kernels without it or without a huge page to spare; the
-      // advice then lets khugepaged do it later.
-      if (::madvise(chunk->base, kChunkBytes, MADV_COLLAPSE) == 0)
-        collapsed_.fetch_add(1, std::memory_order_relaxed);
-    } else if (chunk->advised_huge.exchange(false)) {
-      ::madvise(chunk->base, kChunkBytes, MADV_NOHUGEPAGE);
     }
+    if (chunk->advised_huge.exchange(false))
+      ::madvise(chunk->base, kChunkBytes, MADV_NOHUGEPAGE);
   }
 
   uint64_t bytes_;

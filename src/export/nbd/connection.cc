@@ -260,11 +260,8 @@ void Connection::send_output() {
     send_queued(0);
     return;
   }
-  if (measure_pending_) {  // the run's first batch: where is the client?
-    backlog_at_send_ = client_backlog();
-    measure_pending_ = false;
-    measured_ = true;
-  }
+  // The run's first batch: where is the client?
+  if (!backlog_at_send_) backlog_at_send_ = client_backlog();
   // The batch in two parts, its first third and the rest, with the
   // socket's queue noted between them. The last part is the larger: a
   // client still in it when the next batch goes out has not run dry, with
@@ -288,7 +285,7 @@ void Connection::send_output() {
 }
 
 bool Connection::send_queued(uint32_t max_replies) {
-  uint32_t left_to_send = max_replies;  // 0: no limit
+  uint32_t left_to_send = max_replies != 0 ? max_replies : UINT32_MAX;
   while (state_ != State::kClosed && (!out_.empty() || send_head_)) {
     iovec iov[kMaxIov];
     int n = 0;
@@ -298,8 +295,7 @@ bool Connection::send_queued(uint32_t max_replies) {
       want += out_.size();
     }
     uint32_t replies = 0;
-    for (RequestSlot* s = send_head_;
-         s && n + 2 <= kMaxIov && (max_replies == 0 || replies < left_to_send);
+    for (RequestSlot* s = send_head_; s && n + 2 <= kMaxIov && replies < left_to_send;
          s = s->next, ++replies) {
       if (s->sent < s->hdr_len) {
         iov[n++] = {s->hdr + s->sent, s->hdr_len - s->sent};
@@ -344,11 +340,11 @@ bool Connection::send_queued(uint32_t max_replies) {
       send_head_ = s->next;
       if (!send_head_) send_tail_ = nullptr;
       --queued_replies_;
-      if (max_replies != 0) --left_to_send;
+      --left_to_send;
       release(s);
     }
     if (static_cast<size_t>(r) < want) return false;  // the socket is full
-    if (max_replies != 0 && left_to_send == 0) return true;
+    if (left_to_send == 0) return true;
   }
   return state_ != State::kClosed;
 }

@@ -131,13 +131,11 @@ class Connection {
   // the socket cannot tell: TCP counts bytes not yet acknowledged by the
   // peer's kernel, not bytes its program has not read.
   void set_split_sends(bool on) {
-    split_sends_ = measure_pending_ = on;
-    measured_ = false;
+    split_sends_ = on;
+    backlog_at_send_.reset();
   }
   // The backlog noted in the last run(); empty if it sent no replies.
-  std::optional<Backlog> backlog_at_last_send() const {
-    return measured_ ? std::optional<Backlog>(backlog_at_send_) : std::nullopt;
-  }
+  std::optional<Backlog> backlog_at_last_send() const { return backlog_at_send_; }
   // Name for the log ("conn 3").
   const std::string& name() const { return name_; }
   // The export chosen (empty during the handshake).
@@ -211,13 +209,11 @@ class Connection {
   RequestSlot* send_tail_ = nullptr;
   uint32_t queued_replies_ = 0;  // on the send list
   bool split_sends_ = false;
-  bool measure_pending_ = false;  // backlog_at_send_, at the next batch
-  bool measured_ = false;         // ... done in this run
-  uint64_t bytes_sent_ = 0;       // all sent so far
+  uint64_t bytes_sent_ = 0;  // all sent so far
   // Bytes of the socket's queue that the last part of the latest split
   // batch took (0: not split), for client_backlog().
   int last_part_bytes_ = 0;
-  Backlog backlog_at_send_ = Backlog::kNone;
+  std::optional<Backlog> backlog_at_send_;  // at this run's first batch
 
  public:
   void* reactor_data = nullptr;  // the reactor's own bookkeeping
