@@ -72,7 +72,10 @@ class Queue final : public BioDriver {
   void freeze();
   void unfreeze();
   // Puts a request back to be dispatched again (blk_mq_requeue_request);
-  // kick_requeue_list() sends the requeued ones after `delay_ns`.
+  // kick_requeue_list() sends the requeued ones after `delay_ns`. Like a
+  // completion, a requeue claims the request from the driver: one made
+  // while the request's timeout handler runs waits for the handler (see
+  // RequestDriver::timeout).
   void requeue_request(Request& rq, bool kick = true);
   void kick_requeue_list(uint64_t delay_ns = 0);
   // Polled I/O: see BioDriver. Polls every poll queue; waits (up to
@@ -122,8 +125,25 @@ class Queue final : public BioDriver {
   friend class HwQueue;
   friend class Request;
 
-  // The request is no longer in the driver (completed, requeued, or a
-  // flush stage done); `to` is its new state.
+  // What the driver hands back: a finished request, or one to requeue (a
+  // requeue_request() call, or a refusal in queue_rq).
+  enum class Handback : uint8_t { kComplete, kRequeue };
+  // Claims `rq` from the driver (DESIGN.md invariant 9): true if the caller
+  // now owns it, as kComplete or kIdle. False if the timeout owns it: the
+  // hand-back is recorded for the timeout to carry out when the driver's
+  // handler returns (or to drop, if the handler ended the request). A
+  // completion of a request that timed out with kFailWhenDone gets its
+  // status turned into kTimeout. Aborts on a request the driver does not
+  // have (ended twice).
+  bool claim_from_driver(Request& rq, Handback what, Status& status);
+  // The driver ended the request (Request::end_request, all bytes done).
+  void end_from_driver(Request& rq, Status status);
+  // Ends a request claimed from the driver: a flush stage moves its
+  // sequence on, anything else finishes.
+  void end_claimed(Request& rq, Status status);
+  void add_to_requeue_list(Request& rq, bool kick);
+  // A flush stage is back from the driver and claimed: the request is the
+  // queue's again (kIdle).
   void leave_driver(Request& rq);
   // Flush stages bypass the scheduler: straight to the dispatch list.
   void dispatch_internal(Request& rq);
@@ -146,6 +166,11 @@ class Queue final : public BioDriver {
   void worker_loop();
   void schedule_work(uint64_t at_ns);
   void check_timeouts(uint64_t now);
+  // Claims `rq` if it is in the driver past its deadline, and times it out.
+  void try_time_out(Request& rq, uint64_t now);
+  // Runs the driver's timeout() on a claimed request and carries out what
+  // it returned, or what the driver handed back meanwhile.
+  void time_out(Request& rq);
 
   std::shared_ptr<TagSet> tag_set_;
   std::unique_ptr<RequestDriver> owned_driver_;

@@ -59,6 +59,10 @@ class Request {
   // blk_end_request): whole bios end, a partly done bio advances. An error
   // is kept for the bios it touches. Returns true while bytes remain; when
   // none remain the request is finished and must not be touched again.
+  // Finishing claims the request from the driver: if its timeout handler is
+  // running, the completion is carried out when the handler returns, or
+  // ignored if the handler ended the request itself. Partial completions
+  // are the driver's own business and must not race its timeout handler.
   bool end_request(Status status, uint32_t bytes);
   // Completes everything left (blk_mq_end_request).
   void end_request_all(Status status);
@@ -76,7 +80,37 @@ class Request {
   friend struct Tags;
   friend class RequestMerger;
 
-  enum class State : uint8_t { kIdle, kInFlight, kComplete };
+  // Who owns the request (DESIGN.md invariant 9). Every hand-over between
+  // the queue, the driver, the completion and the timeout is one
+  // compare-and-swap on `state_`, so exactly one party owns it at a time.
+  enum class State : uint8_t {
+    kIdle,      // the queue's: being set up, on a list, in the flush machine
+    kInFlight,  // the driver's; completion, requeue and timeout race to claim it
+    kTimedOut,  // the timeout's: the driver's timeout() is running
+    kExpired,   // the driver's again after timeout(), and not timed out again
+    kComplete,  // the completion's: being finished
+  };
+  // The state word: the State in the low bits, then what the driver handed
+  // back while the timeout owned the request (carried out, or dropped, when
+  // the handler returns), the status of such a completion, and in the high
+  // half a generation bumped on every issue, so a claim made on what the
+  // timeout scan saw fails if the request was reissued (its tag reused)
+  // since.
+  static constexpr uint64_t kStateMask = 0x7;
+  static constexpr uint64_t kFailAsTimeout = 1u << 3;  // kExpired: ends with kTimeout
+  static constexpr uint64_t kDeferredComplete = 1u << 4;
+  static constexpr uint64_t kDeferredRequeue = 1u << 5;
+  static constexpr unsigned kDeferredStatusShift = 8;  // 8 bits
+  static constexpr unsigned kGenerationShift = 32;
+  static State state_of(uint64_t word) { return static_cast<State>(word & kStateMask); }
+  // `word` with only its generation kept and `state` set.
+  static uint64_t with_state(uint64_t word, State state) {
+    return (word & ~uint64_t{0} << kGenerationShift) | static_cast<uint64_t>(state);
+  }
+  // Sets the state of a request this thread owns, keeping the generation.
+  void set_state(State state, std::memory_order order = std::memory_order_release) {
+    state_.store(with_state(state_.load(std::memory_order_relaxed), state), order);
+  }
 
   void clear_flags(BioFlag f) {
     flags_ = static_cast<BioFlag>(static_cast<uint16_t>(flags_) & ~static_cast<uint16_t>(f));
@@ -84,9 +118,8 @@ class Request {
 
   Op op_ = Op::kRead;
   BioFlag flags_ = BioFlag::kNone;
-  std::atomic<State> state_{State::kIdle};
-  std::atomic<bool> timed_out_{false};  // the timeout handler has seen it
-  Status error_ = Status::kOk;  // first error of a partial completion
+  std::atomic<uint64_t> state_{0};  // kIdle, generation 0
+  Status error_ = Status::kOk;      // first error of a partial completion
   int tag_ = -1;
   uint16_t nr_segments_ = 0;
   uint8_t flush_seq_ = 0;     // flush stages done (FlushQueue)

@@ -35,17 +35,27 @@ struct TagSetConfig {
   // More hardware queues after those, for polled I/O only (nvme's
   // poll_queues): their requests complete when RequestDriver::poll() runs.
   unsigned nr_poll_queues = 0;
-  unsigned queue_depth = 64;   // tags per hardware queue (hw_queue_depth)
-  bool shared_tags = false;    // one tag space for all hardware queues
-  size_t cmd_size = 0;         // bytes of driver data per request (pdu)
-  uint64_t timeout_ns = 30'000'000'000;  // a request in the driver longer fails
+  unsigned queue_depth = 64;  // tags per hardware queue (hw_queue_depth)
+  bool shared_tags = false;   // one tag space for all hardware queues
+  size_t cmd_size = 0;        // bytes of driver data per request (pdu)
+  // A request in the driver longer than this times out (RequestDriver::
+  // timeout). From 1 ms (the resolution of the timeout scan) to 365 days
+  // (so that no deadline wraps); TagSet refuses anything else.
+  uint64_t timeout_ns = 30'000'000'000;
+  static constexpr uint64_t kMinTimeoutNs = 1'000'000;
+  static constexpr uint64_t kMaxTimeoutNs = 365ull * 24 * 3600 * 1'000'000'000;
 
   unsigned nr_queues() const { return nr_hw_queues + nr_poll_queues; }
 };
 
+// What the driver's timeout() did with a request that overstayed the
+// timeout (the kernel's blk_eh_timer_return).
 enum class TimeoutAction : uint8_t {
-  kResetTimer,  // give the request another timeout period
-  kDone,        // the driver has ended (or will end) the request itself
+  kResetTimer,    // the driver keeps it for another timeout period
+  kDone,          // the handler ended (or requeued) it; or the driver will end
+                  // it later with a status of its own
+  kFailWhenDone,  // the driver keeps it until it ends it, and then the
+                  // request fails with Status::kTimeout (the default)
 };
 
 class RequestDriver {
@@ -55,11 +65,20 @@ class RequestDriver {
   virtual Status queue_rq(HwQueue& hctx, Request& rq, bool last) = 0;
   // The batch ended before a request with last == true was queued.
   virtual void commit_rqs(HwQueue& hctx) { (void)hctx; }
-  // A request has been with the driver longer than the timeout. The default
-  // fails it with Status::kTimeout.
+  // A request has been with the driver longer than the timeout. The queue
+  // has claimed it first (DESIGN.md invariant 9): while this runs, a
+  // completion or requeue_request() of `rq` from another thread is held
+  // back; it is carried out when this returns, or dropped if this ended the
+  // request itself (a late completion of a timed-out request is ignored).
+  // The handler may end or requeue `rq` itself only if the driver will not
+  // touch it again (it aborted the I/O); the timer is not reset after that.
+  //
+  // The default fails the request with Status::kTimeout when the driver
+  // ends it: the queue never hands a submitter its memory back while the
+  // driver may still be reading or writing it.
   virtual TimeoutAction timeout(Request& rq) {
-    rq.end_request_all(Status::kTimeout);
-    return TimeoutAction::kDone;
+    (void)rq;
+    return TimeoutAction::kFailWhenDone;
   }
   // Completes what is ready on a poll queue without waiting for an
   // interrupt-like event. With `wait_ns` > 0 it may wait that long for the

@@ -1,5 +1,8 @@
 #include "drivers/queue_mode.h"
 
+#include <fmt/format.h>
+
+#include "blkstack/error.h"
 #include "blkstack/queue.h"
 
 namespace blkstack {
@@ -11,7 +14,8 @@ constexpr OptionDef kOptions[] = {
     {"hw_queues", OptionKind::kUint, "1", "mq: hardware queues (submit_queues)"},
     {"depth", OptionKind::kUint, "64", "mq: tags per hardware queue (hw_queue_depth)"},
     {"shared_tags", OptionKind::kBool, "0", "mq: one tag space for all hardware queues"},
-    {"timeout", OptionKind::kDuration, "30s", "mq: a request in the driver longer than this fails"},
+    {"timeout", OptionKind::kDuration, "30s",
+     "mq: a request in the driver longer than this fails (1ms to 31536000s)"},
     {"sched", OptionKind::kString, "none", "mq: I/O scheduler"},
     {"nomerges", OptionKind::kUint, "0", "mq: 0 all merges, 1 one-hit only, 2 none"},
 };
@@ -27,6 +31,13 @@ QueueMode queue_mode(const DeviceOptions& o) {
   m.tags.queue_depth = static_cast<unsigned>(std::max<uint64_t>(1, o.uint("depth")));
   m.tags.shared_tags = o.flag("shared_tags");
   m.tags.timeout_ns = o.duration_ns("timeout");
+  if (m.tags.timeout_ns < TagSetConfig::kMinTimeoutNs ||
+      m.tags.timeout_ns > TagSetConfig::kMaxTimeoutNs) {
+    throw Error(
+        fmt::format("device spec '{}': bad value for 'timeout' '{}': expected from 1ms "
+                    "to 31536000s (365 days)",
+                    o.spec().text, o.str("timeout")));
+  }
   m.sched = o.str("sched");
   m.nomerges = static_cast<unsigned>(o.uint("nomerges"));
   return m;

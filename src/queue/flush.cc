@@ -68,7 +68,7 @@ void FlushQueue::kick() {
   Request& f = flush_rq_;
   f.op_ = Op::kFlush;
   f.flags_ = BioFlag::kNone;
-  f.state_.store(Request::State::kIdle, std::memory_order_relaxed);
+  f.set_state(Request::State::kIdle, std::memory_order_relaxed);
   f.error_ = Status::kOk;
   f.tag_ = first->tag_;
   f.nr_segments_ = 0;

@@ -40,6 +40,9 @@ class FlushQueue {
   // The internal flush request came back from the driver.
   void flush_done(Request& flush_rq, Status status);
 
+  // The internal flush request, for the timeout scan.
+  Request& flush_request() { return flush_rq_; }
+
   static constexpr uint8_t kPreflush = 1, kData = 2, kPostflush = 4, kDone = 8;
 
  private:

@@ -24,6 +24,14 @@ constexpr BioFlag kNoMergeFlags = BioFlag::kPreflush | BioFlag::kFua;
 // outer loop picks up the tag it frees.
 thread_local const Tags* tls_waking_tags = nullptr;
 
+// The request whose timeout handler runs on this thread: an end or requeue
+// of it from inside the handler is the handler's own, not a late one.
+struct TimeoutScope {
+  Request* rq;
+  bool handed_back;  // the handler ended or requeued it
+};
+thread_local TimeoutScope* tls_timeout_scope = nullptr;
+
 // Hardware segments a bio needs: a memory piece longer than the maximum
 // segment size counts as several.
 unsigned bio_hw_segments(const Bio& bio, uint32_t max_segment_size) {
@@ -133,8 +141,7 @@ void Queue::submit(Bio& bio) {
 void Queue::init_request(Request& rq, HwQueue& hctx, Bio& bio, uint64_t now) {
   rq.op_ = bio.op();
   rq.flags_ = bio.flags();
-  rq.state_.store(Request::State::kIdle, std::memory_order_relaxed);
-  rq.timed_out_.store(false, std::memory_order_relaxed);
+  rq.set_state(Request::State::kIdle, std::memory_order_relaxed);
   rq.error_ = Status::kOk;
   rq.nr_segments_ = static_cast<uint16_t>(
       op_has_data(bio.op()) ? bio_hw_segments(bio, limits().max_segment_size) : 0);
@@ -218,7 +225,12 @@ Queue::Issue Queue::issue(HwQueue& hctx, Request& rq, bool last, uint64_t now) {
   if (hctx.stopped()) return Issue::kBusy;
   rq.start_ns_ = now;
   rq.deadline_ns_.store(now + tag_set_->config().timeout_ns, std::memory_order_relaxed);
-  rq.state_.store(Request::State::kInFlight, std::memory_order_release);
+  // The driver's now, in a new generation: a timeout scan that looked at an
+  // earlier issue of this request (this tag) cannot claim this one.
+  const uint64_t word = rq.state_.load(std::memory_order_relaxed);
+  rq.state_.store(Request::with_state(word + (uint64_t{1} << Request::kGenerationShift),
+                                      Request::State::kInFlight),
+                  std::memory_order_release);
   disk_->account_request_start(now);
   // A start() from here on may be the answer to a busy refusal.
   const uint32_t starts = hctx.starts_.load(std::memory_order_relaxed);
@@ -227,21 +239,29 @@ Queue::Issue Queue::issue(HwQueue& hctx, Request& rq, bool last, uint64_t now) {
     debug::SubmitScope scope(disk_->name().c_str());
     r = driver().queue_rq(hctx, rq, last);
   }
-  if (r == Status::kOk) [[likely]] return Issue::kIssued;
-  // The driver did not take the request. The caller puts it back and then
-  // calls HwQueue::after_refusal(), in that order, so no re-run is missed.
-  rq.state_.store(Request::State::kIdle, std::memory_order_relaxed);
-  if (r == Status::kResource) return Issue::kRequeue;
+  if (r == Status::kOk) [[likely]]
+    return Issue::kIssued;
+  if (r != Status::kResource && r != Status::kDeviceResource) {
+    rq.end_request_all(r);
+    return Issue::kIssued;  // consumed (failed)
+  }
   if (r == Status::kDeviceResource) {
     hctx.stop_after_busy(starts);  // the driver restarts it with HwQueue::start()
-    return Issue::kBusy;
   }
-  rq.end_request_all(r);
-  return Issue::kIssued;  // consumed (failed)
+  // The driver did not take the request: take it back. If the timeout
+  // claimed it meanwhile (queue_rq outlived the deadline), the timeout
+  // requeues it once the driver's handler returns: it is not ours to put
+  // back, and for the caller it is gone.
+  Status ignored = Status::kOk;
+  if (!claim_from_driver(rq, Handback::kRequeue, ignored)) [[unlikely]]
+    return Issue::kIssued;
+  // The caller puts it back and then calls HwQueue::after_refusal(), in that
+  // order, so no re-run is missed.
+  return r == Status::kResource ? Issue::kRequeue : Issue::kBusy;
 }
 
 void Queue::leave_driver(Request& rq) {
-  rq.state_.store(Request::State::kIdle, std::memory_order_release);
+  rq.set_state(Request::State::kIdle);
   rq.hctx_->restart_if_needed();
 }
 
@@ -281,8 +301,11 @@ Queue::Merge Queue::can_merge(const Request& rq, const Bio& bio) const {
     return Merge::kNone;
   // A polled bio in an unpolled request would complete unasked, and an
   // unpolled one in a polled request would wait for a poller.
-  if (any(rq.flags_ & BioFlag::kPolled) != bio.has_flag(BioFlag::kPolled)) return Merge::kNone;
-  if (rq.state_.load(std::memory_order_relaxed) != Request::State::kIdle) return Merge::kNone;
+  if (any(rq.flags_ & BioFlag::kPolled) != bio.has_flag(BioFlag::kPolled))
+    return Merge::kNone;
+  if (Request::state_of(rq.state_.load(std::memory_order_relaxed)) !=
+      Request::State::kIdle)
+    return Merge::kNone;
   Merge where;
   if (rq.sector_ + rq.sectors() == bio.sector()) {
     where = Merge::kBack;
@@ -345,7 +368,7 @@ void Queue::absorb_request(Request& rq, Request& next) {
   if (sched_) sched_->requests_merged(rq, next);
   disk_->account_merge(rq.op_);
   // `next` never reached the driver: it goes back without completing bios.
-  next.state_.store(Request::State::kComplete, std::memory_order_relaxed);
+  next.set_state(Request::State::kComplete, std::memory_order_relaxed);
 }
 
 bool Queue::try_merge_requests(Request& rq, Request& next) {
@@ -406,16 +429,77 @@ bool Queue::try_ctx_merge(SoftwareQueue& ctx, Bio& bio) {
 
 // --- completion ------------------------------------------------------------------
 
-void Queue::finish_request(Request& rq, Status status) {
-  // Claim the request: exactly one completion goes on. A second one is a
-  // driver bug, except when the request timed out, where the driver's late
-  // completion and the timeout handler's may race (the later one is dropped).
-  if (rq.state_.exchange(Request::State::kComplete, std::memory_order_acq_rel) ==
-      Request::State::kComplete) [[unlikely]] {
-    if (rq.timed_out_.load(std::memory_order_acquire)) return;
-    debug::fatal(fmt::format("request (tag {}, {} at sector {}) on '{}' completed twice", rq.tag_,
-                             op_name(rq.op_), rq.sector_, disk_->name()));
+bool Queue::claim_from_driver(Request& rq, Handback what, Status& status) {
+  using State = Request::State;
+  const State to = what == Handback::kComplete ? State::kComplete : State::kIdle;
+  uint64_t word = rq.state_.load(std::memory_order_relaxed);
+  for (;;) {
+    const State state = Request::state_of(word);
+    if (state == State::kInFlight || state == State::kExpired) [[likely]] {
+      // acquire: what the issuing thread wrote before handing it over.
+      if (rq.state_.compare_exchange_weak(word, Request::with_state(word, to),
+                                          std::memory_order_acq_rel,
+                                          std::memory_order_relaxed)) {
+        if ((word & Request::kFailAsTimeout) && what == Handback::kComplete) {
+          status = Status::kTimeout;
+        }
+        return true;
+      }
+      continue;
+    }
+    if (state != State::kTimedOut) break;  // the queue's, or finished: not the driver's
+    if (tls_timeout_scope != nullptr && tls_timeout_scope->rq == &rq) {
+      // The handler ends or requeues the request itself. It wins; what the
+      // driver handed back meanwhile is dropped.
+      tls_timeout_scope->handed_back = true;
+      rq.set_state(to);
+      return true;
+    }
+    if (word & (Request::kDeferredComplete | Request::kDeferredRequeue))
+      break;  // handed back twice
+    const uint64_t deferred = what == Handback::kComplete
+                                  ? word | Request::kDeferredComplete |
+                                        uint64_t{static_cast<uint8_t>(status)}
+                                            << Request::kDeferredStatusShift
+                                  : word | Request::kDeferredRequeue;
+    // release: the timeout thread ends the bios; what this thread wrote
+    // into them (the data) must be visible there.
+    if (rq.state_.compare_exchange_weak(word, deferred, std::memory_order_release,
+                                        std::memory_order_relaxed)) {
+      return false;
+    }
   }
+  debug::fatal(
+      fmt::format("request (tag {}, {} at sector {}) on '{}' {} but the driver did not "
+                  "have it (completed twice?)",
+                  rq.tag_, op_name(rq.op_), rq.sector_, disk_->name(),
+                  what == Handback::kComplete ? "completed" : "requeued"));
+}
+
+void Queue::end_from_driver(Request& rq, Status status) {
+  if (!claim_from_driver(rq, Handback::kComplete, status)) [[unlikely]]
+    return;
+  end_claimed(rq, status);
+}
+
+void Queue::end_claimed(Request& rq, Status status) {
+  if (status != Status::kOk && rq.error_ == Status::kOk) rq.error_ = status;
+  if (rq.internal_flush_) {
+    flush_->flush_done(rq, rq.error_);
+  } else if (rq.flush_policy_ != 0) {
+    rq.bytes_ = 0;
+    flush_->data_done(rq, rq.error_);
+  } else {
+    rq.bytes_ = 0;
+    finish_request(rq, status);
+  }
+}
+
+void Queue::finish_request(Request& rq, Status status) {
+  // The caller owns the request: the driver handed it back (claimed in
+  // end_from_driver) or it never reached the driver (the flush machine).
+  // From here a hand-back from the driver is a second completion.
+  rq.set_state(Request::State::kComplete, std::memory_order_relaxed);
   HwQueue& hctx = *rq.hctx_;
   // Take the bios off first: once the tag is free the request may be
   // reused, and once the last bio has ended the disk (with this queue) may
@@ -559,7 +643,14 @@ void Queue::set_nomerges(unsigned v) {
 // --- requeue and the worker ---------------------------------------------------------
 
 void Queue::requeue_request(Request& rq, bool kick) {
-  leave_driver(rq);
+  Status ignored = Status::kOk;
+  if (!claim_from_driver(rq, Handback::kRequeue, ignored))
+    return;  // the timeout carries it out
+  add_to_requeue_list(rq, kick);
+}
+
+void Queue::add_to_requeue_list(Request& rq, bool kick) {
+  rq.hctx_->restart_if_needed();
   {
     std::lock_guard lock(work_lock_);
     requeue_.push_back(&rq);
@@ -579,17 +670,80 @@ void Queue::schedule_work(uint64_t at_ns) {
 }
 
 void Queue::check_timeouts(uint64_t now) {
+  // Every request of the tag set: with shared tags, also those of other
+  // queues (whose workers look too; the claim makes one of them win).
   for (unsigned s = 0; s < tag_set_->nr_tag_spaces(); ++s) {
     Tags& tags = tag_set_->tag_space(s);
-    for (unsigned t = 0; t < tags.depth; ++t) {
-      Request& rq = tags.requests[t];
-      if (rq.queue_ != this || rq.state_.load(std::memory_order_acquire) != Request::State::kInFlight)
-        continue;
-      if (rq.deadline_ns_.load(std::memory_order_relaxed) > now) continue;
-      rq.timed_out_.store(true, std::memory_order_release);
-      if (driver().timeout(rq) == TimeoutAction::kResetTimer) {
-        rq.deadline_ns_.store(now + tag_set_->config().timeout_ns, std::memory_order_relaxed);
-      }
+    for (unsigned t = 0; t < tags.depth; ++t) try_time_out(tags.requests[t], now);
+  }
+  try_time_out(flush_->flush_request(), now);
+}
+
+void Queue::try_time_out(Request& rq, uint64_t now) {
+  uint64_t word = rq.state_.load(std::memory_order_acquire);
+  if (Request::state_of(word) != Request::State::kInFlight) return;
+  if (rq.deadline_ns_.load(std::memory_order_relaxed) > now) return;
+  // Claim it as it was when looked at: this fails if it was completed,
+  // requeued or refused since, or reissued (a new generation, whose
+  // deadline was not the one read).
+  if (!rq.state_.compare_exchange_strong(
+          word, Request::with_state(word, Request::State::kTimedOut),
+          std::memory_order_acq_rel, std::memory_order_relaxed)) {
+    return;
+  }
+  // Ours now: its queue (another one, with shared tags) and fields are stable.
+  rq.queue_->time_out(rq);
+}
+
+void Queue::time_out(Request& rq) {
+  using State = Request::State;
+  TimeoutScope scope{&rq, false};
+  tls_timeout_scope = &scope;
+  const TimeoutAction action = driver().timeout(rq);
+  tls_timeout_scope = nullptr;
+  if (scope.handed_back) {
+    // Ended or requeued by the handler: gone, perhaps reused already.
+    if (action == TimeoutAction::kResetTimer) {
+      debug::fatal(
+          fmt::format("driver of '{}': timeout() ended or requeued a request and then "
+                      "asked for its timer to be reset",
+                      disk_->name()));
+    }
+    return;
+  }
+  if (action == TimeoutAction::kResetTimer) {
+    rq.deadline_ns_.store(now_ns() + tag_set_->config().timeout_ns,
+                          std::memory_order_relaxed);
+  }
+  // Back to the driver, unless the driver handed the request back while
+  // the handler ran: then carry that out now (acquire: the data it moved).
+  uint64_t word = rq.state_.load(std::memory_order_acquire);
+  for (;;) {
+    if (word & Request::kDeferredComplete) {
+      const Status status =
+          action == TimeoutAction::kFailWhenDone
+              ? Status::kTimeout
+              : static_cast<Status>(word >> Request::kDeferredStatusShift & 0xff);
+      rq.state_.store(Request::with_state(word, State::kComplete),
+                      std::memory_order_relaxed);
+      end_claimed(rq, status);
+      return;
+    }
+    if (word & Request::kDeferredRequeue) {
+      // Requeued, or refused while queue_rq outlived the deadline: it goes
+      // out again with a fresh deadline, whatever the handler said.
+      rq.state_.store(Request::with_state(word, State::kIdle), std::memory_order_relaxed);
+      add_to_requeue_list(rq, /*kick=*/true);
+      return;
+    }
+    uint64_t back = Request::with_state(word, State::kInFlight);
+    if (action != TimeoutAction::kResetTimer) {
+      back = Request::with_state(word, State::kExpired) |
+             (action == TimeoutAction::kFailWhenDone ? Request::kFailAsTimeout : 0);
+    }
+    if (rq.state_.compare_exchange_weak(word, back, std::memory_order_acq_rel,
+                                        std::memory_order_acquire)) {
+      return;
     }
   }
 }

@@ -1,7 +1,6 @@
 #include "blkstack/request.h"
 
 #include "blkstack/queue.h"
-#include "queue/flush_queue.h"
 
 namespace blkstack {
 
@@ -14,26 +13,18 @@ uint32_t Request::cur_bytes() const {
 }
 
 bool Request::end_request(Status status, uint32_t bytes) {
+  if (bytes >= bytes_) {
+    // All that is left. The queue claims the request from the driver first
+    // (the timeout may own it) and only then touches it; once finished the
+    // tag may be reused and the disk and this queue may be gone.
+    queue_->end_from_driver(*this, status);
+    return false;
+  }
   if (status != Status::kOk && error_ == Status::kOk) error_ = status;
-  if (bytes > bytes_) bytes = bytes_;
   if (internal_flush_ || flush_policy_ != 0) {
     // A stage of a flush sequence: the bios end when the sequence does.
     bytes_ -= bytes;
-    if (bytes_ > 0) return true;
-    if (internal_flush_) {
-      queue_->flush_->flush_done(*this, error_);
-    } else {
-      queue_->flush_->data_done(*this, error_);
-    }
-    return false;
-  }
-  if (bytes == bytes_) {
-    // All that is left: finish_request() ends the bios, after accounting and
-    // freeing the tag, because once the last bio has ended the disk and
-    // this queue may be gone.
-    bytes_ = 0;
-    queue_->finish_request(*this, status);
-    return false;
+    return true;
   }
   uint32_t left = bytes;
   while (left > 0 && head_ != nullptr) {

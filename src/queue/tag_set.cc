@@ -1,7 +1,10 @@
 #include "blkstack/tag_set.h"
 
+#include <fmt/format.h>
+
 #include <bit>
 
+#include "blkstack/error.h"
 #include "blkstack/queue.h"
 #include "core/percpu.h"
 
@@ -156,6 +159,13 @@ TagSet::TagSet(const TagSetConfig& config, RequestDriver& driver)
     : config_(config), driver_(driver) {
   if (config_.nr_hw_queues == 0) config_.nr_hw_queues = 1;
   if (config_.queue_depth == 0) config_.queue_depth = 1;
+  if (config_.timeout_ns < TagSetConfig::kMinTimeoutNs ||
+      config_.timeout_ns > TagSetConfig::kMaxTimeoutNs) {
+    throw Error(
+        fmt::format("request timeout {} ns is out of range: expected from 1ms to "
+                    "31536000s (365 days)",
+                    config_.timeout_ns));
+  }
   unsigned spaces = config_.shared_tags ? 1 : config_.nr_queues();
   for (unsigned i = 0; i < spaces; ++i) {
     tags_.push_back(std::make_unique<Tags>(config_.queue_depth, config_.cmd_size));

@@ -760,6 +760,29 @@ TEST(BenchEngine, ReadWriteMixAndDeferredCompletion) {
   EXPECT_NEAR(static_cast<double>(s.dir[0].ios), 2000, 300);
 }
 
+TEST(BenchEngine, TimeoutsOnATimerNullDiskFailIosOnceAndTheRunGoesOn) {
+  // Issue 13: requests that complete as they time out. This run aborted
+  // with "request (tag 32, ...) on 'null0' completed twice".
+  Engine e;
+  RunResult r =
+      e.run({"--name=t",
+             "--filename=null:1G,queue_mode=mq,completion=timer,completion_nsec=1ms,"
+             "timeout=1ms",
+             "--rw=randread", "--bs=4k", "--iodepth=32", "--runtime=2", "--time_based",
+             "--continue_on_error=all"});
+  const ThreadResult& s = r.jobs[0].sum;
+  EXPECT_GT(s.dir[kDirRead].ios, 0u) << "some reads complete in time";
+  EXPECT_GT(s.dir[kDirRead].errors, 0u) << "some time out";
+  if (s.error != 0) {
+    EXPECT_EQ(s.error, ETIMEDOUT) << s.error_message;
+  }
+  // Every read ends once, with a result or an error (the last ones may
+  // end after the measured window).
+  const uint64_t ended = s.dir[kDirRead].ios + s.dir[kDirRead].errors;
+  EXPECT_GE(r.disks[0].ios[0], ended);
+  EXPECT_LE(r.disks[0].ios[0], ended + 32);
+}
+
 TEST(BenchEngine, RateIopsPaces) {
   Engine e;
   RunResult r = e.run({"--name=r", "--filename=null:1G", "--rw=randread", "--iodepth=4",

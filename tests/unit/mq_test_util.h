@@ -213,12 +213,12 @@ class TestDriver final : public RequestDriver {
       ++timeouts_;
     }
     if (hook) return hook(rq);
-    // The default handler ends the request: forget it first.
-    {
-      std::lock_guard lock(mu_);
-      held_.erase(std::remove(held_.begin(), held_.end(), &rq), held_.end());
-    }
-    return RequestDriver::timeout(rq);
+    // A held request is aborted: forget it, then fail it. One the completion
+    // thread has taken already is left to it, with the queue's default
+    // (it fails with kTimeout when the thread ends it).
+    if (!forget(&rq)) return RequestDriver::timeout(rq);
+    rq.end_request_all(Status::kTimeout);
+    return TimeoutAction::kDone;
   }
 
   // --- what the driver saw -----------------------------------------------------
