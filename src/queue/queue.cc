@@ -736,7 +736,10 @@ void Queue::time_out(Request& rq) {
       add_to_requeue_list(rq, /*kick=*/true);
       return;
     }
-    uint64_t back = Request::with_state(word, State::kInFlight);
+    // A new timer period is a new generation too: another queue's scan
+    // (shared tags) that read the old deadline cannot claim it.
+    uint64_t back = Request::with_state(word + (uint64_t{1} << Request::kGenerationShift),
+                                        State::kInFlight);
     if (action != TimeoutAction::kResetTimer) {
       back = Request::with_state(word, State::kExpired) |
              (action == TimeoutAction::kFailWhenDone ? Request::kFailAsTimeout : 0);
