@@ -401,17 +401,21 @@ void TortureDone(Bio& b) {
   if (!s->in_flight.exchange(false)) s->drv->violation("a bio's end_io ran twice");
 }
 
-TEST(MqTimeoutTorture, CompletionTimeoutRequeueAndRefusalRaceExactlyOnce) {
+TagSetConfig TortureConfig() {
   TagSetConfig cfg;
   cfg.nr_hw_queues = 2;
   cfg.queue_depth = 8;
   cfg.cmd_size = sizeof(TortureDriver::Cmd);
   cfg.timeout_ns = 1 * kMs;
-  auto owned = std::make_unique<TortureDriver>();
-  TortureDriver* drv = owned.get();
-  constexpr uint64_t kSectors = 1 << 16;
-  auto disk = std::make_shared<Disk>("mq0", kSectors, TestLimits(),
-                                     std::make_unique<Queue>(cfg, std::move(owned)));
+  return cfg;
+}
+
+constexpr uint64_t kTortureSectors = 1 << 16;
+
+// Three threads keep 12 bios each in flight on `disks` (thread t on disk
+// t % n) until 12000 have been submitted, then check each ended once.
+void Torture(const std::vector<std::shared_ptr<Disk>>& disks, TortureDriver& drv,
+             TagSet& tags) {
   constexpr int kThreads = 3, kSlotsPerThread = 12;
   constexpr int kRounds = 12000;  // bios, over all threads
   const auto time_limit = Clock::now() + 8s;
@@ -420,13 +424,14 @@ TEST(MqTimeoutTorture, CompletionTimeoutRequeueAndRefusalRaceExactlyOnce) {
     auto s = std::make_unique<TortureDriver::Slot>();
     s->buf.resize(4096);
     s->seg = {Segment(s->buf.data(), 4096)};
-    s->drv = drv;
+    s->drv = &drv;
     slots.push_back(std::move(s));
   }
   std::atomic<int> submitted{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
+      Disk* disk = disks[static_cast<size_t>(t) % disks.size()].get();
       std::mt19937 rng(static_cast<unsigned>(t) * 7919u + 1);
       while (submitted.load() < kRounds && Clock::now() < time_limit) {
         bool any = false;
@@ -435,9 +440,9 @@ TEST(MqTimeoutTorture, CompletionTimeoutRequeueAndRefusalRaceExactlyOnce) {
           if (s.in_flight.load()) continue;
           any = true;
           const Op op = rng() % 2 ? Op::kRead : Op::kWrite;
-          const uint64_t sector = (rng() % (kSectors / 8)) * 8;
+          const uint64_t sector = (rng() % (kTortureSectors / 8)) * 8;
           s.in_flight = true;
-          s.bio.init(disk.get(), op, sector, s.seg, TortureDone, &s);
+          s.bio.init(disk, op, sector, s.seg, TortureDone, &s);
           submit_bio(s.bio);
           ++submitted;
         }
@@ -459,15 +464,39 @@ TEST(MqTimeoutTorture, CompletionTimeoutRequeueAndRefusalRaceExactlyOnce) {
     timed_out += s->timed_out.load();
   }
   EXPECT_EQ(ended, submitted.load()) << "every bio ended exactly once";
-  EXPECT_TRUE(drv->violations.empty()) << drv->violations.front();
-  EXPECT_GT(drv->timeouts.load(), 0u) << "the run had timeouts";
+  EXPECT_TRUE(drv.violations.empty()) << drv.violations.front();
+  EXPECT_GT(drv.timeouts.load(), 0u) << "the run had timeouts";
   EXPECT_GT(timed_out, 0);
   EXPECT_GT(ended - timed_out, 0);
   std::printf("torture: %d bios, %d timed out, %llu handler calls\n", ended, timed_out,
-              static_cast<unsigned long long>(drv->timeouts.load()));
-  const Queue& q = static_cast<Queue&>(disk->driver());
-  for (unsigned s = 0; s < q.tag_set().nr_tag_spaces(); ++s)
-    EXPECT_EQ(q.tag_set().tag_space(s).alloc.in_use(), 0u);
+              static_cast<unsigned long long>(drv.timeouts.load()));
+  for (unsigned s = 0; s < tags.nr_tag_spaces(); ++s)
+    EXPECT_EQ(tags.tag_space(s).alloc.in_use(), 0u);
+}
+
+TEST(MqTimeoutTorture, CompletionTimeoutRequeueAndRefusalRaceExactlyOnce) {
+  auto owned = std::make_unique<TortureDriver>();
+  TortureDriver* drv = owned.get();
+  auto disk =
+      std::make_shared<Disk>("mq0", kTortureSectors, TestLimits(),
+                             std::make_unique<Queue>(TortureConfig(), std::move(owned)));
+  Torture({disk}, *drv, static_cast<Queue&>(disk->driver()).tag_set());
+}
+
+// Two disks over one tag set with shared tags: each queue's worker scans
+// the other's requests too, and the claim decides which times one out.
+TEST(MqTimeoutTorture, TwoQueuesSharingTagsRaceExactlyOnce) {
+  TortureDriver drv;
+  TagSetConfig cfg = TortureConfig();
+  cfg.shared_tags = true;
+  auto tags = std::make_shared<TagSet>(cfg, drv);
+  std::vector<std::shared_ptr<Disk>> disks;
+  for (const char* name : {"mq0", "mq1"}) {
+    disks.push_back(std::make_shared<Disk>(name, kTortureSectors, TestLimits(),
+                                           std::make_unique<Queue>(tags)));
+  }
+  Torture(disks, drv, *tags);
+  disks.clear();  // the queues go before the driver they use
 }
 
 }  // namespace
