@@ -108,7 +108,8 @@ TEST(MqTimeout, TheDefaultHandlerFailsARequestOnlyWhenTheDriverGivesItBack) {
   MustHappen([&] { return a.done(); }, "the late completion ends the request");
   EXPECT_EQ(a.calls.load(), 1);
   EXPECT_EQ(a.status.load(), Status::kTimeout) << "it had timed out";
-  // The queue goes on working, with full timeouts again.
+  // The queue goes on working. (On a slow machine b may time out too
+  // before the test ends it: then it fails, once, like a.)
   TestBio b;
   b.init_data(*disk, Op::kRead, 0, 8);
   b.submit();
@@ -116,7 +117,8 @@ TEST(MqTimeout, TheDefaultHandlerFailsARequestOnlyWhenTheDriverGivesItBack) {
   MustHappen([&] { return (rq2 = drv->take()) != nullptr; }, "b reaches the driver");
   rq2->end_request_all(Status::kOk);
   MustHappen([&] { return b.done(); }, "b completes");
-  EXPECT_EQ(b.status.load(), Status::kOk);
+  EXPECT_EQ(b.calls.load(), 1);
+  EXPECT_TRUE(b.status.load() == Status::kOk || b.status.load() == Status::kTimeout);
 }
 
 // --- races with the handler, made deterministic --------------------------------------
@@ -249,7 +251,9 @@ TEST(MqTimeout, TheFlushRequestTimesOut) {
   EXPECT_EQ(f.status.load(), Status::kTimeout);
   EXPECT_EQ(d.driver->timeouts(), 1);
   EXPECT_EQ(d.tags_in_use(), 0u);
-  // The flush machine is free again: the next flush goes through.
+  // The flush machine is free again: the next flush goes through (and is
+  // not timed out meanwhile, however slow the machine).
+  d.driver->set_timeout_hook([](Request&) { return TimeoutAction::kResetTimer; });
   TestBio g;
   g.init_range(*d.disk, Op::kFlush, 0, 0);
   g.submit();
@@ -413,11 +417,11 @@ TagSetConfig TortureConfig() {
 constexpr uint64_t kTortureSectors = 1 << 16;
 
 // Three threads keep 12 bios each in flight on `disks` (thread t on disk
-// t % n) until 12000 have been submitted, then check each ended once.
+// t % n) until 30000 have been submitted, then check each ended once.
 void Torture(const std::vector<std::shared_ptr<Disk>>& disks, TortureDriver& drv,
              TagSet& tags) {
   constexpr int kThreads = 3, kSlotsPerThread = 12;
-  constexpr int kRounds = 12000;  // bios, over all threads
+  constexpr int kRounds = 30000;  // bios, over all threads
   const auto time_limit = Clock::now() + 8s;
   std::vector<std::unique_ptr<TortureDriver::Slot>> slots;
   for (int i = 0; i < kThreads * kSlotsPerThread; ++i) {
