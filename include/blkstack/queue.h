@@ -74,8 +74,8 @@ class Queue final : public BioDriver {
   // Puts a request back to be dispatched again (blk_mq_requeue_request);
   // kick_requeue_list() sends the requeued ones after `delay_ns`. Like a
   // completion, a requeue claims the request from the driver: one made
-  // while the request's timeout handler runs waits for the handler (see
-  // RequestDriver::timeout).
+  // while the request's timeout handler runs is held back until the
+  // handler returns (see RequestDriver::timeout).
   void requeue_request(Request& rq, bool kick = true);
   void kick_requeue_list(uint64_t delay_ns = 0);
   // Polled I/O: see BioDriver. Polls every poll queue; waits (up to
