@@ -450,8 +450,12 @@ bool Queue::claim_from_driver(Request& rq, Handback what, Status& status) {
     if (state != State::kTimedOut) break;  // the queue's, or finished: not the driver's
     if (tls_timeout_scope != nullptr && tls_timeout_scope->rq == &rq) {
       // The handler ends or requeues the request itself. It wins; what the
-      // driver handed back meanwhile is dropped.
+      // driver handed back meanwhile is dropped. Only once: the tag is free
+      // now, and if this request is reissued and times out again under
+      // another worker while this handler still runs, its end on this
+      // thread is a completion like any other.
       tls_timeout_scope->handed_back = true;
+      tls_timeout_scope->rq = nullptr;
       rq.set_state(to);
       return true;
     }

@@ -234,6 +234,58 @@ TEST(MqTimeout, ARefusedIssueIsNotTimedOutAsIfTheDriverHadIt) {
   EXPECT_EQ(d.tags_in_use(), 0u);
 }
 
+// A handler that ends its request lets the tag go at once: the request may be
+// reissued (here from inside the handler, as a completion callback that
+// resubmits would) and time out again under another queue's worker (shared
+// tags). A completion of that new issue on the first handler's thread is a
+// completion like any other: held back while the other handler owns it, not
+// taken for the first handler's own.
+TEST(MqTimeout, AReissueEndedOnTheThreadOfAnEarlierHandlerWaitsForItsOwnHandler) {
+  TagSetConfig cfg;
+  cfg.shared_tags = true;
+  cfg.queue_depth = 1;  // one request: the reissue is the same object
+  cfg.timeout_ns = 5 * kMs;
+  TestDriver drv(TestDriver::Mode::kHold, TestLimits(), 8192);
+  auto tags = std::make_shared<TagSet>(cfg, drv);
+  std::vector<std::shared_ptr<Disk>> disks;
+  for (const char* name : {"mq0", "mq1"})
+    disks.push_back(
+        std::make_shared<Disk>(name, 8192, TestLimits(), std::make_unique<Queue>(tags)));
+  TestBio a, b;
+  std::atomic<int> calls{0};
+  std::atomic<bool> second_running{false}, b_answered{false}, b_done_in_second{false};
+  drv.set_timeout_hook([&](Request& rq) {
+    if (++calls == 1) {
+      // a's handler aborts it; then the tag goes to b, on this thread.
+      EXPECT_TRUE(drv.forget(&rq));
+      rq.end_request_all(Status::kTimeout);
+      b.init_data(*disks[0], Op::kRead, 0, 8);
+      b.submit();
+      // The other queue's worker times b out; the device answers b here.
+      Eventually([&] { return second_running.load(); }, 2000ms);
+      if (Request* held = drv.take()) drv.finish(*held, Status::kOk);
+      b_answered = true;
+      return TimeoutAction::kDone;
+    }
+    second_running = true;
+    Eventually([&] { return b_answered.load(); }, 2000ms);
+    b_done_in_second = b.done();
+    return TimeoutAction::kFailWhenDone;
+  });
+  a.init_data(*disks[1], Op::kRead, 0, 8);
+  a.submit();
+  MustHappen([&] { return a.done() && b.done(); }, "a and b end", 10s);
+  std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(calls.load(), 2);
+  EXPECT_EQ(a.calls.load(), 1);
+  EXPECT_EQ(a.status.load(), Status::kTimeout);
+  EXPECT_FALSE(b_done_in_second.load()) << "b ended while its timeout handler owned it";
+  EXPECT_EQ(b.calls.load(), 1);
+  EXPECT_EQ(b.status.load(), Status::kTimeout) << "b's handler said kFailWhenDone";
+  EXPECT_EQ(tags->tag_space(0).alloc.in_use(), 0u);
+  disks.clear();  // the queues go before the driver they use
+}
+
 // --- the internal flush request ---------------------------------------------------
 
 TEST(MqTimeout, TheFlushRequestTimesOut) {
