@@ -390,6 +390,19 @@ TEST_F(NbdServerTest, HandshakeGarbageClosesOnlyThatClient) {
   EXPECT_EQ(c->io(kCmdRead, 0, 512), 0u);
 }
 
+TEST_F(NbdServerTest, OversizedOptionGetsTooBigAndADisconnect) {
+  auto c = connect();
+  c->recv(18);
+  std::string s;
+  put32(s, kClientFixedNewstyle | kClientNoZeroes);
+  put64(s, kIHaveOpt);
+  put32(s, kOptGo);
+  put32(s, 1u << 31);  // 2 GiB of option payload announced
+  c->send(s + std::string(4096, 'x'));
+  EXPECT_EQ(c->read_opt_reply().type, kRepErrTooBig);
+  EXPECT_TRUE(c->closed_by_server());
+}
+
 TEST_F(NbdServerTest, ReloadedExportsApplyToNewConnections) {
   auto other = registry_.create("ram:1M,name=srv9");
   auto old = open();
