@@ -509,5 +509,29 @@ TEST(NbdServerLimits, ConnectionsAboveTheLimitAreClosed) {
   EXPECT_EQ(d->io(kCmdRead, 0, 512), 0u);
 }
 
+TEST(NbdServerLimits, ABurstOfConnectionsStaysWithinTheLimit) {
+  // Sockets handed over faster than the loops adopt them: each must count
+  // from the moment it is dealt, or a burst gets past the limit.
+  ServerOptions o;
+  o.threads = 2;
+  o.max_connections = 3;
+  SmallServer s(o);
+  for (int round = 0; round < 5; ++round) {
+    std::vector<std::unique_ptr<Client>> clients;
+    for (int i = 0; i < 16; ++i) clients.push_back(s.connect());
+    EXPECT_LE(s.server->connections(), 3u);
+    int served = 0;
+    for (auto& c : clients) {
+      std::string greeting;
+      if (c->recv(18, &greeting)) ++served;  // the others see EOF
+    }
+    EXPECT_EQ(served, 3) << "round " << round;
+    clients.clear();
+    for (int i = 0; i < 400 && s.server->connections() > 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    ASSERT_EQ(s.server->connections(), 0u);
+  }
+}
+
 }  // namespace
 }  // namespace blkstack::nbd

@@ -148,7 +148,10 @@ class EventLoop final : public Reactor {
   }
   ~EventLoop() override {
     for (auto& l : listeners_) ::close(l->fd);
-    for (int fd : pending_) ::close(fd);  // dealt to us after our loop ended
+    for (int fd : pending_) {  // dealt to us after our loop ended
+      ::close(fd);
+      server_.connection_closed();
+    }
     ::close(evfd_);
     ::close(epfd_);
   }
@@ -196,8 +199,6 @@ class EventLoop final : public Reactor {
     kick();
   }
 
-  size_t connections() const { return nconns_.load(std::memory_order_relaxed); }
-
   LoopStats stats() const {
     LoopStats st;
     st.blocked = waits_[0].load(std::memory_order_relaxed);
@@ -241,6 +242,7 @@ class EventLoop final : public Reactor {
     for (int fd : fds) {
       if (stopping_) {
         ::close(fd);
+        server_.connection_closed();
         continue;
       }
       const int one = 1;
@@ -264,7 +266,6 @@ class EventLoop final : public Reactor {
       add(e.get(), 0);
       mark(e.get());
       conns_.push_back(std::move(e));
-      nconns_.store(conns_.size(), std::memory_order_relaxed);
     }
   }
 
@@ -356,9 +357,9 @@ class EventLoop final : public Reactor {
     std::erase_if(conns_, [&](const std::unique_ptr<LoopEntry>& e) {
       if (!e->conn->finished()) return false;
       ::epoll_ctl(epfd_, EPOLL_CTL_DEL, e->fd, nullptr);
+      server_.connection_closed();
       return true;  // the Connection closes the socket
     });
-    nconns_.store(conns_.size(), std::memory_order_relaxed);
   }
 
   // Closes connections still negotiating past their deadline. Scans at
@@ -519,7 +520,6 @@ class EventLoop final : public Reactor {
   std::vector<LoopEntry*> again_;  // to run again next round (wants_rerun)
   WaitPolicy policy_;
   std::atomic<RequestSlot*> remote_{nullptr};
-  std::atomic<size_t> nconns_{0};
   std::thread thread_;
   std::mutex mu_;  // pending_, stop_, deadline_: not on the I/O path
   std::vector<int> pending_;
@@ -568,8 +568,21 @@ void Server::start() {
   started_ = true;
 }
 
+bool Server::reserve_connection() {
+  size_t n = open_.load(std::memory_order_relaxed);
+  do {
+    if (n >= options_.max_connections) return false;
+  } while (!open_.compare_exchange_weak(n, n + 1, std::memory_order_relaxed));
+  return true;
+}
+
+void Server::connection_closed() { open_.fetch_sub(1, std::memory_order_relaxed); }
+
 void Server::dispatch(int fd) {
-  if (connections() >= options_.max_connections) {
+  // Counted from here, not when a loop adopts the socket: sockets dealt
+  // but not yet taken by a loop are open too, and a burst of them would
+  // otherwise all get past the limit.
+  if (!reserve_connection()) {
     serve_log(fmt::format("refusing a connection: {} are open (the limit)",
                           options_.max_connections));
     ::close(fd);
@@ -622,11 +635,7 @@ std::string Server::stats_report() const {
   return out;
 }
 
-size_t Server::connections() const {
-  size_t n = 0;
-  for (const auto& l : loops_) n += l->connections();
-  return n;
-}
+size_t Server::connections() const { return open_.load(std::memory_order_relaxed); }
 
 void Server::stop(std::chrono::milliseconds grace) {
   if (!started_ || stopped_) return;

@@ -78,7 +78,8 @@ class Server {
   // sockets. Idempotent.
   void stop(std::chrono::milliseconds grace = std::chrono::seconds(10));
 
-  // Connections open now, over all loops (for tests and the log).
+  // Connections open now, over all loops, including sockets accepted and
+  // not yet taken up by their loop: what max_connections limits.
   size_t connections() const;
   // How each event loop waited (see wait_policy.h); after stop(), as it
   // was then. stats_report() says it in a line per loop, for the log.
@@ -88,6 +89,9 @@ class Server {
  private:
   friend class EventLoop;
   void dispatch(int fd);  // an accepted socket, to the next loop
+  // Counts a connection against max_connections; false when at the limit.
+  bool reserve_connection();
+  void connection_closed();  // a counted socket was closed
 
   ServerOptions options_;
   mutable std::mutex exports_mu_;
@@ -97,6 +101,7 @@ class Server {
   std::vector<int> listen_fds_;
   std::vector<std::string> addresses_;
   std::atomic<unsigned> next_loop_{0};
+  std::atomic<size_t> open_{0};  // connections counted by reserve_connection()
   bool started_ = false;
   bool stopped_ = false;
   std::vector<LoopStats> final_stats_;
