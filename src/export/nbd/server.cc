@@ -5,6 +5,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
@@ -126,7 +127,7 @@ int listen_tcp(const std::string& addr, std::string* bound) {
 
 // What an epoll event points at.
 struct LoopEntry {
-  enum Kind { kWake, kListener, kConn } kind;
+  enum Kind { kWake, kCompletions, kListener, kConn } kind;
   int fd = -1;
   std::unique_ptr<Connection> conn;
   uint32_t events = 0;  // registered with epoll
@@ -140,11 +141,19 @@ class EventLoop final : public Reactor {
       : server_(server), index_(index), policy_(server.options_.wait) {
     epfd_ = ::epoll_create1(EPOLL_CLOEXEC);
     evfd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (epfd_ < 0 || evfd_ < 0) throw Error(fmt::format("event loop: {}", errno_text()));
+    completion_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (epfd_ < 0 || evfd_ < 0 || completion_fd_ < 0) {
+      const std::string why = errno_text();
+      close_fds();  // the destructor does not run for a constructor that throws
+      throw Error(fmt::format("event loop: {}", why));
+    }
     coalesce_us_.store(static_cast<uint64_t>(policy_.interval().count()));
     wake_.kind = LoopEntry::kWake;
     wake_.fd = evfd_;
     add(&wake_, EPOLLIN);
+    completions_.kind = LoopEntry::kCompletions;
+    completions_.fd = completion_fd_;
+    add(&completions_, EPOLLIN);
   }
   ~EventLoop() override {
     for (auto& l : listeners_) ::close(l->fd);
@@ -152,8 +161,7 @@ class EventLoop final : public Reactor {
       ::close(fd);
       server_.connection_closed();
     }
-    ::close(evfd_);
-    ::close(epfd_);
+    close_fds();
   }
 
   void add_listener(int fd) {
@@ -179,7 +187,13 @@ class EventLoop final : public Reactor {
       s->next = head;
     } while (!remote_.compare_exchange_weak(head, s, std::memory_order_release,
                                             std::memory_order_relaxed));
-    if (head == nullptr) kick();  // one wake-up per batch
+    if (head != nullptr) return;  // the batch's first poster wakes us
+    // Until the write below returns, this thread still uses the loop,
+    // which may meanwhile have taken and answered the batch: the loop does
+    // not end before it has read this wake-up (await_completion_wakes()).
+    if (server_.hooks_.before_completion_wake) server_.hooks_.before_completion_wake();
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t r = ::write(completion_fd_, &one, sizeof one);
   }
 
   void adopt(int fd) {
@@ -215,6 +229,30 @@ class EventLoop final : public Reactor {
   void kick() {
     const uint64_t one = 1;
     [[maybe_unused]] ssize_t r = ::write(evfd_, &one, sizeof one);
+  }
+
+  void close_fds() {
+    for (int fd : {completion_fd_, evfd_, epfd_})
+      if (fd >= 0) ::close(fd);
+  }
+
+  // Counts the wake-ups that posters of batches of completions wrote.
+  void take_completion_wakes() {
+    uint64_t n = 0;
+    if (::read(completion_fd_, &n, sizeof n) == sizeof n) completion_wakes_ += n;
+  }
+
+  // Before the loop ends. Each batch of completions it took has exactly
+  // one poster that wakes it, after queuing the batch's first slot, and
+  // that may not have done so yet when the loop took the batch. Once the
+  // wake-ups match the batches taken, no driver thread is inside post()
+  // any more and the server may destroy the loop. Costs nothing per I/O.
+  void await_completion_wakes() {
+    while (completion_wakes_ < batches_taken_) {
+      pollfd p{completion_fd_, POLLIN, 0};
+      ::poll(&p, 1, -1);
+      take_completion_wakes();
+    }
   }
 
   void add(LoopEntry* e, uint32_t events) { control(e, EPOLL_CTL_ADD, events); }
@@ -271,6 +309,8 @@ class EventLoop final : public Reactor {
 
   void take_remote() {
     RequestSlot* list = remote_.exchange(nullptr, std::memory_order_acquire);
+    if (list == nullptr) return;
+    ++batches_taken_;
     RequestSlot* rev = nullptr;  // the stack is newest first
     while (list) {
       RequestSlot* n = list->next;
@@ -481,6 +521,10 @@ class EventLoop final : public Reactor {
             take_remote();
             break;
           }
+          case LoopEntry::kCompletions:
+            take_completion_wakes();
+            take_remote();
+            break;
           case LoopEntry::kListener:
             accept_all(e);
             break;
@@ -506,14 +550,21 @@ class EventLoop final : public Reactor {
         if (conns_.empty()) break;
       }
     }
+    await_completion_wakes();
     tls_loop = nullptr;
   }
 
   Server& server_;
   unsigned index_;
   int epfd_ = -1;
-  int evfd_ = -1;
+  int evfd_ = -1;           // adopt() and request_stop() wake the loop here,
+  int completion_fd_ = -1;  // post() here, once per batch of completions
   LoopEntry wake_;
+  LoopEntry completions_;
+  // Batches of completions taken from remote_, and the wake-ups their
+  // posters wrote to completion_fd_ that the loop has read.
+  uint64_t batches_taken_ = 0;
+  uint64_t completion_wakes_ = 0;
   std::vector<std::unique_ptr<LoopEntry>> listeners_;
   std::vector<std::unique_ptr<LoopEntry>> conns_;
   std::vector<LoopEntry*> dirty_;

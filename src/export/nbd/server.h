@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -38,6 +39,14 @@ struct ServerOptions {
 };
 
 class EventLoop;
+
+// Hold points for tests of races. Empty in production, where each costs
+// one test of an empty std::function where it sits.
+struct ServerTestHooks {
+  // On a driver's thread, after it queued a completion for a loop that
+  // must be woken for it, and before it wakes the loop.
+  std::function<void()> before_completion_wake;
+};
 
 // What one event loop did: its waits of each kind, and the requests the
 // rounds after its coalescing waits brought.
@@ -86,6 +95,9 @@ class Server {
   std::vector<LoopStats> loop_stats() const;
   std::string stats_report() const;
 
+  // Before start(): see ServerTestHooks.
+  void set_test_hooks(ServerTestHooks hooks) { hooks_ = std::move(hooks); }
+
  private:
   friend class EventLoop;
   void dispatch(int fd);  // an accepted socket, to the next loop
@@ -105,6 +117,7 @@ class Server {
   bool started_ = false;
   bool stopped_ = false;
   std::vector<LoopStats> final_stats_;
+  ServerTestHooks hooks_;
 };
 
 }  // namespace blkstack::nbd
