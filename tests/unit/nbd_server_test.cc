@@ -1,7 +1,10 @@
 // The NBD transmission phase against a real Server on RAM disks, one end of
 // a socketpair per client: the commands, their flags, every malformed
 // request we know of, clients that vanish or never read, shutdown.
+#include <dirent.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -15,6 +18,7 @@
 #include "blkstack/block_handle.h"
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
+#include "blkstack/error.h"
 #include "export/export_table.h"
 #include "export/log.h"
 #include "export/nbd/server.h"
@@ -455,6 +459,65 @@ TEST_F(NbdServerTest, StopAnswersInFlightAndFlushes) {
   EXPECT_EQ(back, pattern(4096, 's'));
 }
 
+// The process's resident set, in bytes.
+uint64_t resident_bytes() {
+  FILE* f = std::fopen("/proc/self/statm", "r");
+  unsigned long size = 0, resident = 0;
+  if (f) {
+    EXPECT_EQ(std::fscanf(f, "%lu %lu", &size, &resident), 2);
+    std::fclose(f);
+  }
+  return uint64_t{resident} * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+}
+
+TEST_F(NbdServerTest, AdversarialClientsCannotMakeTheServerKeepMemory) {
+  // Two clients each send, without reading replies, large reads that fill
+  // the socket, then tiny reads, which now stay in flight and so spread
+  // over many request slots, with a few large reads among them at a place
+  // that moves each round; then they read everything. Slots are reused
+  // last-freed first, so each round's large reads land on slots that had
+  // tiny buffers. Unbounded, every slot ends up with a large buffer kept
+  // for good (hundreds of MiB). The server's count of its buffers must stay
+  // within the documented bound per connection: this server's 8 MiB budget
+  // plus the 64 KiB receive buffer; the resident set is the cross-check.
+  // (6 MiB fill the 4 MiB a unix socket buffers with the server's
+  // SO_SNDBUF; 1 + 5 MiB then fit the 8 MiB budget.)
+  constexpr int kConns = 2, kRounds = 12, kFill = 6, kTiny = 400, kAmong = 5;
+  constexpr int kRequests = kFill + kTiny + kAmong;
+  constexpr uint64_t kPerConnection = (8u << 20) + (64u << 10);
+  const uint64_t rss_before = resident_bytes();
+  std::vector<std::unique_ptr<Client>> clients;
+  for (int i = 0; i < kConns; ++i) clients.push_back(open());
+  uint64_t peak = 0;
+  for (int round = 0; round < kRounds; ++round) {
+    const int among_at = kFill + (round * 97) % (kTiny - kAmong);
+    for (auto& c : clients) {
+      std::string batch;
+      for (int i = 0; i < kRequests; ++i) {
+        const bool large = i < kFill || (i >= among_at && i < among_at + kAmong);
+        batch += request(kCmdRead, i, uint64_t(i % 60) << 20, large ? 1 << 20 : 4096);
+      }
+      c->send(batch);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    peak = std::max(peak, server_->buffer_bytes());
+    for (auto& c : clients) {
+      for (int i = 0; i < kRequests; ++i) {
+        Reply r;
+        ASSERT_TRUE(c->read_reply(&r)) << "round " << round;
+        ASSERT_EQ(r.error, 0u);
+      }
+    }
+    peak = std::max(peak, server_->buffer_bytes());
+  }
+  EXPECT_LE(peak, kConns * kPerConnection);
+  // Growth of the whole process, our clients' replies included: well under
+  // what unbounded slots would keep.
+  const uint64_t rss_after = resident_bytes();
+  EXPECT_LE(rss_after, rss_before + kConns * kPerConnection + (32u << 20))
+      << "resident " << (rss_before >> 20) << " MiB -> " << (rss_after >> 20) << " MiB";
+}
+
 // A server of its own, with `o`, on one RAM disk.
 struct SmallServer {
   DiskRegistry registry;
@@ -535,6 +598,51 @@ TEST(NbdServerLimits, ABurstOfConnectionsStaysWithinTheLimit) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     ASSERT_EQ(s.server->connections(), 0u);
   }
+}
+
+size_t open_fds() {
+  size_t n = 0;
+  DIR* d = ::opendir("/proc/self/fd");
+  while (::readdir(d)) ++n;
+  ::closedir(d);
+  return n;
+}
+
+TEST(NbdServerLimits, StartOutOfDescriptorsThrowsAndLeaksNone) {
+  // With room for 0, 1, 2, ... more descriptors, start() fails at each
+  // descriptor an event loop opens in turn; none may stay open.
+  set_serve_log_enabled(false);
+  DiskRegistry registry;
+  auto exports = std::make_shared<const ExportTable>(
+      std::vector<Export>{{"disk", "", registry.create("ram:1M,name=fds0")}});
+  rlimit old{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old), 0);
+  int failures = 0;
+  for (rlim_t room = 0; room < 12; ++room) {
+    const size_t before = open_fds();
+    const int lowest = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(lowest, 0);
+    ::close(lowest);
+    {
+      ServerOptions o;
+      o.threads = 2;
+      Server server(o, exports);
+      rlimit tight = old;
+      tight.rlim_cur = static_cast<rlim_t>(lowest) + room;
+      ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &tight), 0);
+      bool threw = false;
+      try {
+        server.start();
+      } catch (const Error&) {
+        threw = true;
+      }
+      ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &old), 0);
+      failures += threw;
+      if (!threw) break;  // enough room: both loops run
+    }
+    EXPECT_EQ(open_fds(), before) << "with room for " << room << " descriptors";
+  }
+  EXPECT_GE(failures, 3);
 }
 
 // A driver that keeps every bio until the test completes it, so that the

@@ -33,7 +33,7 @@ namespace {
 thread_local const EventLoop* tls_loop = nullptr;
 constexpr int kSocketBuffer = 2 << 20;
 
-std::string errno_text() { return std::strerror(errno); }
+std::string errno_text() { return error_text(errno); }
 
 // Splits "HOST:PORT" or "[V6]:PORT".
 void split_host_port(const std::string& addr, std::string* host, std::string* port) {
@@ -212,6 +212,11 @@ class EventLoop final : public Reactor {
     }
     kick();
   }
+
+  void buffers_changed(int64_t delta) override {
+    count(buffer_bytes_, static_cast<uint64_t>(delta));  // wraps back for a negative one
+  }
+  uint64_t buffer_bytes() const { return buffer_bytes_.load(std::memory_order_relaxed); }
 
   LoopStats stats() const {
     LoopStats st;
@@ -474,7 +479,8 @@ class EventLoop final : public Reactor {
   static void count(std::atomic<uint64_t>& c, uint64_t n = 1) {
     c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
-  std::atomic<uint64_t> waits_[3] = {};  // by WaitPolicy::Wait
+  std::atomic<uint64_t> buffer_bytes_{0};  // of this loop's connections
+  std::atomic<uint64_t> waits_[3] = {};    // by WaitPolicy::Wait
   std::atomic<uint64_t> coalesced_requests_{0};
   std::atomic<uint64_t> backlogs_[3] = {};  // by Backlog
   std::atomic<uint64_t> coalesce_us_{0};
@@ -687,6 +693,12 @@ std::string Server::stats_report() const {
 }
 
 size_t Server::connections() const { return open_.load(std::memory_order_relaxed); }
+
+uint64_t Server::buffer_bytes() const {
+  uint64_t n = 0;
+  for (const auto& l : loops_) n += l->buffer_bytes();
+  return n;
+}
 
 void Server::stop(std::chrono::milliseconds grace) {
   if (!started_ || stopped_) return;

@@ -27,8 +27,9 @@ struct ServerOptions {
   std::vector<std::string> tcp;           // HOST:PORT, [V6HOST]:PORT; port 0 picks one
   unsigned threads = 1;                   // event loops
   ConnectionLimits limits;
-  // Open connections above which new ones are closed at once: each holds a
-  // 64 KiB receive buffer and a socket, so their number is the bound.
+  // Open connections above which new ones are closed at once. Each can
+  // make the server hold about limits.max_bytes_in_flight + 64 KiB (see
+  // connection.h), so this times that bounds the server's memory.
   size_t max_connections = 1024;
   // A client that has not chosen an export after this long is closed (as
   // qemu-nbd does), so idle sockets cannot hold connections forever.
@@ -93,6 +94,9 @@ class Server {
   // How each event loop waited (see wait_policy.h); after stop(), as it
   // was then. stats_report() says it in a line per loop, for the log.
   std::vector<LoopStats> loop_stats() const;
+  // Bytes of buffers the open connections hold now: receive buffers and
+  // request buffers, in flight or kept for reuse (see ConnectionLimits).
+  uint64_t buffer_bytes() const;
   std::string stats_report() const;
 
   // Before start(): see ServerTestHooks.
