@@ -28,6 +28,8 @@ constexpr size_t kRecvBufSize = 64u << 10;
 constexpr uint32_t kKeepBufferBytes = 4u << 20;
 // Write-zeroes done as data writes point every segment at this.
 constexpr uint32_t kZeroBufSize = 1u << 20;
+// Segment vectors above this (64 MiB of zeroes) are not kept for reuse.
+constexpr size_t kKeepZeroSegments = 64;
 alignas(4096) const std::byte kZeroes[kZeroBufSize] = {};
 constexpr int kMaxIov = 64;
 constexpr uint16_t kKnownCmdFlags =
@@ -223,6 +225,10 @@ void Connection::free_buffer(RequestSlot* s) {
 void Connection::release(RequestSlot* s) {
   --in_flight_;
   if (s->cap > kKeepBufferBytes) free_buffer(s);
+  // A WRITE_ZEROES of up to 4 GiB written as data needs 4096 segments
+  // (64 KiB); kept in all 512 slots they would escape the budget.
+  if (s->zero_segs.capacity() > kKeepZeroSegments)
+    std::vector<Segment>().swap(s->zero_segs);
   s->next = free_;
   free_ = s;
   read_blocked_ = false;

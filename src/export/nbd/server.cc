@@ -618,6 +618,8 @@ void Server::start() {
   } catch (...) {
     for (int fd : listen_fds_) ::close(fd);
     listen_fds_.clear();
+    addresses_.clear();
+    loops_.clear();  // the ones made before the failure: their descriptors
     throw;
   }
   for (int fd : listen_fds_) loops_[0]->add_listener(fd);
