@@ -27,8 +27,11 @@
 namespace blkstack::nbd {
 namespace {
 
+// ASan keeps freed memory resident; the sanitizers' checks need descriptors.
 #if defined(__SANITIZE_ADDRESS__)
-constexpr bool kSanitized = true;  // ASan keeps freed memory; UBSan needs descriptors
+constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+constexpr bool kSanitized = __has_feature(address_sanitizer);
 #else
 constexpr bool kSanitized = false;
 #endif
