@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstring>
 #include <string>
 
 namespace blkstack {
@@ -19,5 +20,11 @@ void serve_log(std::string_view line) {
 }
 
 void set_serve_log_enabled(bool on) { enabled.store(on, std::memory_order_relaxed); }
+
+std::string error_text(int err) {
+  char buf[128];
+  // The GNU strerror_r: returns either buf or a static string, both safe.
+  return ::strerror_r(err, buf, sizeof buf);
+}
 
 }  // namespace blkstack

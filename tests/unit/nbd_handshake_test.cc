@@ -219,18 +219,32 @@ TEST_F(HandshakeTest, ExportNameForUnknownExportCloses) {
   EXPECT_TRUE(hs_->closed());
 }
 
-TEST_F(HandshakeTest, OversizedOptionIsSkippedNotBuffered) {
+TEST_F(HandshakeTest, OversizedOptionIsRefusedWithoutReadingItsPayload) {
   start();
+  // A header that declares 2 GiB of payload: the handshake must answer
+  // TOO_BIG and close at once, taking no byte past the header, instead of
+  // consuming whatever the client sends for as long as it sends.
   std::string h;
   put64(h, kIHaveOpt);
   put32(h, kOptGo);
-  put32(h, 1u << 20);
-  feed(h);
-  const std::string chunk(64 << 10, 'x');
-  for (int i = 0; i < 16; ++i) EXPECT_EQ(feed(chunk), chunk.size());
+  put32(h, 1u << 31);
+  const std::string payload(64 << 10, 'x');
+  EXPECT_EQ(feed(h + payload), h.size());
+  EXPECT_TRUE(hs_->closed());
   auto r = replies();
   ASSERT_EQ(r.size(), 1u);
   EXPECT_EQ(r[0].type, kRepErrTooBig);
+  EXPECT_EQ(feed(payload), 0u);
+}
+
+TEST_F(HandshakeTest, OptionAtTheLengthLimitIsStillRead) {
+  start();
+  // kMaxOptionLength itself is buffered and answered (here: malformed GO).
+  feed(option(kOptGo, std::string(kMaxOptionLength, '\0')));
+  EXPECT_FALSE(hs_->closed());
+  auto r = replies();
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].type, kRepErrInvalid);
   feed(option(kOptList));
   EXPECT_EQ(replies().back().type, kRepAck);  // still in sync
 }

@@ -77,6 +77,13 @@ void FuseExport::start() {
   if (fuse_session_mount(se_, target.c_str()) != 0) {
     fuse_session_destroy(se_);
     se_ = nullptr;
+    if (fd >= 0) {
+      // Our own mount: libfuse did not take the descriptor, so undo both,
+      // or the mount would stay with no server behind it.
+      if (std::string why = lazy_unmount(mnt); !why.empty())
+        serve_log(fmt::format("fuse: {}: cannot unmount: {}", mnt, why));
+      ::close(fd);
+    }
     throw Error(fmt::format(
         "--fuse '{}': cannot mount (is /dev/fuse there, and fusermount3 when not root?)",
         mnt));
@@ -97,7 +104,7 @@ void FuseExport::start() {
     const int err = errno;
     stop();
     throw Error(fmt::format("--fuse '{}': the new mount does not answer: {}", mnt,
-                            std::strerror(err)));
+                            error_text(err)));
   }
 }
 

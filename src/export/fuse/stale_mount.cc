@@ -95,7 +95,7 @@ std::string lazy_unmount(const std::string& dir) {
   const char* const argv[] = {"fusermount3", "-u", "-z", dir.c_str(), nullptr};
   if (run(argv) == 0) return {};
   return fmt::format("umount2(MNT_DETACH): {}; fusermount3 -u -z failed too",
-                     std::strerror(err));
+                     error_text(err));
 }
 
 bool prepare_mountpoint(const std::string& dir) {
@@ -123,12 +123,12 @@ bool prepare_mountpoint(const std::string& dir) {
   if (err == ENOENT) {
     if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
       throw Error(fmt::format("--fuse '{}': cannot create the directory: {}", dir,
-                              std::strerror(errno)));
+                              error_text(errno)));
     }
     return false;
   }
   if (err != ENOTCONN) {
-    throw Error(fmt::format("--fuse '{}': {}", dir, std::strerror(err)));
+    throw Error(fmt::format("--fuse '{}': {}", dir, error_text(err)));
   }
   serve_log(fmt::format(
       "{}: stale FUSE mount (transport endpoint is not connected: its server was "
@@ -140,7 +140,7 @@ bool prepare_mountpoint(const std::string& dir) {
   if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     throw Error(
         fmt::format("--fuse '{}': still unusable after clearing the stale mount: {}", dir,
-                    std::strerror(errno)));
+                    error_text(errno)));
   }
   serve_log(fmt::format("{}: stale mount cleared", dir));
   return true;

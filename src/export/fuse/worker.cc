@@ -100,7 +100,7 @@ void Worker::run() {
       // the request (interrupted) before we read it.
       if (err == EINTR || err == EAGAIN || err == ENOENT) continue;
       if (err != ENODEV)
-        serve_log(fmt::format("fuse: reading /dev/fuse: {}", strerror(err)));
+        serve_log(fmt::format("fuse: reading /dev/fuse: {}", error_text(err)));
       // ENODEV: unmounted, or the connection was aborted.
       fuse_session_exit(se_);
       break;

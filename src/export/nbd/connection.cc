@@ -28,6 +28,8 @@ constexpr size_t kRecvBufSize = 64u << 10;
 constexpr uint32_t kKeepBufferBytes = 4u << 20;
 // Write-zeroes done as data writes point every segment at this.
 constexpr uint32_t kZeroBufSize = 1u << 20;
+// Segment vectors above this (64 MiB of zeroes) are not kept for reuse.
+constexpr size_t kKeepZeroSegments = 64;
 alignas(4096) const std::byte kZeroes[kZeroBufSize] = {};
 constexpr int kMaxIov = 64;
 constexpr uint16_t kKnownCmdFlags =
@@ -41,6 +43,14 @@ constexpr uint32_t kEagerSendBytes = 256u << 10;
 constexpr uint32_t kMinSplitReplies = 4;
 // BLOCK_STATUS answers at most this many extents per request.
 constexpr uint32_t kMaxExtents = 1024;
+
+// The buffer a BLOCK_STATUS reply is built in: context id, then extents.
+uint32_t block_status_bytes(uint16_t flags) {
+  return 4 + 8 * ((flags & kCmdFlagReqOne) ? 1 : kMaxExtents);
+}
+
+// Request buffers are whole pages (4096-aligned for O_DIRECT drivers).
+uint32_t buffer_size(uint32_t bytes) { return (bytes + 4095) & ~uint32_t{4095}; }
 std::atomic<uint64_t> next_id{1};
 
 // The NBD error for a block-layer status.
@@ -92,6 +102,7 @@ Connection::Connection(int fd, std::shared_ptr<const ExportTable> exports,
                  ss.ss_family == AF_UNIX;
   out_ = std::move(handshake_->output());
   handshake_->output().clear();
+  reactor_.buffers_changed(int64_t{kRecvBufSize});
 }
 
 Connection::~Connection() {
@@ -101,7 +112,8 @@ Connection::~Connection() {
                  name_.c_str());
     std::abort();
   }
-  for (auto& s : slots_) std::free(s->buf);
+  for (auto& s : slots_) free_buffer(s.get());
+  reactor_.buffers_changed(-int64_t{kRecvBufSize});
   ::close(fd_);
 }
 
@@ -144,13 +156,26 @@ bool Connection::wants_rerun() const {
 
 // --- slots -------------------------------------------------------------------
 
-RequestSlot* Connection::get_slot(uint64_t cost) {
+uint32_t Connection::buffer_need(const Request& rq) {
+  switch (rq.type) {
+    case kCmdRead:
+    case kCmdWrite:
+      return std::min(rq.length, kMaxPayload);  // a longer one is refused
+    case kCmdBlockStatus:
+      return block_status_bytes(rq.flags);
+    default:
+      return 0;
+  }
+}
+
+RequestSlot* Connection::get_slot(uint32_t need) {
   if (in_flight_ >= limits_.max_requests) return nullptr;
-  // An idle connection takes any one request, so the budget can never be
-  // smaller than the largest request.
-  if (in_flight_ > 0 && bytes_in_flight_ + cost > limits_.max_bytes_in_flight)
-    return nullptr;
+  // Requests are charged the buffers they make us hold, not their length:
+  // a tiny request on a slot that kept a large buffer holds all of it.
   RequestSlot* s = free_;
+  const uint64_t cap = s ? s->cap : 0;
+  const uint64_t want = buffer_size(need);
+  if (want > cap && !make_room(want - cap, s)) return nullptr;
   if (s) {
     free_ = s->next;
   } else {
@@ -159,34 +184,51 @@ RequestSlot* Connection::get_slot(uint64_t cost) {
     s->conn = this;
   }
   s->next = nullptr;
-  s->cost = cost;
   s->sent = 0;
   s->data = nullptr;
   s->data_len = 0;
   ++in_flight_;
-  bytes_in_flight_ += cost;
   return s;
+}
+
+bool Connection::make_room(uint64_t extra, const RequestSlot* keep) {
+  const uint64_t budget = limits_.max_bytes_in_flight;
+  // Kept buffers go first: they only save an allocation.
+  for (RequestSlot* f = free_; f && buffer_bytes_ + extra > budget; f = f->next)
+    if (f != keep) free_buffer(f);
+  // An idle connection takes any one request (every buffer but `keep`'s
+  // is gone now), so the budget can never be smaller than the largest.
+  return in_flight_ == 0 || buffer_bytes_ + extra <= budget;
 }
 
 bool Connection::grow(RequestSlot* s, uint32_t bytes) {
   if (s->cap >= bytes) return true;
-  std::free(s->buf);
-  s->cap = 0;
-  const size_t n = (size_t{bytes} + 4095) & ~size_t{4095};
+  free_buffer(s);
+  const uint32_t n = buffer_size(bytes);
   s->buf = static_cast<std::byte*>(std::aligned_alloc(4096, n));
   if (!s->buf) return false;
-  s->cap = static_cast<uint32_t>(n);
+  s->cap = n;
+  buffer_bytes_ += n;
+  reactor_.buffers_changed(n);
   return true;
+}
+
+void Connection::free_buffer(RequestSlot* s) {
+  if (!s->buf) return;
+  std::free(s->buf);
+  buffer_bytes_ -= s->cap;
+  reactor_.buffers_changed(-int64_t{s->cap});
+  s->buf = nullptr;
+  s->cap = 0;
 }
 
 void Connection::release(RequestSlot* s) {
   --in_flight_;
-  bytes_in_flight_ -= s->cost;
-  if (s->cap > kKeepBufferBytes) {
-    std::free(s->buf);
-    s->buf = nullptr;
-    s->cap = 0;
-  }
+  if (s->cap > kKeepBufferBytes) free_buffer(s);
+  // A WRITE_ZEROES of up to 4 GiB written as data needs 4096 segments
+  // (64 KiB); kept in all 512 slots they would escape the budget.
+  if (s->zero_segs.capacity() > kKeepZeroSegments)
+    std::vector<Segment>().swap(s->zero_segs);
   s->next = free_;
   free_ = s;
   read_blocked_ = false;
@@ -320,7 +362,7 @@ bool Connection::send_queued(uint32_t max_replies) {
     if (r < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
-      hard_close(fmt::format("send: {}", std::strerror(errno)));
+      hard_close(fmt::format("send: {}", error_text(errno)));
       return false;
     }
     size_t left = static_cast<size_t>(r);
@@ -408,7 +450,7 @@ void Connection::read_input() {
     if (r < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-      return hard_close(fmt::format("receive: {}", std::strerror(errno)));
+      return hard_close(fmt::format("receive: {}", error_text(errno)));
     }
     if (r == 0) {
       eof_ = true;
@@ -524,10 +566,7 @@ bool Connection::handle_request(const Request& rq) {
                            kMaxPayload));
     return false;
   }
-  uint64_t cost = 0;
-  if (rq.type == kCmdRead || rq.type == kCmdWrite)
-    cost = std::min(rq.length, kMaxPayload);
-  RequestSlot* s = get_slot(cost);
+  RequestSlot* s = get_slot(buffer_need(rq));
   if (!s) {
     read_blocked_ = true;  // resumes when a reply has been sent
     return false;
@@ -666,7 +705,7 @@ void Connection::submit(RequestSlot* s) {
 
 void Connection::block_status(RequestSlot* s) {
   const uint32_t max = (s->flags & kCmdFlagReqOne) ? 1 : kMaxExtents;
-  if (!grow(s, 4 + 8 * max)) return reply_now(s, kEnomem);
+  if (!grow(s, block_status_bytes(s->flags))) return reply_now(s, kEnomem);
   const BioDriver& driver = nego_.disk->driver();
   store32(s->buf, kBaseAllocationId);
   uint32_t n = 0;

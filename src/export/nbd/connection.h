@@ -15,10 +15,15 @@
 //
 // Requests run concurrently and are answered in completion order. Slots and
 // their buffers are reused, so the steady state allocates nothing. What a
-// client can pin is bounded: bytes of payload in flight (request and reply
-// side) and the number of requests; past either, the connection stops
-// reading its socket until replies drain. A client that never reads its
-// replies therefore stalls only itself.
+// client can pin is bounded: the number of requests in flight, and the
+// bytes of request buffers the connection holds, in flight or kept for
+// reuse (a request is charged the buffer it holds, so a tiny request on a
+// slot that kept a large buffer counts all of it). Kept buffers are freed
+// to make room first; past either bound, the connection stops reading its
+// socket until replies drain. A client that never reads its replies
+// therefore stalls only itself, and no pattern of requests makes a
+// connection hold more than max(max_bytes_in_flight, 32 MiB) of buffers
+// plus its 64 KiB receive buffer.
 //
 // Errors follow doc/proto.md: a bad request gets an error reply and the
 // connection goes on; garbage magic, a WRITE longer than the advertised
@@ -59,11 +64,18 @@ class Reactor {
   // on its own thread soon. The slot, not the connection, is handed over:
   // the connection may be gone once complete() has run.
   virtual void post(RequestSlot* slot) = 0;
+  // The connection's buffers (receive buffer and request buffers) grew or
+  // shrank by `delta` bytes; on the reactor thread. For the server's count
+  // of the memory its clients make it hold.
+  virtual void buffers_changed(int64_t delta) { (void)delta; }
 };
 
 struct ConnectionLimits {
-  uint64_t max_bytes_in_flight = 64u << 20;  // payload bytes held by requests
-  uint32_t max_requests = 512;               // requests in flight
+  // Bytes of request buffers held, by requests in flight and kept for the
+  // next ones together; one request is admitted on an idle connection
+  // whatever its size (up to kMaxPayload).
+  uint64_t max_bytes_in_flight = 64u << 20;
+  uint32_t max_requests = 512;  // requests in flight
 };
 
 // One request in flight, with a buffer that is kept for the next one.
@@ -80,7 +92,6 @@ struct RequestSlot {
   uint32_t length = 0;
   uint16_t type = 0;
   uint16_t flags = 0;
-  uint64_t cost = 0;  // bytes charged to the connection's budget
   // The reply: header bytes, then optional data; `sent` counts both.
   std::byte hdr[32];
   uint32_t hdr_len = 0;
@@ -152,8 +163,15 @@ class Connection {
   void payload_received();
   void submit(RequestSlot* s);
   void block_status(RequestSlot* s);
-  RequestSlot* get_slot(uint64_t cost);
+  // A free slot for a request that needs `need` bytes of buffer, or null
+  // when the request limit or the buffer budget does not admit it now.
+  static uint32_t buffer_need(const Request& rq);
+  RequestSlot* get_slot(uint32_t need);
+  // Frees kept buffers (not `keep`'s) until `extra` more bytes fit the
+  // budget; false if they do not and requests are in flight.
+  bool make_room(uint64_t extra, const RequestSlot* keep);
   bool grow(RequestSlot* s, uint32_t bytes);
+  void free_buffer(RequestSlot* s);
   void release(RequestSlot* s);
   void reply_now(RequestSlot* s, uint32_t error);
   void set_reply(RequestSlot* s, uint32_t error);
@@ -198,7 +216,7 @@ class Connection {
   uint32_t in_flight_ = 0;      // slots taken (bio running or reply unsent)
   uint64_t requests_seen_ = 0;  // request headers read
   uint64_t payload_reads_ = 0;  // reads that brought payload bytes
-  uint64_t bytes_in_flight_ = 0;
+  uint64_t buffer_bytes_ = 0;   // request buffers, in flight or kept (slots_)
   bool read_blocked_ = false;   // budget or slots exhausted
   bool shutting_down_ = false;  // server stopping: answer new requests ESHUTDOWN
   bool eager_send_ = false;     // a large request completed: send before parsing on

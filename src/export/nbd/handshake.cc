@@ -80,7 +80,8 @@ size_t Handshake::feed(std::span<const std::byte> in) {
     used += n;
     return in_.size() == want;
   };
-  while (used < in.size() || (state_ == State::kOptionData && in_.size() == skip_)) {
+  while (used < in.size() ||
+         (state_ == State::kOptionData && in_.size() == option_length_)) {
     switch (state_) {
       case State::kClientFlags: {
         if (!take(4)) return used;
@@ -105,29 +106,26 @@ size_t Handshake::feed(std::span<const std::byte> in) {
           return used;
         }
         if (length > kMaxOptionLength) {
-          skip_ = length;
-          state_ = State::kSkipData;
-        } else {
-          skip_ = length;  // kOptionData: the length to collect
-          state_ = State::kOptionData;
+          // Skipping the payload would let a client that announces 4 GiB
+          // keep us reading for as long as it likes; the spec allows TOO_BIG
+          // and a disconnect, which is what nbdkit does too.
+          reply_error(kRepErrTooBig,
+                      fmt::format("option payload of {} bytes is over the {} byte limit",
+                                  length, kMaxOptionLength));
+          close(fmt::format("option {} of {} bytes is over the {} byte limit", option_,
+                            length, kMaxOptionLength));
+          return used;
         }
+        option_length_ = length;
+        state_ = State::kOptionData;
         break;
       }
       case State::kOptionData:
-        if (!take(skip_)) return used;
+        if (!take(option_length_)) return used;
         handle_option();
         in_.clear();
         if (state_ == State::kOptionData) state_ = State::kOptionHeader;
         break;
-      case State::kSkipData: {
-        const uint64_t n = std::min<uint64_t>(skip_, in.size() - used);
-        used += n;
-        skip_ -= n;
-        if (skip_ != 0) return used;
-        reply_error(kRepErrTooBig, "option payload too long");
-        state_ = State::kOptionHeader;
-        break;
-      }
       case State::kDone:
       case State::kClosed:
         return used;

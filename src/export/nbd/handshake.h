@@ -17,8 +17,9 @@
 //   ABORT                   ACK, then close
 //   STARTTLS                NBD_REP_ERR_POLICY (no TLS yet)
 //   anything else           NBD_REP_ERR_UNSUP
-// Option payloads over 64 KiB are skipped without being buffered and
-// refused with NBD_REP_ERR_TOO_BIG, so a client cannot pin memory here.
+// An option whose payload is over kMaxOptionLength (64 KiB) is answered
+// NBD_REP_ERR_TOO_BIG and the handshake closes without reading a byte of
+// that payload, so a client can make us neither hold nor read more.
 #pragma once
 
 #include <cstddef>
@@ -68,14 +69,7 @@ class Handshake {
   Negotiated& result() { return result_; }
 
  private:
-  enum class State {
-    kClientFlags,
-    kOptionHeader,
-    kOptionData,
-    kSkipData,
-    kDone,
-    kClosed
-  };
+  enum class State { kClientFlags, kOptionHeader, kOptionData, kDone, kClosed };
 
   void close(std::string reason);
   void handle_option();
@@ -90,9 +84,9 @@ class Handshake {
 
   std::shared_ptr<const ExportTable> exports_;
   State state_ = State::kClientFlags;
-  std::string in_;       // the bytes of the current item (flags, header, data)
-  uint32_t option_ = 0;  // current option
-  uint64_t skip_ = 0;    // bytes of an oversized option still to drop
+  std::string in_;              // the bytes of the current item (flags, header, data)
+  uint32_t option_ = 0;         // current option
+  uint32_t option_length_ = 0;  // kOptionData: the length of the current option
   std::string out_;
   std::string close_reason_;
   bool no_zeroes_ = false;

@@ -124,8 +124,9 @@ inline constexpr uint32_t kEshutdown = 108;
 // --- our limits ---------------------------------------------------------------
 // The largest READ or WRITE payload we accept (NBD_INFO_BLOCK_SIZE maximum).
 inline constexpr uint32_t kMaxPayload = 32u << 20;
-// The largest option payload we buffer; longer ones are skipped and refused
-// with NBD_REP_ERR_TOO_BIG (a string may be 4096 bytes, a few of them fit).
+// The largest option payload we read; a longer one is refused with
+// NBD_REP_ERR_TOO_BIG and the client disconnected, its payload unread (a
+// string may be 4096 bytes, a few of them fit).
 inline constexpr uint32_t kMaxOptionLength = 64u << 10;
 inline constexpr uint32_t kMaxStringLength = 4096;
 // The meta context id we give base:allocation.

@@ -5,6 +5,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
@@ -32,7 +33,7 @@ namespace {
 thread_local const EventLoop* tls_loop = nullptr;
 constexpr int kSocketBuffer = 2 << 20;
 
-std::string errno_text() { return std::strerror(errno); }
+std::string errno_text() { return error_text(errno); }
 
 // Splits "HOST:PORT" or "[V6]:PORT".
 void split_host_port(const std::string& addr, std::string* host, std::string* port) {
@@ -126,7 +127,7 @@ int listen_tcp(const std::string& addr, std::string* bound) {
 
 // What an epoll event points at.
 struct LoopEntry {
-  enum Kind { kWake, kListener, kConn } kind;
+  enum Kind { kWake, kCompletions, kListener, kConn } kind;
   int fd = -1;
   std::unique_ptr<Connection> conn;
   uint32_t events = 0;  // registered with epoll
@@ -140,17 +141,27 @@ class EventLoop final : public Reactor {
       : server_(server), index_(index), policy_(server.options_.wait) {
     epfd_ = ::epoll_create1(EPOLL_CLOEXEC);
     evfd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (epfd_ < 0 || evfd_ < 0) throw Error(fmt::format("event loop: {}", errno_text()));
+    completion_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (epfd_ < 0 || evfd_ < 0 || completion_fd_ < 0) {
+      const std::string why = errno_text();
+      close_fds();  // the destructor does not run for a constructor that throws
+      throw Error(fmt::format("event loop: {}", why));
+    }
     coalesce_us_.store(static_cast<uint64_t>(policy_.interval().count()));
     wake_.kind = LoopEntry::kWake;
     wake_.fd = evfd_;
     add(&wake_, EPOLLIN);
+    completions_.kind = LoopEntry::kCompletions;
+    completions_.fd = completion_fd_;
+    add(&completions_, EPOLLIN);
   }
   ~EventLoop() override {
     for (auto& l : listeners_) ::close(l->fd);
-    for (int fd : pending_) ::close(fd);  // dealt to us after our loop ended
-    ::close(evfd_);
-    ::close(epfd_);
+    for (int fd : pending_) {  // dealt to us after our loop ended
+      ::close(fd);
+      server_.connection_closed();
+    }
+    close_fds();
   }
 
   void add_listener(int fd) {
@@ -176,7 +187,13 @@ class EventLoop final : public Reactor {
       s->next = head;
     } while (!remote_.compare_exchange_weak(head, s, std::memory_order_release,
                                             std::memory_order_relaxed));
-    if (head == nullptr) kick();  // one wake-up per batch
+    if (head != nullptr) return;  // the batch's first poster wakes us
+    // Until the write below returns, this thread still uses the loop,
+    // which may meanwhile have taken and answered the batch: the loop does
+    // not end before it has read this wake-up (await_completion_wakes()).
+    if (server_.hooks_.before_completion_wake) server_.hooks_.before_completion_wake();
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t r = ::write(completion_fd_, &one, sizeof one);
   }
 
   void adopt(int fd) {
@@ -196,7 +213,10 @@ class EventLoop final : public Reactor {
     kick();
   }
 
-  size_t connections() const { return nconns_.load(std::memory_order_relaxed); }
+  void buffers_changed(int64_t delta) override {
+    count(buffer_bytes_, static_cast<uint64_t>(delta));  // wraps back for a negative one
+  }
+  uint64_t buffer_bytes() const { return buffer_bytes_.load(std::memory_order_relaxed); }
 
   LoopStats stats() const {
     LoopStats st;
@@ -214,6 +234,30 @@ class EventLoop final : public Reactor {
   void kick() {
     const uint64_t one = 1;
     [[maybe_unused]] ssize_t r = ::write(evfd_, &one, sizeof one);
+  }
+
+  void close_fds() {
+    for (int fd : {completion_fd_, evfd_, epfd_})
+      if (fd >= 0) ::close(fd);
+  }
+
+  // Counts the wake-ups that posters of batches of completions wrote.
+  void take_completion_wakes() {
+    uint64_t n = 0;
+    if (::read(completion_fd_, &n, sizeof n) == sizeof n) completion_wakes_ += n;
+  }
+
+  // Before the loop ends. Each batch of completions it took has exactly
+  // one poster that wakes it, after queuing the batch's first slot, and
+  // that may not have done so yet when the loop took the batch. Once the
+  // wake-ups match the batches taken, no driver thread is inside post()
+  // any more and the server may destroy the loop. Costs nothing per I/O.
+  void await_completion_wakes() {
+    while (completion_wakes_ < batches_taken_) {
+      pollfd p{completion_fd_, POLLIN, 0};
+      ::poll(&p, 1, -1);
+      take_completion_wakes();
+    }
   }
 
   void add(LoopEntry* e, uint32_t events) { control(e, EPOLL_CTL_ADD, events); }
@@ -241,6 +285,7 @@ class EventLoop final : public Reactor {
     for (int fd : fds) {
       if (stopping_) {
         ::close(fd);
+        server_.connection_closed();
         continue;
       }
       const int one = 1;
@@ -264,12 +309,13 @@ class EventLoop final : public Reactor {
       add(e.get(), 0);
       mark(e.get());
       conns_.push_back(std::move(e));
-      nconns_.store(conns_.size(), std::memory_order_relaxed);
     }
   }
 
   void take_remote() {
     RequestSlot* list = remote_.exchange(nullptr, std::memory_order_acquire);
+    if (list == nullptr) return;
+    ++batches_taken_;
     RequestSlot* rev = nullptr;  // the stack is newest first
     while (list) {
       RequestSlot* n = list->next;
@@ -356,9 +402,9 @@ class EventLoop final : public Reactor {
     std::erase_if(conns_, [&](const std::unique_ptr<LoopEntry>& e) {
       if (!e->conn->finished()) return false;
       ::epoll_ctl(epfd_, EPOLL_CTL_DEL, e->fd, nullptr);
+      server_.connection_closed();
       return true;  // the Connection closes the socket
     });
-    nconns_.store(conns_.size(), std::memory_order_relaxed);
   }
 
   // Closes connections still negotiating past their deadline. Scans at
@@ -433,7 +479,8 @@ class EventLoop final : public Reactor {
   static void count(std::atomic<uint64_t>& c, uint64_t n = 1) {
     c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
-  std::atomic<uint64_t> waits_[3] = {};  // by WaitPolicy::Wait
+  std::atomic<uint64_t> buffer_bytes_{0};  // of this loop's connections
+  std::atomic<uint64_t> waits_[3] = {};    // by WaitPolicy::Wait
   std::atomic<uint64_t> coalesced_requests_{0};
   std::atomic<uint64_t> backlogs_[3] = {};  // by Backlog
   std::atomic<uint64_t> coalesce_us_{0};
@@ -480,6 +527,10 @@ class EventLoop final : public Reactor {
             take_remote();
             break;
           }
+          case LoopEntry::kCompletions:
+            take_completion_wakes();
+            take_remote();
+            break;
           case LoopEntry::kListener:
             accept_all(e);
             break;
@@ -505,21 +556,27 @@ class EventLoop final : public Reactor {
         if (conns_.empty()) break;
       }
     }
+    await_completion_wakes();
     tls_loop = nullptr;
   }
 
   Server& server_;
   unsigned index_;
   int epfd_ = -1;
-  int evfd_ = -1;
+  int evfd_ = -1;           // adopt() and request_stop() wake the loop here,
+  int completion_fd_ = -1;  // post() here, once per batch of completions
   LoopEntry wake_;
+  LoopEntry completions_;
+  // Batches of completions taken from remote_, and the wake-ups their
+  // posters wrote to completion_fd_ that the loop has read.
+  uint64_t batches_taken_ = 0;
+  uint64_t completion_wakes_ = 0;
   std::vector<std::unique_ptr<LoopEntry>> listeners_;
   std::vector<std::unique_ptr<LoopEntry>> conns_;
   std::vector<LoopEntry*> dirty_;
   std::vector<LoopEntry*> again_;  // to run again next round (wants_rerun)
   WaitPolicy policy_;
   std::atomic<RequestSlot*> remote_{nullptr};
-  std::atomic<size_t> nconns_{0};
   std::thread thread_;
   std::mutex mu_;  // pending_, stop_, deadline_: not on the I/O path
   std::vector<int> pending_;
@@ -561,6 +618,8 @@ void Server::start() {
   } catch (...) {
     for (int fd : listen_fds_) ::close(fd);
     listen_fds_.clear();
+    addresses_.clear();
+    loops_.clear();  // the ones made before the failure: their descriptors
     throw;
   }
   for (int fd : listen_fds_) loops_[0]->add_listener(fd);
@@ -568,8 +627,21 @@ void Server::start() {
   started_ = true;
 }
 
+bool Server::reserve_connection() {
+  size_t n = open_.load(std::memory_order_relaxed);
+  do {
+    if (n >= options_.max_connections) return false;
+  } while (!open_.compare_exchange_weak(n, n + 1, std::memory_order_relaxed));
+  return true;
+}
+
+void Server::connection_closed() { open_.fetch_sub(1, std::memory_order_relaxed); }
+
 void Server::dispatch(int fd) {
-  if (connections() >= options_.max_connections) {
+  // Counted from here, not when a loop adopts the socket: sockets dealt
+  // but not yet taken by a loop are open too, and a burst of them would
+  // otherwise all get past the limit.
+  if (!reserve_connection()) {
     serve_log(fmt::format("refusing a connection: {} are open (the limit)",
                           options_.max_connections));
     ::close(fd);
@@ -622,9 +694,11 @@ std::string Server::stats_report() const {
   return out;
 }
 
-size_t Server::connections() const {
-  size_t n = 0;
-  for (const auto& l : loops_) n += l->connections();
+size_t Server::connections() const { return open_.load(std::memory_order_relaxed); }
+
+uint64_t Server::buffer_bytes() const {
+  uint64_t n = 0;
+  for (const auto& l : loops_) n += l->buffer_bytes();
   return n;
 }
 

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -26,8 +27,9 @@ struct ServerOptions {
   std::vector<std::string> tcp;           // HOST:PORT, [V6HOST]:PORT; port 0 picks one
   unsigned threads = 1;                   // event loops
   ConnectionLimits limits;
-  // Open connections above which new ones are closed at once: each holds a
-  // 64 KiB receive buffer and a socket, so their number is the bound.
+  // Open connections above which new ones are closed at once. Each can
+  // make the server hold about limits.max_bytes_in_flight + 64 KiB (see
+  // connection.h), so this times that bounds the server's memory.
   size_t max_connections = 1024;
   // A client that has not chosen an export after this long is closed (as
   // qemu-nbd does), so idle sockets cannot hold connections forever.
@@ -38,6 +40,14 @@ struct ServerOptions {
 };
 
 class EventLoop;
+
+// Hold points for tests of races. Empty in production, where each costs
+// one test of an empty std::function where it sits.
+struct ServerTestHooks {
+  // On a driver's thread, after it queued a completion for a loop that
+  // must be woken for it, and before it wakes the loop.
+  std::function<void()> before_completion_wake;
+};
 
 // What one event loop did: its waits of each kind, and the requests the
 // rounds after its coalescing waits brought.
@@ -78,16 +88,26 @@ class Server {
   // sockets. Idempotent.
   void stop(std::chrono::milliseconds grace = std::chrono::seconds(10));
 
-  // Connections open now, over all loops (for tests and the log).
+  // Connections open now, over all loops, including sockets accepted and
+  // not yet taken up by their loop: what max_connections limits.
   size_t connections() const;
   // How each event loop waited (see wait_policy.h); after stop(), as it
   // was then. stats_report() says it in a line per loop, for the log.
   std::vector<LoopStats> loop_stats() const;
+  // Bytes of buffers the open connections hold now: receive buffers and
+  // request buffers, in flight or kept for reuse (see ConnectionLimits).
+  uint64_t buffer_bytes() const;
   std::string stats_report() const;
+
+  // Before start(): see ServerTestHooks.
+  void set_test_hooks(ServerTestHooks hooks) { hooks_ = std::move(hooks); }
 
  private:
   friend class EventLoop;
   void dispatch(int fd);  // an accepted socket, to the next loop
+  // Counts a connection against max_connections; false when at the limit.
+  bool reserve_connection();
+  void connection_closed();  // a counted socket was closed
 
   ServerOptions options_;
   mutable std::mutex exports_mu_;
@@ -97,9 +117,11 @@ class Server {
   std::vector<int> listen_fds_;
   std::vector<std::string> addresses_;
   std::atomic<unsigned> next_loop_{0};
+  std::atomic<size_t> open_{0};  // connections counted by reserve_connection()
   bool started_ = false;
   bool stopped_ = false;
   std::vector<LoopStats> final_stats_;
+  ServerTestHooks hooks_;
 };
 
 }  // namespace blkstack::nbd
