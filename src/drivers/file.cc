@@ -237,24 +237,32 @@ class FileDriver final : public RequestDriver {
   std::vector<std::unique_ptr<HostIoQueue>> queues_;
 };
 
+constexpr uint64_t kMaxPollQueues = 64;
+
 constexpr OptionDef kOptions[] = {
     {"path", OptionKind::kString, "", "the file or block device", {}, true},
-    {"size", OptionKind::kSize, "",
-     "capacity; a missing file is created and a smaller one grown (sparse) to it"},
+    ranged({"size", OptionKind::kSize, "",
+            "capacity; a missing file is created and a smaller one grown (sparse) to it"},
+           kMinBlockSize, kMaxDeviceBytes),
     {"direct", OptionKind::kChoice, "auto",
      "O_DIRECT: on, off, or auto (on where the file system supports it)",
      "auto|on|off|1|0"},
     {"sqpoll", OptionKind::kBool, "0", "a kernel thread polls each submission queue"},
     {"fixed_file", OptionKind::kBool, "1", "register the file with each ring"},
-    {"poll_queues", OptionKind::kUint, "0",
-     "extra queues for polled I/O (RWF_HIPRI, bench --hipri): no completion thread, the "
-     "waiting thread reaps its ring"},
+    ranged({"poll_queues", OptionKind::kUint, "0",
+            "extra queues for polled I/O (RWF_HIPRI, bench --hipri): no completion "
+            "thread, the "
+            "waiting thread reaps its ring"},
+           0, kMaxPollQueues),
     {"zeroes", OptionKind::kChoice, "zero",
      "write-zeroes as a zeroed range (zero) or a punched hole (unmap)", "zero|unmap"},
-    {"max_sectors", OptionKind::kUint, "2048", "largest I/O in 512-byte sectors"},
-    {"bs", OptionKind::kSize, "",
-     "logical block size: 512 to 65536, a power of two; at least the file's direct I/O "
-     "alignment or the device's own (the default)"},
+    ranged({"max_sectors", OptionKind::kUint, "2048", "largest I/O in 512-byte sectors"},
+           1, kMaxSectorsLimit),
+    ranged({"bs", OptionKind::kSize, "",
+            "logical block size: 512 to 65536, a power of two; at least the file's "
+            "direct I/O "
+            "alignment or the device's own (the default)"},
+           kMinBlockSize, kMaxBlockSize),
 };
 
 // Which fallocate modes the host supports for the file (discard punches a
@@ -335,8 +343,7 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
   }
   qm.mq = true;
   qm.tags.cmd_size = sizeof(FileCmd);
-  qm.tags.nr_poll_queues =
-      static_cast<unsigned>(std::min<uint64_t>(o.uint("poll_queues"), 64));
+  qm.tags.nr_poll_queues = static_cast<unsigned>(o.uint("poll_queues"));  // in range
 
   int flags = (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC;
   if (o.given("size") && !ro) flags |= O_CREAT;
@@ -397,7 +404,8 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
       if (ro || blockdev)
         fail(fmt::format("is {} bytes, smaller than size={}", file_size, size));
       if (ftruncate(fd, static_cast<off_t>(size)) != 0)
-        fail(std::string("cannot grow: ") + std::strerror(errno));
+        fail(fmt::format("bad value for 'size' '{}': the file cannot grow to it: {}",
+                         o.str("size"), std::strerror(errno)));
     }
   }
   size -= size % lim.logical_block_size;
