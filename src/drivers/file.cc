@@ -4,8 +4,9 @@
 // Always multi-queue: each hardware queue has its own io_uring and
 // completion thread (uring_queue.h). Reads and writes go straight between
 // the bios' memory and the file (vectored, no copy); a short transfer is
-// resumed where it stopped; EAGAIN and ENOMEM are retried; other errors
-// become the matching Status. Flush is fdatasync (the flush machinery sends
+// resumed where it stopped; EAGAIN, ENOMEM and EINTR are retried with a
+// bounded back-off (kMaxTransientRetries); other errors become the
+// matching Status. Flush is fdatasync (the flush machinery sends
 // it only after the writes it must cover have completed), FUA is a write
 // with RWF_DSYNC, discard punches a hole, write-zeroes zeroes the range (or
 // punches, with zeroes=unmap). The limits come from the file: direct I/O
@@ -21,6 +22,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -42,14 +44,34 @@ namespace {
 
 constexpr unsigned kMaxSegments = 128;
 
+// Transient host errors (EAGAIN, ENOMEM, EINTR) are retried: the first at
+// once, the next after a back-off that doubles from 100 us to 50 ms (blk-mq
+// reruns a queue that ran out of resources after 3 ms). The host waits it
+// out (HostIo::delay_ns), so the reaper thread goes on completing the rest
+// of its ring meanwhile. After kMaxTransientRetries in a row, about 0.75 s
+// of waiting, the request fails: kResource for a host short of memory or
+// of room (errno ENOMEM), kIoError for a call that keeps being interrupted.
+constexpr unsigned kMaxTransientRetries = 24;
+constexpr uint64_t kFirstBackoffNs = 100'000;
+constexpr uint64_t kMaxBackoffNs = 50'000'000;
+
+// The back-off before retry number `retry` (0-based).
+constexpr uint64_t transient_backoff_ns(unsigned retry) {
+  if (retry == 0) return 0;
+  const unsigned doublings = retry - 1;
+  return doublings >= 10 ? kMaxBackoffNs
+                         : std::min(kMaxBackoffNs, kFirstBackoffNs << doublings);
+}
+
 // The driver's part of each request (its pdu): the host I/O being done.
 struct FileCmd {
   Request* rq;
   HostIoQueue* io;
   HostIo op;
-  uint64_t done;   // bytes transferred so far
-  uint64_t total;  // bytes to transfer
-  unsigned first;  // first iovec not yet done
+  uint64_t done;               // bytes transferred so far
+  uint64_t total;              // bytes to transfer
+  unsigned first;              // first iovec not yet done
+  unsigned transient_retries;  // in a row, since the last progress
   unsigned nr_iov;
   iovec iov[kMaxSegments];
 };
@@ -93,6 +115,7 @@ class FileDriver final : public RequestDriver {
     c.rq = &rq;
     c.io = queues_[hctx.index()].get();
     c.done = 0;
+    c.transient_retries = 0;
     c.first = 0;
     c.op = HostIo{};
     const uint64_t offset = rq.pos() << kSectorShift;
@@ -172,9 +195,16 @@ class FileDriver final : public RequestDriver {
     FileCmd& c = *static_cast<FileCmd*>(ctx);
     Request& rq = *c.rq;
     if (res == -EAGAIN || res == -ENOMEM || res == -EINTR) {
-      resubmit(c);  // transient: the same operation again
+      if (c.transient_retries == kMaxTransientRetries) {
+        // The host stayed short: fail rather than spin on the reaper.
+        rq.end_request_all(res == -EINTR ? Status::kIoError : Status::kResource);
+        return;
+      }
+      c.op.delay_ns = transient_backoff_ns(c.transient_retries++);
+      resubmit(c);  // the same operation again, after the back-off
       return;
     }
+    c.op.delay_ns = 0;
     if (res < 0) {
       rq.end_request_all(status_from_errno(-res));
       return;
@@ -197,6 +227,7 @@ class FileDriver final : public RequestDriver {
       rq.end_request_all(Status::kOk);
       return;
     }
+    c.transient_retries = 0;                 // progress: a later shortage starts afresh
     advance(c, static_cast<uint64_t>(res));  // short: resume where it stopped
     resubmit(c);
   }
