@@ -84,15 +84,8 @@ $code
   return 0
 }
 
-nbd_require() {
-  local tool
-  for tool in "$@"; do
-    if ! command -v "$tool" >/dev/null; then
-      echo "$TEST_NAME: $tool is missing; run scripts/install-deps.sh" >&2
-      exit 2
-    fi
-  done
-}
+source "$(dirname "${BASH_SOURCE[0]}")/require.sh"
+nbd_require() { require_tool "$@"; }
 
 nbd_uri() {
   local sock=${2:-$NBD_SOCK}
