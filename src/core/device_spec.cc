@@ -234,7 +234,11 @@ DeviceOptions::DeviceOptions(const DeviceSpec& spec, std::span<const OptionDef> 
       values_.emplace_back(std::string(d.key), d.default_value);
   }
   // Validate every value now, so a mistake is reported before anything is made.
-  for (const auto& [key, value] : values_) {
+  for (const auto& entry : values_) {
+    // Named, not structured bindings: lambdas below use them (clang 14
+    // cannot capture a binding).
+    const std::string& key = entry.first;
+    const std::string& value = entry.second;
     const OptionDef& d = *def_of(key);
     const std::string what = fmt::format("value for '{}'", key);
     // A number must parse and fall in the option's range; either mistake

@@ -340,8 +340,12 @@ FallocateSupport block_device_support(dev_t rdev) {
 // can be made (a read-only directory, a file system without O_TMPFILE),
 // neither mode is claimed: a missing discard costs space, a claimed one
 // that fails costs the client's I/O.
-FallocateSupport regular_file_support(const std::string& path, dev_t file_dev) {
+FallocateSupport regular_file_support(const std::string& given_path, dev_t file_dev) {
   FallocateSupport s;
+  // The directory the file is really in, not a symbolic link's.
+  std::unique_ptr<char, decltype(&std::free)> real(realpath(given_path.c_str(), nullptr),
+                                                   &std::free);
+  const std::string path = real ? real.get() : given_path;
   const size_t slash = path.rfind('/');
   const std::string dir = slash == std::string::npos ? "."
                           : slash == 0               ? "/"
