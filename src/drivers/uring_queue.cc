@@ -93,8 +93,9 @@ bool UringQueue::queue(const HostIo& io, void* ctx) {
   if (io.delay_ns != 0) {
     // A timeout linked in front: the operation starts when it expires.
     // ETIME_SUCCESS (Linux 5.16) makes expiry a success, so the link goes
-    // on. The kernel reads the timespec when it takes the entry, before
-    // the slot, and so the timespec of the same index, can be reused.
+    // on. The kernel reads the timespec when it consumes the entry; only
+    // then can the slot, and with it the timespec of the same index, be
+    // reused.
     io_uring_sqe* timeout = io_uring_get_sqe(&ring_);
     __kernel_timespec& ts = delay_ts_[timeout - ring_.sq.sqes];
     ts.tv_sec = static_cast<int64_t>(io.delay_ns / 1'000'000'000);
