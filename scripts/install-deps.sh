@@ -13,6 +13,10 @@ PACKAGES=(
   clang libclang-rt-14-dev
   libtomlplusplus-dev libnbd-dev libfuse3-dev
   fio libnbd-bin nbdkit nbd-server qemu-utils qemu-system-common fuse3 e2fsprogs
+  # What the integration tests run besides those (tests/integration/require.sh
+  # names the package of every tool): losetup, blockdev, fstrim, fallocate;
+  # mount; cmp; python3 for JSON checks.
+  util-linux mount diffutils coreutils python3
 )
 
 missing=()

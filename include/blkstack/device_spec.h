@@ -43,9 +43,26 @@ struct OptionDef {
   OptionKind kind;
   std::string_view default_value;  // empty: no default
   std::string_view help;
-  std::string_view choices = {};   // for kChoice: "inline|deferred|timer"
-  bool positional = false;         // receives the value after ':'
+  std::string_view choices = {};  // for kChoice: "inline|deferred|timer"
+  bool positional = false;        // receives the value after ':'
+  // For kSize, kUint and kDuration: the values a driver can serve (bytes,
+  // a count, nanoseconds). DeviceOptions refuses others, naming the range,
+  // before a driver sees them (see ranged()).
+  uint64_t min = 0;
+  uint64_t max = UINT64_MAX;
 };
+
+// `def` accepting only values from `min` to `max`:
+//   ranged({"depth", OptionKind::kUint, "64", "tags per queue"}, 1, 10240)
+constexpr OptionDef ranged(OptionDef def, uint64_t min, uint64_t max) {
+  def.min = min;
+  def.max = max;
+  return def;
+}
+
+// The largest device any driver makes: 4 EiB, so that byte offsets stay
+// far from 2^63, where off_t and the NBD protocol's clients stop.
+inline constexpr uint64_t kMaxDeviceBytes = uint64_t{1} << 62;
 
 // Validated options of one spec against a driver's table.
 class DeviceOptions {
@@ -79,5 +96,9 @@ uint64_t parse_uint(std::string_view text, std::string_view what = "number");
 
 // "64 MiB", "1.5 GiB", "512 B".
 std::string format_size(uint64_t bytes);
+
+// The valid values of a ranged option, as its kind is written: "1 to 10240",
+// "512 B to 1 PiB", "1ms to 4294967295ms".
+std::string format_option_range(const OptionDef& def);
 
 }  // namespace blkstack

@@ -39,11 +39,12 @@ struct TagSetConfig {
   bool shared_tags = false;   // one tag space for all hardware queues
   size_t cmd_size = 0;        // bytes of driver data per request (pdu)
   // A request in the driver longer than this times out (RequestDriver::
-  // timeout). From 1 ms (the resolution of the timeout scan) to 365 days
-  // (so that no deadline wraps); TagSet refuses anything else.
+  // timeout). From 1 ms (the resolution of the timeout scan) to 2^32-1 ms
+  // (about 49 days, the kernel's io_timeout range; no deadline can wrap);
+  // TagSet refuses anything else.
   uint64_t timeout_ns = 30'000'000'000;
   static constexpr uint64_t kMinTimeoutNs = 1'000'000;
-  static constexpr uint64_t kMaxTimeoutNs = 365ull * 24 * 3600 * 1'000'000'000;
+  static constexpr uint64_t kMaxTimeoutNs = uint64_t{UINT32_MAX} * 1'000'000;
 
   unsigned nr_queues() const { return nr_hw_queues + nr_poll_queues; }
 };

@@ -41,7 +41,8 @@ uint64_t leading_number(std::string_view text, std::string_view what,
   return v;
 }
 
-uint64_t scaled(uint64_t v, uint64_t scale, std::string_view text, std::string_view what) {
+uint64_t scaled(uint64_t v, uint64_t scale, std::string_view text,
+                std::string_view what) {
   if (scale != 0 && v > std::numeric_limits<uint64_t>::max() / scale) {
     throw Error(fmt::format("bad {} '{}': too large", what, text));
   }
@@ -53,13 +54,15 @@ uint64_t scaled(uint64_t v, uint64_t scale, std::string_view text, std::string_v
 uint64_t parse_uint(std::string_view text, std::string_view what) {
   std::string_view rest;
   uint64_t v = leading_number(text, what, &rest, "an unsigned integer");
-  if (!rest.empty()) throw Error(fmt::format("bad {} '{}': expected an unsigned integer", what, text));
+  if (!rest.empty())
+    throw Error(fmt::format("bad {} '{}': expected an unsigned integer", what, text));
   return v;
 }
 
 uint64_t parse_size(std::string_view text, std::string_view what) {
   static constexpr std::string_view kExpected =
-      "a byte count with an optional K, M, G, T or P suffix (powers of 1024), e.g. 64M";
+      "a byte count with an optional K, M, G, T, P or E suffix (powers of 1024), e.g. "
+      "64M";
   std::string_view rest;
   uint64_t v = leading_number(text, what, &rest, kExpected);
   std::string suffix = lower(rest);
@@ -83,11 +86,16 @@ uint64_t parse_duration_ns(std::string_view text, std::string_view what) {
   uint64_t v = leading_number(text, what, &rest, kExpected);
   std::string unit = lower(rest);
   uint64_t scale;
-  if (unit.empty() || unit == "ns") scale = 1;
-  else if (unit == "us") scale = 1'000;
-  else if (unit == "ms") scale = 1'000'000;
-  else if (unit == "s") scale = 1'000'000'000;
-  else throw Error(fmt::format("bad {} '{}': expected {}", what, text, kExpected));
+  if (unit.empty() || unit == "ns")
+    scale = 1;
+  else if (unit == "us")
+    scale = 1'000;
+  else if (unit == "ms")
+    scale = 1'000'000;
+  else if (unit == "s")
+    scale = 1'000'000'000;
+  else
+    throw Error(fmt::format("bad {} '{}': expected {}", what, text, kExpected));
   return scaled(v, scale, text, what);
 }
 
@@ -95,8 +103,8 @@ bool parse_bool(std::string_view text, std::string_view what) {
   std::string v = lower(text);
   if (v == "1" || v == "true" || v == "yes" || v == "on") return true;
   if (v == "0" || v == "false" || v == "no" || v == "off") return false;
-  throw Error(fmt::format("bad {} '{}': expected 1/0, true/false, yes/no or on/off", what,
-                          text));
+  throw Error(
+      fmt::format("bad {} '{}': expected 1/0, true/false, yes/no or on/off", what, text));
 }
 
 std::string format_size(uint64_t bytes) {
@@ -112,6 +120,26 @@ std::string format_size(uint64_t bytes) {
     return fmt::format("{} {}", static_cast<uint64_t>(v), kUnits[u]);
   }
   return fmt::format("{:.1f} {}", v, kUnits[u]);
+}
+
+std::string format_option_range(const OptionDef& def) {
+  auto one = [&](uint64_t v) -> std::string {
+    switch (def.kind) {
+      case OptionKind::kSize:
+        // Exact: "1.5 GiB" would hide which byte counts are allowed.
+        return v % 1024 == 0 || v < 1024 ? format_size(v) : fmt::format("{} B", v);
+      case OptionKind::kDuration:
+        for (auto [unit, ns] :
+             {std::pair{"s", uint64_t{1'000'000'000}},
+              std::pair{"ms", uint64_t{1'000'000}}, std::pair{"us", uint64_t{1'000}}}) {
+          if (v != 0 && v % ns == 0) return fmt::format("{}{}", v / ns, unit);
+        }
+        return fmt::format("{}ns", v);
+      default:
+        return fmt::format("{}", v);
+    }
+  };
+  return fmt::format("{} to {}", one(def.min), one(def.max));
 }
 
 DeviceSpec parse_device_spec(std::string_view text) {
@@ -173,7 +201,8 @@ DeviceOptions::DeviceOptions(const DeviceSpec& spec, std::span<const OptionDef> 
   };
   auto known_keys = [&] {
     std::string keys;
-    for (const OptionDef& d : table_) keys += (keys.empty() ? "" : ", ") + std::string(d.key);
+    for (const OptionDef& d : table_)
+      keys += (keys.empty() ? "" : ", ") + std::string(d.key);
     return keys;
   };
   std::vector<std::pair<std::string, std::string>> given = spec.options;
@@ -184,7 +213,8 @@ DeviceOptions::DeviceOptions(const DeviceSpec& spec, std::span<const OptionDef> 
     }
     if (!pos) fail(fmt::format("type '{}' takes no value after ':'", spec.type));
     for (const auto& [k, v] : given) {
-      if (k == pos->key) fail(fmt::format("'{}' given both after ':' and as an option", k));
+      if (k == pos->key)
+        fail(fmt::format("'{}' given both after ':' and as an option", k));
     }
     given.emplace_back(std::string(pos->key), spec.positional);
   }
@@ -200,18 +230,45 @@ DeviceOptions::DeviceOptions(const DeviceSpec& spec, std::span<const OptionDef> 
   for (const OptionDef& d : table_) {
     if (!given_.empty() && std::find(given_.begin(), given_.end(), d.key) != given_.end())
       continue;
-    if (!d.default_value.empty()) values_.emplace_back(std::string(d.key), d.default_value);
+    if (!d.default_value.empty())
+      values_.emplace_back(std::string(d.key), d.default_value);
   }
   // Validate every value now, so a mistake is reported before anything is made.
-  for (const auto& [key, value] : values_) {
+  for (const auto& entry : values_) {
+    // Named, not structured bindings: lambdas below use them (clang 14
+    // cannot capture a binding).
+    const std::string& key = entry.first;
+    const std::string& value = entry.second;
     const OptionDef& d = *def_of(key);
+    const std::string what = fmt::format("value for '{}'", key);
+    // A number must parse and fall in the option's range; either mistake
+    // is told with the range, so the fix is in the message.
+    auto check_number = [&](auto parse) {
+      uint64_t v;
+      try {
+        v = parse(value, what);
+      } catch (const Error& e) {
+        throw Error(fmt::format("{} (valid: {})", e.what(), format_option_range(d)));
+      }
+      if (v < d.min || v > d.max) {
+        throw Error(fmt::format("bad {} '{}': out of range (valid: {})", what, value,
+                                format_option_range(d)));
+      }
+    };
     try {
-      std::string what = fmt::format("value for '{}'", key);
       switch (d.kind) {
-        case OptionKind::kSize: parse_size(value, what); break;
-        case OptionKind::kUint: parse_uint(value, what); break;
-        case OptionKind::kBool: parse_bool(value, what); break;
-        case OptionKind::kDuration: parse_duration_ns(value, what); break;
+        case OptionKind::kSize:
+          check_number(parse_size);
+          break;
+        case OptionKind::kUint:
+          check_number(parse_uint);
+          break;
+        case OptionKind::kBool:
+          parse_bool(value, what);
+          break;
+        case OptionKind::kDuration:
+          check_number(parse_duration_ns);
+          break;
         case OptionKind::kString:
           if (value.empty()) throw Error(fmt::format("empty {}", what));
           break;
@@ -221,11 +278,12 @@ DeviceOptions::DeviceOptions(const DeviceSpec& spec, std::span<const OptionDef> 
           while (!rest.empty() && !found) {
             size_t bar = rest.find('|');
             found = rest.substr(0, bar) == value;
-            rest = bar == std::string_view::npos ? std::string_view{} : rest.substr(bar + 1);
+            rest =
+                bar == std::string_view::npos ? std::string_view{} : rest.substr(bar + 1);
           }
           if (!found) {
-            throw Error(fmt::format("bad {} '{}': expected one of {}", what, value,
-                                    d.choices));
+            throw Error(
+                fmt::format("bad {} '{}': expected one of {}", what, value, d.choices));
           }
           break;
         }

@@ -4,21 +4,27 @@
 // Always multi-queue: each hardware queue has its own io_uring and
 // completion thread (uring_queue.h). Reads and writes go straight between
 // the bios' memory and the file (vectored, no copy); a short transfer is
-// resumed where it stopped; EAGAIN and ENOMEM are retried; other errors
-// become the matching Status. Flush is fdatasync (the flush machinery sends
+// resumed where it stopped; EAGAIN, ENOMEM and EINTR are retried with a
+// bounded back-off (kMaxTransientRetries); other errors become the
+// matching Status. Flush is fdatasync (the flush machinery sends
 // it only after the writes it must cover have completed), FUA is a write
 // with RWF_DSYNC, discard punches a hole, write-zeroes zeroes the range (or
 // punches, with zeroes=unmap). The limits come from the file: direct I/O
-// alignment from statx, discard and zero-range support by probing.
+// alignment from statx; discard and zero-range support from a private
+// temporary file on the same file system, or a block device's queue limits
+// (never from the file's own bytes: see FallocateSupport).
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -38,14 +44,34 @@ namespace {
 
 constexpr unsigned kMaxSegments = 128;
 
+// Transient host errors (EAGAIN, ENOMEM, EINTR) are retried: the first at
+// once, the next after a back-off that doubles from 100 us to 50 ms (blk-mq
+// reruns a queue that ran out of resources after 3 ms). The host waits it
+// out (HostIo::delay_ns), so the reaper thread goes on completing the rest
+// of its ring meanwhile. After kMaxTransientRetries in a row, about 0.75 s
+// of waiting, the request fails: kResource for a host short of memory or
+// of room (errno ENOMEM), kIoError for a call that keeps being interrupted.
+constexpr unsigned kMaxTransientRetries = 24;
+constexpr uint64_t kFirstBackoffNs = 100'000;
+constexpr uint64_t kMaxBackoffNs = 50'000'000;
+
+// The back-off before retry number `retry` (0-based).
+constexpr uint64_t transient_backoff_ns(unsigned retry) {
+  if (retry == 0) return 0;
+  const unsigned doublings = retry - 1;
+  return doublings >= 10 ? kMaxBackoffNs
+                         : std::min(kMaxBackoffNs, kFirstBackoffNs << doublings);
+}
+
 // The driver's part of each request (its pdu): the host I/O being done.
 struct FileCmd {
   Request* rq;
   HostIoQueue* io;
   HostIo op;
-  uint64_t done;   // bytes transferred so far
-  uint64_t total;  // bytes to transfer
-  unsigned first;  // first iovec not yet done
+  uint64_t done;               // bytes transferred so far
+  uint64_t total;              // bytes to transfer
+  unsigned first;              // first iovec not yet done
+  unsigned transient_retries;  // in a row, since the last progress
   unsigned nr_iov;
   iovec iov[kMaxSegments];
 };
@@ -55,8 +81,12 @@ class FileDriver final : public RequestDriver {
   // `fd` is the file as opened (O_DIRECT or not). With O_DIRECT, memory not
   // aligned to `mem_align` goes through `buffered_fd`, a second descriptor
   // without O_DIRECT (Linux keeps the two coherent), instead of failing.
-  FileDriver(int fd, int buffered_fd, uint32_t mem_align, bool zeroes_unmap, std::string describe)
-      : fd_(fd), buffered_fd_(buffered_fd), mem_align_(mem_align), zeroes_unmap_(zeroes_unmap),
+  FileDriver(int fd, int buffered_fd, uint32_t mem_align, bool zeroes_unmap,
+             std::string describe)
+      : fd_(fd),
+        buffered_fd_(buffered_fd),
+        mem_align_(mem_align),
+        zeroes_unmap_(zeroes_unmap),
         describe_(std::move(describe)) {}
   ~FileDriver() override {
     queues_.clear();  // completion threads stop before the file closes
@@ -71,10 +101,11 @@ class FileDriver final : public RequestDriver {
     for (unsigned i = 0; i < tags.nr_queues(); ++i) {
       o.completion_thread = i < tags.nr_hw_queues;
       if (factory) {
-        queues_.push_back((*factory)(HostIoSetup{i, fd_, buffered_fd_, !o.completion_thread,
-                                                 &FileDriver::on_complete}));
+        queues_.push_back((*factory)(HostIoSetup{
+            i, fd_, buffered_fd_, !o.completion_thread, &FileDriver::on_complete}));
       } else {
-        queues_.push_back(std::make_unique<UringQueue>(fd_, buffered_fd_, o, &FileDriver::on_complete));
+        queues_.push_back(
+            std::make_unique<UringQueue>(fd_, buffered_fd_, o, &FileDriver::on_complete));
       }
     }
   }
@@ -84,6 +115,7 @@ class FileDriver final : public RequestDriver {
     c.rq = &rq;
     c.io = queues_[hctx.index()].get();
     c.done = 0;
+    c.transient_retries = 0;
     c.first = 0;
     c.op = HostIo{};
     const uint64_t offset = rq.pos() << kSectorShift;
@@ -117,7 +149,7 @@ class FileDriver final : public RequestDriver {
       case Op::kDiscard:
       case Op::kWriteZeroes:
         c.op.kind = rq.op() == Op::kDiscard || zeroes_unmap_ ? HostIo::kPunchHole
-                                                              : HostIo::kZeroRange;
+                                                             : HostIo::kZeroRange;
         c.op.offset = offset;
         c.op.len = rq.bytes();
         break;
@@ -141,10 +173,11 @@ class FileDriver final : public RequestDriver {
     off_t data = lseek(fd_, static_cast<off_t>(offset), SEEK_DATA);
     if (data < 0) {
       if (errno == ENXIO) return {max_length, false, true};  // a hole to the end
-      return {max_length, true, false};                     // unknown: data
+      return {max_length, true, false};                      // unknown: data
     }
     if (static_cast<uint64_t>(data) > offset) {
-      return {std::min<uint64_t>(max_length, static_cast<uint64_t>(data) - offset), false, true};
+      return {std::min<uint64_t>(max_length, static_cast<uint64_t>(data) - offset), false,
+              true};
     }
     off_t hole = lseek(fd_, static_cast<off_t>(offset), SEEK_HOLE);
     uint64_t len = hole < 0 ? max_length : static_cast<uint64_t>(hole) - offset;
@@ -162,9 +195,16 @@ class FileDriver final : public RequestDriver {
     FileCmd& c = *static_cast<FileCmd*>(ctx);
     Request& rq = *c.rq;
     if (res == -EAGAIN || res == -ENOMEM || res == -EINTR) {
-      resubmit(c);  // transient: the same operation again
+      if (c.transient_retries == kMaxTransientRetries) {
+        // The host stayed short: fail rather than spin on the reaper.
+        rq.end_request_all(res == -EINTR ? Status::kIoError : Status::kResource);
+        return;
+      }
+      c.op.delay_ns = transient_backoff_ns(c.transient_retries++);
+      resubmit(c);  // the same operation again, after the back-off
       return;
     }
+    c.op.delay_ns = 0;
     if (res < 0) {
       rq.end_request_all(status_from_errno(-res));
       return;
@@ -187,6 +227,7 @@ class FileDriver final : public RequestDriver {
       rq.end_request_all(Status::kOk);
       return;
     }
+    c.transient_retries = 0;                 // progress: a later shortage starts afresh
     advance(c, static_cast<uint64_t>(res));  // short: resume where it stopped
     resubmit(c);
   }
@@ -210,7 +251,8 @@ class FileDriver final : public RequestDriver {
   // What is left to read is exactly iov[first..] (advance() trimmed the
   // first of them).
   static void zero_rest(FileCmd& c) {
-    for (unsigned i = c.first; i < c.nr_iov; ++i) std::memset(c.iov[i].iov_base, 0, c.iov[i].iov_len);
+    for (unsigned i = c.first; i < c.nr_iov; ++i)
+      std::memset(c.iov[i].iov_base, 0, c.iov[i].iov_len);
   }
 
   static void resubmit(FileCmd& c) {
@@ -226,26 +268,102 @@ class FileDriver final : public RequestDriver {
   std::vector<std::unique_ptr<HostIoQueue>> queues_;
 };
 
+constexpr uint64_t kMaxPollQueues = 64;
+
 constexpr OptionDef kOptions[] = {
     {"path", OptionKind::kString, "", "the file or block device", {}, true},
-    {"size", OptionKind::kSize, "",
-     "capacity; a missing file is created and a smaller one grown (sparse) to it"},
+    ranged({"size", OptionKind::kSize, "",
+            "capacity; a missing file is created and a smaller one grown (sparse) to it"},
+           kMinBlockSize, kMaxDeviceBytes),
     {"direct", OptionKind::kChoice, "auto",
-     "O_DIRECT: on, off, or auto (on where the file system supports it)", "auto|on|off|1|0"},
+     "O_DIRECT: on, off, or auto (on where the file system supports it)",
+     "auto|on|off|1|0"},
     {"sqpoll", OptionKind::kBool, "0", "a kernel thread polls each submission queue"},
     {"fixed_file", OptionKind::kBool, "1", "register the file with each ring"},
-    {"poll_queues", OptionKind::kUint, "0",
-     "extra queues for polled I/O (RWF_HIPRI, bench --hipri): no completion thread, the "
-     "waiting thread reaps its ring"},
+    ranged({"poll_queues", OptionKind::kUint, "0",
+            "extra queues for polled I/O (RWF_HIPRI, bench --hipri): no completion "
+            "thread, the "
+            "waiting thread reaps its ring"},
+           0, kMaxPollQueues),
     {"zeroes", OptionKind::kChoice, "zero",
      "write-zeroes as a zeroed range (zero) or a punched hole (unmap)", "zero|unmap"},
-    {"max_sectors", OptionKind::kUint, "2048", "largest I/O in 512-byte sectors"},
+    ranged({"max_sectors", OptionKind::kUint, "2048", "largest I/O in 512-byte sectors"},
+           1, kMaxSectorsLimit),
+    ranged({"bs", OptionKind::kSize, "",
+            "logical block size: 512 to 65536, a power of two; at least the file's "
+            "direct I/O "
+            "alignment or the device's own (the default)"},
+           kMinBlockSize, kMaxBlockSize),
 };
 
-// Whether fallocate `mode` works on the file: probed at the end, where a
-// KEEP_SIZE call changes nothing.
-bool fallocate_works(int fd, int mode, uint64_t size) {
-  return fallocate(fd, mode | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(size), 4096) == 0;
+// Which fallocate modes the host supports for the file (discard punches a
+// hole, write-zeroes zeroes a range), learnt without writing a byte of it.
+//
+// Never probe the file itself: every fallocate call that could answer
+// changes bytes somewhere, and no offset of the file is safe to change.
+// The end of the device is not the end of the file (size= may be smaller,
+// the length need not be a multiple of the block size, a block device may
+// be bigger), and past the real end of the file another writer may be
+// appending. The kernel's loop driver does not probe either: it trusts the
+// file's fallocate method and, on a block device, the queue limits.
+struct FallocateSupport {
+  bool punch_hole = false;
+  bool zero_range = false;
+};
+
+// A block device: ZERO_RANGE is blkdev_issue_zeroout() with a fallback to
+// writing zeroes, which every device can do; PUNCH_HOLE is the same without
+// the fallback, so it needs the device to zero (write_zeroes_max_bytes in
+// sysfs; a partition's queue is its disk's, one directory up).
+FallocateSupport block_device_support(dev_t rdev) {
+  FallocateSupport s;
+  s.zero_range = true;
+  const std::string dev = fmt::format("/sys/dev/block/{}:{}/", major(rdev), minor(rdev));
+  for (const char* queue : {"queue/", "../queue/"}) {
+    int fd = open((dev + queue + "write_zeroes_max_bytes").c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    char text[32] = {};
+    const ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    s.punch_hole = n > 0 && std::strtoull(text, nullptr, 10) > 0;
+    break;
+  }
+  return s;
+}
+
+// A regular file: both modes are tried on a private, nameless file made
+// with O_TMPFILE in the same directory (so on the same file system, which
+// st_dev confirms: a file bind-mounted from elsewhere is not), which
+// vanishes when closed. Knowing up front, rather than on the first discard,
+// keeps what the disk reports true from the start: `blkstack disk` shows
+// it, and an NBD client is told at the handshake, once. Where no such file
+// can be made (a read-only directory, a file system without O_TMPFILE),
+// neither mode is claimed: a missing discard costs space, a claimed one
+// that fails costs the client's I/O.
+FallocateSupport regular_file_support(const std::string& given_path, dev_t file_dev) {
+  FallocateSupport s;
+  // The directory the file is really in, not a symbolic link's.
+  std::unique_ptr<char, decltype(&std::free)> real(realpath(given_path.c_str(), nullptr),
+                                                   &std::free);
+  const std::string path = real ? real.get() : given_path;
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : path.substr(0, slash);
+  const int tmp = open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (tmp < 0) return s;
+  struct stat st;
+  constexpr off_t kProbeBytes = 4096;
+  if (fstat(tmp, &st) == 0 && st.st_dev == file_dev &&
+      ftruncate(tmp, 2 * kProbeBytes) == 0) {
+    auto works = [&](int mode) {
+      return fallocate(tmp, mode | FALLOC_FL_KEEP_SIZE, 0, kProbeBytes) == 0;
+    };
+    s.punch_hole = works(FALLOC_FL_PUNCH_HOLE);
+    s.zero_range = works(FALLOC_FL_ZERO_RANGE);
+  }
+  close(tmp);
+  return s;
 }
 
 std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
@@ -260,7 +378,7 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
   }
   qm.mq = true;
   qm.tags.cmd_size = sizeof(FileCmd);
-  qm.tags.nr_poll_queues = static_cast<unsigned>(std::min<uint64_t>(o.uint("poll_queues"), 64));
+  qm.tags.nr_poll_queues = static_cast<unsigned>(o.uint("poll_queues"));  // in range
 
   int flags = (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC;
   if (o.given("size") && !ro) flags |= O_CREAT;
@@ -275,7 +393,9 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
     }
   }
   if (fd < 0) fd = open(path.c_str(), flags, 0644);
-  if (fd < 0) throw Error(fmt::format("{}: cannot open '{}': {}", where, path, std::strerror(errno)));
+  if (fd < 0)
+    throw Error(
+        fmt::format("{}: cannot open '{}': {}", where, path, std::strerror(errno)));
   auto fail = [&](const std::string& why) {
     close(fd);
     throw Error(fmt::format("{}: '{}': {}", where, path, why));
@@ -292,26 +412,35 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
   if (blockdev) {
     if (ioctl(fd, BLKGETSIZE64, &file_size) != 0) fail(std::strerror(errno));
     int lbs = 512;
-    if (ioctl(fd, BLKSSZGET, &lbs) == 0 && lbs >= 512) lim.logical_block_size = static_cast<uint32_t>(lbs);
+    if (ioctl(fd, BLKSSZGET, &lbs) == 0 && lbs >= 512)
+      lim.logical_block_size = static_cast<uint32_t>(lbs);
   }
   if (is_direct) {
     struct statx sx;
-    if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN)) {
-      if (!blockdev && sx.stx_dio_offset_align >= 512) lim.logical_block_size = sx.stx_dio_offset_align;
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 &&
+        (sx.stx_mask & STATX_DIOALIGN)) {
+      if (!blockdev && sx.stx_dio_offset_align >= 512)
+        lim.logical_block_size = sx.stx_dio_offset_align;
       if (sx.stx_dio_mem_align > 0) mem_align = sx.stx_dio_mem_align;
     }
   }
-  if (o.given("bs")) lim.logical_block_size = std::max(lim.logical_block_size, block_size_option(o));
-  lim.physical_block_size = std::max<uint32_t>(lim.logical_block_size,
-                                               st.st_blksize > 0 ? static_cast<uint32_t>(st.st_blksize) : 4096);
-  if ((lim.physical_block_size & (lim.physical_block_size - 1)) != 0) lim.physical_block_size = lim.logical_block_size;
+  if (o.given("bs"))
+    lim.logical_block_size = std::max(lim.logical_block_size, block_size_option(o));
+  lim.physical_block_size =
+      std::max<uint32_t>(lim.logical_block_size,
+                         st.st_blksize > 0 ? static_cast<uint32_t>(st.st_blksize) : 4096);
+  if ((lim.physical_block_size & (lim.physical_block_size - 1)) != 0)
+    lim.physical_block_size = lim.logical_block_size;
 
   uint64_t size = file_size;
   if (o.given("size")) {
     size = device_size_option(o, lim.logical_block_size);
     if (size > file_size) {
-      if (ro || blockdev) fail(fmt::format("is {} bytes, smaller than size={}", file_size, size));
-      if (ftruncate(fd, static_cast<off_t>(size)) != 0) fail(std::string("cannot grow: ") + std::strerror(errno));
+      if (ro || blockdev)
+        fail(fmt::format("is {} bytes, smaller than size={}", file_size, size));
+      if (ftruncate(fd, static_cast<off_t>(size)) != 0)
+        fail(fmt::format("bad value for 'size' '{}': the file cannot grow to it: {}",
+                         o.str("size"), std::strerror(errno)));
     }
   }
   size -= size % lim.logical_block_size;
@@ -328,8 +457,10 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
   // that); zeroes=unmap always punches, as the kernel's loop driver does.
   bool zeroes_unmap = o.str("zeroes") == "unmap";
   if (!ro) {
-    const bool punch = fallocate_works(fd, FALLOC_FL_PUNCH_HOLE, size);
-    const bool zero_range = fallocate_works(fd, FALLOC_FL_ZERO_RANGE, size);
+    const FallocateSupport host = blockdev ? block_device_support(st.st_rdev)
+                                           : regular_file_support(path, st.st_dev);
+    const bool punch = host.punch_hole;
+    const bool zero_range = host.zero_range;
     if (punch) {
       lim.max_discard_sectors = UINT32_MAX >> kSectorShift;
       lim.discard_granularity = std::max<uint32_t>(lim.logical_block_size, 4096);
@@ -344,9 +475,11 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
   int buffered_fd = -1;
   if (is_direct) {
     buffered_fd = open(path.c_str(), (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-    if (buffered_fd < 0) fail(std::string("cannot open it a second time: ") + std::strerror(errno));
+    if (buffered_fd < 0)
+      fail(std::string("cannot open it a second time: ") + std::strerror(errno));
   }
-  auto driver = std::make_unique<FileDriver>(fd, buffered_fd, mem_align, zeroes_unmap, describe);
+  auto driver =
+      std::make_unique<FileDriver>(fd, buffered_fd, mem_align, zeroes_unmap, describe);
   UringQueue::Options uo;
   uo.entries = std::max(2 * qm.tags.queue_depth, 8u);
   uo.sqpoll = o.flag("sqpoll");
@@ -358,7 +491,11 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
 }  // namespace
 
 extern const DriverType kFileDriver{
-    "file", "a file or block device through io_uring (the loop driver)", 7, kOptions, create,
+    "file",
+    "a file or block device through io_uring (the loop driver)",
+    7,
+    kOptions,
+    create,
     /*queue_modes=*/true};
 
 }  // namespace blkstack

@@ -22,6 +22,9 @@ struct HostIo {
   const iovec* iov = nullptr;
   unsigned iovcnt = 0;
   bool alternate_file = false;  // use the queue's second file (see UringQueue)
+  // Start no sooner than this long after submission: a retry's back-off,
+  // waited for by the host (io_uring), never by a thread of ours.
+  uint64_t delay_ns = 0;
 };
 
 // Where a driver sends host operations: io_uring, or a test's own.

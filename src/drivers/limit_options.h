@@ -1,6 +1,8 @@
 // Option readers shared by drivers for the values that become QueueLimits
-// and the capacity: each is refused with a clear message when it does not
-// fit (bs=0 would be a divisor, bs=4G+512 would narrow to 512).
+// and the capacity. The option tables give each its range (ranged(), so
+// DeviceOptions refuses a value outside it, naming the range); these check
+// what a range cannot say (bs=0 would be a divisor, bs=4G+512 would narrow
+// to 512, a size must be a multiple of the block size).
 #pragma once
 
 #include <cstdint>
@@ -9,11 +11,16 @@
 
 namespace blkstack {
 
+// The ranges of the shared options, for the drivers' tables.
+inline constexpr uint64_t kMinBlockSize = 512;
+inline constexpr uint64_t kMaxBlockSize = 65536;
+inline constexpr uint64_t kMaxSectorsLimit = UINT32_MAX;
+
 // "bs": a power of two from 512 to 65536.
 uint32_t block_size_option(const DeviceOptions& o);
 // "max_sectors": fits 32 bits.
 uint32_t max_sectors_option(const DeviceOptions& o);
-// "size": a positive multiple of `block_size`.
+// "size": a positive multiple of `block_size` (its range is in the table).
 uint64_t device_size_option(const DeviceOptions& o, uint32_t block_size);
 
 }  // namespace blkstack

@@ -25,11 +25,14 @@ enum class CompletionMode { kInline, kDeferred, kTimer };
 struct Timing {
   CompletionMode mode;
   uint64_t latency_ns;
-  uint64_t deadline() const { return mode == CompletionMode::kTimer ? now_ns() + latency_ns : 0; }
+  uint64_t deadline() const {
+    return mode == CompletionMode::kTimer ? now_ns() + latency_ns : 0;
+  }
   std::string describe() const {
     static constexpr const char* kModes[] = {"inline", "deferred", "timer"};
     std::string s = fmt::format("completion={}", kModes[static_cast<int>(mode)]);
-    if (mode == CompletionMode::kTimer) s += fmt::format(" completion_nsec={}", latency_ns);
+    if (mode == CompletionMode::kTimer)
+      s += fmt::format(" completion_nsec={}", latency_ns);
     return s;
   }
 };
@@ -72,7 +75,8 @@ class NullRequestDriver final : public RequestDriver {
  public:
   NullRequestDriver(Timing t, unsigned hw_queues) : timing_(t) {
     if (t.mode == CompletionMode::kInline) return;
-    for (unsigned i = 0; i < hw_queues; ++i) completers_.push_back(std::make_unique<Completer>());
+    for (unsigned i = 0; i < hw_queues; ++i)
+      completers_.push_back(std::make_unique<Completer>());
   }
   Status queue_rq(HwQueue& hctx, Request& rq, bool) override {
     if (timing_.mode == CompletionMode::kInline) {
@@ -91,17 +95,34 @@ class NullRequestDriver final : public RequestDriver {
   std::vector<std::unique_ptr<Completer>> completers_;  // one per hardware queue
 };
 
+constexpr uint64_t kMaxLatencyNs = uint64_t{3600} * 1'000'000'000;
+
 constexpr OptionDef kOptions[] = {
-    {"size", OptionKind::kSize, "1G", "capacity in bytes (K, M, G, T suffixes)", {}, true},
-    {"bs", OptionKind::kSize, "512", "logical block size: 512 to 65536, a power of two"},
+    ranged({"size",
+            OptionKind::kSize,
+            "1G",
+            "capacity in bytes (K, M, G, T, P, E suffixes)",
+            {},
+            true},
+           kMinBlockSize, kMaxDeviceBytes),
+    ranged({"bs", OptionKind::kSize, "512",
+            "logical block size: 512 to 65536, a power of two"},
+           kMinBlockSize, kMaxBlockSize),
     {"completion", OptionKind::kChoice, "",
-     "where I/O completes: in the submitter (inline), on a completion thread (deferred), or "
-     "on it after completion_nsec (timer); default inline, or timer if completion_nsec is set",
+     "where I/O completes: in the submitter (inline), on a completion thread (deferred), "
+     "or "
+     "on it after completion_nsec (timer); default inline, or timer if completion_nsec "
+     "is set",
      "inline|deferred|timer"},
-    {"completion_nsec", OptionKind::kDuration, "10000",
-     "completion latency in timer mode (ns, or with us/ms/s)"},
-    {"latency_ns", OptionKind::kDuration, "", "same as completion_nsec"},
-    {"max_sectors", OptionKind::kUint, "2560", "largest I/O in 512-byte sectors"},
+    // An hour is longer than any test waits; past 2^64 ns the deadline
+    // would wrap and complete at once.
+    ranged({"completion_nsec", OptionKind::kDuration, "10000",
+            "completion latency in timer mode (ns, or with us/ms/s)"},
+           0, kMaxLatencyNs),
+    ranged({"latency_ns", OptionKind::kDuration, "", "same as completion_nsec"}, 0,
+           kMaxLatencyNs),
+    ranged({"max_sectors", OptionKind::kUint, "2560", "largest I/O in 512-byte sectors"},
+           1, kMaxSectorsLimit),
     {"wc", OptionKind::kBool, "0", "declare a volatile write cache"},
     {"fua", OptionKind::kBool, "0", "declare FUA support"},
 };
@@ -116,23 +137,31 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
   lim.volatile_write_cache = o.flag("wc");
   lim.fua = o.flag("fua");
   const bool latency_given = o.given("completion_nsec") || o.given("latency_ns");
-  Timing t{CompletionMode::kInline,
-           o.given("latency_ns") ? o.duration_ns("latency_ns") : o.duration_ns("completion_nsec")};
-  const std::string mode = o.given("completion") ? o.str("completion") : latency_given ? "timer" : "inline";
+  Timing t{CompletionMode::kInline, o.given("latency_ns")
+                                        ? o.duration_ns("latency_ns")
+                                        : o.duration_ns("completion_nsec")};
+  const std::string mode = o.given("completion") ? o.str("completion")
+                           : latency_given       ? "timer"
+                                                 : "inline";
   if (mode == "deferred") t.mode = CompletionMode::kDeferred;
   if (mode == "timer") t.mode = CompletionMode::kTimer;
   const uint64_t size = device_size_option(o, lim.logical_block_size);
   QueueMode qm = queue_mode(o);
   qm.tags.cmd_size = sizeof(uint64_t);
-  return make_disk(name, size >> kSectorShift, lim, qm,
-                   qm.mq ? nullptr : std::make_unique<NullBioDriver>(t),
-                   qm.mq ? std::make_unique<NullRequestDriver>(t, qm.tags.nr_hw_queues) : nullptr);
+  return make_disk(
+      name, size >> kSectorShift, lim, qm,
+      qm.mq ? nullptr : std::make_unique<NullBioDriver>(t),
+      qm.mq ? std::make_unique<NullRequestDriver>(t, qm.tags.nr_hw_queues) : nullptr);
 }
 
 }  // namespace
 
 extern const DriverType kNullDriver{
-    "null", "discards writes, reads leave buffers untouched (null_blk)", 0, kOptions, create,
+    "null",
+    "discards writes, reads leave buffers untouched (null_blk)",
+    0,
+    kOptions,
+    create,
     /*queue_modes=*/true};
 
 }  // namespace blkstack

@@ -11,13 +11,24 @@ constexpr OptionDef kOptions[] = {
     {"queue_mode", OptionKind::kChoice, "bio",
      "bio: bios go to the driver (bio-based); mq: through a multi-queue request queue",
      "bio|mq|0|2"},
-    {"hw_queues", OptionKind::kUint, "1", "mq: hardware queues (submit_queues)"},
-    {"depth", OptionKind::kUint, "64", "mq: tags per hardware queue (hw_queue_depth)"},
+    // Each hardware queue may cost a thread and an io_uring (file), and
+    // each tag a request with its driver's command: bounded so that a
+    // typing mistake is an error, not gigabytes. 10240 tags is blk-mq's
+    // BLK_MQ_MAX_DEPTH.
+    ranged({"hw_queues", OptionKind::kUint, "1", "mq: hardware queues (submit_queues)"},
+           1, kMaxHwQueues),
+    ranged({"depth", OptionKind::kUint, "64",
+            "mq: tags per hardware queue (hw_queue_depth)"},
+           1, kMaxQueueDepth),
     {"shared_tags", OptionKind::kBool, "0", "mq: one tag space for all hardware queues"},
-    {"timeout", OptionKind::kDuration, "30s",
-     "mq: a request in the driver longer than this fails (1ms to 31536000s)"},
+    // The kernel's io_timeout range: 1 ms to UINT_MAX ms (about 49 days).
+    ranged({"timeout", OptionKind::kDuration, "30s",
+            "mq: a request in the driver longer than this fails"},
+           TagSetConfig::kMinTimeoutNs, TagSetConfig::kMaxTimeoutNs),
     {"sched", OptionKind::kString, "none", "mq: I/O scheduler"},
-    {"nomerges", OptionKind::kUint, "0", "mq: 0 all merges, 1 one-hit only, 2 none"},
+    ranged(
+        {"nomerges", OptionKind::kUint, "0", "mq: 0 all merges, 1 one-hit only, 2 none"},
+        0, 2),
 };
 }  // namespace
 
@@ -27,17 +38,11 @@ QueueMode queue_mode(const DeviceOptions& o) {
   QueueMode m;
   const std::string& mode = o.str("queue_mode");
   m.mq = mode == "mq" || mode == "2";
-  m.tags.nr_hw_queues = static_cast<unsigned>(std::max<uint64_t>(1, o.uint("hw_queues")));
-  m.tags.queue_depth = static_cast<unsigned>(std::max<uint64_t>(1, o.uint("depth")));
+  // In range (the table says so): the casts cannot narrow.
+  m.tags.nr_hw_queues = static_cast<unsigned>(o.uint("hw_queues"));
+  m.tags.queue_depth = static_cast<unsigned>(o.uint("depth"));
   m.tags.shared_tags = o.flag("shared_tags");
   m.tags.timeout_ns = o.duration_ns("timeout");
-  if (m.tags.timeout_ns < TagSetConfig::kMinTimeoutNs ||
-      m.tags.timeout_ns > TagSetConfig::kMaxTimeoutNs) {
-    throw Error(
-        fmt::format("device spec '{}': bad value for 'timeout' '{}': expected from 1ms "
-                    "to 31536000s (365 days)",
-                    o.spec().text, o.str("timeout")));
-  }
   m.sched = o.str("sched");
   m.nomerges = static_cast<unsigned>(o.uint("nomerges"));
   return m;
@@ -47,7 +52,8 @@ std::shared_ptr<Disk> make_disk(const std::string& name, uint64_t capacity,
                                 const QueueLimits& limits, const QueueMode& mode,
                                 std::unique_ptr<BioDriver> bio_driver,
                                 std::unique_ptr<RequestDriver> rq_driver) {
-  if (!mode.mq) return std::make_shared<Disk>(name, capacity, limits, std::move(bio_driver));
+  if (!mode.mq)
+    return std::make_shared<Disk>(name, capacity, limits, std::move(bio_driver));
   auto queue = std::make_unique<Queue>(mode.tags, std::move(rq_driver));
   Queue* q = queue.get();
   auto disk = std::make_shared<Disk>(name, capacity, limits, std::move(queue));

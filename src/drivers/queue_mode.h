@@ -16,6 +16,9 @@ namespace blkstack {
 
 std::span<const OptionDef> queue_mode_options();
 
+inline constexpr uint64_t kMaxHwQueues = 256;
+inline constexpr uint64_t kMaxQueueDepth = 10240;
+
 struct QueueMode {
   bool mq = false;
   TagSetConfig tags;

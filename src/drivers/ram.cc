@@ -37,6 +37,7 @@
 
 #include <atomic>
 #include <bit>
+#include <cerrno>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -46,6 +47,7 @@
 #include <mutex>
 #include <new>
 #include <thread>
+#include <utility>
 
 #include "blkstack/disk.h"
 #include "blkstack/driver.h"
@@ -65,14 +67,31 @@ constexpr uint64_t kPageSize = 4096;
 constexpr uint64_t kPagesPerChunk = 512;
 constexpr uint64_t kChunkBytes = kPageSize * kPagesPerChunk;
 
+// The largest RAM disk: its chunk table (one pointer per 2 MiB) is then
+// 4 GiB of address space, of which only the pages that writes reach are
+// ever backed by memory.
+constexpr uint64_t kMaxRamBytes = uint64_t{1} << 50;
+
 class RamStore {
  public:
+  // Throws Error if the chunk table's address space cannot be had.
   RamStore(uint64_t bytes, bool huge_pages)
       // Rounded up without overflow: sizes near 2^64 must not wrap to 0.
       : bytes_(bytes),
         huge_pages_(huge_pages),
         nr_chunks_(bytes / kChunkBytes + (bytes % kChunkBytes != 0)),
-        chunks_(new std::atomic<Chunk*>[nr_chunks_]()) {}
+        table_bytes_(nr_chunks_ * sizeof(Chunk*)) {
+    // Anonymous memory reads as zeroes (null pointers) without being
+    // written: a sparse 1 PiB disk does not zero-fill a 4 GiB table.
+    void* table = ::mmap(nullptr, table_bytes_, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (table == MAP_FAILED) {
+      throw Error(fmt::format("cannot map the chunk table of a {} RAM disk ({}): {}",
+                              format_size(bytes), format_size(table_bytes_),
+                              std::strerror(errno)));
+    }
+    chunks_ = static_cast<Chunk**>(table);
+  }
 
   uint64_t size() const { return bytes_; }
 
@@ -83,9 +102,14 @@ class RamStore {
     }
     advice_cv_.notify_one();
     if (advice_thread_.joinable()) advice_thread_.join();
-    for (uint64_t c = 0; c < nr_chunks_; ++c)
-      delete chunks_[c].load(std::memory_order_relaxed);
+    // Through the list, not the table: walking a 1 PiB disk's table would
+    // fault in 4 GiB of it to find a few chunks.
+    for (Chunk* c = made_.load(std::memory_order_acquire); c != nullptr;)
+      delete std::exchange(c, c->next_made);
+    ::munmap(chunks_, table_bytes_);
   }
+  RamStore(const RamStore&) = delete;
+  RamStore& operator=(const RamStore&) = delete;
 
   void read(uint64_t off, std::byte* dst, uint64_t len) const {
     for_each_run(off, len,
@@ -152,7 +176,7 @@ class RamStore {
   }
 
   bool page_present(uint64_t page) const {
-    const Chunk* chunk = chunks_[page / kPagesPerChunk].load(std::memory_order_acquire);
+    const Chunk* chunk = slot(page / kPagesPerChunk).load(std::memory_order_acquire);
     return chunk && chunk->present(page % kPagesPerChunk);
   }
 
@@ -198,6 +222,7 @@ class RamStore {
     // Set by the advice thread only; read by discards.
     std::atomic<bool> advised_huge{false};
     std::atomic<bool> queued{false};  // for the advice thread
+    Chunk* next_made = nullptr;       // the list of every chunk made (made_)
   };
 
   // Calls fn(chunk, offset in chunk, bytes, present) for each run of pages
@@ -209,7 +234,7 @@ class RamStore {
     while (len > 0) {
       const uint64_t in_chunk = off % kChunkBytes;
       uint64_t n = std::min(len, kChunkBytes - in_chunk);
-      Chunk* chunk = chunks_[off / kChunkBytes].load(std::memory_order_acquire);
+      Chunk* chunk = slot(off / kChunkBytes).load(std::memory_order_acquire);
       bool present = false;
       if (chunk) {
         uint64_t page = in_chunk / kPageSize;
@@ -225,7 +250,7 @@ class RamStore {
   }
 
   Chunk* chunk_for_write(uint64_t c) {
-    Chunk* chunk = chunks_[c].load(std::memory_order_acquire);
+    Chunk* chunk = slot(c).load(std::memory_order_acquire);
     if (chunk) return chunk;
     void* mem = map_aligned_chunk();
     if (!mem) return nullptr;
@@ -235,8 +260,13 @@ class RamStore {
       ::munmap(mem, kChunkBytes);
       return nullptr;
     }
-    if (chunks_[c].compare_exchange_strong(chunk, fresh, std::memory_order_acq_rel))
+    if (slot(c).compare_exchange_strong(chunk, fresh, std::memory_order_acq_rel)) {
+      fresh->next_made = made_.load(std::memory_order_relaxed);
+      while (!made_.compare_exchange_weak(fresh->next_made, fresh,
+                                          std::memory_order_release)) {
+      }
       return fresh;
+    }
     delete fresh;  // another writer won the race; chunk is its
     return chunk;
   }
@@ -318,10 +348,17 @@ class RamStore {
       ::madvise(chunk->base, kChunkBytes, MADV_NOHUGEPAGE);
   }
 
+  // Chunk c's entry in the table, null until its first write.
+  std::atomic_ref<Chunk*> slot(uint64_t c) const {
+    return std::atomic_ref<Chunk*>(chunks_[c]);
+  }
+
   uint64_t bytes_;
   bool huge_pages_;
   uint64_t nr_chunks_;
-  std::unique_ptr<std::atomic<Chunk*>[]> chunks_;
+  size_t table_bytes_;
+  Chunk** chunks_;                     // nr_chunks_ entries, mapped (see the constructor)
+  std::atomic<Chunk*> made_{nullptr};  // every chunk in the table, to free them
   std::atomic<int64_t> allocated_pages_{0};
 
   // The advice thread (started by the first full chunk) and its queue.
@@ -416,14 +453,18 @@ class RamRequestDriver final : public RamReports<RequestDriver> {
 };
 
 constexpr OptionDef kOptions[] = {
-    {"size",
-     OptionKind::kSize,
-     "64M",
-     "capacity in bytes (K, M, G, T suffixes)",
-     {},
-     true},
-    {"bs", OptionKind::kSize, "512", "logical block size: 512 to 65536, a power of two"},
-    {"max_sectors", OptionKind::kUint, "2560", "largest I/O in 512-byte sectors"},
+    ranged({"size",
+            OptionKind::kSize,
+            "64M",
+            "capacity in bytes (K, M, G, T, P suffixes)",
+            {},
+            true},
+           kMinBlockSize, kMaxRamBytes),
+    ranged({"bs", OptionKind::kSize, "512",
+            "logical block size: 512 to 65536, a power of two"},
+           kMinBlockSize, kMaxBlockSize),
+    ranged({"max_sectors", OptionKind::kUint, "2560", "largest I/O in 512-byte sectors"},
+           1, kMaxSectorsLimit),
     {"huge", OptionKind::kBool, "0",
      "back every written chunk with 2 MiB transparent huge pages, not only full "
      "ones (faster large I/O, 2 MiB per chunk touched)"},

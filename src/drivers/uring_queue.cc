@@ -5,13 +5,17 @@
 #include <linux/falloc.h>
 
 #include <cstring>
+#include <memory>
 
 #include "blkstack/error.h"
 
 namespace blkstack {
 namespace {
-// user_data of the entry that tells the completion thread to stop.
+// user_data of the entry that tells the completion thread to stop, and of
+// the timeouts that delay an operation (HostIo::delay_ns), whose own
+// completions mean nothing to anyone.
 constexpr uint64_t kStopTag = ~uint64_t{0};
+constexpr uint64_t kDelayTag = ~uint64_t{1};
 // The ring whose completions this thread is calling back for: a callback
 // that resubmits must not try to reap the same ring again (its lock is
 // ours already; the loop around the callbacks picks up what it adds).
@@ -58,6 +62,7 @@ UringQueue::UringQueue(int fd, int alt_fd, const Options& o, Callback on_complet
   }
   if (r < 0) throw Error(fmt::format("io_uring setup failed: {}", std::strerror(-r)));
   if (fixed_ && io_uring_register_files(&ring_, fds_, 2) < 0) fixed_ = false;
+  delay_ts_ = std::make_unique<__kernel_timespec[]>(ring_.sq.ring_entries);
   if (o.completion_thread) reaper_ = std::thread([this] { wait_and_reap(); });
 }
 
@@ -80,12 +85,26 @@ UringQueue::~UringQueue() {
 
 bool UringQueue::queue(const HostIo& io, void* ctx) {
   std::lock_guard lock(lock_);
-  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-  if (!sqe) {
+  const unsigned entries = io.delay_ns != 0 ? 2 : 1;
+  if (io_uring_sq_space_left(&ring_) < entries) {
     io_uring_submit(&ring_);  // make room
-    sqe = io_uring_get_sqe(&ring_);
-    if (!sqe) return false;
+    if (io_uring_sq_space_left(&ring_) < entries) return false;
   }
+  if (io.delay_ns != 0) {
+    // A timeout linked in front: the operation starts when it expires.
+    // ETIME_SUCCESS (Linux 5.16) makes expiry a success, so the link goes
+    // on. The kernel reads the timespec when it consumes the entry; only
+    // then can the slot, and with it the timespec of the same index, be
+    // reused.
+    io_uring_sqe* timeout = io_uring_get_sqe(&ring_);
+    __kernel_timespec& ts = delay_ts_[timeout - ring_.sq.sqes];
+    ts.tv_sec = static_cast<int64_t>(io.delay_ns / 1'000'000'000);
+    ts.tv_nsec = static_cast<long long>(io.delay_ns % 1'000'000'000);
+    io_uring_prep_timeout(timeout, &ts, 0, IORING_TIMEOUT_ETIME_SUCCESS);
+    timeout->flags |= IOSQE_IO_LINK;
+    io_uring_sqe_set_data64(timeout, kDelayTag);
+  }
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
   const int which = io.alternate_file ? 1 : 0;
   const int fd = fixed_ ? which : fds_[which];
   switch (io.kind) {
@@ -131,6 +150,7 @@ int UringQueue::drain(bool* stop) {
       if (stop) *stop = true;
       continue;
     }
+    if (cqe->user_data == kDelayTag) continue;
     ++done;
     if (polled_) in_flight_.fetch_sub(1, std::memory_order_relaxed);
     on_complete_(io_uring_cqe_get_data(cqe), cqe->res);

@@ -22,6 +22,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -68,6 +69,9 @@ class UringQueue final : public HostIoQueue {
   // on a shared line per I/O for nothing).
   const bool polled_;
   std::atomic<uint32_t> in_flight_{0};
+  // One per submission queue slot: the delay of a timeout prepared in that
+  // slot (HostIo::delay_ns), alive until the kernel has read it.
+  std::unique_ptr<__kernel_timespec[]> delay_ts_;
   std::thread reaper_;
 };
 

@@ -163,7 +163,7 @@ TagSet::TagSet(const TagSetConfig& config, RequestDriver& driver)
       config_.timeout_ns > TagSetConfig::kMaxTimeoutNs) {
     throw Error(
         fmt::format("request timeout {} ns is out of range: expected from 1ms to "
-                    "31536000s (365 days)",
+                    "4294967295ms (about 49 days)",
                     config_.timeout_ns));
   }
   unsigned spaces = config_.shared_tags ? 1 : config_.nr_queues();

@@ -3,7 +3,7 @@
 # (fields checked with python3), the normal report, job files, the
 # aio-stress stages with verify, and clear failures.
 source "$(dirname "$0")/lib.sh"
-command -v python3 >/dev/null || { echo "cli_bench: python3 is missing" >&2; exit 2; }
+require_tool python3
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp" "$_out" "$_err"' EXIT
 

@@ -7,6 +7,9 @@ set -euo pipefail
 demo=$1 blkstack=$2
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
+source "$(dirname "$0")/require.sh"
+require_root "mount, loop devices"
+require_tool losetup
 loops_before=$(losetup --list --noheadings | wc -l)
 mounts_before=$(grep -c blkstack-demo /proc/mounts || true)
 

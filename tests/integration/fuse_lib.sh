@@ -51,14 +51,11 @@ finish() {
   exit
 }
 
+source "$(dirname "${BASH_SOURCE[0]}")/require.sh"
 fuse_require() {
-  local tool
-  [[ $(id -u) -eq 0 ]] || { echo "$TEST_NAME: needs root (mount, loop devices)" >&2; exit 2; }
-  [[ -c /dev/fuse ]] || { echo "$TEST_NAME: /dev/fuse is missing" >&2; exit 2; }
-  for tool in "$@"; do
-    command -v "$tool" >/dev/null ||
-      { echo "$TEST_NAME: $tool is missing; run scripts/install-deps.sh" >&2; exit 2; }
-  done
+  require_root "mount, loop devices"
+  require_device /dev/fuse "the FUSE export needs the fuse module"
+  require_tool umount "$@"
 }
 
 fuse_alive() {

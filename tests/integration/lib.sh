@@ -6,6 +6,7 @@ set -uo pipefail
 BLKSTACK=${1:?usage: $0 PATH_TO_BLKSTACK [ARGS...]}
 [[ -x "$BLKSTACK" ]] || { echo "not executable: $BLKSTACK" >&2; exit 2; }
 shift
+source "$(dirname "${BASH_SOURCE[0]}")/require.sh"
 _failures=0
 _checks=0
 _out=$(mktemp) _err=$(mktemp)

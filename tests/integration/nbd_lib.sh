@@ -24,6 +24,8 @@
 # against blkstack but passes against nbdkit points at the server, not at
 # the test.
 set -uo pipefail
+# Before the cd below: BASH_SOURCE may be a relative path.
+_NBD_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 BLKSTACK=$(realpath "${1:?usage: $0 PATH_TO_BLKSTACK}")
 NBD_SERVER=${BLKSTACK_TEST_NBD_SERVER:-blkstack}
@@ -46,7 +48,7 @@ _nbd_cleanup() {
 }
 trap _nbd_cleanup EXIT
 
-source "$(dirname "${BASH_SOURCE[0]}")/checks.sh"
+source "$_NBD_LIB_DIR/checks.sh"
 
 # check_qemu_io DESC URI 'CMD' 'CMD'...: runs the qemu-io commands on the
 # raw image at URI. qemu-io exits 0 when an aio_read pattern check fails, so
@@ -84,15 +86,8 @@ $code
   return 0
 }
 
-nbd_require() {
-  local tool
-  for tool in "$@"; do
-    if ! command -v "$tool" >/dev/null; then
-      echo "$TEST_NAME: $tool is missing; run scripts/install-deps.sh" >&2
-      exit 2
-    fi
-  done
-}
+source "$_NBD_LIB_DIR/require.sh"
+nbd_require() { require_tool "$@"; }
 
 nbd_uri() {
   local sock=${2:-$NBD_SOCK}

@@ -6,11 +6,14 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdint>
 #include <limits>
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include "blkstack/block_handle.h"
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/driver.h"
@@ -396,7 +399,7 @@ TEST(DeviceSpecCreate, DriverOptionErrorsNameThePart) {
 
 TEST(DeviceSpecCreate, SizeMustBeAPositiveMultipleOfTheBlockSize) {
   EXPECT_TRUE(Contains(CreateError("ram:1000"), "block size"));
-  EXPECT_TRUE(Contains(CreateError("ram:0"), "positive"));
+  EXPECT_TRUE(Contains(CreateError("ram:0"), "valid: 512 B to 1 PiB"));
   EXPECT_TRUE(Contains(CreateError("ram:6K,bs=4096"), "block size 4096"));
   EXPECT_TRUE(Contains(CreateError("null:1000"), "block size"));
 }
@@ -412,6 +415,69 @@ TEST(DeviceSpecCreate, BadBlockSizesAreRefused) {
           << spec << ": " << msg;
     }
   }
+}
+
+// Sizes past what a driver can serve are refused with the valid range:
+// ram:8E used to end in std::bad_alloc, ram:1P in a 4 GiB zero-filled
+// table. The RAM disk's largest size costs address space, not memory.
+TEST(DeviceSpecCreate, SizesPastWhatCanBeServedAreRefusedWithTheRange) {
+  for (const char* spec :
+       {"ram:8E", "ram:2P", "ram:1E", "ram:size=18446744073709551615"}) {
+    const std::string msg = CreateError(spec);
+    EXPECT_TRUE(Contains(msg, "'size'")) << msg;
+    EXPECT_TRUE(Contains(msg, "valid: 512 B to 1 PiB")) << msg;
+  }
+  for (const char* spec : {"null:8E", "null:5E", "file:/nonexistent/x,size=8E"}) {
+    EXPECT_TRUE(Contains(CreateError(spec), "valid: 512 B to 4 EiB")) << spec;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  {
+    DiskRegistry registry;
+    auto disk = registry.create("ram:1P");
+    EXPECT_EQ(disk->size_bytes(), uint64_t{1} << 50);
+    BlockHandle h(disk);
+    std::vector<std::byte> block(4096, std::byte{0x3c}), back(4096);
+    ASSERT_EQ(h.pwrite(block.data(), block.size(), h.size() - 4096), Status::kOk);
+    ASSERT_EQ(h.pread(back.data(), back.size(), h.size() - 4096), Status::kOk);
+    EXPECT_EQ(back, block);
+    EXPECT_TRUE(registry.create("null:4E"));
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2))
+      << "making and freeing a sparse 1 PiB RAM disk should cost next to nothing";
+}
+
+// The shared queue options: 0, 2^32 (which narrowed to 0 in an unsigned)
+// and 2^64-1 are refused with the range, never made into queues.
+TEST(DeviceSpecCreate, QueueOptionsOutsideTheirRangeAreRefused) {
+  const struct {
+    const char* option;
+    const char* range;
+    std::vector<const char*> bad;  // besides the values every option refuses
+  } cases[] = {
+      {"hw_queues", "valid: 1 to 256", {"0", "257", "4294967296"}},
+      {"depth", "valid: 1 to 10240", {"0", "10241", "4294967296"}},
+      {"nomerges", "valid: 0 to 2", {"3", "4294967296"}},
+      {"timeout", "valid: 1ms to 4294967295ms", {"0", "999999", "4294967296s"}},
+  };
+  for (const auto& c : cases) {
+    std::vector<const char*> values = c.bad;
+    for (const char* v : {"-1", "9223372036854775808", "18446744073709551615",
+                          "18446744073709551616", "1E"})
+      values.push_back(v);
+    for (const char* v : values) {
+      for (const char* type : {"null:1M", "ram:1M"}) {
+        const std::string spec =
+            std::string(type) + ",queue_mode=mq," + c.option + "=" + v;
+        const std::string msg = CreateError(spec);
+        EXPECT_TRUE(Contains(msg, std::string("'") + c.option + "'")) << msg;
+        EXPECT_TRUE(Contains(msg, c.range)) << msg;
+      }
+    }
+  }
+  EXPECT_TRUE(Contains(CreateError("null:1M,completion_nsec=18446744073709551615"),
+                       "valid: 0ns to 3600s"));
+  DiskRegistry registry;
+  EXPECT_TRUE(registry.create("null:1M,queue_mode=mq,hw_queues=256,depth=1,timeout=1ms"));
 }
 
 TEST(DeviceSpecCreate, BadMaxSectorsIsRefused) {

@@ -8,6 +8,7 @@
 #include <linux/falloc.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -26,6 +27,7 @@
 #include "blkstack/io_context.h"
 #include "blkstack/submit.h"
 #include "drivers/host_io.h"
+#include "drivers/uring_queue.h"
 #include "file_test_util.h"
 #include "test_util.h"
 
@@ -46,6 +48,7 @@ struct Journal {
     uint64_t bytes;     // asked for: iovec total, or fallocate length
     unsigned queue;     // hardware queue index
     bool polled;        // on a poll queue
+    uint64_t delay_ns;  // the back-off asked for before it
     int seq_done = -1;  // when it completed (order among completions)
   };
   struct Pending {
@@ -67,6 +70,11 @@ struct Journal {
   uint64_t cap = 0;
   int fail_first = 0;
   std::set<std::tuple<void*, HostIo::Kind, uint64_t>> failed_once;  // by fail_first
+  // `fail_always` returned for every attempt, up to `fail_limit` attempts
+  // in all (then they succeed: an unbounded retry ends instead of hanging).
+  int fail_always = 0;
+  int fail_limit = 0;
+  int failed = 0;
   int fail_write_at = -1;  // the nth write (0-based) fails with fail_errno
   int fail_errno = 0;
   int writes_seen = 0;
@@ -92,6 +100,10 @@ struct Journal {
     const HostIo& io = p.io;
     if (fail_first != 0 && failed_once.insert({p.ctx, io.kind, io.offset}).second)
       return fail_first;
+    if (fail_always != 0 && failed < fail_limit) {
+      ++failed;
+      return fail_always;
+    }
     switch (io.kind) {
       case HostIo::kRead:
       case HostIo::kWrite: {
@@ -169,8 +181,8 @@ class ScriptedHostIo final : public HostIoQueue {
       bytes = 0;
       for (unsigned i = 0; i < io.iovcnt; ++i) bytes += io.iov[i].iov_len;
     }
-    journal_.entries.push_back(
-        {io.kind, io.rw_flags, io.offset, bytes, setup_.index, setup_.polled});
+    journal_.entries.push_back({io.kind, io.rw_flags, io.offset, bytes, setup_.index,
+                                setup_.polled, io.delay_ns});
     journal_.pending.push_back(
         {journal_.entries.size() - 1, io, ctx, setup_.on_complete});
     journal_.cv.notify_all();
@@ -292,6 +304,48 @@ TEST_F(FileHostIo, TransientErrorsAreRetriedAndNotSeen) {
     }
     close(journal_.fd);
     journal_.fd = -1;
+  }
+}
+
+// A transient error that does not go away is retried with a back-off the
+// host waits for (growing, bounded), a bounded number of times; then the
+// request fails with the matching status instead of spinning forever on
+// the ring's only reaper.
+TEST_F(FileHostIo, TransientErrorsThatPersistBackOffThenFail) {
+  for (auto [err, status] :
+       {std::pair{-ENOMEM, Status::kResource}, std::pair{-EAGAIN, Status::kResource},
+        std::pair{-EINTR, Status::kIoError}}) {
+    SCOPED_TRACE(strerror(-err));
+    disk_.reset();
+    if (journal_.fd >= 0) close(journal_.fd);
+    journal_.entries.clear();
+    make_disk(/*auto_complete=*/true);
+    journal_.fail_always = err;
+    journal_.fail_limit = 1000;
+    journal_.failed = 0;
+    auto data = pattern(4096, 7);
+    BlockHandle h(disk_);
+    EXPECT_EQ(h.pwrite(data.data(), data.size(), 0), status);
+    auto log = journal_.snapshot();
+    ASSERT_LT(log.size(), 100u) << "retried " << log.size() << " times";
+    ASSERT_GE(log.size(), 8u) << "gave up after " << log.size() << " attempts";
+    EXPECT_EQ(log[0].delay_ns, 0u);
+    EXPECT_EQ(log[1].delay_ns, 0u) << "the first retry goes at once";
+    for (size_t i = 2; i < log.size(); ++i) {
+      EXPECT_EQ(log[i].offset, 0u);
+      EXPECT_GE(log[i].delay_ns, log[i - 1].delay_ns) << i;
+      EXPECT_GT(log[i].delay_ns, 0u) << i;
+      EXPECT_LE(log[i].delay_ns, 50'000'000u) << i;
+    }
+    // Waited for in all: long enough for a passing shortage, short enough
+    // that a stuck request does not look like a hang.
+    uint64_t total = 0;
+    for (const auto& e : log) total += e.delay_ns;
+    EXPECT_GE(total, 100'000'000u);
+    EXPECT_LE(total, 2'000'000'000u);
+    journal_.fail_always = 0;
+    // The disk still works.
+    EXPECT_EQ(h.pwrite(data.data(), data.size(), 0), Status::kOk);
   }
 }
 
@@ -462,6 +516,46 @@ TEST_F(FileHostIo, GetEventsTimesOutWhilePolledIoIsNotDone) {
 }
 
 // Real io_uring rings from here on.
+// The real ring waits out a retry's back-off (a linked timeout) before the
+// operation, and the operation then completes as usual, with no callback
+// for the timeout itself.
+TEST_F(FileHostIo, UringQueueStartsADelayedOperationAfterItsDelay) {
+  int fd = open(path_.c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  struct Seen {
+    std::atomic<int> calls{0};
+    std::atomic<int> res{0};
+  } seen;
+  {
+    UringQueue ring(fd, -1, UringQueue::Options{}, [](void* ctx, int res) {
+      auto* s = static_cast<Seen*>(ctx);
+      s->res.store(res);
+      s->calls.fetch_add(1);
+    });
+    auto data = pattern(4096, 8);
+    iovec iov{data.data(), data.size()};
+    HostIo io{HostIo::kWrite};
+    io.iov = &iov;
+    io.iovcnt = 1;
+    io.delay_ns = 30'000'000;
+    const auto start = std::chrono::steady_clock::now();
+    ASSERT_TRUE(ring.queue(io, &seen));
+    ring.submit();
+    while (seen.calls.load() == 0 &&
+           std::chrono::steady_clock::now() - start < std::chrono::seconds(5))
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(30));
+    ASSERT_EQ(seen.calls.load(), 1);
+    EXPECT_EQ(seen.res.load(), 4096);
+    std::vector<std::byte> back(4096);
+    ASSERT_EQ(pread(fd, back.data(), back.size(), 0), 4096);
+    EXPECT_EQ(back, data);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    EXPECT_EQ(seen.calls.load(), 1) << "a callback for the timeout";
+  }
+  close(fd);
+}
+
 class FilePoll : public FileHostIo {};
 
 TEST_F(FilePoll, TwoThreadsPollingOneRingBothFinishWithTheRightData) {

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <exception>
+#include <new>
 
 #include "blkstack/error.h"
 #include "commands.h"
@@ -23,10 +25,12 @@ int main(int argc, char** argv) {
       "Examples:\n"
       "  blkstack disk ram:64M null:1G        list disks made from device specs\n"
       "  blkstack io ram:64M -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M'\n"
-      "  blkstack bench --name=job1 --filename=null:1G --rw=randread --bs=4k --iodepth=32 \\\n"
+      "  blkstack bench --name=job1 --filename=null:1G --rw=randread --bs=4k "
+      "--iodepth=32 \\\n"
       "      --runtime=10 --time_based       fio-style benchmark\n"
       "  blkstack serve --socket /tmp/nbd.sock --export disk=ram:1G   NBD server\n"
-      "  blkstack serve --fuse /tmp/mnt --export disk=ram:1G          file /tmp/mnt/disk\n"
+      "  blkstack serve --fuse /tmp/mnt --export disk=ram:1G          file "
+      "/tmp/mnt/disk\n"
       "  blkstack attach /tmp/mnt/disk                                prints /dev/loopN\n"
       "Run 'blkstack SUBCOMMAND --help' for each subcommand's options.");
   app.require_subcommand(1);
@@ -44,6 +48,18 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const blkstack::Error& e) {
     fmt::print(stderr, "blkstack: {}\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    // Whatever asked for it was too big for this machine now; a clear
+    // error and exit code, not std::terminate's abort.
+    fmt::print(stderr, "blkstack: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    // No exception reaches the C++ runtime: its abort looks like a crash.
+    fmt::print(stderr, "blkstack: {}\n", e.what());
+    return 1;
+  } catch (...) {
+    fmt::print(stderr, "blkstack: unexpected error\n");
     return 1;
   }
   return 0;
