@@ -677,12 +677,69 @@ class HeldDriver final : public BioDriver {
     held_.erase(held_.begin());
     return b;
   }
+  size_t held() {
+    std::lock_guard lock(mu_);
+    return held_.size();
+  }
 
  private:
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<Bio*> held_;
 };
+
+TEST(NbdServerLimits, WriteZeroesAsDataStaysWithinTheBudget) {
+  // WRITE_ZEROES written as data points a segment at a 1 MiB zero buffer
+  // per MiB: 4096 segments (64 KiB) for 4 GiB. Requests held in flight by a
+  // slow driver must not make the connection hold more than its 1 MiB
+  // budget of request memory: past it, the server has to stop reading.
+  set_serve_log_enabled(false);
+  constexpr uint32_t kLength = 0xFFFFF000u;  // 4 GiB less a page
+  constexpr uint64_t kBudget = 1u << 20;
+  constexpr uint64_t kTable = (kLength / (1u << 20) + 1) * sizeof(Segment);
+  QueueLimits whole;  // each request reaches the driver as one bio
+  whole.max_sectors = whole.max_hw_sectors = ~uint32_t{0};
+  whole.max_segments = 8192;
+  whole.max_segment_size = 1u << 20;
+  auto disk = std::make_shared<Disk>("held1", (uint64_t{kLength} >> 9) + 8, whole,
+                                     std::make_unique<HeldDriver>());
+  auto* driver = static_cast<HeldDriver*>(&disk->driver());
+  ServerOptions o;
+  o.threads = 1;
+  o.limits.max_bytes_in_flight = kBudget;
+  Server server(
+      o, std::make_shared<const ExportTable>(std::vector<Export>{{"disk", "", disk}}));
+  server.start();
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  server.adopt(sv[0]);
+  Client c(sv[1]);
+  c.negotiate("disk");
+  constexpr int kRequests = 64;
+  std::string batch;
+  for (int i = 0; i < kRequests; ++i)
+    batch += request(kCmdWriteZeroes, i, 0, kLength, kCmdFlagNoHole);
+  c.send(batch);
+  Bio* first = driver->wait_for_bio();
+  ASSERT_NE(first, nullptr);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_LE(driver->held() + 1, kBudget / kTable)
+      << "write-zeroes admitted past the budget";
+  EXPECT_LE(server.buffer_bytes(), kBudget + (64u << 10));
+  // Complete them one by one (each admits the next) and read every reply.
+  first->complete(Status::kOk);
+  for (int i = 1; i < kRequests; ++i) {
+    Bio* b = driver->wait_for_bio();
+    ASSERT_NE(b, nullptr) << "request " << i;
+    b->complete(Status::kOk);
+  }
+  for (int i = 0; i < kRequests; ++i) {
+    Reply r;
+    ASSERT_TRUE(c.read_reply(&r));
+    EXPECT_EQ(r.error, 0u);
+  }
+  server.stop();
+}
 
 TEST(NbdServerRaces, StopWaitsForACompletionThreadAboutToWakeTheLoop) {
   // A driver thread queues a completion for the loop and is about to wake
