@@ -14,6 +14,7 @@
 #include <future>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include "blkstack/block_handle.h"
 #include "blkstack/disk.h"
@@ -681,6 +682,10 @@ class HeldDriver final : public BioDriver {
     std::lock_guard lock(mu_);
     return held_.size();
   }
+  std::vector<Bio*> take_all() {
+    std::lock_guard lock(mu_);
+    return std::exchange(held_, {});
+  }
 
  private:
   std::mutex mu_;
@@ -738,6 +743,62 @@ TEST(NbdServerLimits, WriteZeroesAsDataStaysWithinTheBudget) {
     ASSERT_TRUE(c.read_reply(&r));
     EXPECT_EQ(r.error, 0u);
   }
+  server.stop();
+}
+
+TEST(NbdServerLimits, SmallRequestsAfterLargeOnesAreNotHeldBackByKeptBuffers) {
+  // Two 4 MiB reads fill the 8 MiB budget and leave their slots keeping
+  // 4 MiB each. Small reads that then take those slots must not go on
+  // being charged 4 MiB apiece, or the connection serves small requests
+  // two at a time for good: their depth must come back.
+  set_serve_log_enabled(false);
+  QueueLimits whole;  // each request reaches the driver as one bio
+  whole.max_sectors = whole.max_hw_sectors = ~uint32_t{0};
+  whole.max_segment_size = 32u << 20;
+  auto disk =
+      std::make_shared<Disk>("held2", 256u << 11, whole, std::make_unique<HeldDriver>());
+  auto* driver = static_cast<HeldDriver*>(&disk->driver());
+  ServerOptions o;
+  o.threads = 1;
+  o.limits.max_bytes_in_flight = 8u << 20;
+  Server server(
+      o, std::make_shared<const ExportTable>(std::vector<Export>{{"disk", "", disk}}));
+  server.start();
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  server.adopt(sv[0]);
+  Client c(sv[1]);
+  c.negotiate("disk");
+  const auto run = [&](int n, uint32_t length) {
+    std::string batch;
+    for (int i = 0; i < n; ++i) batch += request(kCmdRead, i, uint64_t(i) << 22, length);
+    c.send(batch);
+    // What the server admits before any completes is the depth it allows.
+    Bio* first = driver->wait_for_bio();
+    if (!first) return size_t{0};
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    const size_t depth = 1 + driver->held();
+    first->complete(Status::kOk);
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (int done = 1; done < n;) {  // the rest, as the server admits them
+      if (std::chrono::steady_clock::now() > give_up) {
+        ADD_FAILURE() << done << " of " << n << " requests reached the driver";
+        return depth;
+      }
+      for (Bio* b : driver->take_all()) {
+        b->complete(Status::kOk);
+        ++done;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    for (int i = 0; i < n; ++i) {
+      Reply r;
+      EXPECT_TRUE(c.read_reply(&r, length));
+    }
+    return depth;
+  };
+  ASSERT_EQ(run(2, 4u << 20), 2u);
+  EXPECT_EQ(run(32, 4096), 32u) << "small reads held back by the large kept buffers";
   server.stop();
 }
 

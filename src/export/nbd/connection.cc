@@ -188,6 +188,12 @@ RequestSlot* Connection::get_slot(uint32_t need) {
   const uint64_t cap = s ? s->cap : 0;
   const uint64_t want = buffer_size(need);
   if (want > cap && !make_room(want - cap, s)) return nullptr;
+  // A request that needs less than the slot kept would hold all of it.
+  // When the budget could not take another buffer that size, give it back
+  // (grow() allocates what is needed): otherwise, after a burst of large
+  // requests, small ones would be charged the large buffers for good and
+  // the connection's depth would stay at budget / large size.
+  if (want < cap && buffer_bytes_ + cap > limits_.max_bytes_in_flight) free_buffer(s);
   if (s) {
     free_ = s->next;
   } else {
