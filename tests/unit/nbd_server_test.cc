@@ -588,6 +588,19 @@ TEST(NbdServerLimits, ConnectionsAboveTheLimitAreClosed) {
   EXPECT_EQ(d->io(kCmdRead, 0, 512), 0u);
 }
 
+TEST(NbdServerLimits, AdoptAfterStopThrowsAndCountsNothing) {
+  // After stop() there is no loop to deal a socket to; adopt() must refuse
+  // it as it does before start(), not pick loop (n % 0).
+  SmallServer s(ServerOptions{});
+  s.server->stop();
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  EXPECT_THROW(s.server->adopt(sv[0]), Error);
+  EXPECT_EQ(s.server->connections(), 0u);
+  ::close(sv[0]);
+  ::close(sv[1]);
+}
+
 TEST(NbdServerLimits, ABurstOfConnectionsStaysWithinTheLimit) {
   // Sockets handed over faster than the loops adopt them: each must count
   // from the moment it is dealt, or a burst gets past the limit.

@@ -653,6 +653,7 @@ void Server::dispatch(int fd) {
 
 void Server::adopt(int fd) {
   if (!started_) throw Error("Server::adopt before start()");
+  if (stopped_) throw Error("Server::adopt after stop()");  // no loop to deal it to
   dispatch(fd);
 }
 
