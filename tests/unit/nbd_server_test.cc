@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 
 #include <algorithm>
 #include <atomic>
@@ -865,6 +866,79 @@ TEST(NbdServerRaces, StopWaitsForACompletionThreadAboutToWakeTheLoop) {
   ASSERT_TRUE(c.read_reply(&r));
   EXPECT_EQ(r.cookie, 1u);
   EXPECT_EQ(r.error, 0u);
+}
+
+// A driver that holds the loop's thread inside submit() until opened, then
+// completes the bio there.
+class GatedDriver final : public BioDriver {
+ public:
+  void submit(Bio& bio) override {
+    {
+      std::unique_lock lock(mu_);
+      entered_ = true;
+      cv_.notify_all();
+      cv_.wait(lock, [&] { return open_; });
+    }
+    bio.complete(Status::kOk);
+  }
+  bool wait_entered() {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return entered_; });
+  }
+  void open() {
+    std::lock_guard lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool entered_ = false;
+  bool open_ = false;
+};
+
+TEST(NbdServerRaces, StopAndAConnectionToAcceptInOneRound) {
+  // The loop is held busy while stop() wakes it and then a client connects,
+  // so its next round sees the stop first and the listener after: stopping
+  // must not free the listener's entry that the same round then reads
+  // (ASan: heap-use-after-free).
+  set_serve_log_enabled(false);
+  auto disk = std::make_shared<Disk>("gated0", 2048, QueueLimits{},
+                                     std::make_unique<GatedDriver>());
+  auto* driver = static_cast<GatedDriver*>(&disk->driver());
+  ServerOptions o;
+  o.threads = 1;
+  const std::string path =
+      ::testing::TempDir() + "nbd-stop-accept-" + std::to_string(::getpid()) + ".sock";
+  ::unlink(path.c_str());
+  o.unix_sockets = {path};
+  Server server(
+      o, std::make_shared<const ExportTable>(std::vector<Export>{{"disk", "", disk}}));
+  server.start();
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  server.adopt(sv[0]);
+  Client c(sv[1]);
+  c.negotiate("disk");
+  c.send(request(kCmdRead, 1, 0, 4096));
+  ASSERT_TRUE(driver->wait_entered());
+  std::thread stopper([&] { server.stop(std::chrono::seconds(2)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // its wake-up is written
+  const int late = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(late, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+  EXPECT_EQ(::connect(late, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  driver->open();
+  stopper.join();
+  Reply r;
+  ASSERT_TRUE(c.read_reply(&r, 4096));
+  EXPECT_EQ(r.cookie, 1u);
+  EXPECT_EQ(server.connections(), 0u);
+  ::close(late);
 }
 
 TEST(NbdServerRaces, StopWhileADriverThreadCompletesManyRounds) {
