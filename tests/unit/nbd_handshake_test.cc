@@ -237,6 +237,19 @@ TEST_F(HandshakeTest, OversizedOptionIsRefusedWithoutReadingItsPayload) {
   EXPECT_EQ(feed(payload), 0u);
 }
 
+TEST_F(HandshakeTest, OversizedExportNameClosesWithoutAnOptionReply) {
+  start();
+  // NBD_OPT_EXPORT_NAME has no error reply: the client reads the export's
+  // size and flags next, so an option reply would be taken for them.
+  std::string h;
+  put64(h, kIHaveOpt);
+  put32(h, kOptExportName);
+  put32(h, 1u << 20);
+  EXPECT_EQ(feed(h), h.size());
+  EXPECT_TRUE(hs_->closed());
+  EXPECT_TRUE(hs_->output().empty());
+}
+
 TEST_F(HandshakeTest, OptionAtTheLengthLimitIsStillRead) {
   start();
   // kMaxOptionLength itself is buffered and answered (here: malformed GO).

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 
 #include <algorithm>
 #include <atomic>
@@ -14,6 +15,7 @@
 #include <future>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include "blkstack/block_handle.h"
 #include "blkstack/disk.h"
@@ -587,6 +589,19 @@ TEST(NbdServerLimits, ConnectionsAboveTheLimitAreClosed) {
   EXPECT_EQ(d->io(kCmdRead, 0, 512), 0u);
 }
 
+TEST(NbdServerLimits, AdoptAfterStopThrowsAndCountsNothing) {
+  // After stop() there is no loop to deal a socket to; adopt() must refuse
+  // it as it does before start(), not pick loop (n % 0).
+  SmallServer s(ServerOptions{});
+  s.server->stop();
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  EXPECT_THROW(s.server->adopt(sv[0]), Error);
+  EXPECT_EQ(s.server->connections(), 0u);
+  ::close(sv[0]);
+  ::close(sv[1]);
+}
+
 TEST(NbdServerLimits, ABurstOfConnectionsStaysWithinTheLimit) {
   // Sockets handed over faster than the loops adopt them: each must count
   // from the moment it is dealt, or a burst gets past the limit.
@@ -677,12 +692,129 @@ class HeldDriver final : public BioDriver {
     held_.erase(held_.begin());
     return b;
   }
+  size_t held() {
+    std::lock_guard lock(mu_);
+    return held_.size();
+  }
+  std::vector<Bio*> take_all() {
+    std::lock_guard lock(mu_);
+    return std::exchange(held_, {});
+  }
 
  private:
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<Bio*> held_;
 };
+
+TEST(NbdServerLimits, WriteZeroesAsDataStaysWithinTheBudget) {
+  // WRITE_ZEROES written as data points a segment at a 1 MiB zero buffer
+  // per MiB: 4096 segments (64 KiB) for 4 GiB. Requests held in flight by a
+  // slow driver must not make the connection hold more than its 1 MiB
+  // budget of request memory: past it, the server has to stop reading.
+  set_serve_log_enabled(false);
+  constexpr uint32_t kLength = 0xFFFFF000u;  // 4 GiB less a page
+  constexpr uint64_t kBudget = 1u << 20;
+  constexpr uint64_t kTable = (kLength / (1u << 20) + 1) * sizeof(Segment);
+  QueueLimits whole;  // each request reaches the driver as one bio
+  whole.max_sectors = whole.max_hw_sectors = ~uint32_t{0};
+  whole.max_segments = 8192;
+  whole.max_segment_size = 1u << 20;
+  auto disk = std::make_shared<Disk>("held1", (uint64_t{kLength} >> 9) + 8, whole,
+                                     std::make_unique<HeldDriver>());
+  auto* driver = static_cast<HeldDriver*>(&disk->driver());
+  ServerOptions o;
+  o.threads = 1;
+  o.limits.max_bytes_in_flight = kBudget;
+  Server server(
+      o, std::make_shared<const ExportTable>(std::vector<Export>{{"disk", "", disk}}));
+  server.start();
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  server.adopt(sv[0]);
+  Client c(sv[1]);
+  c.negotiate("disk");
+  constexpr int kRequests = 64;
+  std::string batch;
+  for (int i = 0; i < kRequests; ++i)
+    batch += request(kCmdWriteZeroes, i, 0, kLength, kCmdFlagNoHole);
+  c.send(batch);
+  Bio* first = driver->wait_for_bio();
+  ASSERT_NE(first, nullptr);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_LE(driver->held() + 1, kBudget / kTable)
+      << "write-zeroes admitted past the budget";
+  EXPECT_LE(server.buffer_bytes(), kBudget + (64u << 10));
+  // Complete them one by one (each admits the next) and read every reply.
+  first->complete(Status::kOk);
+  for (int i = 1; i < kRequests; ++i) {
+    Bio* b = driver->wait_for_bio();
+    ASSERT_NE(b, nullptr) << "request " << i;
+    b->complete(Status::kOk);
+  }
+  for (int i = 0; i < kRequests; ++i) {
+    Reply r;
+    ASSERT_TRUE(c.read_reply(&r));
+    EXPECT_EQ(r.error, 0u);
+  }
+  server.stop();
+}
+
+TEST(NbdServerLimits, SmallRequestsAfterLargeOnesAreNotHeldBackByKeptBuffers) {
+  // Two 4 MiB reads fill the 8 MiB budget and leave their slots keeping
+  // 4 MiB each. Small reads that then take those slots must not go on
+  // being charged 4 MiB apiece, or the connection serves small requests
+  // two at a time for good: their depth must come back.
+  set_serve_log_enabled(false);
+  QueueLimits whole;  // each request reaches the driver as one bio
+  whole.max_sectors = whole.max_hw_sectors = ~uint32_t{0};
+  whole.max_segment_size = 32u << 20;
+  auto disk =
+      std::make_shared<Disk>("held2", 256u << 11, whole, std::make_unique<HeldDriver>());
+  auto* driver = static_cast<HeldDriver*>(&disk->driver());
+  ServerOptions o;
+  o.threads = 1;
+  o.limits.max_bytes_in_flight = 8u << 20;
+  Server server(
+      o, std::make_shared<const ExportTable>(std::vector<Export>{{"disk", "", disk}}));
+  server.start();
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  server.adopt(sv[0]);
+  Client c(sv[1]);
+  c.negotiate("disk");
+  const auto run = [&](int n, uint32_t length) {
+    std::string batch;
+    for (int i = 0; i < n; ++i) batch += request(kCmdRead, i, uint64_t(i) << 22, length);
+    c.send(batch);
+    // What the server admits before any completes is the depth it allows.
+    Bio* first = driver->wait_for_bio();
+    if (!first) return size_t{0};
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    const size_t depth = 1 + driver->held();
+    first->complete(Status::kOk);
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (int done = 1; done < n;) {  // the rest, as the server admits them
+      if (std::chrono::steady_clock::now() > give_up) {
+        ADD_FAILURE() << done << " of " << n << " requests reached the driver";
+        return depth;
+      }
+      for (Bio* b : driver->take_all()) {
+        b->complete(Status::kOk);
+        ++done;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    for (int i = 0; i < n; ++i) {
+      Reply r;
+      EXPECT_TRUE(c.read_reply(&r, length));
+    }
+    return depth;
+  };
+  ASSERT_EQ(run(2, 4u << 20), 2u);
+  EXPECT_EQ(run(32, 4096), 32u) << "small reads held back by the large kept buffers";
+  server.stop();
+}
 
 TEST(NbdServerRaces, StopWaitsForACompletionThreadAboutToWakeTheLoop) {
   // A driver thread queues a completion for the loop and is about to wake
@@ -734,6 +866,79 @@ TEST(NbdServerRaces, StopWaitsForACompletionThreadAboutToWakeTheLoop) {
   ASSERT_TRUE(c.read_reply(&r));
   EXPECT_EQ(r.cookie, 1u);
   EXPECT_EQ(r.error, 0u);
+}
+
+// A driver that holds the loop's thread inside submit() until opened, then
+// completes the bio there.
+class GatedDriver final : public BioDriver {
+ public:
+  void submit(Bio& bio) override {
+    {
+      std::unique_lock lock(mu_);
+      entered_ = true;
+      cv_.notify_all();
+      cv_.wait(lock, [&] { return open_; });
+    }
+    bio.complete(Status::kOk);
+  }
+  bool wait_entered() {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return entered_; });
+  }
+  void open() {
+    std::lock_guard lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool entered_ = false;
+  bool open_ = false;
+};
+
+TEST(NbdServerRaces, StopAndAConnectionToAcceptInOneRound) {
+  // The loop is held busy while stop() wakes it and then a client connects,
+  // so its next round sees the stop first and the listener after: stopping
+  // must not free the listener's entry that the same round then reads
+  // (ASan: heap-use-after-free).
+  set_serve_log_enabled(false);
+  auto disk = std::make_shared<Disk>("gated0", 2048, QueueLimits{},
+                                     std::make_unique<GatedDriver>());
+  auto* driver = static_cast<GatedDriver*>(&disk->driver());
+  ServerOptions o;
+  o.threads = 1;
+  const std::string path =
+      ::testing::TempDir() + "nbd-stop-accept-" + std::to_string(::getpid()) + ".sock";
+  ::unlink(path.c_str());
+  o.unix_sockets = {path};
+  Server server(
+      o, std::make_shared<const ExportTable>(std::vector<Export>{{"disk", "", disk}}));
+  server.start();
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  server.adopt(sv[0]);
+  Client c(sv[1]);
+  c.negotiate("disk");
+  c.send(request(kCmdRead, 1, 0, 4096));
+  ASSERT_TRUE(driver->wait_entered());
+  std::thread stopper([&] { server.stop(std::chrono::seconds(2)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // its wake-up is written
+  const int late = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(late, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+  EXPECT_EQ(::connect(late, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  driver->open();
+  stopper.join();
+  Reply r;
+  ASSERT_TRUE(c.read_reply(&r, 4096));
+  EXPECT_EQ(r.cookie, 1u);
+  EXPECT_EQ(server.connections(), 0u);
+  ::close(late);
 }
 
 TEST(NbdServerRaces, StopWhileADriverThreadCompletesManyRounds) {

@@ -28,8 +28,6 @@ constexpr size_t kRecvBufSize = 64u << 10;
 constexpr uint32_t kKeepBufferBytes = 4u << 20;
 // Write-zeroes done as data writes point every segment at this.
 constexpr uint32_t kZeroBufSize = 1u << 20;
-// Segment vectors above this (64 MiB of zeroes) are not kept for reuse.
-constexpr size_t kKeepZeroSegments = 64;
 alignas(4096) const std::byte kZeroes[kZeroBufSize] = {};
 constexpr int kMaxIov = 64;
 constexpr uint16_t kKnownCmdFlags =
@@ -47,6 +45,13 @@ constexpr uint32_t kMaxExtents = 1024;
 // The buffer a BLOCK_STATUS reply is built in: context id, then extents.
 uint32_t block_status_bytes(uint16_t flags) {
   return 4 + 8 * ((flags & kCmdFlagReqOne) ? 1 : kMaxExtents);
+}
+
+// WRITE_ZEROES done as data: one segment per kZeroBufSize bytes, a table
+// of up to 64 KiB for 4 GiB that lives in the request's buffer, so the
+// budget counts it like any other buffer.
+uint32_t zero_segments(uint32_t length) {
+  return static_cast<uint32_t>((uint64_t{length} + kZeroBufSize - 1) / kZeroBufSize);
 }
 
 // Request buffers are whole pages (4096-aligned for O_DIRECT drivers).
@@ -156,13 +161,20 @@ bool Connection::wants_rerun() const {
 
 // --- slots -------------------------------------------------------------------
 
-uint32_t Connection::buffer_need(const Request& rq) {
+bool Connection::zeroes_as_data(uint16_t flags) const {
+  return nego_.disk->limits().max_write_zeroes_sectors == 0 || (flags & kCmdFlagNoHole);
+}
+
+uint32_t Connection::buffer_need(const Request& rq) const {
   switch (rq.type) {
     case kCmdRead:
     case kCmdWrite:
       return std::min(rq.length, kMaxPayload);  // a longer one is refused
     case kCmdBlockStatus:
       return block_status_bytes(rq.flags);
+    case kCmdWriteZeroes:  // FAST_ZERO as data is refused
+      if (!zeroes_as_data(rq.flags) || (rq.flags & kCmdFlagFastZero)) return 0;
+      return zero_segments(rq.length) * uint32_t{sizeof(Segment)};
     default:
       return 0;
   }
@@ -176,6 +188,12 @@ RequestSlot* Connection::get_slot(uint32_t need) {
   const uint64_t cap = s ? s->cap : 0;
   const uint64_t want = buffer_size(need);
   if (want > cap && !make_room(want - cap, s)) return nullptr;
+  // A request that needs less than the slot kept would hold all of it.
+  // When the budget could not take another buffer that size, give it back
+  // (grow() allocates what is needed): otherwise, after a burst of large
+  // requests, small ones would be charged the large buffers for good and
+  // the connection's depth would stay at budget / large size.
+  if (want < cap && buffer_bytes_ + cap > limits_.max_bytes_in_flight) free_buffer(s);
   if (s) {
     free_ = s->next;
   } else {
@@ -225,10 +243,6 @@ void Connection::free_buffer(RequestSlot* s) {
 void Connection::release(RequestSlot* s) {
   --in_flight_;
   if (s->cap > kKeepBufferBytes) free_buffer(s);
-  // A WRITE_ZEROES of up to 4 GiB written as data needs 4096 segments
-  // (64 KiB); kept in all 512 slots they would escape the budget.
-  if (s->zero_segs.capacity() > kKeepZeroSegments)
-    std::vector<Segment>().swap(s->zero_segs);
   s->next = free_;
   free_ = s;
   read_blocked_ = false;
@@ -674,8 +688,7 @@ void Connection::submit(RequestSlot* s) {
       bio.init_nodata(disk, Op::kDiscard, sector, s->length, &Connection::bio_done, s);
       break;
     case kCmdWriteZeroes: {
-      const bool native = disk->limits().max_write_zeroes_sectors != 0;
-      const bool as_data = !native || (s->flags & kCmdFlagNoHole);
+      const bool as_data = zeroes_as_data(s->flags);
       if (as_data && (s->flags & kCmdFlagFastZero)) {
         // Writing zeroes is no faster than the client writing them.
         return reply_now(s, kEnotsup);
@@ -686,14 +699,20 @@ void Connection::submit(RequestSlot* s) {
         break;
       }
       // Without a hole: zeroes written as data, every segment pointing at
-      // one read-only zero buffer. The vector is kept for the next time.
-      s->zero_segs.clear();
-      for (uint32_t left = s->length; left > 0;) {
+      // one read-only zero buffer. The table is built in the request's
+      // buffer, charged to the budget by get_slot() (buffer_need()).
+      const uint32_t nsegs = zero_segments(s->length);
+      if (!grow(s, nsegs * uint32_t{sizeof(Segment)})) return reply_now(s, kEnomem);
+      Segment* segs = nullptr;
+      uint32_t left = s->length;
+      for (uint32_t i = 0; i < nsegs; ++i) {
         const uint32_t n = std::min(left, kZeroBufSize);
-        s->zero_segs.emplace_back(const_cast<std::byte*>(kZeroes), n);
+        Segment* seg = new (s->buf + i * sizeof(Segment))
+            Segment(const_cast<std::byte*>(kZeroes), n);
+        if (i == 0) segs = seg;
         left -= n;
       }
-      bio.init(disk, Op::kWrite, sector, s->zero_segs, &Connection::bio_done, s);
+      bio.init(disk, Op::kWrite, sector, {segs, nsegs}, &Connection::bio_done, s);
       break;
     }
     default:

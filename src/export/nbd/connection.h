@@ -82,9 +82,8 @@ struct ConnectionLimits {
 struct RequestSlot {
   Connection* conn = nullptr;
   Bio bio;
-  Segment seg;                     // the whole buffer, for READ and WRITE
-  std::vector<Segment> zero_segs;  // WRITE_ZEROES written as data (NO_HOLE)
-  std::byte* buf = nullptr;        // 4096-aligned, `cap` bytes
+  Segment seg;               // the whole buffer, for READ and WRITE
+  std::byte* buf = nullptr;  // 4096-aligned, `cap` bytes (or WRITE_ZEROES' segments)
   uint32_t cap = 0;
   // The request.
   uint64_t cookie = 0;
@@ -163,9 +162,14 @@ class Connection {
   void payload_received();
   void submit(RequestSlot* s);
   void block_status(RequestSlot* s);
+  // The bytes of buffer a request will hold (its payload, its BLOCK_STATUS
+  // reply, or its WRITE_ZEROES segment table).
+  uint32_t buffer_need(const Request& rq) const;
+  // WRITE_ZEROES with these flags is written as data (no native zeroing,
+  // or NO_HOLE asked).
+  bool zeroes_as_data(uint16_t flags) const;
   // A free slot for a request that needs `need` bytes of buffer, or null
   // when the request limit or the buffer budget does not admit it now.
-  static uint32_t buffer_need(const Request& rq);
   RequestSlot* get_slot(uint32_t need);
   // Frees kept buffers (not `keep`'s) until `extra` more bytes fit the
   // budget; false if they do not and requests are in flight.

@@ -108,10 +108,15 @@ size_t Handshake::feed(std::span<const std::byte> in) {
         if (length > kMaxOptionLength) {
           // Skipping the payload would let a client that announces 4 GiB
           // keep us reading for as long as it likes; the spec allows TOO_BIG
-          // and a disconnect, which is what nbdkit does too.
-          reply_error(kRepErrTooBig,
-                      fmt::format("option payload of {} bytes is over the {} byte limit",
-                                  length, kMaxOptionLength));
+          // and a disconnect, which is what nbdkit does too. EXPORT_NAME
+          // has no error reply (the client would read ours as the export's
+          // size and flags): it is only closed.
+          if (option_ != kOptExportName) {
+            reply_error(
+                kRepErrTooBig,
+                fmt::format("option payload of {} bytes is over the {} byte limit",
+                            length, kMaxOptionLength));
+          }
           close(fmt::format("option {} of {} bytes is over the {} byte limit", option_,
                             length, kMaxOptionLength));
           return used;

@@ -156,7 +156,8 @@ class EventLoop final : public Reactor {
     add(&completions_, EPOLLIN);
   }
   ~EventLoop() override {
-    for (auto& l : listeners_) ::close(l->fd);
+    for (auto& l : listeners_)
+      if (l->fd >= 0) ::close(l->fd);
     for (int fd : pending_) {  // dealt to us after our loop ended
       ::close(fd);
       server_.connection_closed();
@@ -362,11 +363,14 @@ class EventLoop final : public Reactor {
 
   void begin_stop() {
     stopping_ = true;
+    // The entries stay until the loop is destroyed: an event of this very
+    // round may still point at one (and finds stopping_ set).
     for (auto& l : listeners_) {
       ::epoll_ctl(epfd_, EPOLL_CTL_DEL, l->fd, nullptr);
       ::close(l->fd);
+      l->fd = -1;
     }
-    listeners_.clear();
+    listeners_paused_ = false;  // nothing to resume
     for (auto& e : conns_) {
       e->conn->begin_shutdown();
       mark(e.get());
@@ -532,7 +536,7 @@ class EventLoop final : public Reactor {
             take_remote();
             break;
           case LoopEntry::kListener:
-            accept_all(e);
+            if (!stopping_) accept_all(e);  // else closed by begin_stop()
             break;
           case LoopEntry::kConn:
             mark(e);
@@ -653,6 +657,7 @@ void Server::dispatch(int fd) {
 
 void Server::adopt(int fd) {
   if (!started_) throw Error("Server::adopt before start()");
+  if (stopped_) throw Error("Server::adopt after stop()");  // no loop to deal it to
   dispatch(fd);
 }
 

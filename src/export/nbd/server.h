@@ -76,6 +76,7 @@ class Server {
   // What start() listens on: "unix:PATH", "tcp:HOST:PORT" (the real port).
   std::vector<std::string> addresses() const { return addresses_; }
   // Serves an already connected socket (tests use one end of a socketpair).
+  // Throws Error, leaving `fd` to the caller, before start() or after stop().
   void adopt(int fd);
 
   // Connections that start negotiating from now on see `exports` (SIGHUP).
