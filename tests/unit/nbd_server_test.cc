@@ -25,6 +25,7 @@
 #include "export/log.h"
 #include "export/nbd/server.h"
 #include "nbd_test_util.h"
+#include "test_wait.h"
 
 namespace blkstack::nbd {
 namespace {
@@ -53,6 +54,9 @@ class NbdServerTest : public ::testing::Test {
     server_ = std::make_unique<Server>(
         o, std::make_shared<const ExportTable>(std::vector<Export>{
                {"disk", "", disk_}, {"ro", "", ro}, {"4k", "", big}}));
+    ServerTestHooks hooks;
+    hooks.after_stop_begun = [this] { loops_stopping_.fetch_add(1); };
+    server_->set_test_hooks(std::move(hooks));
     server_->start();
   }
   void TearDown() override { server_->stop(std::chrono::seconds(2)); }
@@ -71,6 +75,7 @@ class NbdServerTest : public ::testing::Test {
   }
 
   DiskRegistry registry_;
+  std::atomic<int> loops_stopping_{0};  // loops that have taken stop()
   std::shared_ptr<Disk> disk_;
   std::unique_ptr<Server> server_;
 };
@@ -443,7 +448,9 @@ TEST_F(NbdServerTest, StopFinishesInFlightAndRefusesTheRestWithEshutdown) {
   c->send(batch);
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   std::thread stopper([&] { server_->stop(std::chrono::seconds(5)); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  // No reply is read before every loop has taken the stop: a client that
+  // reads early lets the server take the rest as ordinary requests.
+  ASSERT_TRUE(testing_util::Eventually([&] { return loops_stopping_.load() == 2; }));
   int ok = 0, shutdown = 0;
   for (int i = 0; i < kN; ++i) {
     Reply r;

@@ -375,6 +375,7 @@ class EventLoop final : public Reactor {
       e->conn->begin_shutdown();
       mark(e.get());
     }
+    if (server_.hooks_.after_stop_begun) server_.hooks_.after_stop_begun();
   }
 
   // Runs the marked connections, updates their epoll interest, and

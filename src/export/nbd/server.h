@@ -47,6 +47,9 @@ struct ServerTestHooks {
   // On a driver's thread, after it queued a completion for a loop that
   // must be woken for it, and before it wakes the loop.
   std::function<void()> before_completion_wake;
+  // On a loop's thread, once it has taken stop(): its connections read no
+  // more requests, and what they find in their sockets is refused.
+  std::function<void()> after_stop_begun;
 };
 
 // What one event loop did: its waits of each kind, and the requests the
