@@ -24,6 +24,7 @@
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/error.h"
+#include "blkstack/plug.h"
 #include "blkstack/queue.h"
 #include "blkstack/tag_set.h"
 #include "core/clock.h"
@@ -231,6 +232,57 @@ TEST(MqTimeout, ARefusedIssueIsNotTimedOutAsIfTheDriverHadIt) {
   std::this_thread::sleep_for(20ms);
   EXPECT_EQ(a.calls.load(), 1);
   EXPECT_TRUE(d.driver->violations().empty()) << d.driver->violations().front();
+  EXPECT_EQ(d.tags_in_use(), 0u);
+}
+
+// The last request of a batch is refused (the device is busy) while the
+// timeout owns it. The ones before it went with last == false: the driver
+// must be told the batch is over (commit_rqs), or a driver that rings its
+// doorbell at `last` never starts them, never completes anything, and never
+// restarts the stopped queue.
+TEST(MqTimeout, ARefusalTheTimeoutTakesAtTheEndOfABatchStillCommitsIt) {
+  TagSetConfig cfg;
+  cfg.timeout_ns = 1 * kMs;
+  MqDisk d = MakeMqDisk(cfg);
+  TestDriver* drv = d.driver;
+  std::atomic<bool> in_handler{false}, refused{false};
+  std::atomic<int> n{0};
+  drv->set_hook([&](HwQueue&, Request&, bool last) {
+    if (++n != 2) return Status::kOk;
+    EXPECT_TRUE(last);
+    // queue_rq of the last one outlives the timeout, then the device is busy.
+    Eventually([&] { return in_handler.load(); }, 2000ms);
+    refused = true;
+    return Status::kDeviceResource;
+  });
+  drv->set_timeout_hook([&, drv](Request& rq) {
+    if (drv->held_at(0) == &rq) return TimeoutAction::kResetTimer;  // the first one
+    in_handler = true;
+    Eventually([&] { return refused.load(); }, 2000ms);
+    std::this_thread::sleep_for(2ms);  // the refusal lands while the handler owns it
+    return drv->RequestDriver::timeout(rq);
+  });
+  TestBios bios;
+  {
+    Plug plug;
+    for (int i = 0; i < 2; ++i) {
+      AddBio(bios).init_data(*d.disk, Op::kWrite, uint64_t(i) * 100, 8, 1);
+      bios.back()->submit();
+    }
+  }
+  MustHappen([&] { return refused.load(); }, "the last request is refused");
+  std::this_thread::sleep_for(30ms);  // the handler returns; the queue stays stopped
+  auto seen = drv->seen();
+  ASSERT_GE(seen.size(), 2u);
+  EXPECT_FALSE(seen[0].last);
+  EXPECT_EQ(seen[1].returned, Status::kDeviceResource);
+  EXPECT_EQ(drv->commits(), 1u) << "the batch ended at a refusal: the driver must ring";
+  drv->set_timeout_hook([](Request&) { return TimeoutAction::kResetTimer; });
+  d.queue().start_stopped_hw_queues();
+  MustHappen([&] { return drv->held() == 2; }, "the refused one goes again");
+  drv->drain();
+  MustHappen([&] { return AllDone(bios); }, "both end");
+  for (auto& b : bios) EXPECT_EQ(b->calls.load(), 1);
   EXPECT_EQ(d.tags_in_use(), 0u);
 }
 
