@@ -133,7 +133,7 @@ TEST(MqTimeout, ARequeueWhileTheHandlerRunsDoesNotDispatchAnEndedRequest) {
   d.driver->set_timeout_hook([drv, q](Request& rq) {
     // The driver's completion side gives the request back for a retry while
     // its timeout side gives up on it: only one of them may win.
-    EXPECT_TRUE(drv->forget(&rq));
+    if (!drv->forget(&rq)) return TimeoutAction::kResetTimer;  // queue_rq still runs
     std::thread([&] { q->requeue_request(rq); }).join();
     rq.end_request_all(Status::kTimeout);
     return TimeoutAction::kDone;
@@ -156,7 +156,7 @@ TEST(MqTimeout, ACompletionWhileTheHandlerRunsIsIgnoredWhenTheHandlerEndsTheRequ
   MqDisk d = MakeMqDisk(cfg);
   TestDriver* drv = d.driver;
   d.driver->set_timeout_hook([drv](Request& rq) {
-    EXPECT_TRUE(drv->forget(&rq));
+    if (!drv->forget(&rq)) return TimeoutAction::kResetTimer;  // queue_rq still runs
     // The device answers late, while the handler is aborting the request.
     std::thread([&] { drv->finish(rq, Status::kOk); }).join();
     rq.end_request_all(Status::kTimeout);
@@ -179,8 +179,12 @@ TEST(MqTimeout, ACompletionWhileTheHandlerResetsTheTimerIsNotLost) {
   TestDriver* drv = d.driver;
   std::atomic<int> calls{0};
   d.driver->set_timeout_hook([drv, &calls](Request& rq) {
+    const bool held = drv->forget(&rq);
+    if (!held && calls.load() == 0)
+      return TimeoutAction::kResetTimer;  // queue_rq still runs
     ++calls;
-    EXPECT_TRUE(drv->forget(&rq));
+    EXPECT_TRUE(held) << "timed out again after its completion";
+    if (!held) return TimeoutAction::kResetTimer;
     std::thread([&] { drv->finish(rq, Status::kOk); }).join();
     return TimeoutAction::kResetTimer;  // the handler did not see it complete
   });
@@ -256,7 +260,7 @@ TEST(MqTimeout, ARefusalTheTimeoutTakesAtTheEndOfABatchStillCommitsIt) {
     return Status::kDeviceResource;
   });
   drv->set_timeout_hook([&, drv](Request& rq) {
-    if (drv->held_at(0) == &rq) return TimeoutAction::kResetTimer;  // the first one
+    if (rq.pos() == 0) return TimeoutAction::kResetTimer;  // the first one
     in_handler = true;
     Eventually([&] { return refused.load(); }, 2000ms);
     std::this_thread::sleep_for(2ms);  // the refusal lands while the handler owns it
@@ -307,9 +311,10 @@ TEST(MqTimeout, AReissueEndedOnTheThreadOfAnEarlierHandlerWaitsForItsOwnHandler)
   std::atomic<int> calls{0};
   std::atomic<bool> second_running{false}, b_answered{false}, b_done_in_second{false};
   drv.set_timeout_hook([&](Request& rq) {
-    if (++calls == 1) {
+    if (calls.load() == 0) {
+      if (!drv.forget(&rq)) return TimeoutAction::kResetTimer;  // queue_rq still runs
+      ++calls;
       // a's handler aborts it; then the tag goes to b, on this thread.
-      EXPECT_TRUE(drv.forget(&rq));
       rq.end_request_all(Status::kTimeout);
       b.init_data(*disks[0], Op::kRead, 0, 8);
       b.submit();
@@ -319,6 +324,7 @@ TEST(MqTimeout, AReissueEndedOnTheThreadOfAnEarlierHandlerWaitsForItsOwnHandler)
       b_answered = true;
       return TimeoutAction::kDone;
     }
+    ++calls;
     second_running = true;
     Eventually([&] { return b_answered.load(); }, 2000ms);
     b_done_in_second = b.done();
@@ -346,6 +352,12 @@ TEST(MqTimeout, TheFlushRequestTimesOut) {
   TagSetConfig cfg;
   cfg.timeout_ns = 5 * kMs;
   MqDisk d = MakeMqDisk(cfg, lim);
+  TestDriver* drv = d.driver;
+  d.driver->set_timeout_hook([drv](Request& rq) {
+    if (!drv->forget(&rq)) return TimeoutAction::kResetTimer;  // queue_rq still runs
+    rq.end_request_all(Status::kTimeout);
+    return TimeoutAction::kDone;
+  });
   TestBio f;
   f.init_range(*d.disk, Op::kFlush, 0, 0);
   f.submit();
@@ -353,7 +365,7 @@ TEST(MqTimeout, TheFlushRequestTimesOut) {
   MustHappen([&] { return f.done(); }, "the flush times out", 5s);
   EXPECT_EQ(f.calls.load(), 1);
   EXPECT_EQ(f.status.load(), Status::kTimeout);
-  EXPECT_EQ(d.driver->timeouts(), 1);
+  EXPECT_GE(d.driver->timeouts(), 1);
   EXPECT_EQ(d.tags_in_use(), 0u);
   // The flush machine is free again: the next flush goes through (and is
   // not timed out meanwhile, however slow the machine).
