@@ -64,6 +64,12 @@ TEST(MqTimeoutConfig, ZeroAndOverflowingTimeoutsAreRefusedWithTheRange) {
   EXPECT_NO_THROW(r.create("null:1G,queue_mode=mq,timeout=1ms"));
 }
 
+// The 64-bit owner word must not cost the hot path a bigger request: a
+// tag's request stays within two cache lines' worth of bytes.
+TEST(MqTimeoutConfig, TheStateWordDoesNotGrowTheRequest) {
+  EXPECT_LE(sizeof(Request), 128u);
+}
+
 // --- the default handler ----------------------------------------------------------
 
 // A driver that keeps every request until the test ends it and has no timeout
