@@ -116,11 +116,13 @@ class Request {
     flags_ = static_cast<BioFlag>(static_cast<uint16_t>(flags_) & ~static_cast<uint16_t>(f));
   }
 
+  // The small fields first, packed ahead of the 8-byte state word: a
+  // request stays 128 bytes.
   Op op_ = Op::kRead;
+  Status error_ = Status::kOk;  // first error of a partial completion
   BioFlag flags_ = BioFlag::kNone;
-  std::atomic<uint64_t> state_{0};  // kIdle, generation 0
-  Status error_ = Status::kOk;      // first error of a partial completion
   int tag_ = -1;
+  std::atomic<uint64_t> state_{0};  // kIdle, generation 0
   uint16_t nr_segments_ = 0;
   uint8_t flush_seq_ = 0;     // flush stages done (FlushQueue)
   uint8_t flush_policy_ = 0;  // flush stages needed; 0: not in a flush sequence

@@ -251,10 +251,14 @@ Queue::Issue Queue::issue(HwQueue& hctx, Request& rq, bool last, uint64_t now) {
   // The driver did not take the request: take it back. If the timeout
   // claimed it meanwhile (queue_rq outlived the deadline), the timeout
   // requeues it once the driver's handler returns: it is not ours to put
-  // back, and for the caller it is gone.
+  // back, and for the caller it is gone. The driver was told `last` but
+  // took nothing: if this ended a batch, ring for the requests before it,
+  // as the caller does after a refusal.
   Status ignored = Status::kOk;
-  if (!claim_from_driver(rq, Handback::kRequeue, ignored)) [[unlikely]]
+  if (!claim_from_driver(rq, Handback::kRequeue, ignored)) [[unlikely]] {
+    if (last) driver().commit_rqs(hctx);
     return Issue::kIssued;
+  }
   // The caller puts it back and then calls HwQueue::after_refusal(), in that
   // order, so no re-run is missed.
   return r == Status::kResource ? Issue::kRequeue : Issue::kBusy;
