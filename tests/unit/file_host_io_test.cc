@@ -349,6 +349,64 @@ TEST_F(FileHostIo, TransientErrorsThatPersistBackOffThenFail) {
   }
 }
 
+// A request past its timeout= cannot be taken from the host: the read may
+// still land in the caller's buffer, the write still reach the file, and
+// the host's answer would then end whichever request holds the tag by
+// then. So it stays the driver's until the host answers (the kernel's
+// loop driver has no timeout handler either), and the disk can go only
+// after that.
+TEST_F(FileHostIo, ATimedOutRequestIsNotEndedWhileTheHostHasIt) {
+  make_disk(/*auto_complete=*/false, ",timeout=1ms,depth=1");
+  std::vector<std::byte> buf(4096);
+  Segment seg(buf.data(), buf.size());
+  std::atomic<int> calls{0};
+  std::atomic<Status> status{Status::kOk};
+  struct Seen {
+    std::atomic<int>* calls;
+    std::atomic<Status>* status;
+  } seen{&calls, &status};
+  Bio bio;
+  bio.init(
+      disk_.get(), Op::kRead, 0, {&seg, 1},
+      [](Bio& b) {
+        auto* s = static_cast<Seen*>(b.context());
+        s->status->store(b.status());
+        s->calls->fetch_add(1);
+      },
+      &seen);
+  submit_bio(bio);
+  ASSERT_TRUE(journal_.wait_pending(1));
+  // Many timeout periods (the queue looks every millisecond).
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(calls.load(), 0) << "the read ended (" << status_name(status.load())
+                             << ") while the host still had it, with the caller's buffer";
+  journal_.complete_all();
+  EXPECT_EQ(calls.load(), 1);
+  EXPECT_EQ(status.load(), Status::kOk) << "the host did read it all";
+}
+
+// ...but it is not retried or resumed past its timeout: the host's next
+// answer ends it, with kTimeout.
+TEST_F(FileHostIo, ATimedOutRequestStopsRetryingAtTheHostsNextAnswer) {
+  make_disk(/*auto_complete=*/false, ",timeout=1ms");
+  journal_.fail_always = -EAGAIN;
+  journal_.fail_limit = 1000;
+  auto data = pattern(4096, 9);
+  Segment seg(data.data(), data.size());
+  Bio bio;
+  Done done;
+  bio.init(disk_.get(), Op::kWrite, 0, {&seg, 1}, record_done, &done);
+  submit_bio(bio);
+  ASSERT_TRUE(journal_.wait_pending(1));
+  ASSERT_TRUE(journal_.complete_next());  // EAGAIN, before the timeout
+  ASSERT_TRUE(journal_.wait_pending(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_TRUE(journal_.complete_next());  // EAGAIN again, now past it
+  EXPECT_EQ(done.calls, 1);
+  EXPECT_EQ(done.status, Status::kTimeout);
+  EXPECT_EQ(journal_.size(), 2u) << "retried past its timeout";
+}
+
 TEST_F(FileHostIo, HostErrorsFailExactlyTheirOwnIo) {
   for (auto [err, status] :
        {std::pair{EIO, Status::kIoError}, std::pair{ENOSPC, Status::kNoSpace},
