@@ -25,6 +25,7 @@
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/io_context.h"
+#include "blkstack/plug.h"
 #include "blkstack/submit.h"
 #include "drivers/host_io.h"
 #include "drivers/uring_queue.h"
@@ -405,6 +406,63 @@ TEST_F(FileHostIo, ATimedOutRequestStopsRetryingAtTheHostsNextAnswer) {
   EXPECT_EQ(done.calls, 1);
   EXPECT_EQ(done.status, Status::kTimeout);
   EXPECT_EQ(journal_.size(), 2u) << "retried past its timeout";
+}
+
+// A request's byte count is 32 bits (as the kernel's __data_len), so the
+// largest max_sectors= a driver can take is what 32 bits of bytes hold:
+// two 3 GiB writes merged under max_sectors=2^32-1 made one request that
+// said 2 GiB and ended with kOk after writing only those.
+TEST_F(FileHostIo, MergedRequestsNeverOutgrowTheirByteCount) {
+  {
+    ScopedHostIoFactory factory(
+        [&](const HostIoSetup& s) -> std::unique_ptr<HostIoQueue> {
+          return std::make_unique<ScriptedHostIo>(s, journal_, false);
+        });
+    // The largest max_sectors= the driver takes.
+    for (const char* max : {"4294967295", "8388608", "8388607"}) {
+      try {
+        disk_ =
+            registry_.create("file:" + path_ + ",size=8G,direct=off,max_sectors=" + max);
+        break;
+      } catch (const Error&) {
+      }
+    }
+    ASSERT_TRUE(disk_);
+  }
+  // The host never touches this memory here: the test answers for it.
+  alignas(4096) static std::byte page[4096];
+  constexpr uint64_t kGiB = uint64_t{1} << 30;
+  std::vector<Segment> segs(3, Segment(page, static_cast<uint32_t>(kGiB)));
+  Bio bios[2];
+  Done done[2];
+  {
+    Plug plug;  // both wait in the plug, where they may merge
+    for (int i = 0; i < 2; ++i) {
+      bios[i].init(disk_.get(), Op::kWrite, static_cast<uint64_t>(i) * 3 * kGiB / 512,
+                   segs, record_done, &done[i]);
+      submit_bio(bios[i]);
+    }
+  }
+  // Answer every host write as the kernel would (at most about 2 GiB a
+  // call), counting what the driver asked for.
+  uint64_t asked = 0;
+  for (int rounds = 0; rounds < 100 && done[0].calls + done[1].calls < 2; ++rounds) {
+    Journal::Pending p;
+    {
+      std::lock_guard l(journal_.mu);
+      if (journal_.pending.empty()) break;
+      p = journal_.pending.front();
+      journal_.pending.pop_front();
+    }
+    uint64_t bytes = 0;
+    for (unsigned i = 0; i < p.io.iovcnt; ++i) bytes += p.io.iov[i].iov_len;
+    const uint64_t did = std::min<uint64_t>(bytes, 0x7ffff000);
+    asked += did;
+    p.cb(p.ctx, static_cast<int>(did));
+  }
+  EXPECT_EQ(done[0].calls, 1);
+  EXPECT_EQ(done[1].calls, 1);
+  EXPECT_EQ(asked, 6 * kGiB) << "the bios completed with only part of them written";
 }
 
 TEST_F(FileHostIo, HostErrorsFailExactlyTheirOwnIo) {
