@@ -411,6 +411,7 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
   qm.mq = true;
   qm.tags.cmd_size = sizeof(FileCmd);
   qm.tags.nr_poll_queues = static_cast<unsigned>(o.uint("poll_queues"));  // in range
+  check_total_tags(o, qm.tags);
 
   int flags = (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC;
   if (o.given("size") && !ro) flags |= O_CREAT;
