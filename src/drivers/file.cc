@@ -35,6 +35,8 @@
 #include "blkstack/hw_queue.h"
 #include "blkstack/queue.h"
 #include "blkstack/request.h"
+#include "blkstack/tag_set.h"
+#include "core/clock.h"
 #include "drivers/limit_options.h"
 #include "drivers/queue_mode.h"
 #include "drivers/uring_queue.h"
@@ -189,12 +191,29 @@ class FileDriver final : public RequestDriver {
     return fstat(fd_, &st) == 0 ? static_cast<uint64_t>(st.st_blocks) * 512 : 0;
   }
 
+  // The host cannot be made to give an operation back: a read may still
+  // land in the caller's buffer, a write still reach the file, and its
+  // answer would end whichever request holds the tag by then (and come
+  // after the disk is gone, if removal did not wait for it). So a request
+  // past its timeout stays the driver's until the host answers, as in the
+  // kernel's loop driver (which has no timeout handler: the timer is
+  // reset); that answer then ends it, with kTimeout where it would have
+  // been retried or resumed (on_complete).
+  TimeoutAction timeout(Request& rq) override {
+    (void)rq;
+    return TimeoutAction::kResetTimer;
+  }
+
  private:
   // On the completion thread of the request's ring.
   static void on_complete(void* ctx, int res) {
     FileCmd& c = *static_cast<FileCmd*>(ctx);
     Request& rq = *c.rq;
     if (res == -EAGAIN || res == -ENOMEM || res == -EINTR) {
+      if (past_timeout(rq)) {
+        rq.end_request_all(Status::kTimeout);
+        return;
+      }
       if (c.transient_retries == kMaxTransientRetries) {
         // The host stayed short: fail rather than spin on the reaper.
         rq.end_request_all(res == -EINTR ? Status::kIoError : Status::kResource);
@@ -227,9 +246,22 @@ class FileDriver final : public RequestDriver {
       rq.end_request_all(Status::kOk);
       return;
     }
+    if (past_timeout(rq)) {
+      rq.end_request_all(Status::kTimeout);
+      return;
+    }
     c.transient_retries = 0;                 // progress: a later shortage starts afresh
     advance(c, static_cast<uint64_t>(res));  // short: resume where it stopped
     resubmit(c);
+  }
+
+  // Whether the request has been with the driver past the queue's
+  // timeout (see timeout()). Read only when a request would go back to
+  // the host, never for one that completes at once.
+  static bool past_timeout(const Request& rq) {
+    const uint64_t now = now_ns();  // (a start stamped later: not past it)
+    return now > rq.start_ns() &&
+           now - rq.start_ns() >= rq.queue().tag_set().config().timeout_ns;
   }
 
   static void advance(FileCmd& c, uint64_t bytes) {
@@ -379,6 +411,7 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
   qm.mq = true;
   qm.tags.cmd_size = sizeof(FileCmd);
   qm.tags.nr_poll_queues = static_cast<unsigned>(o.uint("poll_queues"));  // in range
+  check_total_tags(o, qm.tags);
 
   int flags = (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC;
   if (o.given("size") && !ro) flags |= O_CREAT;

@@ -19,7 +19,7 @@ uint32_t block_size_option(const DeviceOptions& o) {
 
 uint32_t max_sectors_option(const DeviceOptions& o) {
   const uint64_t v = o.uint("max_sectors");
-  if (v > UINT32_MAX) {
+  if (v > kMaxSectorsLimit) {
     throw Error(
         fmt::format("device spec '{}': bad value for 'max_sectors' '{}': too large",
                     o.spec().text, o.str("max_sectors")));

@@ -45,7 +45,19 @@ QueueMode queue_mode(const DeviceOptions& o) {
   m.tags.timeout_ns = o.duration_ns("timeout");
   m.sched = o.str("sched");
   m.nomerges = static_cast<unsigned>(o.uint("nomerges"));
+  check_total_tags(o, m.tags);
   return m;
+}
+
+void check_total_tags(const DeviceOptions& o, const TagSetConfig& tags) {
+  // Each option in its range, their product need not be: 256 queues of
+  // 10240 tags made a file disk of gigabytes.
+  const uint64_t spaces = tags.shared_tags ? 1 : tags.nr_queues();
+  if (spaces * tags.queue_depth <= kMaxTotalTags) return;
+  throw Error(fmt::format(
+      "device spec '{}': bad value for 'depth' '{}': {} queues of {} tags; at most {} "
+      "tags in all (or shared_tags=1)",
+      o.spec().text, o.str("depth"), spaces, tags.queue_depth, kMaxTotalTags));
 }
 
 std::shared_ptr<Disk> make_disk(const std::string& name, uint64_t capacity,

@@ -18,6 +18,9 @@ std::span<const OptionDef> queue_mode_options();
 
 inline constexpr uint64_t kMaxHwQueues = 256;
 inline constexpr uint64_t kMaxQueueDepth = 10240;
+// The tags of all queues together (each is a request with the driver's
+// command: the file driver's is 2 KiB, and each tag also sizes its ring).
+inline constexpr uint64_t kMaxTotalTags = 65536;
 
 struct QueueMode {
   bool mq = false;
@@ -27,6 +30,11 @@ struct QueueMode {
 };
 
 QueueMode queue_mode(const DeviceOptions& options);
+
+// Throws Error unless `tags` has at most kMaxTotalTags in all (for a
+// driver that adds queues of its own, such as poll queues, after
+// queue_mode() checked its own).
+void check_total_tags(const DeviceOptions& options, const TagSetConfig& tags);
 
 // A disk over `bio_driver` (bio-based) or over a Queue of `rq_driver`;
 // the caller passes the one the mode asks for.

@@ -25,6 +25,7 @@
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/io_context.h"
+#include "blkstack/plug.h"
 #include "blkstack/submit.h"
 #include "drivers/host_io.h"
 #include "drivers/uring_queue.h"
@@ -347,6 +348,121 @@ TEST_F(FileHostIo, TransientErrorsThatPersistBackOffThenFail) {
     // The disk still works.
     EXPECT_EQ(h.pwrite(data.data(), data.size(), 0), Status::kOk);
   }
+}
+
+// A request past its timeout= cannot be taken from the host: the read may
+// still land in the caller's buffer, the write still reach the file, and
+// the host's answer would then end whichever request holds the tag by
+// then. So it stays the driver's until the host answers (the kernel's
+// loop driver has no timeout handler either), and the disk can go only
+// after that.
+TEST_F(FileHostIo, ATimedOutRequestIsNotEndedWhileTheHostHasIt) {
+  make_disk(/*auto_complete=*/false, ",timeout=1ms,depth=1");
+  std::vector<std::byte> buf(4096);
+  Segment seg(buf.data(), buf.size());
+  std::atomic<int> calls{0};
+  std::atomic<Status> status{Status::kOk};
+  struct Seen {
+    std::atomic<int>* calls;
+    std::atomic<Status>* status;
+  } seen{&calls, &status};
+  Bio bio;
+  bio.init(
+      disk_.get(), Op::kRead, 0, {&seg, 1},
+      [](Bio& b) {
+        auto* s = static_cast<Seen*>(b.context());
+        s->status->store(b.status());
+        s->calls->fetch_add(1);
+      },
+      &seen);
+  submit_bio(bio);
+  ASSERT_TRUE(journal_.wait_pending(1));
+  // Many timeout periods (the queue looks every millisecond).
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(calls.load(), 0) << "the read ended (" << status_name(status.load())
+                             << ") while the host still had it, with the caller's buffer";
+  journal_.complete_all();
+  EXPECT_EQ(calls.load(), 1);
+  EXPECT_EQ(status.load(), Status::kOk) << "the host did read it all";
+}
+
+// ...but it is not retried or resumed past its timeout: the host's next
+// answer ends it, with kTimeout.
+TEST_F(FileHostIo, ATimedOutRequestStopsRetryingAtTheHostsNextAnswer) {
+  make_disk(/*auto_complete=*/false, ",timeout=1ms");
+  journal_.fail_always = -EAGAIN;
+  journal_.fail_limit = 1000;
+  auto data = pattern(4096, 9);
+  Segment seg(data.data(), data.size());
+  Bio bio;
+  Done done;
+  bio.init(disk_.get(), Op::kWrite, 0, {&seg, 1}, record_done, &done);
+  submit_bio(bio);
+  ASSERT_TRUE(journal_.wait_pending(1));
+  ASSERT_TRUE(journal_.complete_next());  // EAGAIN, before the timeout
+  ASSERT_TRUE(journal_.wait_pending(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_TRUE(journal_.complete_next());  // EAGAIN again, now past it
+  EXPECT_EQ(done.calls, 1);
+  EXPECT_EQ(done.status, Status::kTimeout);
+  EXPECT_EQ(journal_.size(), 2u) << "retried past its timeout";
+}
+
+// A request's byte count is 32 bits (as the kernel's __data_len), so the
+// largest max_sectors= a driver can take is what 32 bits of bytes hold:
+// two 3 GiB writes merged under max_sectors=2^32-1 made one request that
+// said 2 GiB and ended with kOk after writing only those.
+TEST_F(FileHostIo, MergedRequestsNeverOutgrowTheirByteCount) {
+  {
+    ScopedHostIoFactory factory(
+        [&](const HostIoSetup& s) -> std::unique_ptr<HostIoQueue> {
+          return std::make_unique<ScriptedHostIo>(s, journal_, false);
+        });
+    // The largest max_sectors= the driver takes.
+    for (const char* max : {"4294967295", "8388608", "8388607"}) {
+      try {
+        disk_ =
+            registry_.create("file:" + path_ + ",size=8G,direct=off,max_sectors=" + max);
+        break;
+      } catch (const Error&) {
+      }
+    }
+    ASSERT_TRUE(disk_);
+  }
+  // The host never touches this memory here: the test answers for it.
+  alignas(4096) static std::byte page[4096];
+  constexpr uint64_t kGiB = uint64_t{1} << 30;
+  std::vector<Segment> segs(3, Segment(page, static_cast<uint32_t>(kGiB)));
+  Bio bios[2];
+  Done done[2];
+  {
+    Plug plug;  // both wait in the plug, where they may merge
+    for (int i = 0; i < 2; ++i) {
+      bios[i].init(disk_.get(), Op::kWrite, static_cast<uint64_t>(i) * 3 * kGiB / 512,
+                   segs, record_done, &done[i]);
+      submit_bio(bios[i]);
+    }
+  }
+  // Answer every host write as the kernel would (at most about 2 GiB a
+  // call), counting what the driver asked for.
+  uint64_t asked = 0;
+  for (int rounds = 0; rounds < 100 && done[0].calls + done[1].calls < 2; ++rounds) {
+    Journal::Pending p;
+    {
+      std::lock_guard l(journal_.mu);
+      if (journal_.pending.empty()) break;
+      p = journal_.pending.front();
+      journal_.pending.pop_front();
+    }
+    uint64_t bytes = 0;
+    for (unsigned i = 0; i < p.io.iovcnt; ++i) bytes += p.io.iov[i].iov_len;
+    const uint64_t did = std::min<uint64_t>(bytes, 0x7ffff000);
+    asked += did;
+    p.cb(p.ctx, static_cast<int>(did));
+  }
+  EXPECT_EQ(done[0].calls, 1);
+  EXPECT_EQ(done[1].calls, 1);
+  EXPECT_EQ(asked, 6 * kGiB) << "the bios completed with only part of them written";
 }
 
 TEST_F(FileHostIo, HostErrorsFailExactlyTheirOwnIo) {
