@@ -177,6 +177,10 @@ class Bio {
   }
   // True once the callback has run (for tests and debug checks).
   bool completed() const { return completed_.load(std::memory_order_acquire); }
+  // True once a child was chained to this bio (a split piece, say): part of
+  // its work has gone its own way, so the bio can no longer be taken back
+  // whole (cancelled) even while the rest of it waits.
+  bool has_chained_children() const { return chained_.load(std::memory_order_relaxed); }
 
   // Makes `parent` wait for `child`: the parent's callback runs after both
   // its own endio() and the child's; the child's error is kept in the parent

@@ -56,8 +56,9 @@ class BioDriver {
   // Called by Disk::shutdown() after new I/O is refused, before waiting for
   // the I/O in flight: a queue fails what it has parked, for instance.
   virtual void shutdown() {}
-  // Takes back `bio` if it is still waiting inside the driver without
-  // having been started (parked for a tag); the caller then completes it.
+  // Takes back `bio` if it is still waiting inside the driver without any
+  // of it having been started (parked for a tag, and no piece split off it:
+  // Bio::has_chained_children()); the caller then completes it.
   virtual bool cancel(Bio& bio) {
     (void)bio;
     return false;
@@ -139,8 +140,9 @@ class Disk {
   void freeze();
   // Lets parked and new I/O in again once every freeze() is undone.
   void unfreeze();
-  // Completes `bio` with Status::kCancelled if it has not reached a device
-  // yet (parked while frozen, or waiting for a tag). Returns whether it did.
+  // Completes `bio` with Status::kCancelled if none of it has reached a
+  // device yet (parked while frozen, or waiting for a tag, with no piece
+  // split off and issued). Returns whether it did.
   bool cancel(Bio& bio);
 
   // --- used by submit_bio() and Bio::endio() ---------------------------

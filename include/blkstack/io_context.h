@@ -114,9 +114,10 @@ class IoContext {
                  std::optional<std::chrono::nanoseconds> timeout = std::nullopt);
 
   // Asks to cancel an accepted iocb. Returns 0 if it was cancelled before
-  // reaching a device (its event carries -ECANCELED), -EINPROGRESS if its
-  // I/O is under way (its event comes as usual), -EINVAL if the iocb is not
-  // in flight on this context.
+  // any of it reached a device (its event carries -ECANCELED), -EINPROGRESS
+  // if its I/O is under way, even in part (a split iocb some of whose
+  // pieces were issued): its event comes as usual, with its real result.
+  // -EINVAL if the iocb is not in flight on this context.
   int cancel(Iocb& iocb);
 
   unsigned max_events() const { return max_events_; }
