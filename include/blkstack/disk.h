@@ -3,8 +3,9 @@
 //
 // Lifetime: disks are shared (std::shared_ptr). shutdown() — what removal
 // from a DiskRegistry does — marks the disk dying, so new I/O fails with
-// Status::kOffline, then waits until the I/O already in flight completes.
-// The driver is destroyed with the disk, after the last I/O.
+// Status::kOffline, then waits until the I/O already in flight completes
+// and no thread is inside the driver (submitting or polling). The driver is
+// destroyed with the disk, after the last I/O.
 #pragma once
 
 #include <atomic>
@@ -140,6 +141,21 @@ class Disk {
   void freeze();
   // Lets parked and new I/O in again once every freeze() is undone.
   void unfreeze();
+  // Polled I/O (BioFlag::kPolled; the kernel's bio_poll): completes what
+  // is ready on the driver's poll queues, waiting up to `wait_ns` for the
+  // first; returns how many, or BioDriver::kPollBusy. The caller holds a
+  // poll reference across the call: completing the last bio may let
+  // another thread reap its event and remove the disk while this one is
+  // still inside the driver, and the reference makes removal wait.
+  int poll(uint64_t wait_ns) { return driver_->poll(wait_ns); }
+  // A poll reference (q_usage_counter as bio_poll takes it): shutdown()
+  // does not return while one is held. Taken while the disk is known to be
+  // alive (an I/O of the caller's in flight on it, or another reference
+  // held); refused once removal is past the I/O in flight, when nothing is
+  // left to poll.
+  bool get_poll_ref();
+  void put_poll_ref();  // the disk may be gone once this returns
+
   // Completes `bio` with Status::kCancelled if none of it has reached a
   // device yet (parked while frozen, or waiting for a tag, with no piece
   // split off and issued). Returns whether it did.
@@ -175,6 +191,7 @@ class Disk {
     Disk& disk_;
     unsigned slot_;
     const Disk* saved_;
+    unsigned shared_half_ = 0;  // on the shared slot: the half counted in
   };
 
  private:
@@ -193,10 +210,17 @@ class Disk {
   bool per_bio_stats_;
   std::atomic<bool> dying_{false};
   std::unique_ptr<PercpuRef> usage_;  // bios between start_io and end_io
+  std::unique_ptr<PercpuRef> pollers_;  // poll references (get_poll_ref)
   std::mutex freeze_lock_;            // the parked bios and the freeze depth
   BioList frozen_bios_;
   unsigned freeze_depth_ = 0;
-  std::atomic<uint32_t> shared_submitters_{0};  // threads on the shared slot
+  // Threads on the shared slot inside the submit path, counted in two
+  // halves by the epoch they entered in: a wait flips the epoch and waits
+  // for the old half only, so threads that keep arriving after it (and are
+  // refused) cannot starve it, however many share the slot.
+  std::atomic<uint32_t> shared_epoch_{0};
+  std::atomic<uint32_t> shared_submitters_[2] = {};
+  std::mutex idle_wait_lock_;  // one wait_until_idle() at a time
   std::unique_ptr<Shard[]> shards_;
   std::atomic<uint64_t> stamp_ms_{0};
   std::atomic<uint64_t> io_ticks_ms_{0};

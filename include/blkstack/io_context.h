@@ -133,8 +133,9 @@ class IoContext {
   // poll(). Under no lock.
   int poll_disks(std::unique_lock<std::mutex>& lock, uint64_t wait_ns);
 
-  // Disks with polled iocbs in flight, and how many on each (under lock_).
-  // Few: an iocb for a fifth disk is not polled.
+  // Disks with polled iocbs in flight, and how many on each (under lock_);
+  // each holds a poll reference on its disk (Disk::get_poll_ref) until its
+  // last event is posted. Few: an iocb for a fifth disk is not polled.
   struct PolledDisk {
     Disk* disk = nullptr;
     unsigned iocbs = 0;
