@@ -119,7 +119,15 @@ class Disk {
   void set_read_only(bool ro) { read_only_.store(ro, std::memory_order_relaxed); }
   BioDriver& driver() { return *driver_; }
   const BioDriver& driver() const { return *driver_; }
-  // The pool this disk splits bios from (its own, see bioset.h).
+  // The pool this disk splits bios from (its own, see bioset.h). Its
+  // reserve: submit_bio issues each piece before it splits off the next,
+  // and a piece returns its split bio when it completes, without needing
+  // another from this pool; so one split bio lets the largest bio finish,
+  // and a few let pieces overlap. Capped, so that a huge bio (or many)
+  // holds a bounded number, the rest waiting (parked, see bioset.h) as it
+  // would when the heap is out of memory.
+  static constexpr size_t kSplitReserve = 4;
+  static constexpr size_t kSplitMax = 256;
   BioSet& split_set() { return split_set_; }
 
   // Statistics summed over all threads.

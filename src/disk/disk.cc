@@ -44,7 +44,7 @@ Disk::Disk(std::string name, uint64_t capacity, QueueLimits limits,
       usage_(std::make_unique<PercpuRef>()),
       pollers_(std::make_unique<PercpuRef>()),
       shards_(new Shard[kSlotCount]()),
-      split_set_(name_ + "-split", 4),
+      split_set_(name_ + "-split", kSplitReserve, kSplitMax),
       driver_(std::move(driver)) {
   if (std::string why = limits_.check(); !why.empty()) {
     throw Error(fmt::format("disk '{}': {}", name_, why));
@@ -256,6 +256,7 @@ bool Disk::cancel(Bio& bio) {
     std::lock_guard lock(freeze_lock_);
     found = frozen_bios_.remove(&bio);
   }
+  if (!found) found = split_set_.unpark(bio);
   if (!found) found = driver_->cancel(bio);
   if (found) bio.complete(Status::kCancelled);
   return found;
