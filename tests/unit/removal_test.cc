@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <deque>
+#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -20,6 +21,7 @@
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/io_context.h"
+#include "blkstack/status.h"
 #include "blkstack/submit.h"
 #include "core/percpu.h"
 #include "test_wait.h"
@@ -208,6 +210,143 @@ TEST(RemovalSharedSlot, RemovalIsNotStarvedByThreadsThatKeepArriving) {
   std::printf("removal took %lld ms under the relay\n",
               static_cast<long long>(
                   std::chrono::duration_cast<std::chrono::milliseconds>(took).count()));
+}
+
+// --- the guard: removal under load ------------------------------------------------
+
+// Disks are created and removed over and over while 18 threads (more than
+// the per-thread slots) submit to them, through one IoContext, and two
+// reapers poll and reap; one of the reapers also does the removing, as the
+// serve loop does. Polled I/O goes to a file disk with a poll queue (an
+// io_uring completed only by pollers), the rest to null and ram disks in
+// mq mode, some split. Every iocb gets exactly one event: its byte count,
+// or the removed disk's -ENXIO. Meant for ASan (a use-after-free of a
+// disk, a queue or a ring is the failure this looks for).
+TEST(RemovalRaces, DisksRemovedUnderPollersReapersAndManySubmitters) {
+  char tmpl[] = "/var/tmp/blkstack-removal-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  AtExit rm{[&] { std::filesystem::remove_all(dir); }};
+
+  constexpr int kSubmitters = 18;
+  constexpr uint32_t kLen = 8192;
+  const auto run_for = 3s;
+  DiskRegistry reg;
+  IoContext ctx(64);
+  std::mutex disks_mu;
+  std::vector<std::shared_ptr<Disk>> disks;  // the current generation
+  int generation = 0;
+  auto make_generation = [&] {
+    const std::string g = std::to_string(generation++);
+    return std::vector<std::shared_ptr<Disk>>{
+        reg.create("file:" + dir + "/img" + g + ",size=4M,poll_queues=1,name=f" + g),
+        reg.create("null:16M,queue_mode=mq,depth=4,name=n" + g),
+        reg.create("ram:4M,queue_mode=mq,depth=2,max_sectors=8,name=r" + g),
+    };
+  };
+  disks = make_generation();
+
+  struct Slot {
+    std::shared_ptr<Disk> disk;  // held until the event is reaped
+    Iocb cb;
+    std::atomic<bool> done{true};
+    std::vector<std::byte> buf = std::vector<std::byte>(kLen);
+  };
+  std::vector<Slot> slots(kSubmitters);
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> submitted{0}, reaped{0}, bad{0}, offline{0}, removals{0};
+  const int64_t offline_res = -status_to_errno(Status::kOffline);
+
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kSubmitters; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      Slot& slot = slots[t];
+      while (!stop.load()) {
+        if (!slot.done.load(std::memory_order_acquire)) {
+          std::this_thread::yield();
+          continue;
+        }
+        slot.disk.reset();  // may be the last share of a removed disk
+        {
+          std::lock_guard lock(disks_mu);
+          slot.disk = disks[rng() % disks.size()];
+        }
+        Disk* d = slot.disk.get();
+        const uint64_t off = (rng() % 256) * kLen;
+        const bool write = rng() % 2;
+        slot.cb = write ? Iocb::pwrite(d, slot.buf.data(), kLen, off, uint64_t(t))
+                        : Iocb::pread(d, slot.buf.data(), kLen, off, uint64_t(t));
+        slot.cb.flags = kIocbHipri;  // polled where the disk can be
+        slot.done.store(false, std::memory_order_relaxed);
+        int r;
+        while ((r = aio_testing::SubmitOne(ctx, slot.cb)) == -EAGAIN)
+          std::this_thread::yield();
+        if (r != 1) {
+          bad.fetch_add(1);
+          slot.done.store(true);
+          continue;
+        }
+        submitted.fetch_add(1);
+      }
+      slot.disk.reset();
+    });
+  }
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r] {
+      IoEvent ev[16];
+      uint64_t since_removal = 0;
+      auto remove_generation = [&] {
+        std::vector<std::shared_ptr<Disk>> old;
+        {
+          auto fresh = make_generation();
+          std::lock_guard lock(disks_mu);
+          old.swap(disks);
+          disks = std::move(fresh);
+        }
+        for (auto& d : old) reg.remove(d->name());  // waits for what is in flight
+        removals.fetch_add(1);
+      };
+      while (!stop.load() || reaped.load() < submitted.load()) {
+        const int n = ctx.get_events(1, ev, 20ms);
+        for (int k = 0; k < n; ++k) {
+          const IoEvent& e = ev[k];
+          if (e.user_data >= kSubmitters || e.obj != &slots[e.user_data].cb) {
+            bad.fetch_add(1);
+            continue;
+          }
+          if (e.res == offline_res) {
+            offline.fetch_add(1);
+          } else if (e.res != kLen) {
+            bad.fetch_add(1);
+          }
+          slots[e.user_data].done.store(true, std::memory_order_release);
+        }
+        reaped.fetch_add(uint64_t(n));
+        since_removal += uint64_t(n);
+        if (r == 0 && !stop.load() && since_removal >= 200) {
+          since_removal = 0;
+          remove_generation();  // the reaper removes, as in the issue
+        }
+      }
+    });
+  }
+  std::this_thread::sleep_for(run_for);
+  stop.store(true);
+  for (auto& t : threads) t.join();
+  {
+    std::lock_guard lock(disks_mu);
+    for (auto& d : disks) reg.remove(d->name());
+    disks.clear();
+  }
+  EXPECT_EQ(bad.load(), 0u);
+  EXPECT_EQ(reaped.load(), submitted.load()) << "one event per iocb";
+  EXPECT_EQ(ctx.in_flight(), 0u);
+  EXPECT_GT(removals.load(), 3u) << "removal under load happened";
+  std::printf("%llu iocbs, %llu removals, %llu refused as removed\n",
+              static_cast<unsigned long long>(submitted.load()),
+              static_cast<unsigned long long>(removals.load()),
+              static_cast<unsigned long long>(offline.load()));
 }
 
 }  // namespace
