@@ -279,15 +279,17 @@ TEST(RemovalRaces, DisksRemovedUnderPollersReapersAndManySubmitters) {
                         : Iocb::pread(d, slot.buf.data(), kLen, off, uint64_t(t));
         slot.cb.flags = kIocbHipri;  // polled where the disk can be
         slot.done.store(false, std::memory_order_relaxed);
+        // Counted before it can be reaped: the reapers stop only once
+        // every iocb counted here has its event.
+        submitted.fetch_add(1);
         int r;
         while ((r = aio_testing::SubmitOne(ctx, slot.cb)) == -EAGAIN)
           std::this_thread::yield();
         if (r != 1) {
           bad.fetch_add(1);
+          submitted.fetch_sub(1);
           slot.done.store(true);
-          continue;
         }
-        submitted.fetch_add(1);
       }
       slot.disk.reset();
     });
