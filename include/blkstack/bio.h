@@ -177,6 +177,10 @@ class Bio {
   }
   // True once the callback has run (for tests and debug checks).
   bool completed() const { return completed_.load(std::memory_order_acquire); }
+  // True once a child was chained to this bio (a split piece, say): part of
+  // its work has gone its own way, so the bio can no longer be taken back
+  // whole (cancelled) even while the rest of it waits.
+  bool has_chained_children() const { return chained_.load(std::memory_order_relaxed); }
 
   // Makes `parent` wait for `child`: the parent's callback runs after both
   // its own endio() and the child's; the child's error is kept in the parent
@@ -189,6 +193,9 @@ class Bio {
   // segment table is copied. Returns nullptr only when no_wait allocation
   // fails; `sectors` must be > 0 and < sectors().
   Bio* split(uint32_t sectors, BioSet& pool, bool may_wait = true);
+  // As split(), into `front`: a bio fresh from a BioSet, for callers that
+  // get it themselves (submit_bio's splitting, which never waits for one).
+  void split_into(Bio& front, uint32_t sectors);
   // A clone of this bio's remaining range sharing its segment table. The
   // clone is not chained; its owner sets a callback (bio_alloc_clone).
   Bio* clone(BioSet& pool, bool may_wait = true);
@@ -215,6 +222,8 @@ class Bio {
   Bio* finish_one();
   [[noreturn]] void fatal_completed_twice() const;
   void reset(Disk* disk, Op op, uint64_t sector, EndIo end_io, void* context);
+  // Makes `c` a clone of this bio's remaining range (see clone()).
+  void clone_into(Bio& c) const;
 
   BioIter iter_{};
   Segment* segs_ = nullptr;

@@ -3,8 +3,9 @@
 //
 // Lifetime: disks are shared (std::shared_ptr). shutdown() — what removal
 // from a DiskRegistry does — marks the disk dying, so new I/O fails with
-// Status::kOffline, then waits until the I/O already in flight completes.
-// The driver is destroyed with the disk, after the last I/O.
+// Status::kOffline, then waits until the I/O already in flight completes
+// and no thread is inside the driver (submitting or polling). The driver is
+// destroyed with the disk, after the last I/O.
 #pragma once
 
 #include <atomic>
@@ -56,8 +57,9 @@ class BioDriver {
   // Called by Disk::shutdown() after new I/O is refused, before waiting for
   // the I/O in flight: a queue fails what it has parked, for instance.
   virtual void shutdown() {}
-  // Takes back `bio` if it is still waiting inside the driver without
-  // having been started (parked for a tag); the caller then completes it.
+  // Takes back `bio` if it is still waiting inside the driver without any
+  // of it having been started (parked for a tag, and no piece split off it:
+  // Bio::has_chained_children()); the caller then completes it.
   virtual bool cancel(Bio& bio) {
     (void)bio;
     return false;
@@ -117,7 +119,15 @@ class Disk {
   void set_read_only(bool ro) { read_only_.store(ro, std::memory_order_relaxed); }
   BioDriver& driver() { return *driver_; }
   const BioDriver& driver() const { return *driver_; }
-  // The pool this disk splits bios from (its own, see bioset.h).
+  // The pool this disk splits bios from (its own, see bioset.h). Its
+  // reserve: submit_bio issues each piece before it splits off the next,
+  // and a piece returns its split bio when it completes, without needing
+  // another from this pool; so one split bio lets the largest bio finish,
+  // and a few let pieces overlap. Capped, so that a huge bio (or many)
+  // holds a bounded number, the rest waiting (parked, see bioset.h) as it
+  // would when the heap is out of memory.
+  static constexpr size_t kSplitReserve = 4;
+  static constexpr size_t kSplitMax = 256;
   BioSet& split_set() { return split_set_; }
 
   // Statistics summed over all threads.
@@ -139,8 +149,24 @@ class Disk {
   void freeze();
   // Lets parked and new I/O in again once every freeze() is undone.
   void unfreeze();
-  // Completes `bio` with Status::kCancelled if it has not reached a device
-  // yet (parked while frozen, or waiting for a tag). Returns whether it did.
+  // Polled I/O (BioFlag::kPolled; the kernel's bio_poll): completes what
+  // is ready on the driver's poll queues, waiting up to `wait_ns` for the
+  // first; returns how many, or BioDriver::kPollBusy. The caller holds a
+  // poll reference across the call: completing the last bio may let
+  // another thread reap its event and remove the disk while this one is
+  // still inside the driver, and the reference makes removal wait.
+  int poll(uint64_t wait_ns) { return driver_->poll(wait_ns); }
+  // A poll reference (q_usage_counter as bio_poll takes it): shutdown()
+  // does not return while one is held. Taken while the disk is known to be
+  // alive (an I/O of the caller's in flight on it, or another reference
+  // held); refused once removal is past the I/O in flight, when nothing is
+  // left to poll.
+  bool get_poll_ref();
+  void put_poll_ref();  // the disk may be gone once this returns
+
+  // Completes `bio` with Status::kCancelled if none of it has reached a
+  // device yet (parked while frozen, or waiting for a tag, with no piece
+  // split off and issued). Returns whether it did.
   bool cancel(Bio& bio);
 
   // --- used by submit_bio() and Bio::endio() ---------------------------
@@ -173,6 +199,7 @@ class Disk {
     Disk& disk_;
     unsigned slot_;
     const Disk* saved_;
+    unsigned shared_half_ = 0;  // on the shared slot: the half counted in
   };
 
  private:
@@ -191,10 +218,17 @@ class Disk {
   bool per_bio_stats_;
   std::atomic<bool> dying_{false};
   std::unique_ptr<PercpuRef> usage_;  // bios between start_io and end_io
+  std::unique_ptr<PercpuRef> pollers_;  // poll references (get_poll_ref)
   std::mutex freeze_lock_;            // the parked bios and the freeze depth
   BioList frozen_bios_;
   unsigned freeze_depth_ = 0;
-  std::atomic<uint32_t> shared_submitters_{0};  // threads on the shared slot
+  // Threads on the shared slot inside the submit path, counted in two
+  // halves by the epoch they entered in: a wait flips the epoch and waits
+  // for the old half only, so threads that keep arriving after it (and are
+  // refused) cannot starve it, however many share the slot.
+  std::atomic<uint32_t> shared_epoch_{0};
+  std::atomic<uint32_t> shared_submitters_[2] = {};
+  std::mutex idle_wait_lock_;  // one wait_until_idle() at a time
   std::unique_ptr<Shard[]> shards_;
   std::atomic<uint64_t> stamp_ms_{0};
   std::atomic<uint64_t> io_ticks_ms_{0};

@@ -114,9 +114,10 @@ class IoContext {
                  std::optional<std::chrono::nanoseconds> timeout = std::nullopt);
 
   // Asks to cancel an accepted iocb. Returns 0 if it was cancelled before
-  // reaching a device (its event carries -ECANCELED), -EINPROGRESS if its
-  // I/O is under way (its event comes as usual), -EINVAL if the iocb is not
-  // in flight on this context.
+  // any of it reached a device (its event carries -ECANCELED), -EINPROGRESS
+  // if its I/O is under way, even in part (a split iocb some of whose
+  // pieces were issued): its event comes as usual, with its real result.
+  // -EINVAL if the iocb is not in flight on this context.
   int cancel(Iocb& iocb);
 
   unsigned max_events() const { return max_events_; }
@@ -132,8 +133,9 @@ class IoContext {
   // poll(). Under no lock.
   int poll_disks(std::unique_lock<std::mutex>& lock, uint64_t wait_ns);
 
-  // Disks with polled iocbs in flight, and how many on each (under lock_).
-  // Few: an iocb for a fifth disk is not polled.
+  // Disks with polled iocbs in flight, and how many on each (under lock_);
+  // each holds a poll reference on its disk (Disk::get_poll_ref) until its
+  // last event is posted. Few: an iocb for a fifth disk is not polled.
   struct PolledDisk {
     Disk* disk = nullptr;
     unsigned iocbs = 0;

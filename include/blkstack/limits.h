@@ -38,8 +38,11 @@ uint32_t max_bytes_within_limits(const Bio& bio, const QueueLimits& lim);
 
 // Splits `bio` so that its front fits `lim`. Returns &bio if it already
 // fits, otherwise a new front bio from `pool` chained to `bio` (which is
-// advanced past it). Returns nullptr and sets *error when the bio cannot be
-// split legally (a segment layout that leaves less than one logical block).
+// advanced past it). Never waits for `pool`. Returns nullptr and sets
+// *error: to Status::kInvalid when the bio cannot be split legally (a
+// segment layout that leaves less than one logical block); to
+// Status::kResource when `pool` has no bio for it now (then park `bio`
+// there: BioSet::park).
 Bio* split_to_limits(Bio& bio, const QueueLimits& lim, BioSet& pool, Status* error);
 
 }  // namespace blkstack

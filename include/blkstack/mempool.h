@@ -53,6 +53,11 @@ class MempoolBase {
   size_t available() const;    // idle elements in the pool
   size_t waiters() const;      // threads waiting in alloc
 
+  // Fault injection: while on, growing the pool from the heap fails as it
+  // does when the system is out of memory, so the reserve and what is in
+  // use are all there is (tests of the back-pressure path).
+  void simulate_out_of_memory(bool on);
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

@@ -232,6 +232,9 @@ void IoContext::post_event(Kiocb& k) {
 }
 
 bool IoContext::track_polled(Disk* disk) {
+  // A disk is tracked with a poll reference, taken with its first polled
+  // iocb (the caller's disk is alive then) and dropped with its last event:
+  // it keeps the disk alive while poll_disks() may still name it.
   PolledDisk* free_slot = nullptr;
   for (PolledDisk& p : polled_) {
     if (p.disk == disk) {
@@ -241,7 +244,7 @@ bool IoContext::track_polled(Disk* disk) {
     }
     if (p.disk == nullptr && free_slot == nullptr) free_slot = &p;
   }
-  if (free_slot == nullptr) return false;
+  if (free_slot == nullptr || !disk->get_poll_ref()) return false;
   *free_slot = {disk, 1};
   ++polled_iocbs_;
   return true;
@@ -250,7 +253,10 @@ bool IoContext::track_polled(Disk* disk) {
 void IoContext::untrack_polled(Disk* disk) {
   for (PolledDisk& p : polled_) {
     if (p.disk == disk) {
-      if (--p.iocbs == 0) p.disk = nullptr;
+      if (--p.iocbs == 0) {
+        p.disk = nullptr;
+        disk->put_poll_ref();
+      }
       --polled_iocbs_;
       return;
     }
@@ -259,18 +265,21 @@ void IoContext::untrack_polled(Disk* disk) {
 
 int IoContext::poll_disks(std::unique_lock<std::mutex>& lock, uint64_t wait_ns) {
   // Only one disk may be waited on: a sleep in one ring would not see the
-  // others' completions. The disks stay open while their iocbs are in
-  // flight, and those are ours until we post their events.
+  // others' completions. Each disk is polled under a poll reference of our
+  // own, taken while its tracking reference holds it: completing our last
+  // iocb on it drops that one, and another thread may then reap the event
+  // and remove the disk while we are still inside its driver.
   Disk* disks[kMaxPolledDisks];
   unsigned n = 0;
   for (const PolledDisk& p : polled_) {
-    if (p.disk) disks[n++] = p.disk;
+    if (p.disk && p.disk->get_poll_ref()) disks[n++] = p.disk;
   }
   lock.unlock();
   int done = 0;
   bool busy = false;
   for (unsigned i = 0; i < n; ++i) {
-    const int r = disks[i]->driver().poll(n == 1 ? wait_ns : 0);
+    const int r = disks[i]->poll(n == 1 ? wait_ns : 0);
+    disks[i]->put_poll_ref();
     if (r == BioDriver::kPollBusy) busy = true; else done += r;
   }
   lock.lock();

@@ -164,32 +164,49 @@ void Bio::chain(Bio& child, Bio& parent) {
   parent.remaining_.fetch_add(1, std::memory_order_relaxed);
 }
 
+void Bio::clone_into(Bio& c) const {
+  c.reset(disk_, op_, iter_.sector, nullptr, nullptr);
+  c.iter_ = iter_;
+  c.segs_ = segs_;
+  c.nr_segs_ = nr_segs_;
+  c.flags_ = flags_;
+}
+
 Bio* Bio::clone(BioSet& pool, bool may_wait) {
   Bio* c = pool.alloc(may_wait ? Wait::kMayWait : Wait::kNoWait);
   if (!c) return nullptr;
-  c->reset(disk_, op_, iter_.sector, nullptr, nullptr);
-  c->iter_ = iter_;
-  c->segs_ = segs_;
-  c->nr_segs_ = nr_segs_;
-  c->flags_ = flags_;
+  clone_into(*c);
   return c;
 }
 
-Bio* Bio::split(uint32_t sectors, BioSet& pool, bool may_wait) {
+namespace {
+// The split point in bytes; aborts if it is not inside the bio.
+uint32_t split_bytes(uint32_t sectors, uint32_t size) {
   // In 64 bits: 2^23 sectors or more must not wrap to a small byte count.
   const uint64_t bytes64 = uint64_t{sectors} << kSectorShift;
-  if (sectors == 0 || bytes64 >= iter_.size) {
+  if (sectors == 0 || bytes64 >= size) {
     debug::fatal("Bio::split: split point outside the bio");
   }
-  const auto bytes = static_cast<uint32_t>(bytes64);
-  Bio* front = clone(pool, may_wait);
+  return static_cast<uint32_t>(bytes64);
+}
+}  // namespace
+
+Bio* Bio::split(uint32_t sectors, BioSet& pool, bool may_wait) {
+  split_bytes(sectors, iter_.size);  // before allocating
+  Bio* front = pool.alloc(may_wait ? Wait::kMayWait : Wait::kNoWait);
   if (!front) return nullptr;
-  front->iter_.size = bytes;
+  split_into(*front, sectors);
+  return front;
+}
+
+void Bio::split_into(Bio& front, uint32_t sectors) {
+  const uint32_t bytes = split_bytes(sectors, iter_.size);
+  clone_into(front);
+  front.iter_.size = bytes;
   // A PREFLUSH applies before the first piece only; FUA to every piece.
   clear_flags(BioFlag::kPreflush);
   advance(bytes);
-  chain(*front, *this);
-  return front;
+  chain(front, *this);
 }
 
 void Bio::put() {

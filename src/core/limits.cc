@@ -109,7 +109,13 @@ Bio* split_to_limits(Bio& bio, const QueueLimits& lim, BioSet& pool, Status* err
     *error = Status::kInvalid;
     return nullptr;
   }
-  return bio.split(fit >> kSectorShift, pool);
+  Bio* front = pool.alloc_for_split(bio);
+  if (front == nullptr) {
+    *error = Status::kResource;
+    return nullptr;
+  }
+  bio.split_into(*front, fit >> kSectorShift);
+  return front;
 }
 
 }  // namespace blkstack

@@ -1,5 +1,6 @@
 #include "blkstack/mempool.h"
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
@@ -41,6 +42,7 @@ struct MempoolBase::Impl {
   Waiter* wait_head = nullptr;
   Waiter* wait_tail = nullptr;
   size_t nr_waiters = 0;
+  std::atomic<bool> out_of_memory{false};  // simulate_out_of_memory()
 #ifdef BLKSTACK_DEBUG_CHECKS
   std::unordered_map<const void*, size_t> held;  // thread token -> elements owned
 #endif
@@ -51,6 +53,8 @@ struct MempoolBase::Impl {
   void* elem_of(Header* h) const { return reinterpret_cast<char*>(h) + elem_offset; }
 
   Header* heap_alloc() const {
+    if (out_of_memory.load(std::memory_order_relaxed)) [[unlikely]]
+      return nullptr;
     void* p = ::operator new(elem_offset + elem_size, std::align_val_t{elem_align},
                              std::nothrow);
     return p ? new (p) Header{} : nullptr;
@@ -182,6 +186,10 @@ void MempoolBase::disown(void* p) {
 #else
   h->owner = nullptr;
 #endif
+}
+
+void MempoolBase::simulate_out_of_memory(bool on) {
+  impl_->out_of_memory.store(on, std::memory_order_relaxed);
 }
 
 size_t MempoolBase::total() const {

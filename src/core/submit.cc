@@ -42,6 +42,9 @@ void submit_one(Bio& bio) {
   Disk::SubmitGuard guard(*disk);
 
   if (Status s = check_bio(bio, *disk); s != Status::kOk) {
+    // A remainder back from waiting for a split bio (the disk shrank or
+    // turned read-only meanwhile) gives back the one it was handed.
+    disk->split_set().drop_handed(bio);
     bio.complete(s);
     return;
   }
@@ -65,11 +68,23 @@ void submit_one(Bio& bio) {
   Status split_error = Status::kOk;
   Bio* front = split_to_limits(bio, disk->limits(), disk->split_set(), &split_error);
   if (front == nullptr) {
+    if (split_error == Status::kResource) {
+      // Out of split bios: back-pressure, not an error (DESIGN.md invariant
+      // 4). It waits, holding its accounting, until one of its disk's split
+      // bios comes back, and then goes on from here; this thread does not
+      // wait.
+      disk->split_set().park(bio);
+      return;
+    }
     bio.complete(split_error);
     return;
   }
-  // The rest goes back on this thread's list, after what the driver submits.
-  if (front != &bio) tls_bio_list->push_back(&bio);
+  if (front != &bio) {
+    // The rest goes back on this thread's list, after what the driver
+    // submits; the piece is on its way back to the pool.
+    tls_bio_list->push_back(&bio);
+    disk->split_set().mempool().disown(front);
+  }
   disk->driver().submit(*front);
 }
 

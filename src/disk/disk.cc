@@ -37,10 +37,15 @@ StatGroup stat_group(Op op) {
 
 Disk::Disk(std::string name, uint64_t capacity, QueueLimits limits,
            std::unique_ptr<BioDriver> driver)
-    : name_(std::move(name)), capacity_(capacity), limits_(limits),
-      read_only_(limits.read_only), usage_(std::make_unique<PercpuRef>()),
+    : name_(std::move(name)),
+      capacity_(capacity),
+      limits_(limits),
+      read_only_(limits.read_only),
+      usage_(std::make_unique<PercpuRef>()),
+      pollers_(std::make_unique<PercpuRef>()),
       shards_(new Shard[kSlotCount]()),
-      split_set_(name_ + "-split", 4), driver_(std::move(driver)) {
+      split_set_(name_ + "-split", kSplitReserve, kSplitMax),
+      driver_(std::move(driver)) {
   if (std::string why = limits_.check(); !why.empty()) {
     throw Error(fmt::format("disk '{}': {}", name_, why));
   }
@@ -174,8 +179,12 @@ Disk::SubmitGuard::SubmitGuard(Disk& disk) : disk_(disk) {
     saved_ = submit_slots[slot_].disk.load(std::memory_order_relaxed);
     submit_slots[slot_].disk.store(&disk, std::memory_order_release);
   } else {
+    // Sequentially consistent, like start_io's increment that follows: a
+    // waiter that flipped the epoch before our load counts us in the new
+    // half, and then our start_io sees the kill it made before flipping.
     saved_ = nullptr;
-    disk.shared_submitters_.fetch_add(1, std::memory_order_seq_cst);
+    shared_half_ = disk.shared_epoch_.load(std::memory_order_seq_cst) & 1;
+    disk.shared_submitters_[shared_half_].fetch_add(1, std::memory_order_seq_cst);
   }
 }
 
@@ -186,12 +195,13 @@ Disk::SubmitGuard::~SubmitGuard() {
     if (!saved_) s.exits.store(s.exits.load(std::memory_order_relaxed) + 1,
                                std::memory_order_release);
   } else {
-    disk_.shared_submitters_.fetch_sub(1, std::memory_order_release);
+    disk_.shared_submitters_[shared_half_].fetch_sub(1, std::memory_order_release);
   }
 }
 
 void Disk::wait_until_idle(const std::string& what) {
   usage_->wait_for_zero(what);
+  std::lock_guard one_at_a_time(idle_wait_lock_);
   // Slot by slot, and only for the guard each slot is in now: a thread that
   // enters later is refused (dying or frozen) before the driver. Waiting
   // for all slots to be free at one instant starved under a stream of
@@ -203,8 +213,19 @@ void Disk::wait_until_idle(const std::string& what) {
       std::this_thread::yield();
     }
   }
-  while (shared_submitters_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  // The shared slot: flip the epoch so that arrivals from now on count in
+  // the other half, and wait for the half counted before. Any number of
+  // threads may keep passing through the shared slot; those counting in
+  // the old half are the ones that were in when we flipped.
+  const uint32_t old_half = shared_epoch_.fetch_add(1, std::memory_order_seq_cst) & 1;
+  while (shared_submitters_[old_half].load(std::memory_order_seq_cst) != 0) {
+    std::this_thread::yield();
+  }
 }
+
+bool Disk::get_poll_ref() { return pollers_->tryget_live(); }
+
+void Disk::put_poll_ref() { pollers_->put(); }
 
 void Disk::refused(Bio& bio) {
   bool would_wait = false;
@@ -235,6 +256,7 @@ bool Disk::cancel(Bio& bio) {
     std::lock_guard lock(freeze_lock_);
     found = frozen_bios_.remove(&bio);
   }
+  if (!found) found = split_set_.unpark(bio);
   if (!found) found = driver_->cancel(bio);
   if (found) bio.complete(Status::kCancelled);
   return found;
@@ -269,7 +291,13 @@ void Disk::shutdown() {
   }
   while (Bio* b = parked.pop_front()) b->complete(Status::kOffline);
   driver_->shutdown();
-  wait_until_idle("removal of disk '" + name_ + "'");
+  const std::string what = "removal of disk '" + name_ + "'";
+  wait_until_idle(what);
+  // Pollers last: until the I/O in flight is done, polling may be what
+  // completes it. From here on nothing is left to poll, and a poller that
+  // completed the last bio may still be inside the driver.
+  pollers_->kill();
+  pollers_->wait_for_zero(what);
 }
 
 std::string Disk::stats_report() const {

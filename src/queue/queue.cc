@@ -595,6 +595,9 @@ bool Queue::cancel(Bio& bio) {
     Tags& tags = tag_set_->tag_space(s);
     if (tags.nr_waiters.load(std::memory_order_acquire) == 0) continue;
     std::lock_guard lock(tags.wait_lock);
+    // Pieces split off it are already issued: it is under way. Read under
+    // the lock it was parked with, so a split just before parking is seen.
+    if (bio.has_chained_children()) return false;
     if (tags.waiters.remove(&bio)) {
       tags.nr_waiters.fetch_sub(1, std::memory_order_relaxed);
       return true;

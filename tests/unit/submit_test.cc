@@ -457,6 +457,133 @@ TEST(SubmitSplit, DeferredPiecesCompleteTheBioAfterTheLast) {
   EXPECT_EQ(rec->in_flight(), 0u);
 }
 
+// DESIGN.md invariant 4: running out of memory for a split is
+// back-pressure. The bio parks until a split bio of the disk's pool comes
+// back, and goes on; it never fails for it and never blocks (or, inside the
+// submit path, aborts) its submitter.
+TEST(SubmitSplitMemory, OutOfMemoryWhileSplittingParksTheBioUntilAPieceReturns) {
+  Log log;
+  QueueLimits lim = plain_limits();
+  lim.max_sectors = 8;  // 4 KiB pieces
+  auto rec = recording_disk("no-memory", &log, lim);
+  RecordingDriver& drv = recorder(*rec);
+  drv.defer = true;
+  MempoolBase& pool = rec->split_set().mempool();
+  pool.simulate_out_of_memory(true);
+  const size_t reserve = pool.available();
+  ASSERT_GT(reserve, 0u);
+  constexpr uint32_t kPieces = 24;
+  std::vector<std::byte> buf(kPieces * 4096);
+  Segment seg(buf.data(), static_cast<uint32_t>(buf.size()));
+  Done done;
+  Bio bio;
+  bio.init(rec.get(), Op::kWrite, 0, {&seg, 1}, record_done, &done);
+  submit_bio(bio);  // returns: what the reserve allows is issued, the rest waits
+  EXPECT_EQ(done.calls, 0);
+  EXPECT_EQ(log.size(), reserve) << "one piece per split bio in the reserve";
+  // Each piece that completes gives its split bio to the parked remainder.
+  size_t next = 0;
+  while (next < drv.deferred.size()) {
+    const size_t before = log.size();
+    drv.deferred[next++]->complete(Status::kOk);
+    // The last split also sends the bio itself, which needs no split bio.
+    if (before < kPieces) {
+      EXPECT_EQ(log.size(), before + (before + 2 == kPieces ? 2 : 1))
+          << "a piece back, a piece out";
+    }
+    EXPECT_LE(drv.deferred.size() - next, reserve + 1)
+        << "never more split bios out than the reserve";
+  }
+  EXPECT_EQ(done.calls, 1);
+  EXPECT_EQ(done.status, Status::kOk);
+  ASSERT_EQ(log.size(), kPieces);
+  for (size_t i = 0; i < log.size(); ++i) {
+    EXPECT_EQ(log[i].sector, 8 * i) << "in order";
+    EXPECT_EQ(log[i].size, 4096u);
+  }
+  EXPECT_EQ(rec->in_flight(), 0u);
+  EXPECT_EQ(pool.total(), reserve) << "nothing came from the heap";
+  EXPECT_EQ(pool.available(), reserve) << "every split bio came back";
+  EXPECT_EQ(rec->stats().ios[kStatWrite], 1u) << "accounted once";
+}
+
+// Several bios parked for split bios take turns in the order they parked,
+// each once, and a bio needing a split queues behind those parked before
+// it rather than overtake them.
+TEST(SubmitSplitMemory, BiosParkedForSplitsGoOnInOrder) {
+  Log log;
+  QueueLimits lim = plain_limits();
+  lim.max_sectors = 8;
+  auto rec = recording_disk("no-memory-fifo", &log, lim);
+  RecordingDriver& drv = recorder(*rec);
+  drv.defer = true;
+  MempoolBase& pool = rec->split_set().mempool();
+  pool.simulate_out_of_memory(true);
+  const size_t reserve = pool.available();
+  constexpr int kBios = 3;
+  std::vector<std::byte> buf(kBios * 4 * 4096);
+  Segment segs[kBios];
+  Done done[kBios];
+  Bio bios[kBios];
+  for (int i = 0; i < kBios; ++i) {
+    segs[i] = Segment(buf.data() + i * 4 * 4096, 4 * 4096);
+    bios[i].init(rec.get(), Op::kRead, uint64_t(i) * 1000, {&segs[i], 1}, record_done,
+                 &done[i]);
+    submit_bio(bios[i]);
+  }
+  size_t next = 0;
+  while (next < drv.deferred.size()) drv.deferred[next++]->complete(Status::kOk);
+  for (int i = 0; i < kBios; ++i) {
+    EXPECT_EQ(done[i].calls, 1) << i;
+    EXPECT_EQ(done[i].status, Status::kOk) << i;
+  }
+  ASSERT_EQ(log.size(), size_t{kBios} * 4);
+  // Each bio's pieces in order, and the bios started in the order they came.
+  uint64_t next_sector[kBios] = {0, 1000, 2000};
+  int started = 0;
+  for (const Seen& s : log) {
+    const int i = static_cast<int>(s.sector / 1000);
+    EXPECT_EQ(s.sector, next_sector[i]) << "bio " << i;
+    next_sector[i] = s.sector + 8;
+    if (s.sector % 1000 == 0) {
+      EXPECT_EQ(i, started++) << "started out of order";
+    }
+  }
+  EXPECT_EQ(pool.available(), reserve);
+}
+
+// The split pool of a disk is capped: a huge bio cut into many pieces
+// holds at most the cap of split bios at once, the rest waiting, instead
+// of growing the pool by one bio per piece.
+TEST(SubmitSplitMemory, TheSplitPoolIsCappedSoAHugeBioHoldsABoundedNumber) {
+  Log log;
+  QueueLimits lim = plain_limits();
+  lim.max_sectors = 8;
+  auto rec = recording_disk("huge-bio", &log, lim, 8 << 20);
+  RecordingDriver& drv = recorder(*rec);
+  drv.defer = true;
+  const MempoolBase& pool = rec->split_set().mempool();
+  ASSERT_GT(pool.max_nr(), 0u) << "the split pool has a cap";
+  constexpr uint32_t kPieces = 2048;  // 8 MiB in 4 KiB pieces
+  std::vector<std::byte> buf(size_t{kPieces} * 4096);
+  Segment seg(buf.data(), static_cast<uint32_t>(buf.size()));
+  Done done;
+  Bio bio;
+  bio.init(rec.get(), Op::kRead, 0, {&seg, 1}, record_done, &done);
+  submit_bio(bio);
+  EXPECT_LE(drv.deferred.size(), pool.max_nr());
+  size_t next = 0, most = 0;
+  while (next < drv.deferred.size()) {
+    most = std::max(most, drv.deferred.size() - next);
+    drv.deferred[next++]->complete(Status::kOk);
+  }
+  EXPECT_LE(most, pool.max_nr() + 1) << "the cap, and the bio itself as the last piece";
+  EXPECT_LE(pool.total(), pool.max_nr());
+  EXPECT_EQ(done.calls, 1);
+  EXPECT_EQ(done.status, Status::kOk);
+  EXPECT_EQ(log.size(), kPieces);
+}
+
 TEST(SubmitRefs, TheSubmittersReferenceOutlivesAnInlineCompletion) {
   DiskRegistry reg;
   auto ram = reg.create("ram:1M");
