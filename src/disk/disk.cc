@@ -180,11 +180,25 @@ Disk::SubmitGuard::SubmitGuard(Disk& disk) : disk_(disk) {
     submit_slots[slot_].disk.store(&disk, std::memory_order_release);
   } else {
     // Sequentially consistent, like start_io's increment that follows: a
-    // waiter that flipped the epoch before our load counts us in the new
-    // half, and then our start_io sees the kill it made before flipping.
+    // waiter that flipped the epoch before our count is waited for only if
+    // we count in the half it waits for, so we count ourselves in and then
+    // read the epoch again. Unchanged, any later flip (and its wait) comes
+    // after our count and sees it; changed, our count may be in the half a
+    // later wait skips (we read the epoch, were preempted across a whole
+    // wait, and counted in the half new arrivals use): count again. A
+    // waiter that flipped before our count gets our start_io refused by
+    // the kill it made before flipping.
     saved_ = nullptr;
-    shared_half_ = disk.shared_epoch_.load(std::memory_order_seq_cst) & 1;
-    disk.shared_submitters_[shared_half_].fetch_add(1, std::memory_order_seq_cst);
+    for (;;) {
+      const uint32_t epoch = disk.shared_epoch_.load(std::memory_order_seq_cst);
+      shared_half_ = epoch & 1;
+#ifdef BLKSTACK_DEBUG_CHECKS
+      if (auto hook = shared_slot_entry_hook.load(std::memory_order_acquire)) hook(disk);
+#endif
+      disk.shared_submitters_[shared_half_].fetch_add(1, std::memory_order_seq_cst);
+      if (disk.shared_epoch_.load(std::memory_order_seq_cst) == epoch) break;
+      disk.shared_submitters_[shared_half_].fetch_sub(1, std::memory_order_release);
+    }
   }
 }
 
