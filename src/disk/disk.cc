@@ -6,6 +6,7 @@
 #include "core/clock.h"
 #include "core/percpu.h"
 #include "core/percpu_ref.h"
+#include "core/wait.h"
 #include "blkstack/submit.h"
 #include <thread>
 #include <fmt/format.h>
@@ -306,6 +307,16 @@ void Disk::shutdown() {
   while (Bio* b = parked.pop_front()) b->complete(Status::kOffline);
   driver_->shutdown();
   const std::string what = "removal of disk '" + name_ + "'";
+  if (driver_->can_poll() && usage_->count() != 0) {
+    // Polled I/O completes only when polled, and its owner may never poll
+    // again (an IoContext nobody reaps or destroys): removal polls the
+    // driver itself while it waits, as a driver reaps its completion
+    // queues when its device goes away. The events are posted as usual.
+    prepare_to_wait(what);
+    while (usage_->count() != 0) {
+      if (driver_->poll(0) <= 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
   wait_until_idle(what);
   // Pollers last: until the I/O in flight is done, polling may be what
   // completes it. From here on nothing is left to poll, and a poller that

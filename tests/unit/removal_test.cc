@@ -118,6 +118,33 @@ TEST(RemovalPoll, RemovalWaitsForAPollerStillInsideTheDriver) {
       << "the disk and its driver were destroyed while a poller was inside the driver";
 }
 
+// Polled I/O completes only when polled, and an IoContext whose owner
+// never reaps it (nor destroys it) never polls again. Removal must not
+// wait for it forever: it polls the driver itself while it waits for the
+// I/O in flight, and the iocb's event is posted for whoever reaps later.
+TEST(RemovalPoll, RemovalCompletesPolledIoThatNobodyPolls) {
+  auto shared = std::make_shared<LingeringPollDriver::Shared>();
+  auto disk = std::make_shared<Disk>("poll-unreaped", 8192, QueueLimits{},
+                                     std::make_unique<LingeringPollDriver>(shared));
+  IoContext ctx(4);
+  std::vector<std::byte> buf(4096);
+  Iocb cb =
+      aio_testing::MakeIocb(IoOp::kPread, disk.get(), buf.data(), 4096, 0, 1, kIocbHipri);
+  ASSERT_EQ(aio_testing::SubmitOne(ctx, cb), 1);
+  std::atomic<bool> removed{false};
+  std::thread remover([&] {
+    disk->shutdown();
+    removed.store(true);
+  });
+  const bool in_time = Eventually([&] { return removed.load(); }, 2s);
+  IoEvent ev{};
+  // Reaping polls too: this lets a removal that waits for us finish.
+  EXPECT_EQ(ctx.get_events(1, {&ev, 1}, 5s), 1);
+  remover.join();
+  EXPECT_TRUE(in_time) << "removal waited for a poller that never comes";
+  EXPECT_EQ(ev.res, 4096);
+}
+
 // --- more submitting threads than per-thread slots ------------------------------
 
 // Threads beyond the per-thread slots share one. Runs `fn` on a thread that
