@@ -664,6 +664,47 @@ TEST(SubmitSplitMemory, RemovalWaitsForABioParkedForSplitBios) {
   EXPECT_EQ(pool.available(), reserve);
 }
 
+// A bio parked for split bios that fails its checks on the way back (the
+// disk turned read-only meanwhile) completes with that error once, after
+// its issued pieces, and gives back the split bio it was handed.
+TEST(SubmitSplitMemory, AParkedBioThatFailsOnTheWayBackGivesBackItsSplitBio) {
+  Log log;
+  QueueLimits lim = plain_limits();
+  lim.max_sectors = 8;
+  auto rec = recording_disk("no-memory-ro", &log, lim);
+  RecordingDriver& drv = recorder(*rec);
+  drv.defer = true;
+  MempoolBase& pool = rec->split_set().mempool();
+  pool.simulate_out_of_memory(true);
+  const size_t reserve = pool.available();
+  const auto pieces = static_cast<uint32_t>(reserve + 4);
+  std::vector<std::byte> buf(pieces * 4096);
+  Segment seg(buf.data(), pieces * 4096);
+  Done done;
+  Bio bio;
+  bio.init(rec.get(), Op::kWrite, 0, {&seg, 1}, record_done, &done);
+  submit_bio(bio);
+  ASSERT_EQ(log.size(), reserve);
+  rec->set_read_only(true);
+  size_t next = 0;
+  while (next < drv.deferred.size()) drv.deferred[next++]->complete(Status::kOk);
+  EXPECT_EQ(done.calls, 1);
+  EXPECT_EQ(done.status, Status::kReadOnly);
+  EXPECT_EQ(log.size(), reserve) << "nothing more was issued";
+  EXPECT_EQ(rec->in_flight(), 0u);
+  EXPECT_EQ(pool.available(), reserve) << "the split bio handed to it came back";
+  // And the set is not left thinking someone waits: a new split goes on.
+  rec->set_read_only(false);
+  Done again;
+  Bio next_bio;
+  Segment seg2(buf.data(), 2 * 4096);
+  drv.defer = false;
+  next_bio.init(rec.get(), Op::kWrite, 0, {&seg2, 1}, record_done, &again);
+  submit_bio(next_bio);
+  EXPECT_EQ(again.calls, 1);
+  EXPECT_EQ(again.status, Status::kOk);
+}
+
 TEST(SubmitRefs, TheSubmittersReferenceOutlivesAnInlineCompletion) {
   DiskRegistry reg;
   auto ram = reg.create("ram:1M");
