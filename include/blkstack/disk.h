@@ -164,6 +164,12 @@ class Disk {
   bool get_poll_ref();
   void put_poll_ref();  // the disk may be gone once this returns
 
+#ifdef BLKSTACK_DEBUG_CHECKS
+  // Test hook: runs on a thread on the shared slot between reading the
+  // epoch and counting itself in (to hold it there across a wait).
+  static inline std::atomic<void (*)(Disk&)> shared_slot_entry_hook{nullptr};
+#endif
+
   // Completes `bio` with Status::kCancelled if none of it has reached a
   // device yet (parked while frozen, or waiting for a tag, with no piece
   // split off and issued). Returns whether it did.

@@ -6,6 +6,7 @@
 #include "core/clock.h"
 #include "core/percpu.h"
 #include "core/percpu_ref.h"
+#include "core/wait.h"
 #include "blkstack/submit.h"
 #include <thread>
 #include <fmt/format.h>
@@ -180,11 +181,25 @@ Disk::SubmitGuard::SubmitGuard(Disk& disk) : disk_(disk) {
     submit_slots[slot_].disk.store(&disk, std::memory_order_release);
   } else {
     // Sequentially consistent, like start_io's increment that follows: a
-    // waiter that flipped the epoch before our load counts us in the new
-    // half, and then our start_io sees the kill it made before flipping.
+    // waiter that flipped the epoch before our count is waited for only if
+    // we count in the half it waits for, so we count ourselves in and then
+    // read the epoch again. Unchanged, any later flip (and its wait) comes
+    // after our count and sees it; changed, our count may be in the half a
+    // later wait skips (we read the epoch, were preempted across a whole
+    // wait, and counted in the half new arrivals use): count again. A
+    // waiter that flipped before our count gets our start_io refused by
+    // the kill it made before flipping.
     saved_ = nullptr;
-    shared_half_ = disk.shared_epoch_.load(std::memory_order_seq_cst) & 1;
-    disk.shared_submitters_[shared_half_].fetch_add(1, std::memory_order_seq_cst);
+    for (;;) {
+      const uint32_t epoch = disk.shared_epoch_.load(std::memory_order_seq_cst);
+      shared_half_ = epoch & 1;
+#ifdef BLKSTACK_DEBUG_CHECKS
+      if (auto hook = shared_slot_entry_hook.load(std::memory_order_acquire)) hook(disk);
+#endif
+      disk.shared_submitters_[shared_half_].fetch_add(1, std::memory_order_seq_cst);
+      if (disk.shared_epoch_.load(std::memory_order_seq_cst) == epoch) break;
+      disk.shared_submitters_[shared_half_].fetch_sub(1, std::memory_order_release);
+    }
   }
 }
 
@@ -292,6 +307,16 @@ void Disk::shutdown() {
   while (Bio* b = parked.pop_front()) b->complete(Status::kOffline);
   driver_->shutdown();
   const std::string what = "removal of disk '" + name_ + "'";
+  if (driver_->can_poll() && usage_->count() != 0) {
+    // Polled I/O completes only when polled, and its owner may never poll
+    // again (an IoContext nobody reaps or destroys): removal polls the
+    // driver itself while it waits, as a driver reaps its completion
+    // queues when its device goes away. The events are posted as usual.
+    prepare_to_wait(what);
+    while (usage_->count() != 0) {
+      if (driver_->poll(0) <= 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
   wait_until_idle(what);
   // Pollers last: until the I/O in flight is done, polling may be what
   // completes it. From here on nothing is left to poll, and a poller that

@@ -118,6 +118,33 @@ TEST(RemovalPoll, RemovalWaitsForAPollerStillInsideTheDriver) {
       << "the disk and its driver were destroyed while a poller was inside the driver";
 }
 
+// Polled I/O completes only when polled, and an IoContext whose owner
+// never reaps it (nor destroys it) never polls again. Removal must not
+// wait for it forever: it polls the driver itself while it waits for the
+// I/O in flight, and the iocb's event is posted for whoever reaps later.
+TEST(RemovalPoll, RemovalCompletesPolledIoThatNobodyPolls) {
+  auto shared = std::make_shared<LingeringPollDriver::Shared>();
+  auto disk = std::make_shared<Disk>("poll-unreaped", 8192, QueueLimits{},
+                                     std::make_unique<LingeringPollDriver>(shared));
+  IoContext ctx(4);
+  std::vector<std::byte> buf(4096);
+  Iocb cb =
+      aio_testing::MakeIocb(IoOp::kPread, disk.get(), buf.data(), 4096, 0, 1, kIocbHipri);
+  ASSERT_EQ(aio_testing::SubmitOne(ctx, cb), 1);
+  std::atomic<bool> removed{false};
+  std::thread remover([&] {
+    disk->shutdown();
+    removed.store(true);
+  });
+  const bool in_time = Eventually([&] { return removed.load(); }, 2s);
+  IoEvent ev{};
+  // Reaping polls too: this lets a removal that waits for us finish.
+  EXPECT_EQ(ctx.get_events(1, {&ev, 1}, 5s), 1);
+  remover.join();
+  EXPECT_TRUE(in_time) << "removal waited for a poller that never comes";
+  EXPECT_EQ(ev.res, 4096);
+}
+
 // --- more submitting threads than per-thread slots ------------------------------
 
 // Threads beyond the per-thread slots share one. Runs `fn` on a thread that
@@ -211,6 +238,71 @@ TEST(RemovalSharedSlot, RemovalIsNotStarvedByThreadsThatKeepArriving) {
               static_cast<long long>(
                   std::chrono::duration_cast<std::chrono::milliseconds>(took).count()));
 }
+
+#ifdef BLKSTACK_DEBUG_CHECKS
+// A driver that completes each bio inline and then stays inside submit()
+// until told to leave (as a real driver touches its own state after the
+// callback): whoever waits for the disk to be idle must wait for it.
+class LingeringSubmitDriver final : public BioDriver {
+ public:
+  std::atomic<bool> inside{false};
+  std::atomic<bool> leave{false};
+  void submit(Bio& bio) override {
+    bio.complete(Status::kOk);
+    inside.store(true);
+    while (!leave.load()) std::this_thread::yield();
+    inside.store(false);
+  }
+};
+
+// A thread on the shared slot reads the epoch, and is held there (the hook:
+// a preemption) while a whole freeze/unfreeze flips the epoch. It then
+// counts itself in the half it read, which is now the half new arrivals
+// count in, gets into the driver and stays there. The next freeze must
+// still wait for it: the driver is in use.
+TEST(RemovalSharedSlot, AThreadThatReadTheEpochBeforeAFlipIsWaitedFor) {
+  SharedSlotThreads others;
+  auto driver_owned = std::make_unique<LingeringSubmitDriver>();
+  LingeringSubmitDriver& driver = *driver_owned;
+  auto disk =
+      std::make_shared<Disk>("epoch-stale", 8192, QueueLimits{}, std::move(driver_owned));
+  static std::atomic<int> held{0};  // 1: in the hook, 2: let go
+  held.store(0);
+  Disk::shared_slot_entry_hook.store(+[](Disk&) {
+    int expected = 0;
+    if (!held.compare_exchange_strong(expected, 1)) return;
+    while (held.load() != 2) std::this_thread::yield();
+  });
+  AtExit no_hook([] { Disk::shared_slot_entry_hook.store(nullptr); });
+  std::atomic<bool> on_shared{false};
+  std::thread submitter([&] {
+    on_shared.store(!this_slot().exclusive);
+    std::vector<std::byte> buf(4096);
+    Segment seg(buf.data(), 4096);
+    Bio bio;
+    bio.init(disk.get(), Op::kRead, 0, {&seg, 1}, nullptr, nullptr);
+    submit_bio(bio);
+  });
+  MustHappen([&] { return held.load() == 1; }, "the submitter read the epoch");
+  disk->freeze();  // flips the epoch; nobody counted in the old half yet
+  disk->unfreeze();
+  held.store(2);
+  MustHappen([&] { return driver.inside.load(); }, "the submitter is inside the driver");
+  std::atomic<bool> frozen{false};
+  std::thread freezer([&] {
+    disk->freeze();
+    frozen.store(true);
+  });
+  const bool frozen_while_inside = Eventually([&] { return frozen.load(); }, 300ms);
+  driver.leave.store(true);
+  submitter.join();
+  freezer.join();
+  disk->unfreeze();
+  ASSERT_TRUE(on_shared.load()) << "the submitter must run on the shared slot";
+  EXPECT_FALSE(frozen_while_inside)
+      << "freeze returned while a thread on the shared slot was inside the driver";
+}
+#endif
 
 // --- the guard: removal under load ------------------------------------------------
 

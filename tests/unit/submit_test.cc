@@ -8,10 +8,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "blkstack/bioset.h"
@@ -21,13 +24,13 @@
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
 #include "test_util.h"
+#include "test_wait.h"
 
 namespace blkstack {
 namespace {
 
 using testing_util::Done;
 using testing_util::record_done;
-
 
 // What a driver saw in one submit() call.
 struct Seen {
@@ -582,6 +585,124 @@ TEST(SubmitSplitMemory, TheSplitPoolIsCappedSoAHugeBioHoldsABoundedNumber) {
   EXPECT_EQ(done.calls, 1);
   EXPECT_EQ(done.status, Status::kOk);
   EXPECT_EQ(log.size(), kPieces);
+}
+
+// Cancel takes back a bio parked for a split bio only while none of it was
+// issued: one parked at its first split is cancelled (once: it is not
+// resumed later), one parked with pieces out is under way.
+TEST(SubmitSplitMemory, ABioParkedBeforeItsFirstPieceIsCancelledOnce) {
+  Log log;
+  QueueLimits lim = plain_limits();
+  lim.max_sectors = 8;
+  auto rec = recording_disk("no-memory-cancel", &log, lim);
+  RecordingDriver& drv = recorder(*rec);
+  drv.defer = true;
+  MempoolBase& pool = rec->split_set().mempool();
+  pool.simulate_out_of_memory(true);
+  const size_t reserve = pool.available();
+  const auto pieces_a = static_cast<uint32_t>(reserve + 2);
+  std::vector<std::byte> buf((pieces_a + 2) * 4096);
+  Segment seg_a(buf.data(), pieces_a * 4096);
+  Segment seg_b(buf.data() + pieces_a * 4096, 2 * 4096);
+  Done done_a, done_b;
+  Bio a, b;
+  a.init(rec.get(), Op::kRead, 0, {&seg_a, 1}, record_done, &done_a);
+  b.init(rec.get(), Op::kRead, 1000, {&seg_b, 1}, record_done, &done_b);
+  submit_bio(a);  // issues the reserve's worth of pieces, parks the rest
+  submit_bio(b);  // parks at its first split, behind a
+  ASSERT_EQ(log.size(), reserve);
+  EXPECT_FALSE(rec->cancel(a)) << "pieces of it are issued";
+  EXPECT_TRUE(rec->cancel(b)) << "nothing of it was issued";
+  EXPECT_EQ(done_b.calls, 1);
+  EXPECT_EQ(done_b.status, Status::kCancelled);
+  size_t next = 0;
+  while (next < drv.deferred.size()) drv.deferred[next++]->complete(Status::kOk);
+  EXPECT_EQ(done_a.calls, 1);
+  EXPECT_EQ(done_a.status, Status::kOk);
+  EXPECT_EQ(done_b.calls, 1) << "the cancelled bio is not resumed";
+  EXPECT_EQ(log.size(), pieces_a);
+  EXPECT_EQ(rec->in_flight(), 0u);
+  EXPECT_EQ(pool.available(), reserve);
+}
+
+// Removal waits for a bio parked for split bios (it holds its accounting)
+// rather than failing it; the bio goes on as pieces come back and completes
+// once, and then removal returns.
+TEST(SubmitSplitMemory, RemovalWaitsForABioParkedForSplitBios) {
+  Log log;
+  QueueLimits lim = plain_limits();
+  lim.max_sectors = 8;
+  auto rec = recording_disk("no-memory-removal", &log, lim);
+  RecordingDriver& drv = recorder(*rec);
+  drv.defer = true;
+  MempoolBase& pool = rec->split_set().mempool();
+  pool.simulate_out_of_memory(true);
+  const size_t reserve = pool.available();
+  constexpr uint32_t kPieces = 16;
+  std::vector<std::byte> buf(kPieces * 4096);
+  Segment seg(buf.data(), kPieces * 4096);
+  Done done;
+  Bio bio;
+  bio.init(rec.get(), Op::kWrite, 0, {&seg, 1}, record_done, &done);
+  submit_bio(bio);
+  ASSERT_EQ(log.size(), reserve);
+  std::atomic<bool> removed{false};
+  std::thread remover([&] {
+    rec->shutdown();
+    removed.store(true);
+  });
+  EXPECT_FALSE(testing_util::Eventually([&] { return removed.load(); },
+                                        std::chrono::milliseconds(100)))
+      << "removal returned with a bio parked for split bios";
+  size_t next = 0;
+  while (next < drv.deferred.size()) drv.deferred[next++]->complete(Status::kOk);
+  remover.join();
+  EXPECT_EQ(done.calls, 1);
+  EXPECT_EQ(done.status, Status::kOk);
+  EXPECT_EQ(log.size(), kPieces);
+  EXPECT_EQ(rec->in_flight(), 0u);
+  EXPECT_EQ(pool.available(), reserve);
+}
+
+// A bio parked for split bios that fails its checks on the way back (the
+// disk turned read-only meanwhile) completes with that error once, after
+// its issued pieces, and gives back the split bio it was handed.
+TEST(SubmitSplitMemory, AParkedBioThatFailsOnTheWayBackGivesBackItsSplitBio) {
+  Log log;
+  QueueLimits lim = plain_limits();
+  lim.max_sectors = 8;
+  auto rec = recording_disk("no-memory-ro", &log, lim);
+  RecordingDriver& drv = recorder(*rec);
+  drv.defer = true;
+  MempoolBase& pool = rec->split_set().mempool();
+  pool.simulate_out_of_memory(true);
+  const size_t reserve = pool.available();
+  const auto pieces = static_cast<uint32_t>(reserve + 4);
+  std::vector<std::byte> buf(pieces * 4096);
+  Segment seg(buf.data(), pieces * 4096);
+  Done done;
+  Bio bio;
+  bio.init(rec.get(), Op::kWrite, 0, {&seg, 1}, record_done, &done);
+  submit_bio(bio);
+  ASSERT_EQ(log.size(), reserve);
+  rec->set_read_only(true);
+  size_t next = 0;
+  while (next < drv.deferred.size()) drv.deferred[next++]->complete(Status::kOk);
+  EXPECT_EQ(done.calls, 1);
+  EXPECT_EQ(done.status, Status::kReadOnly);
+  EXPECT_EQ(log.size(), reserve) << "nothing more was issued";
+  EXPECT_EQ(rec->in_flight(), 0u);
+  EXPECT_EQ(pool.available(), reserve) << "the split bio handed to it came back";
+  // And the set is not left thinking someone waits: a new split goes on.
+  rec->set_read_only(false);
+  Done again;
+  Bio next_bio;
+  Segment seg2(buf.data(), 2 * 4096);
+  drv.defer = false;
+  next_bio.init(rec.get(), Op::kWrite, 0, {&seg2, 1}, record_done, &again);
+  submit_bio(next_bio);
+  EXPECT_EQ(again.calls, 1);
+  EXPECT_EQ(again.status, Status::kOk);
 }
 
 TEST(SubmitRefs, TheSubmittersReferenceOutlivesAnInlineCompletion) {
