@@ -285,12 +285,27 @@ TEST(IoContextCancel, ABioParkedOnAFrozenDiskIsCancelledWithECANCELED) {
   EXPECT_EQ(calls[0].sector, 16u);
 }
 
+// One tag, and a driver that holds each request until drained: what it
+// takes to leave iocbs waiting for the tag behind one in the driver.
+// max_sectors, when not 0, splits iocbs into pieces of that size.
+struct OneTagHeldDisk {
+  explicit OneTagHeldDisk(uint32_t max_sectors = 0) {
+    auto drv = std::make_unique<HoldRqDriver>();
+    held = drv.get();
+    TagSetConfig cfg;
+    cfg.queue_depth = 1;
+    QueueLimits lim;
+    if (max_sectors != 0) lim.max_sectors = max_sectors;
+    d = MqDisk(std::move(drv), cfg, lim);
+  }
+  HoldRqDriver* held;
+  std::shared_ptr<Disk> d;
+};
+
 TEST(IoContextCancel, ABioWaitingForATagIsCancelledOneInTheDriverIsNot) {
-  auto drv = std::make_unique<HoldRqDriver>();
-  HoldRqDriver& held = *drv;
-  TagSetConfig cfg;
-  cfg.queue_depth = 1;
-  auto d = MqDisk(std::move(drv), cfg);
+  OneTagHeldDisk disk;
+  HoldRqDriver& held = *disk.held;
+  auto& d = disk.d;
   IoContext ctx(4), other(4);
   AtExit release{[&] { held.drain(); }};  // before ~IoContext waits
   std::vector<std::byte> buf(8192);
@@ -322,13 +337,9 @@ TEST(IoContextCancel, ABioWaitingForATagIsCancelledOneInTheDriverIsNot) {
 // written), what is left waiting must not turn the event into -ECANCELED:
 // the iocb completes with its real result.
 TEST(IoContextCancel, ASplitIocbWhoseFirstPieceWasWrittenIsNotCancelled) {
-  auto drv = std::make_unique<HoldRqDriver>();
-  HoldRqDriver& held = *drv;
-  TagSetConfig cfg;
-  cfg.queue_depth = 1;
-  QueueLimits lim;
-  lim.max_sectors = 8;  // 4 KiB pieces
-  auto d = MqDisk(std::move(drv), cfg, lim);
+  OneTagHeldDisk disk(/*max_sectors=*/8);  // 4 KiB pieces
+  HoldRqDriver& held = *disk.held;
+  auto& d = disk.d;
   IoContext ctx(4);
   AtExit release{[&] { held.drain(); }};  // before ~IoContext waits
   std::vector<std::byte> buf(4 * 4096);
@@ -350,13 +361,9 @@ TEST(IoContextCancel, ASplitIocbWhoseFirstPieceWasWrittenIsNotCancelled) {
 // The same while no piece has reached the device yet: pieces were issued
 // (they wait for the tag on their own), so the iocb is under way too.
 TEST(IoContextCancel, ASplitIocbWithPiecesIssuedIsUnderWayEvenIfNoneWasWritten) {
-  auto drv = std::make_unique<HoldRqDriver>();
-  HoldRqDriver& held = *drv;
-  TagSetConfig cfg;
-  cfg.queue_depth = 1;
-  QueueLimits lim;
-  lim.max_sectors = 8;  // 4 KiB pieces
-  auto d = MqDisk(std::move(drv), cfg, lim);
+  OneTagHeldDisk disk(/*max_sectors=*/8);  // 4 KiB pieces
+  HoldRqDriver& held = *disk.held;
+  auto& d = disk.d;
   IoContext ctx(4);
   AtExit release{[&] { held.drain(); }};  // before ~IoContext waits
   std::vector<std::byte> buf(5 * 4096);
@@ -507,11 +514,9 @@ TEST(IoContextFlags, DsyncWithoutAVolatileCacheNeedsNothingMore) {
 }
 
 TEST(IoContextFlags, NowaitGetsEagainInsteadOfWaitingForATag) {
-  auto drv = std::make_unique<HoldRqDriver>();
-  HoldRqDriver& held = *drv;
-  TagSetConfig cfg;
-  cfg.queue_depth = 1;
-  auto d = MqDisk(std::move(drv), cfg);
+  OneTagHeldDisk disk;
+  HoldRqDriver& held = *disk.held;
+  auto& d = disk.d;
   IoContext ctx(4);
   AtExit release{[&] { held.drain(); }};  // before ~IoContext waits
   std::vector<std::byte> buf(3 * 4096);

@@ -89,18 +89,32 @@ class LingeringPollDriver final : public BioDriver {
   size_t polls_ = 0;
 };
 
+// Both tests start from one polled read in flight on a LingeringPollDriver
+// disk. Members are in the order the tests declared them, so ctx still goes
+// before the disk it submitted to.
+class RemovalPoll : public ::testing::Test {
+ protected:
+  void SubmitPolledRead(const char* name) {
+    disk = std::make_shared<Disk>(name, 8192, QueueLimits{},
+                                  std::make_unique<LingeringPollDriver>(shared));
+    cb = aio_testing::MakeIocb(IoOp::kPread, disk.get(), buf.data(), 4096, 0, 1,
+                               kIocbHipri);
+    ASSERT_EQ(aio_testing::SubmitOne(ctx, cb), 1);
+  }
+
+  std::shared_ptr<LingeringPollDriver::Shared> shared =
+      std::make_shared<LingeringPollDriver::Shared>();
+  std::shared_ptr<Disk> disk;
+  IoContext ctx{4};
+  std::vector<std::byte> buf = std::vector<std::byte>(4096);
+  Iocb cb{};
+};
+
 // One thread polls (get_events) and completes the last polled iocb from
 // inside the driver; another reaps that event at once and removes the
 // disk. Removal must wait until the poller has left the driver.
-TEST(RemovalPoll, RemovalWaitsForAPollerStillInsideTheDriver) {
-  auto shared = std::make_shared<LingeringPollDriver::Shared>();
-  auto disk = std::make_shared<Disk>("poll-linger", 8192, QueueLimits{},
-                                     std::make_unique<LingeringPollDriver>(shared));
-  IoContext ctx(4);
-  std::vector<std::byte> buf(4096);
-  Iocb cb =
-      aio_testing::MakeIocb(IoOp::kPread, disk.get(), buf.data(), 4096, 0, 1, kIocbHipri);
-  ASSERT_EQ(aio_testing::SubmitOne(ctx, cb), 1);
+TEST_F(RemovalPoll, RemovalWaitsForAPollerStillInsideTheDriver) {
+  ASSERT_NO_FATAL_FAILURE(SubmitPolledRead("poll-linger"));
 
   std::thread poller([&] {
     IoEvent ev;
@@ -122,15 +136,8 @@ TEST(RemovalPoll, RemovalWaitsForAPollerStillInsideTheDriver) {
 // never reaps it (nor destroys it) never polls again. Removal must not
 // wait for it forever: it polls the driver itself while it waits for the
 // I/O in flight, and the iocb's event is posted for whoever reaps later.
-TEST(RemovalPoll, RemovalCompletesPolledIoThatNobodyPolls) {
-  auto shared = std::make_shared<LingeringPollDriver::Shared>();
-  auto disk = std::make_shared<Disk>("poll-unreaped", 8192, QueueLimits{},
-                                     std::make_unique<LingeringPollDriver>(shared));
-  IoContext ctx(4);
-  std::vector<std::byte> buf(4096);
-  Iocb cb =
-      aio_testing::MakeIocb(IoOp::kPread, disk.get(), buf.data(), 4096, 0, 1, kIocbHipri);
-  ASSERT_EQ(aio_testing::SubmitOne(ctx, cb), 1);
+TEST_F(RemovalPoll, RemovalCompletesPolledIoThatNobodyPolls) {
+  ASSERT_NO_FATAL_FAILURE(SubmitPolledRead("poll-unreaped"));
   std::atomic<bool> removed{false};
   std::thread remover([&] {
     disk->shutdown();
