@@ -432,7 +432,10 @@ TEST(RemovalRaces, DisksRemovedUnderPollersReapersAndManySubmitters) {
       }
     });
   }
+  // At least run_for, and on until a few removals happened under load: a
+  // busy machine (a build beside the tests) may need longer for them.
   std::this_thread::sleep_for(run_for);
+  Eventually([&] { return removals.load() > 3; }, 30s);
   stop.store(true);
   for (auto& t : threads) t.join();
   {
