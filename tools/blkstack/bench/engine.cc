@@ -357,11 +357,14 @@ class Worker {
     if (out_.error != 0) return;
     out_.error = -res;
     const char* op = s.kind == SlotKind::kSync ? "fsync" : s.dir == kDirRead ? "read" : "write";
+    // Jobs run on threads of their own: strerror's buffer is not theirs to
+    // share, the GNU strerror_r returns a string no other thread writes.
+    char buf[128];
+    const char* text = ::strerror_r(-res, buf, sizeof buf);
     out_.error_message =
         s.kind == SlotKind::kSync
-            ? fmt::format("{} {}: {}", op, what, std::strerror(-res))
-            : fmt::format("{} at offset {} ({} bytes) {}: {}", op, s.cb.offset, s.len, what,
-                          std::strerror(-res));
+            ? fmt::format("{} {}: {}", op, what, text)
+            : fmt::format("{} at offset {} ({} bytes) {}: {}", op, s.cb.offset, s.len, what, text);
     fmt::print(stderr, "{}: {}\n", job_.name, out_.error_message);
   }
 
