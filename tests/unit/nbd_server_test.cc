@@ -324,8 +324,11 @@ TEST_F(NbdServerTest, ClientAtDepthIsServedInCoalescedRounds) {
   EXPECT_GE(requests, 2 * coalesced()) << server_->stats_report();
   // The client leaves ~24 replies unread at all times: the split-send
   // measure must see them (kLastPart or kMore, by the batches' sizes,
-  // which depend on timing) far more often than none.
-  EXPECT_GT(unread, 4 * dry) << server_->stats_report();
+  // which depend on timing) more often than none. Not by a fixed factor:
+  // on a loaded machine the loop leaves and re-enters coalescing often,
+  // and a round that starts a stint may find the client drained (CI saw
+  // 77 against 22 where a quiet machine sees ~95 against ~5).
+  EXPECT_GT(unread, dry) << server_->stats_report();
   // Each request was answered exactly once.
   for (; outstanding > 0; --outstanding) {
     Reply r;
