@@ -3,10 +3,12 @@
 #   make demo   install what is missing, build, and run the main job: ext4 on a
 #               blkstack RAM disk (serve, FUSE export, loop device; needs root)
 #   make test   install what is missing, build, and run every test: all ctest
-#               labels, then the unit tests under ASan+UBSan, then the fuzzers
+#               labels, then the unit tests under ASan+UBSan with the optional
+#               modules off, then the fuzzers
 #
-# Helpers: make build | tour (a short tour of the CLI) | bench | format | clean.
-# Knobs: JOBS (build parallelism, default 2), FUZZ_SECONDS (per fuzz target).
+# Helpers: make build | install | tour (a short tour of the CLI) | bench | format | clean.
+# Knobs: JOBS (build parallelism, default 2), FUZZ_SECONDS (per fuzz target),
+# PREFIX (where make install puts the library, headers, blkstack.pc and the CLI).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -14,10 +16,14 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 JOBS ?= 2
+PREFIX ?= /usr/local
 FUZZ_SECONDS ?= 20
 CMAKE_COMMON := -G Ninja -DBLKSTACK_WERROR=ON --log-level=WARNING
 
 BUILD := build
+# The ASan build is also the proof that the core builds, and its unit tests
+# pass, with every optional module switched off.
+MODULES_OFF := -DBLKSTACK_WITH_FUSE=OFF
 BUILD_ASAN := build-asan
 BUILD_FUZZ := build-fuzz
 
@@ -34,7 +40,7 @@ timed = start=$$(date +%s); rc=0; $(2) || rc=$$?; t=$$(( $$(date +%s) - start ))
         mkdir -p $(1); echo $$t > $(1)/phase-time; echo "---- $(1): $$t s, exit status $$rc"; \
         exit $$rc
 
-.PHONY: help deps build demo tour test test-all test-asan test-fuzz test-summary bench format clean
+.PHONY: help deps build install demo tour test test-all test-asan test-fuzz test-summary bench format clean
 
 help:
 	@echo "make demo   build and run the main job: ext4 on a blkstack RAM disk (root)"
@@ -46,6 +52,11 @@ deps:
 
 build: deps
 	@$(call configure_build,$(BUILD),)
+
+# The library, the headers for applications and drivers, pkg-config's
+# blkstack.pc and the CLI (examples/tinyram builds against them).
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
 
 demo: build
 	@scripts/demo.sh $(BUILD)/blkstack
@@ -62,9 +73,10 @@ test-all:
 	@$(call timed,$(BUILD),$(call configure_build,$(BUILD),) && $(call ctest,$(BUILD),))
 
 test-asan:
-	$(call phase,[2/3] ASan + UBSan build and unit tests in $(BUILD_ASAN)/)
+	$(call phase,[2/3] ASan + UBSan build and unit tests in $(BUILD_ASAN)/ (optional modules off))
 	@$(call timed,$(BUILD_ASAN),\
-	   $(call configure_build,$(BUILD_ASAN),-DBLKSTACK_SANITIZE=ON -DBLKSTACK_BENCH=OFF) && \
+	   $(call configure_build,$(BUILD_ASAN),-DBLKSTACK_SANITIZE=ON -DBLKSTACK_BENCH=OFF \
+	                                        $(MODULES_OFF)) && \
 	   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	   $(call ctest,$(BUILD_ASAN),-L unit))
 

@@ -1,12 +1,15 @@
 // DriverType: how a kind of device is made from a spec, and the registry of
 // kinds. Adding a driver is one .cc file that defines a DriverType and one
-// line in src/drivers/registry.cc (see docs/drivers.md).
+// line in src/drivers/registry.cc (see docs/drivers.md); a driver built
+// outside the tree registers itself at run time, from its program or as a
+// module (blkstack/module.h).
 #pragma once
 
 #include <memory>
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "blkstack/device_spec.h"
 
@@ -29,7 +32,12 @@ struct DriverType {
 // Options every driver accepts: name=, ro=.
 std::span<const OptionDef> common_device_options();
 
-std::span<const DriverType* const> driver_types();
+// The built-in types, then the registered ones in the order they came.
+std::vector<const DriverType*> driver_types();
 const DriverType* find_driver_type(std::string_view name);
+// Adds a type (for the life of the program: `type` must outlive every
+// disk made from it). Throws Error if its name is taken or unusable in a
+// spec. Thread-safe.
+void register_driver_type(const DriverType& type);
 
 }  // namespace blkstack

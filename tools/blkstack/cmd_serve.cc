@@ -19,7 +19,9 @@
 #include "blkstack/disk_registry.h"
 #include "commands.h"
 #include "export/export_table.h"
+#if BLKSTACK_WITH_FUSE
 #include "export/fuse/fuse_export.h"
+#endif
 #include "export/log.h"
 #include "export/nbd/server.h"
 #include "export/serve_config.h"
@@ -141,6 +143,14 @@ int serve(const ServeArgs& a) {
   opts.tcp = config.listen;
   // With --fuse, NBD is served only where asked (--socket, --listen).
   const bool fuse_on = !config.fuse_mountpoint.empty();
+#if !BLKSTACK_WITH_FUSE
+  if (fuse_on) {
+    fmt::print(stderr,
+               "blkstack serve: this blkstack was built without the FUSE export "
+               "(cmake -DBLKSTACK_WITH_FUSE=ON)\n");
+    return 2;
+  }
+#endif
   const bool nbd_on =
       !exports->empty() && (!fuse_on || !opts.unix_sockets.empty() || !opts.tcp.empty());
   if (opts.unix_sockets.empty() && opts.tcp.empty())
@@ -178,6 +188,7 @@ int serve(const ServeArgs& a) {
                           opts.threads, opts.threads == 1 ? "" : "s",
                           export_names(*exports)));
   }
+#if BLKSTACK_WITH_FUSE
   std::optional<fuse::FuseExport> fuse_export;
   if (fuse_on) {
     fuse::FuseOptions fo;
@@ -199,6 +210,7 @@ int serve(const ServeArgs& a) {
                           fuse_export->threads(), fuse_export->threads() == 1 ? "" : "s",
                           names));
   }
+#endif
   if (!a.pidfile.empty()) write_pidfile(a.pidfile);
 
   while (true) {
@@ -223,7 +235,9 @@ int serve(const ServeArgs& a) {
     }
     serve_log(fmt::format("{}: refusing new clients, finishing I/O in flight",
                           sig == SIGINT ? "SIGINT" : "SIGTERM"));
+#if BLKSTACK_WITH_FUSE
     if (fuse_export) fuse_export->stop();
+#endif
     if (nbd_server) nbd_server->stop();
     if (!a.pidfile.empty()) ::unlink(a.pidfile.c_str());
     log_statistics(registry, nbd_server ? &*nbd_server : nullptr);

@@ -7,6 +7,7 @@
 #include <new>
 
 #include "blkstack/error.h"
+#include "blkstack/module.h"
 #include "commands.h"
 
 namespace blkstack::cli {
@@ -32,9 +33,23 @@ int main(int argc, char** argv) {
       "  blkstack serve --fuse /tmp/mnt --export disk=ram:1G          file "
       "/tmp/mnt/disk\n"
       "  blkstack attach /tmp/mnt/disk                                prints /dev/loopN\n"
+      "  blkstack --module ./tinyram.so disk tinyram:64M               a driver from a "
+      "module\n"
       "Run 'blkstack SUBCOMMAND --help' for each subcommand's options.");
   app.require_subcommand(1);
   app.set_version_flag("--version", BLKSTACK_VERSION);
+  // Loaded as parsing ends, before any subcommand runs. Given before the
+  // subcommand: after it, an option is the subcommand's (bench passes the
+  // options it does not know to its job parser).
+  app.add_option_function<std::vector<std::string>>(
+         "--module",
+         [](const std::vector<std::string>& paths) {
+           for (const std::string& path : paths) blkstack::load_module(path);
+         },
+         "Load a driver or scheduler module (a shared object built against the installed "
+         "headers; see docs/drivers.md); repeatable")
+      ->type_name("FILE")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   blkstack::cli::add_version_command(app);
   blkstack::cli::add_disk_command(app);
   blkstack::cli::add_io_command(app);

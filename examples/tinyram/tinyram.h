@@ -1,0 +1,8 @@
+// tinyram's driver type, for a program that registers it itself.
+#pragma once
+
+#include "blkstack/driver.h"
+
+namespace tinyram {
+extern const blkstack::DriverType kDriver;
+}
