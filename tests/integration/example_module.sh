@@ -18,6 +18,7 @@ PREFIX=$NBD_TMP/prefix
 EXB=$NBD_TMP/example-build
 check "cmake --install into a private prefix" cmake --install "$BUILD" --prefix "$PREFIX"
 BLKSTACK=$PREFIX/bin/blkstack
+export PKG_CONFIG_PATH=$PREFIX/lib/pkgconfig:$PREFIX/lib/$(gcc -dumpmachine)/pkgconfig
 
 # The installed headers are self-contained: each includes only blkstack/
 # headers and system ones, and compiles on its own.
@@ -26,10 +27,9 @@ _checks=$((_checks + 1))
 [[ -z $bad ]] || fail "installed headers include files outside blkstack/: $bad"
 for h in "$PREFIX"/include/blkstack/*.h "$PREFIX"/include/blkstack/*/*.h; do
   check "installed header ${h#$PREFIX/include/} compiles alone" \
-    c++ -std=c++20 -fsyntax-only -I"$PREFIX/include" -x c++ "$h"
+    c++ -fsyntax-only $(pkg-config --cflags blkstack) -x c++ "$h"
 done
 
-export PKG_CONFIG_PATH=$PREFIX/lib/pkgconfig:$PREFIX/lib/$(gcc -dumpmachine)/pkgconfig
 check "configure the example against the prefix" \
   cmake -S "$EXAMPLE" -B "$EXB" -G Ninja --log-level=WARNING
 check "build the example" cmake --build "$EXB"
@@ -66,6 +66,19 @@ check "nbdcopy out" nbdcopy "$URI" "$NBD_TMP/out.img"
 check "the data came back" cmp -n $((48 << 20)) "$NBD_TMP/in.img" "$NBD_TMP/out.img"
 check "the rest reads as zeroes" cmp -n $((16 << 20)) <(tail -c 16M "$NBD_TMP/out.img") /dev/zero
 nbd_stop main
+
+# The how-to pages' code (docs/howto/*.md): the ```cpp blocks of a page,
+# in order, are one translation unit, compiled against the installed
+# headers, so a page cannot drift from the API it teaches.
+for page in "$EXAMPLE"/../../docs/howto/*.md; do
+  [[ -e $page ]] || continue
+  name=$(basename "$page" .md)
+  awk '/^```cpp$/ {on = 1; next} /^```$/ {on = 0} on' "$page" >"$NBD_TMP/howto-$name.cc"
+  _checks=$((_checks + 1))
+  [[ -s $NBD_TMP/howto-$name.cc ]] || fail "docs/howto/$name.md has no \`\`\`cpp block"
+  check "docs/howto/$name.md's code compiles against the installed headers" \
+    c++ -std=c++20 -fsyntax-only -Wall -Wextra -Werror $(pkg-config --cflags blkstack) "$NBD_TMP/howto-$name.cc"
+done
 
 # Refusals: each names the module and says why; nothing runs.
 check_fails "a missing module" "$BLKSTACK" --module "$NBD_TMP/none.so" disk ram:1M
