@@ -15,7 +15,7 @@
 
 #include <cstdint>
 
-#include "blkstack/request.h"
+#include "blkstack/driver/request.h"
 
 namespace blkstack {
 

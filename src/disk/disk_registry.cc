@@ -4,9 +4,9 @@
 
 #include "blkstack/device_spec.h"
 #include "blkstack/disk.h"
-#include "blkstack/driver.h"
+#include "blkstack/driver/driver_type.h"
 #include "blkstack/error.h"
-#include "drivers/queue_mode.h"
+#include "blkstack/driver/queue_mode.h"
 
 namespace blkstack {
 

@@ -30,15 +30,15 @@
 #include <vector>
 
 #include "blkstack/disk.h"
-#include "blkstack/driver.h"
+#include "blkstack/driver/driver_type.h"
 #include "blkstack/error.h"
-#include "blkstack/hw_queue.h"
-#include "blkstack/queue.h"
-#include "blkstack/request.h"
-#include "blkstack/tag_set.h"
+#include "blkstack/driver/hw_queue.h"
+#include "blkstack/driver/queue.h"
+#include "blkstack/driver/request.h"
+#include "queue/tag_set.h"
 #include "core/clock.h"
-#include "drivers/limit_options.h"
-#include "drivers/queue_mode.h"
+#include "blkstack/driver/limit_options.h"
+#include "blkstack/driver/queue_mode.h"
 #include "drivers/uring_queue.h"
 
 namespace blkstack {
@@ -261,7 +261,7 @@ class FileDriver final : public RequestDriver {
   static bool past_timeout(const Request& rq) {
     const uint64_t now = now_ns();  // (a start stamped later: not past it)
     return now > rq.start_ns() &&
-           now - rq.start_ns() >= rq.queue().tag_set().config().timeout_ns;
+           now - rq.start_ns() >= rq.queue().config().timeout_ns;
   }
 
   static void advance(FileCmd& c, uint64_t bytes) {

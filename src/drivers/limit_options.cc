@@ -1,4 +1,4 @@
-#include "drivers/limit_options.h"
+#include "blkstack/driver/limit_options.h"
 
 #include <fmt/format.h>
 

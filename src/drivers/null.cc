@@ -9,13 +9,13 @@
 #include <fmt/format.h>
 
 #include "blkstack/disk.h"
-#include "blkstack/driver.h"
+#include "blkstack/driver/driver_type.h"
 #include "blkstack/error.h"
-#include "blkstack/hw_queue.h"
-#include "blkstack/request.h"
+#include "blkstack/driver/hw_queue.h"
+#include "blkstack/driver/request.h"
 #include "drivers/completion_thread.h"
-#include "drivers/limit_options.h"
-#include "drivers/queue_mode.h"
+#include "blkstack/driver/limit_options.h"
+#include "blkstack/driver/queue_mode.h"
 
 namespace blkstack {
 namespace {

@@ -1,9 +1,10 @@
-#include "drivers/queue_mode.h"
+#include "blkstack/driver/queue_mode.h"
 
 #include <fmt/format.h>
 
 #include "blkstack/error.h"
-#include "blkstack/queue.h"
+#include "blkstack/driver/queue.h"
+#include "queue/tag_set.h"
 
 namespace blkstack {
 namespace {

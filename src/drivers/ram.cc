@@ -50,11 +50,11 @@
 #include <utility>
 
 #include "blkstack/disk.h"
-#include "blkstack/driver.h"
+#include "blkstack/driver/driver_type.h"
 #include "blkstack/error.h"
-#include "blkstack/request.h"
-#include "drivers/limit_options.h"
-#include "drivers/queue_mode.h"
+#include "blkstack/driver/request.h"
+#include "blkstack/driver/limit_options.h"
+#include "blkstack/driver/queue_mode.h"
 
 #ifndef MADV_COLLAPSE
 #define MADV_COLLAPSE 25  // Linux 6.1; glibc 2.36's headers lack it

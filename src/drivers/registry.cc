@@ -7,7 +7,7 @@
 #include <mutex>
 #include <vector>
 
-#include "blkstack/driver.h"
+#include "blkstack/driver/driver_type.h"
 #include "blkstack/error.h"
 
 namespace blkstack {

@@ -1,7 +1,8 @@
 #include <bit>
 
-#include "blkstack/queue.h"
+#include "blkstack/driver/queue.h"
 #include "queue/flush_queue.h"
+#include "queue/tag_set.h"
 
 namespace blkstack {
 

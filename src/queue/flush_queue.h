@@ -21,7 +21,7 @@
 
 #include <mutex>
 
-#include "blkstack/request.h"
+#include "blkstack/driver/request.h"
 
 namespace blkstack {
 

@@ -1,8 +1,9 @@
-#include "blkstack/hw_queue.h"
+#include "blkstack/driver/hw_queue.h"
 
 #include "blkstack/plug.h"
-#include "blkstack/queue.h"
-#include "blkstack/tag_set.h"
+#include "blkstack/driver/queue.h"
+#include "queue/software_queue.h"
+#include "queue/tag_set.h"
 #include "core/clock.h"
 
 namespace blkstack {

@@ -2,8 +2,9 @@
 
 #include <algorithm>
 
-#include "blkstack/queue.h"
-#include "blkstack/tag_set.h"
+#include "blkstack/driver/queue.h"
+#include "queue/software_queue.h"
+#include "queue/tag_set.h"
 #include "core/clock.h"
 
 namespace blkstack {

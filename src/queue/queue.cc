@@ -1,4 +1,4 @@
-#include "blkstack/queue.h"
+#include "blkstack/driver/queue.h"
 
 #include <fmt/format.h>
 
@@ -10,6 +10,8 @@
 #include "core/clock.h"
 #include "core/percpu.h"
 #include "queue/flush_queue.h"
+#include "queue/tag_set.h"
+#include "queue/software_queue.h"
 
 namespace blkstack {
 namespace {
@@ -55,6 +57,7 @@ Queue::Queue(std::shared_ptr<TagSet> tag_set) : tag_set_(std::move(tag_set)) {
 }
 
 void Queue::init_hw_queues() {
+  driver_ = &tag_set_->driver();
   const TagSetConfig& c = tag_set_->config();
   const unsigned n = c.nr_hw_queues, p = c.nr_poll_queues;
   for (unsigned i = 0; i < n + p; ++i) {
@@ -793,5 +796,7 @@ void Queue::worker_loop() {
     }
   }
 }
+
+const TagSetConfig& Queue::config() const { return tag_set_->config(); }
 
 }  // namespace blkstack

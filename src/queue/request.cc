@@ -1,6 +1,7 @@
-#include "blkstack/request.h"
+#include "blkstack/driver/request.h"
 
-#include "blkstack/queue.h"
+#include "blkstack/driver/queue.h"
+#include "queue/tag_set.h"
 
 namespace blkstack {
 

@@ -1,11 +1,11 @@
-#include "blkstack/tag_set.h"
+#include "queue/tag_set.h"
 
 #include <fmt/format.h>
 
 #include <bit>
 
 #include "blkstack/error.h"
-#include "blkstack/queue.h"
+#include "blkstack/driver/queue.h"
 #include "core/percpu.h"
 
 namespace blkstack {

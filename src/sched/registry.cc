@@ -3,7 +3,7 @@
 #include <fmt/format.h>
 
 #include "blkstack/error.h"
-#include "blkstack/scheduler.h"
+#include "blkstack/driver/scheduler.h"
 
 namespace blkstack {
 

@@ -20,7 +20,7 @@
 #include "blkstack/device_spec.h"
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
-#include "blkstack/driver.h"
+#include "blkstack/driver/driver_type.h"
 #include "blkstack/error.h"
 
 namespace {

@@ -24,9 +24,9 @@
 #include "blkstack/disk.h"
 #include "blkstack/io_context.h"
 #include "blkstack/limits.h"
-#include "blkstack/queue.h"
-#include "blkstack/request.h"
-#include "blkstack/request_driver.h"
+#include "blkstack/driver/queue.h"
+#include "blkstack/driver/request.h"
+#include "blkstack/driver/request_driver.h"
 #include "test_wait.h"
 
 namespace blkstack::aio_testing {

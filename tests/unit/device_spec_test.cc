@@ -18,9 +18,9 @@
 #include "blkstack/block_handle.h"
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
-#include "blkstack/driver.h"
+#include "blkstack/driver/driver_type.h"
 #include "blkstack/error.h"
-#include "drivers/queue_mode.h"
+#include "blkstack/driver/queue_mode.h"
 #include "test_util.h"
 
 namespace blkstack {

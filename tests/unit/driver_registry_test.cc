@@ -9,7 +9,7 @@
 
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
-#include "blkstack/driver.h"
+#include "blkstack/driver/driver_type.h"
 #include "blkstack/error.h"
 #include "blkstack/module.h"
 #include "test_util.h"

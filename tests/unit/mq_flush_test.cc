@@ -21,7 +21,7 @@
 
 #include "blkstack/bio.h"
 #include "blkstack/disk.h"
-#include "blkstack/queue.h"
+#include "blkstack/driver/queue.h"
 #include "mq_test_util.h"
 
 namespace blkstack {

@@ -21,8 +21,10 @@
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/plug.h"
-#include "blkstack/queue.h"
+#include "blkstack/driver/queue.h"
 #include "mq_test_util.h"
+#include "queue/tag_set.h"
+#include "queue/software_queue.h"
 
 namespace blkstack {
 namespace {

@@ -27,13 +27,14 @@
 
 #include "blkstack/bio.h"
 #include "blkstack/disk.h"
-#include "blkstack/hw_queue.h"
+#include "blkstack/driver/hw_queue.h"
 #include "blkstack/limits.h"
-#include "blkstack/queue.h"
-#include "blkstack/request.h"
-#include "blkstack/request_driver.h"
+#include "blkstack/driver/queue.h"
+#include "blkstack/driver/request.h"
+#include "blkstack/driver/request_driver.h"
 #include "blkstack/submit.h"
 #include "test_wait.h"
+#include "queue/tag_set.h"
 
 namespace blkstack::mq_testing {
 

@@ -3,7 +3,7 @@
 
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
-#include "blkstack/driver.h"
+#include "blkstack/driver/driver_type.h"
 #include "commands.h"
 
 namespace blkstack::cli {

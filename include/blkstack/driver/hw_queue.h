@@ -1,6 +1,6 @@
 // HwQueue: one hardware dispatch queue of a request queue (the kernel's
-// blk_mq_hw_ctx), and SoftwareQueue, a submitting thread's staging list
-// mapped onto it (blk_mq_ctx).
+// blk_mq_hw_ctx). Submitting threads stage requests on software queues
+// mapped onto it (src/queue/software_queue.h).
 //
 // Dispatch to the driver happens inline in the submitter's thread when the
 // hardware queue is idle; otherwise requests wait on the software queues
@@ -15,7 +15,7 @@
 #include <cstdint>
 #include <mutex>
 
-#include "blkstack/request.h"
+#include "blkstack/driver/request.h"
 
 namespace blkstack {
 
@@ -28,17 +28,6 @@ enum class IssueResult : uint8_t {
 
 class Queue;
 struct Tags;
-
-// Cache-line aligned, like HwQueue: each is written by its own thread(s),
-// and neighbours sharing a line would bounce it between cores.
-struct alignas(64) SoftwareQueue {
-  std::mutex lock;
-  RequestList list;
-  std::atomic<uint32_t> count{0};
-  unsigned index = 0;
-  HwQueue* hctx = nullptr;
-  HwQueue* poll_hctx = nullptr;  // where polled bios go; null without poll queues
-};
 
 class alignas(64) HwQueue {
  public:

@@ -17,8 +17,8 @@
 #include <vector>
 
 #include "blkstack/bio.h"
-#include "blkstack/request.h"
-#include "blkstack/request_driver.h"
+#include "blkstack/driver/request.h"
+#include "blkstack/driver/request_driver.h"
 
 namespace blkstack {
 

@@ -25,16 +25,18 @@
 #include <vector>
 
 #include "blkstack/disk.h"
-#include "blkstack/hw_queue.h"
-#include "blkstack/request.h"
-#include "blkstack/request_driver.h"
-#include "blkstack/scheduler.h"
-#include "blkstack/tag_set.h"
+#include "blkstack/driver/hw_queue.h"
+#include "blkstack/driver/request.h"
+#include "blkstack/driver/request_driver.h"
+#include "blkstack/driver/scheduler.h"
 
 namespace blkstack {
 
 class FlushQueue;
 class Plug;
+class TagSet;
+struct Tags;
+struct SoftwareQueue;
 
 class Queue final : public BioDriver {
  public:
@@ -58,7 +60,9 @@ class Queue final : public BioDriver {
   // --- structure ---------------------------------------------------------
   Disk& disk() const { return *disk_; }
   TagSet& tag_set() const { return *tag_set_; }
-  RequestDriver& driver() const { return tag_set_->driver(); }
+  // The shape of the queues (the tag set's configuration).
+  const TagSetConfig& config() const;
+  RequestDriver& driver() const { return *driver_; }
   unsigned nr_hw_queues() const { return static_cast<unsigned>(hctxs_.size()); }
   HwQueue& hw_queue(unsigned i) { return *hctxs_[i]; }
   const QueueLimits& limits() const { return disk_->limits(); }
@@ -174,6 +178,7 @@ class Queue final : public BioDriver {
 
   std::shared_ptr<TagSet> tag_set_;
   std::unique_ptr<RequestDriver> owned_driver_;
+  RequestDriver* driver_ = nullptr;  // the tag set's (cached: used per request)
   Disk* disk_ = nullptr;
   std::vector<std::unique_ptr<HwQueue>> hctxs_;  // the default queues, then the poll queues
   std::vector<HwQueue*> poll_hctxs_;

@@ -23,7 +23,7 @@
 #include <string>
 
 #include "blkstack/disk.h"
-#include "blkstack/request.h"
+#include "blkstack/driver/request.h"
 #include "blkstack/status.h"
 
 namespace blkstack {

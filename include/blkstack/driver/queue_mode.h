@@ -10,7 +10,7 @@
 
 #include "blkstack/device_spec.h"
 #include "blkstack/disk.h"
-#include "blkstack/request_driver.h"
+#include "blkstack/driver/request_driver.h"
 
 namespace blkstack {
 
