@@ -1,5 +1,7 @@
 #include "blkstack/zeroout.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 
 #include "blkstack/completion.h"
@@ -10,9 +12,12 @@ namespace blkstack {
 namespace {
 
 // The shared zero buffer (the kernel's ZERO_PAGE, larger so that a big bio
-// needs few segments). Never written: only write bios point at it.
+// needs few segments). In .bss and never written, so every page of it maps
+// the kernel's one zero page: zeroes written as data read 4 KiB of cache,
+// not 1 MiB. Read-only from its first use: a driver that wrote into a write
+// bio's memory faults there instead of corrupting every later zeroing.
 constexpr uint32_t kZeroBufSize = 1u << 20;
-alignas(4096) const std::byte kZeroes[kZeroBufSize] = {};
+alignas(4096) std::byte zero_buf[kZeroBufSize];
 
 // One segment table for every zero write: enough kZeroBufSize segments for
 // kMaxZeroBytes, the last a sector short so that the whole table sums to no
@@ -21,8 +26,9 @@ constexpr uint32_t kZeroSegs = kMaxZeroBytes / kZeroBufSize + 1;
 
 std::span<Segment> zero_segments(uint32_t bytes) {
   static Segment* const table = [] {
+    ::mprotect(zero_buf, kZeroBufSize, PROT_READ);  // best effort
     static Segment segs[kZeroSegs];
-    for (Segment& s : segs) s = Segment(const_cast<std::byte*>(kZeroes), kZeroBufSize);
+    for (Segment& s : segs) s = Segment(zero_buf, kZeroBufSize);
     segs[kZeroSegs - 1].len = kZeroBufSize - kSectorSize;
     return segs;
   }();

@@ -114,6 +114,12 @@ Done zero(TestDisk& t, uint64_t offset, uint32_t len, ZeroFlag flags = ZeroFlag:
 
 constexpr uint64_t kMiB = 1u << 20;
 
+void zero_one(Disk* disk) {
+  Done done;
+  Bio bio;
+  issue_zeroout(bio, disk, 0, 4096, ZeroFlag::kNone, record_done, &done);
+}
+
 TEST(Zeroout, WithoutWriteZeroesWritesZeroesAsData) {
   TestDisk t = make_disk(no_zeroing(), 8 * kMiB);
   EXPECT_EQ(zeroout_method(*t.disk, ZeroFlag::kNone), ZeroMethod::kWriteData);
@@ -267,6 +273,22 @@ TEST(Zeroout, SyncZeroesPastTheLargestBioPieceByPiece) {
   EXPECT_EQ(n.driver->seen.size(), 3u);  // 4 GiB less a block, twice, and the rest
   // An error stops it.
   EXPECT_EQ(zeroout(n.disk.get(), 0, size + 4096, ZeroFlag::kNone), Status::kOutOfRange);
+}
+
+// A driver that writes into a write bio's memory: a bug, which must not
+// turn every later zeroing into garbage.
+class ScribblingDriver final : public BioDriver {
+ public:
+  void submit(Bio& bio) override {
+    bio.for_each_chunk([](const BioChunk& c) { c.ptr[0] = std::byte{1}; });
+    bio.complete(Status::kOk);
+  }
+};
+
+TEST(ZerooutDeathTest, TheSharedZeroBufferIsReadOnly) {
+  auto disk = std::make_shared<Disk>("scribble", 2048, no_zeroing(),
+                                     std::make_unique<ScribblingDriver>());
+  EXPECT_DEATH(zero_one(disk.get()), "");
 }
 
 }  // namespace
