@@ -10,7 +10,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev libfmt-dev nlohmann-json3-dev libxxhash-dev liburing-dev
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev clang-format
   libtomlplusplus-dev libnbd-dev libfuse3-dev
   fio libnbd-bin nbdkit nbd-server qemu-utils qemu-system-common fuse3 e2fsprogs
   # What the integration tests run besides those (tests/integration/require.sh

@@ -65,6 +65,9 @@ enum class BioFlag : uint16_t {
   // the submitter calls Disk::poll() until it ends. A disk without poll
   // queues clears the flag and completes it as usual.
   kPolled = 1 << 6,
+  // Write-zeroes must leave the range allocated (REQ_NOUNMAP); honoured by
+  // drivers that set QueueLimits::write_zeroes_nounmap.
+  kNoUnmap = 1 << 7,
 };
 constexpr BioFlag operator|(BioFlag a, BioFlag b) {
   return static_cast<BioFlag>(static_cast<uint16_t>(a) | static_cast<uint16_t>(b));

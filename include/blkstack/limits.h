@@ -19,6 +19,13 @@ struct QueueLimits {
   uint32_t discard_granularity = 0;     // bytes; discards are aligned to it
   uint32_t max_discard_sectors = 0;     // 0: discard not supported
   uint32_t max_write_zeroes_sectors = 0;  // 0: write-zeroes not supported
+  // Write-zeroes with BioFlag::kNoUnmap leaves the range allocated. False
+  // for a driver whose write-zeroes may deallocate whatever the flag says:
+  // zeroing that must keep the space then goes as data (zeroout.h).
+  bool write_zeroes_nounmap = false;
+  // A discard leaves the whole range reading as zeroes (the kernel's former
+  // discard_zeroes_data), so zeroing may discard where unmapping is allowed.
+  bool discard_zeroes_data = false;
   bool volatile_write_cache = false;    // writes need a flush to be durable
   bool fua = false;                     // the device honours FUA itself
   bool read_only = false;

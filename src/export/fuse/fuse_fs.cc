@@ -13,6 +13,7 @@
 #include "blkstack/completion.h"
 #include "blkstack/disk.h"
 #include "blkstack/submit.h"
+#include "blkstack/zeroout.h"
 #include "export/export_table.h"
 #include "export/fuse/io_range.h"
 #include "export/fuse/worker.h"
@@ -24,9 +25,6 @@ namespace {
 constexpr fuse_ino_t kFirstFileIno = FUSE_ROOT_ID + 1;
 // Sizes never change while mounted, so the kernel may keep what it learns.
 constexpr double kAttrTimeout = 3600.0;
-// Zero data for write-zeroes on devices without it, and for edge zeroing.
-constexpr uint32_t kZeroBufSize = 1u << 20;
-alignas(4096) const std::byte kZeroes[kZeroBufSize] = {};
 
 FuseFs& fs_of(fuse_req_t req) { return *static_cast<FuseFs*>(fuse_req_userdata(req)); }
 
@@ -65,29 +63,20 @@ Status zero_partial(File& f, std::byte* bounce, uint64_t offset, uint32_t len) {
   return run_bio(f.disk.get(), Op::kWrite, block, {&seg, 1});
 }
 
-// Whole blocks [offset, offset + len): discard, write-zeroes, or zero data.
+// Whole blocks [offset, offset + len): discarded (PUNCH_HOLE), or zeroed
+// and kept allocated (ZERO_RANGE, as the kernel's blkdev_fallocate asks
+// blkdev_issue_zeroout with NOUNMAP): zeroout() picks write-zeroes or
+// zero data.
 Status zero_blocks(File& f, Op op, uint64_t offset, uint64_t len) {
-  const QueueLimits& lim = f.disk->limits();
-  const bool as_data = op == Op::kWriteZeroes && lim.max_write_zeroes_sectors == 0;
+  if (op == Op::kWriteZeroes)
+    return zeroout(f.disk.get(), offset >> kSectorShift, len, ZeroFlag::kNoUnmap);
   // One bio carries at most 1 GiB here (its size field is 32 bits).
   constexpr uint64_t kMaxBio = uint64_t{1} << 30;
-  Segment segs[kMaxBio / kZeroBufSize];
   while (len > 0) {
     const uint64_t n = std::min(len, kMaxBio);
-    Status s;
-    if (as_data) {
-      size_t nseg = 0;
-      for (uint64_t left = n; left > 0; ++nseg) {
-        const uint32_t piece =
-            static_cast<uint32_t>(std::min<uint64_t>(left, kZeroBufSize));
-        segs[nseg] = Segment(const_cast<std::byte*>(kZeroes), piece);
-        left -= piece;
-      }
-      s = run_bio(f.disk.get(), Op::kWrite, offset, {segs, nseg});
-    } else {
-      s = run_bio(f.disk.get(), op, offset, {}, static_cast<uint32_t>(n));
-    }
-    if (!ok(s)) return s;
+    if (Status s = run_bio(f.disk.get(), op, offset, {}, static_cast<uint32_t>(n));
+        !ok(s))
+      return s;
     offset += n;
     len -= n;
   }

@@ -11,9 +11,10 @@
 //             middle in one bio (read-modify-write of the edges only, under
 //             the file's rmw lock)
 //   FLUSH, FSYNC -> a flush bio (PREFLUSH)
-//   FALLOCATE    PUNCH_HOLE|KEEP_SIZE -> discard; ZERO_RANGE -> write-zeroes
-//                (written as zero data where the device has no write-zeroes);
-//                partial blocks at the edges are zeroed by read-modify-write
+//   FALLOCATE    PUNCH_HOLE|KEEP_SIZE -> discard; ZERO_RANGE -> zeroout()
+//                keeping the range allocated (zeroout.h: write-zeroes where
+//                the device keeps space with it, else zero data); partial
+//                blocks at the edges are zeroed by read-modify-write
 //
 // Completions answer the kernel from whatever thread completes the bio.
 // Files are opened with FOPEN_DIRECT_IO: the kernel's page cache is not used

@@ -12,10 +12,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <new>
 
 #include "blkstack/disk.h"
 #include "blkstack/submit.h"
+#include "blkstack/zeroout.h"
 #include "export/log.h"
 #include "export/nbd/protocol.h"
 
@@ -26,9 +26,6 @@ constexpr size_t kRecvBufSize = 64u << 10;
 // Buffers above this are freed when their request is answered, so one
 // large request does not leave a slot holding 32 MiB for good.
 constexpr uint32_t kKeepBufferBytes = 4u << 20;
-// Write-zeroes done as data writes point every segment at this.
-constexpr uint32_t kZeroBufSize = 1u << 20;
-alignas(4096) const std::byte kZeroes[kZeroBufSize] = {};
 constexpr int kMaxIov = 64;
 constexpr uint16_t kKnownCmdFlags =
     kCmdFlagFua | kCmdFlagNoHole | kCmdFlagDf | kCmdFlagReqOne | kCmdFlagFastZero;
@@ -45,13 +42,6 @@ constexpr uint32_t kMaxExtents = 1024;
 // The buffer a BLOCK_STATUS reply is built in: context id, then extents.
 uint32_t block_status_bytes(uint16_t flags) {
   return 4 + 8 * ((flags & kCmdFlagReqOne) ? 1 : kMaxExtents);
-}
-
-// WRITE_ZEROES done as data: one segment per kZeroBufSize bytes, a table
-// of up to 64 KiB for 4 GiB that lives in the request's buffer, so the
-// budget counts it like any other buffer.
-uint32_t zero_segments(uint32_t length) {
-  return static_cast<uint32_t>((uint64_t{length} + kZeroBufSize - 1) / kZeroBufSize);
 }
 
 // Request buffers are whole pages (4096-aligned for O_DIRECT drivers).
@@ -161,10 +151,6 @@ bool Connection::wants_rerun() const {
 
 // --- slots -------------------------------------------------------------------
 
-bool Connection::zeroes_as_data(uint16_t flags) const {
-  return nego_.disk->limits().max_write_zeroes_sectors == 0 || (flags & kCmdFlagNoHole);
-}
-
 uint32_t Connection::buffer_need(const Request& rq) const {
   switch (rq.type) {
     case kCmdRead:
@@ -172,9 +158,6 @@ uint32_t Connection::buffer_need(const Request& rq) const {
       return std::min(rq.length, kMaxPayload);  // a longer one is refused
     case kCmdBlockStatus:
       return block_status_bytes(rq.flags);
-    case kCmdWriteZeroes:  // FAST_ZERO as data is refused
-      if (!zeroes_as_data(rq.flags) || (rq.flags & kCmdFlagFastZero)) return 0;
-      return zero_segments(rq.length) * uint32_t{sizeof(Segment)};
     default:
       return 0;
   }
@@ -688,32 +671,14 @@ void Connection::submit(RequestSlot* s) {
       bio.init_nodata(disk, Op::kDiscard, sector, s->length, &Connection::bio_done, s);
       break;
     case kCmdWriteZeroes: {
-      const bool as_data = zeroes_as_data(s->flags);
-      if (as_data && (s->flags & kCmdFlagFastZero)) {
-        // Writing zeroes is no faster than the client writing them.
-        return reply_now(s, kEnotsup);
-      }
-      if (!as_data) {
-        bio.init_nodata(disk, Op::kWriteZeroes, sector, s->length, &Connection::bio_done,
-                        s);
-        break;
-      }
-      // Without a hole: zeroes written as data, every segment pointing at
-      // one read-only zero buffer. The table is built in the request's
-      // buffer, charged to the budget by get_slot() (buffer_need()).
-      const uint32_t nsegs = zero_segments(s->length);
-      if (!grow(s, nsegs * uint32_t{sizeof(Segment)})) return reply_now(s, kEnomem);
-      Segment* segs = nullptr;
-      uint32_t left = s->length;
-      for (uint32_t i = 0; i < nsegs; ++i) {
-        const uint32_t n = std::min(left, kZeroBufSize);
-        Segment* seg = new (s->buf + i * sizeof(Segment))
-            Segment(const_cast<std::byte*>(kZeroes), n);
-        if (i == 0) segs = seg;
-        left -= n;
-      }
-      bio.init(disk, Op::kWrite, sector, {segs, nsegs}, &Connection::bio_done, s);
-      break;
+      // NO_HOLE keeps the range allocated; FAST_ZERO refuses (ENOTSUP)
+      // where zeroing would be no faster than the client writing zeroes.
+      ZeroFlag how = ZeroFlag::kNone;
+      if (s->flags & kCmdFlagNoHole) how = how | ZeroFlag::kNoUnmap;
+      if (s->flags & kCmdFlagFastZero) how = how | ZeroFlag::kNoFallback;
+      const BioFlag fua = (s->flags & kCmdFlagFua) ? BioFlag::kFua : BioFlag::kNone;
+      return issue_zeroout(bio, disk, sector, s->length, how, &Connection::bio_done, s,
+                           fua);
     }
     default:
       return reply_now(s, kEinval);

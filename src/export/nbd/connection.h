@@ -83,7 +83,7 @@ struct RequestSlot {
   Connection* conn = nullptr;
   Bio bio;
   Segment seg;               // the whole buffer, for READ and WRITE
-  std::byte* buf = nullptr;  // 4096-aligned, `cap` bytes (or WRITE_ZEROES' segments)
+  std::byte* buf = nullptr;  // 4096-aligned, `cap` bytes
   uint32_t cap = 0;
   // The request.
   uint64_t cookie = 0;
@@ -162,12 +162,9 @@ class Connection {
   void payload_received();
   void submit(RequestSlot* s);
   void block_status(RequestSlot* s);
-  // The bytes of buffer a request will hold (its payload, its BLOCK_STATUS
-  // reply, or its WRITE_ZEROES segment table).
+  // The bytes of buffer a request will hold (its payload or its
+  // BLOCK_STATUS reply; WRITE_ZEROES holds none, see zeroout.h).
   uint32_t buffer_need(const Request& rq) const;
-  // WRITE_ZEROES with these flags is written as data (no native zeroing,
-  // or NO_HOLE asked).
-  bool zeroes_as_data(uint16_t flags) const;
   // A free slot for a request that needs `need` bytes of buffer, or null
   // when the request limit or the buffer budget does not admit it now.
   RequestSlot* get_slot(uint32_t need);
