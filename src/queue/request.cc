@@ -1,6 +1,7 @@
 #include "blkstack/request.h"
 
 #include "blkstack/queue.h"
+#include "blkstack/tag_set.h"
 
 namespace blkstack {
 
@@ -10,6 +11,11 @@ uint32_t Request::cur_bytes() const {
   const BioIter& it = head_->iter();
   uint32_t in_seg = head_->segments()[it.idx].len - it.done;
   return in_seg < head_->size() ? in_seg : head_->size();
+}
+
+void* Request::sched_priv() const {
+  if (internal_tag_ < 0) return nullptr;
+  return hctx_->sched_tags()->priv_at(internal_tag_);
 }
 
 bool Request::end_request(Status status, uint32_t bytes) {
