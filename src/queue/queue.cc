@@ -83,6 +83,9 @@ Queue::~Queue() {
   }
   work_cv_.notify_one();
   worker_.join();
+  if (sched_) {
+    for (auto& h : hctxs_) sched_->exit_hctx(*h);
+  }
   // The driver's own threads (completion threads, rings) stop before the
   // queue they complete into goes away.
   owned_driver_.reset();

@@ -141,12 +141,14 @@ void ResetCounts() {
 }
 
 MqDisk DescDisk(unsigned depth, unsigned nr_requests,
-                TestDriver::Mode mode = TestDriver::Mode::kHold) {
+                TestDriver::Mode mode = TestDriver::Mode::kHold,
+                unsigned nr_hw_queues = 1, QueueLimits lim = TestLimits()) {
   RegisterOnce();
   ResetCounts();
   TagSetConfig config;
   config.queue_depth = depth;
-  MqDisk d = MakeMqDisk(config, TestLimits(), mode);
+  config.nr_hw_queues = nr_hw_queues;
+  MqDisk d = MakeMqDisk(config, lim, mode);
   d.queue().set_nr_requests(nr_requests);
   d.queue().set_scheduler("test-desc");
   return d;
@@ -324,8 +326,13 @@ TEST(MqSched, IoprioAndIssuerReachTheSchedulerAndDifferentPriosDoNotMerge) {
   ASSERT_TRUE(AllDone(bios));
 }
 
+// Four threads write and read back against a model (with FUA writes and
+// flushes through the flush machine, and refusals the queue retries) while
+// the scheduler switches none <-> test-desc 40 times.
 TEST(MqSched, SwitchingSchedulersUnderLoadLosesNothing) {
-  MqDisk d = DescDisk(4, 32, TestDriver::Mode::kThread);
+  QueueLimits lim = TestLimits();
+  lim.volatile_write_cache = true;  // PREFLUSH/FUA go through the flush machine
+  MqDisk d = DescDisk(4, 32, TestDriver::Mode::kThread, /*nr_hw_queues=*/2, lim);
   d.driver->set_max_delay(std::chrono::microseconds(20));
   constexpr unsigned kThreads = 4, kBlocks = 64, kSectors = 8;
   std::atomic<bool> stop{false};
@@ -349,8 +356,14 @@ TEST(MqSched, SwitchingSchedulersUnderLoadLosesNothing) {
         w.init_data(*d.disk, Op::kWrite, sector, kSectors);
         w.buf = Pattern(w.buf.size(), ++seed);
         w.segs[0] = Segment(w.buf.data(), static_cast<uint32_t>(w.buf.size()));
+        if (rng() % 8 == 0) w.bio.set_flags(BioFlag::kFua | BioFlag::kPreflush);
         run(w);
         model[blk] = seed;
+        if (rng() % 16 == 0) {
+          TestBio f;
+          f.init_range(*d.disk, Op::kFlush, 0, 0);
+          run(f);
+        }
         const unsigned rblk = rng() % kBlocks;
         TestBio r;
         r.init_data(*d.disk, Op::kRead, (t * kBlocks + rblk) * kSectors, kSectors);
@@ -362,6 +375,7 @@ TEST(MqSched, SwitchingSchedulersUnderLoadLosesNothing) {
     });
   }
   for (int i = 0; i < 40; ++i) {
+    if (i % 4 == 1) d.driver->resource_next = 3;
     d.queue().set_scheduler(i % 2 ? "test-desc" : "none");
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
@@ -369,7 +383,9 @@ TEST(MqSched, SwitchingSchedulersUnderLoadLosesNothing) {
   for (auto& th : threads) th.join();
   EXPECT_EQ(failures.load(), 0);
   EXPECT_GT(ios.load(), 100);
+  EXPECT_TRUE(d.driver->violations().empty());
   EXPECT_EQ(DescScheduler::counts.bad_priv, 0);
+  EXPECT_GT(DescScheduler::counts.prepared.load(), 0);  // the scheduler did run
   EXPECT_EQ(DescScheduler::counts.prepared.load(), DescScheduler::counts.finished.load());
 }
 
