@@ -242,7 +242,7 @@ class Bio {
   std::atomic<bool> completed_{false};
   std::atomic<uint32_t> remaining_{1};
   std::atomic<bool> chained_{false};  // has or had chained children
-  uint16_t ioprio_ = 0;  // in the padding after chained_: Bio does not grow
+  uint16_t ioprio_ = 0;               // in the padding after chained_: Bio does not grow
   std::atomic<uint32_t> refs_{1};
   IssuerId issuer_ = 0;  // in the padding before disk_
   Disk* disk_ = nullptr;

@@ -117,7 +117,7 @@ class alignas(64) HwQueue {
   std::atomic<uint32_t> dispatch_count_{0};
   std::atomic<bool> restart_{false};      // run again when a request completes
   std::atomic<bool> quiesced_{false};
-  Tags* sched_tags_ = nullptr;            // set by the Queue while frozen
+  Tags* sched_tags_ = nullptr;  // set by the Queue while frozen
   // On tags_.hctx_waiters (under tags_.wait_lock).
   bool waiting_for_tag_ = false;
   HwQueue* next_tag_waiter_ = nullptr;

@@ -1,11 +1,11 @@
 #include "blkstack/hw_queue.h"
 
+#include <thread>
+
 #include "blkstack/plug.h"
 #include "blkstack/queue.h"
 #include "blkstack/tag_set.h"
 #include "core/clock.h"
-
-#include <thread>
 
 namespace blkstack {
 namespace {

@@ -318,7 +318,8 @@ void Queue::issue_plugged(RequestList& list) {
   if (sched_) {
     while (!list.empty()) {
       HwQueue& hctx = *list.front()->hctx_;
-      RequestList batch = list.extract_if([&](const Request& rq) { return rq.hctx_ == &hctx; });
+      RequestList batch =
+          list.extract_if([&](const Request& rq) { return rq.hctx_ == &hctx; });
       sched_->insert(hctx, batch, /*at_head=*/false);
       hctx.run();
     }
@@ -637,7 +638,8 @@ void Queue::wake_tag_waiters(Tags& tags) {
     {
       std::lock_guard lock(tags.wait_lock);
       nr_hctx = 0;
-      for (HwQueue* h = tags.hctx_waiters; h != nullptr; h = h->next_tag_waiter_) ++nr_hctx;
+      for (HwQueue* h = tags.hctx_waiters; h != nullptr; h = h->next_tag_waiter_)
+        ++nr_hctx;
     }
     while (nr_hctx-- > 0) {
       HwQueue* h;
@@ -751,7 +753,8 @@ void Queue::make_sched_tags(const SchedulerType* type) {
   const TagSetConfig& c = tag_set_->config();
   for (auto& h : hctxs_) {
     // Scheduler requests are what the driver gets: they carry its pdu too.
-    sched_tags_.push_back(std::make_unique<Tags>(nr_requests_, c.cmd_size, type->sched_size,
+    sched_tags_.push_back(std::make_unique<Tags>(nr_requests_, c.cmd_size,
+                                                 type->sched_size,
                                                  /*sched=*/true));
     Tags& tags = *sched_tags_.back();
     for (unsigned t = 0; t < tags.depth; ++t) driver().init_request(tags.requests[t]);
@@ -787,7 +790,8 @@ void Queue::set_scheduler(std::string_view name) {
 
 void Queue::set_nr_requests(unsigned n) {
   if (n < 1 || n > kMaxNrRequests) {
-    throw Error(fmt::format("nr_requests must be from 1 to {}, not {}", kMaxNrRequests, n));
+    throw Error(
+        fmt::format("nr_requests must be from 1 to {}, not {}", kMaxNrRequests, n));
   }
   if (!sched_) {
     nr_requests_ = n;
