@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <span>
 
+#include "blkstack/ioprio.h"
 #include "blkstack/status.h"
 
 namespace blkstack {
@@ -132,6 +133,13 @@ class Bio {
   void clear_flags(BioFlag f) {
     flags_ = static_cast<BioFlag>(static_cast<uint16_t>(flags_) & ~static_cast<uint16_t>(f));
   }
+  // I/O priority (see ioprio.h) and issuer, for the I/O scheduler. A
+  // clone or split piece keeps both; submit_bio to a queue with a scheduler
+  // sets the issuer to the submitting thread if it is still 0.
+  uint16_t ioprio() const { return ioprio_; }
+  void set_ioprio(uint16_t prio) { ioprio_ = prio; }
+  IssuerId issuer() const { return issuer_; }
+  void set_issuer(IssuerId id) { issuer_ = id; }
   Disk* disk() const { return disk_; }
   void set_disk(Disk* d) { disk_ = d; }
   uint64_t sector() const { return iter_.sector; }
@@ -237,7 +245,9 @@ class Bio {
   std::atomic<bool> completed_{false};
   std::atomic<uint32_t> remaining_{1};
   std::atomic<bool> chained_{false};  // has or had chained children
+  uint16_t ioprio_ = 0;               // in the padding after chained_: Bio does not grow
   std::atomic<uint32_t> refs_{1};
+  IssuerId issuer_ = 0;  // in the padding before disk_
   Disk* disk_ = nullptr;
   EndIo end_io_ = nullptr;
   void* context_ = nullptr;

@@ -57,6 +57,8 @@ enum IocbFlags : uint32_t {
                           // logical block size, memory to 512 bytes, else -EINVAL
   kIocbHipri = 1u << 3,   // RWF_HIPRI: polled I/O on a disk with poll queues
                           // (completed by get_events polling; else ignored)
+  kIocbIoprio = 1u << 4,  // IOCB_FLAG_IOPRIO: `reqprio` is the bio's I/O
+                          // priority (ioprio.h); an invalid one is -EINVAL
 };
 
 struct Iocb {
@@ -70,6 +72,7 @@ struct Iocb {
   unsigned iovcnt = 0;
   uint64_t offset = 0;           // bytes
   int resfd = -1;                // IOCB_FLAG_RESFD: eventfd to bump per event
+  uint16_t reqprio = 0;          // aio_reqprio, with kIocbIoprio
 
   static Iocb pread(Disk* d, void* buf, uint64_t len, uint64_t off, uint64_t user_data = 0) {
     return Iocb{user_data, IoOp::kPread, 0, d, buf, len, nullptr, 0, off, -1};
@@ -147,6 +150,8 @@ class IoContext {
   void untrack_polled(Disk* disk);
 
   unsigned max_events_;
+  // This context's issuer id: its bios are grouped by it (ioprio.h).
+  const IssuerId issuer_ = new_issuer_id();
   std::unique_ptr<Kiocb[]> kiocbs_;  // one per slot: nothing allocated per I/O
   Kiocb* free_ = nullptr;             // under lock_
 

@@ -132,6 +132,7 @@ int IoContext::submit_one(Iocb& cb) {
       return -EINVAL;
     }
   }
+  if ((cb.flags & kIocbIoprio) && !ioprio_valid(cb.reqprio)) return -EINVAL;
   if (is_write(cb.op) && disk->read_only()) return -EROFS;
 
   // A slot: one per iocb accepted and not yet reaped.
@@ -193,6 +194,8 @@ int IoContext::submit_one(Iocb& cb) {
   if (cb.op == IoOp::kFsync || cb.op == IoOp::kFdsync) k.bio.set_flags(BioFlag::kPreflush);
   if (cb.flags & kIocbNowait) k.bio.set_flags(BioFlag::kNowait);
   if (k.polled) k.bio.set_flags(BioFlag::kPolled);
+  if (cb.flags & kIocbIoprio) k.bio.set_ioprio(cb.reqprio);
+  k.bio.set_issuer(issuer_);
   k.started.store(true, std::memory_order_release);
   submit_bio(k.bio);
   put_kiocb(k);  // the submitting side lets go; the event may post now

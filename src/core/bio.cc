@@ -20,6 +20,9 @@ std::string_view op_name(Op op) {
   return "unknown";
 }
 
+// Bios are hot: priority and issuer live in padding, not in new bytes.
+static_assert(sizeof(Bio) <= 128, "Bio grew past two cache lines");
+
 void Bio::reset(Disk* disk, Op op, uint64_t sector, EndIo end_io, void* context) {
   iter_ = BioIter{sector, 0, 0, 0};
   segs_ = nullptr;
@@ -30,6 +33,8 @@ void Bio::reset(Disk* disk, Op op, uint64_t sector, EndIo end_io, void* context)
   completed_.store(false, std::memory_order_relaxed);
   remaining_.store(1, std::memory_order_relaxed);
   chained_.store(false, std::memory_order_relaxed);
+  ioprio_ = 0;
+  issuer_ = 0;
   refs_.store(1, std::memory_order_relaxed);
   disk_ = disk;
   end_io_ = end_io;
@@ -170,6 +175,8 @@ void Bio::clone_into(Bio& c) const {
   c.segs_ = segs_;
   c.nr_segs_ = nr_segs_;
   c.flags_ = flags_;
+  c.ioprio_ = ioprio_;
+  c.issuer_ = issuer_;
 }
 
 Bio* Bio::clone(BioSet& pool, bool may_wait) {

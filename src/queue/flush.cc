@@ -71,7 +71,10 @@ void FlushQueue::kick() {
   f.flags_ = BioFlag::kNone;
   f.set_state(Request::State::kIdle, std::memory_order_relaxed);
   f.error_ = Status::kOk;
-  f.tag_ = first->tag_;
+  // With a scheduler the flush takes a driver tag of its own at dispatch
+  // (the first request may hold none), as the kernel's flush_rq does.
+  f.internal_tag_ = first->internal_tag_;
+  f.tag_ = first->internal_tag_ >= 0 ? -1 : first->tag_;
   f.nr_segments_ = 0;
   f.internal_flush_ = true;
   f.flush_policy_ = 0;

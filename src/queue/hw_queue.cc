@@ -1,5 +1,7 @@
 #include "blkstack/driver/hw_queue.h"
 
+#include <thread>
+
 #include "blkstack/plug.h"
 #include "blkstack/driver/queue.h"
 #include "queue/software_queue.h"
@@ -53,14 +55,46 @@ void HwQueue::run_after(uint64_t delay_ns) { queue_.schedule_work(now_ns() + del
 void HwQueue::run() {
   // Every run() request counts; the thread that took the count from zero
   // dispatches until it has seen all of them.
-  if (runs_.fetch_add(1, std::memory_order_acq_rel) != 0) return;
+  // seq_cst: a Dekker pair with quiesce() (free on x86: a locked add).
+  if (runs_.fetch_add(1, std::memory_order_seq_cst) != 0) return;
   uint32_t seen = 1;
   for (;;) {
-    dispatch_all();
+    if (!quiesced_.load(std::memory_order_seq_cst)) [[likely]]
+      dispatch_all();
     uint32_t left = runs_.fetch_sub(seen, std::memory_order_acq_rel) - seen;
     if (left == 0) return;
     seen = left;
   }
+}
+
+void HwQueue::quiesce() {
+  quiesced_.store(true, std::memory_order_seq_cst);
+  // A run that read quiesced_ false has runs_ counted: wait for it.
+  while (runs_.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
+}
+
+void HwQueue::unquiesce() {
+  quiesced_.store(false, std::memory_order_seq_cst);
+  run();  // what a run skipped meanwhile
+}
+
+int HwQueue::get_driver_tag() {
+  int tag = tags_.alloc.try_get();
+  if (tag >= 0) [[likely]]
+    return tag;
+  {
+    std::lock_guard lock(tags_.wait_lock);
+    if (!waiting_for_tag_) {
+      waiting_for_tag_ = true;
+      next_tag_waiter_ = tags_.hctx_waiters;
+      tags_.hctx_waiters = this;
+      tags_.nr_waiters.fetch_add(1, std::memory_order_seq_cst);
+    }
+  }
+  // A tag freed before we were on the list saw no waiter: look again now
+  // (pairs with Queue::free_request's check). If this finds one, the entry
+  // costs one spare run later.
+  return tags_.alloc.try_get();
 }
 
 void HwQueue::dispatch_all() {
@@ -74,12 +108,27 @@ void HwQueue::dispatch_all() {
     }
     if (batch.empty() && sched) {
       // One at a time keeps the scheduler in charge of the order; a batch
-      // of up to 32 lets the driver see `last` only at its end.
-      while (batch.size() < 32) {
+      // of up to 32 lets the driver see `last` only at its end. The driver
+      // tag comes first (blk_mq_do_dispatch_sched): a request the driver
+      // cannot take yet stays in the scheduler, where it can still be
+      // reordered and merged.
+      bool out_of_tags = false;
+      while (batch.size() < 32 && sched->has_work(*this)) {
+        const int tag = get_driver_tag();
+        if (tag < 0) {
+          out_of_tags = true;
+          break;
+        }
         Request* rq = sched->dispatch(*this);
-        if (!rq) break;
+        if (!rq) {
+          tags_.alloc.put(tag);
+          Queue::wake_tag_waiters_if_any(tags_);
+          break;
+        }
+        rq->tag_ = tag;
         batch.push_back(rq);
       }
+      if (batch.empty() && out_of_tags) return;  // a freed driver tag runs us
     }
     if (batch.empty()) {
       uint32_t mask = pending_ctx_.exchange(0, std::memory_order_acq_rel);
@@ -104,6 +153,21 @@ bool HwQueue::dispatch_list(RequestList& batch) {
   // together at the end.
   TagFreeBatch free_batch;
   while (Request* rq = batch.pop_front()) {
+    if (rq->tag_ < 0) [[unlikely]] {
+      // A scheduler request back from the flush machine or a requeue.
+      rq->tag_ = get_driver_tag();
+      if (rq->tag_ < 0) {
+        batch.push_front(rq);
+        {
+          std::lock_guard lock(dispatch_lock_);
+          dispatch_.splice_front(batch);
+          dispatch_count_.store(static_cast<uint32_t>(dispatch_.size()),
+                                std::memory_order_release);
+        }
+        if (owe_commit) queue_.driver().commit_rqs(*this);
+        return false;  // a freed driver tag runs us
+      }
+    }
     const bool last = batch.empty();
     Queue::Issue r = queue_.issue(*this, *rq, last, now);
     if (r == Queue::Issue::kIssued) {

@@ -25,6 +25,8 @@ constexpr BioFlag kNoMergeFlags = BioFlag::kPreflush | BioFlag::kFua;
 // inside that hand-out (an inline-completing driver) does not recurse: the
 // outer loop picks up the tag it frees.
 thread_local const Tags* tls_waking_tags = nullptr;
+// A tag was freed on this thread while it handed tags out (see above).
+thread_local bool tls_rewake = false;
 
 // The request whose timeout handler runs on this thread: an end or requeue
 // of it from inside the handler is the handler's own, not a late one.
@@ -59,6 +61,8 @@ Queue::Queue(std::shared_ptr<TagSet> tag_set) : tag_set_(std::move(tag_set)) {
 void Queue::init_hw_queues() {
   driver_ = &tag_set_->driver();
   const TagSetConfig& c = tag_set_->config();
+  // Linux: 2 x min(driver depth, BLKDEV_DEFAULT_RQ).
+  nr_requests_ = 2 * std::min(c.queue_depth, 128u);
   const unsigned n = c.nr_hw_queues, p = c.nr_poll_queues;
   for (unsigned i = 0; i < n + p; ++i) {
     hctxs_.push_back(std::make_unique<HwQueue>(*this, i, tag_set_->tags(i)));
@@ -82,6 +86,9 @@ Queue::~Queue() {
   }
   work_cv_.notify_one();
   worker_.join();
+  if (sched_) {
+    for (auto& h : hctxs_) sched_->exit_hctx(*h);
+  }
   // The driver's own threads (completion threads, rings) stop before the
   // queue they complete into goes away.
   owned_driver_.reset();
@@ -123,6 +130,10 @@ void Queue::submit(Bio& bio) {
   // completes; freezing and removal wait for it (Disk::freeze).
   HwQueue& hctx = map_queue(bio);
   if (nomerges() != 2 && try_merge_somewhere(hctx, bio)) return;
+  if (sched_) {
+    submit_sched(hctx, bio);
+    return;
+  }
   Tags& tags = hctx.tags();
   Plug* plug = Plug::current();
   const int tag = plug ? plug->take_tag(tags) : tags.alloc.try_get();
@@ -133,7 +144,27 @@ void Queue::submit(Bio& bio) {
     }
     // Our own plugged requests may be what holds the tags.
     if (plug) plug->flush();
-    park_for_tag(hctx, bio);
+    park_for_tag(hctx, bio, tags);
+    return;
+  }
+  Request& rq = tags.requests[tag];
+  init_request(rq, hctx, bio, Plug::time_ns());
+  queue_request(hctx, rq, /*allow_plug=*/true);
+}
+
+void Queue::submit_sched(HwQueue& hctx, Bio& bio) {
+  if (bio.issuer() == 0) bio.set_issuer(this_thread_issuer());
+  // No tag batching through the plug here: spare scheduler tags held by a
+  // plug could outlive a scheduler switch.
+  Tags& tags = *hctx.sched_tags();
+  const int tag = tags.alloc.try_get();
+  if (tag < 0) [[unlikely]] {
+    if (bio.has_flag(BioFlag::kNowait)) {
+      bio.complete(Status::kAgain);
+      return;
+    }
+    Plug::flush_current();  // our own plugged requests may hold the tags
+    park_for_tag(hctx, bio, tags);
     return;
   }
   Request& rq = tags.requests[tag];
@@ -160,8 +191,10 @@ void Queue::init_request(Request& rq, HwQueue& hctx, Bio& bio, uint64_t now) {
   bio.next = nullptr;
   rq.hctx_ = &hctx;
   rq.queue_ = this;
-  rq.sched_data = 0;
+  rq.ioprio_ = bio.ioprio();
+  rq.issuer_ = bio.issuer();
   rq.next = rq.prev = nullptr;
+  if (rq.internal_tag_ >= 0) sched_->prepare_request(rq);
 }
 
 void Queue::queue_request(HwQueue& hctx, Request& rq, bool allow_plug) {
@@ -181,7 +214,7 @@ void Queue::queue_request(HwQueue& hctx, Request& rq, bool allow_plug) {
     }
   }
   if (sched_) {
-    sched_->insert(hctx, rq, /*at_head=*/false);
+    sched_insert(hctx, rq, /*at_head=*/false);
     hctx.run();
     return;
   }
@@ -198,9 +231,15 @@ void Queue::queue_request(HwQueue& hctx, Request& rq, bool allow_plug) {
   hctx.run();
 }
 
+void Queue::sched_insert(HwQueue& hctx, Request& rq, bool at_head) {
+  RequestList one;
+  one.push_back(&rq);
+  sched_->insert(hctx, one, at_head);
+}
+
 void Queue::insert(HwQueue& hctx, Request& rq, bool at_head) {
   if (sched_ && rq.flush_policy_ == 0 && !rq.internal_flush_) {
-    sched_->insert(hctx, rq, at_head);
+    sched_insert(hctx, rq, at_head);
     return;
   }
   SoftwareQueue& ctx = this_ctx();
@@ -269,6 +308,9 @@ Queue::Issue Queue::issue(HwQueue& hctx, Request& rq, bool last, uint64_t now) {
 
 void Queue::leave_driver(Request& rq) {
   rq.set_state(Request::State::kIdle);
+  // A flush stage of a scheduler request, or the flush itself: the driver
+  // tag goes back while it waits for the next stage (Linux's flush_end_io).
+  put_driver_tag(rq);
   rq.hctx_->restart_if_needed();
 }
 
@@ -277,12 +319,13 @@ void Queue::issue_plugged(RequestList& list) {
   // removal waits for it even if the last request completes meanwhile.
   Disk::SubmitGuard guard(*disk_);
   if (sched_) {
-    HwQueue* last = nullptr;
-    while (Request* rq = list.pop_front()) {
-      last = rq->hctx_;
-      sched_->insert(*rq->hctx_, *rq, /*at_head=*/false);
+    while (!list.empty()) {
+      HwQueue& hctx = *list.front()->hctx_;
+      RequestList batch =
+          list.extract_if([&](const Request& rq) { return rq.hctx_ == &hctx; });
+      sched_->insert(hctx, batch, /*at_head=*/false);
+      hctx.run();
     }
-    if (last) run_hw_queues();
     return;
   }
   // Usually one hardware queue: send the batch with `last` on its final
@@ -310,6 +353,7 @@ Queue::Merge Queue::can_merge(const Request& rq, const Bio& bio) const {
   // unpolled one in a polled request would wait for a poller.
   if (any(rq.flags_ & BioFlag::kPolled) != bio.has_flag(BioFlag::kPolled))
     return Merge::kNone;
+  if (rq.ioprio_ != bio.ioprio()) return Merge::kNone;
   if (Request::state_of(rq.state_.load(std::memory_order_relaxed)) !=
       Request::State::kIdle)
     return Merge::kNone;
@@ -353,6 +397,7 @@ bool Queue::requests_mergeable(const Request& rq, const Request& next) const {
   if (rq.flush_policy_ || next.flush_policy_ || any((rq.flags_ | next.flags_) & kNoMergeFlags))
     return false;
   if (rq.hctx_ != next.hctx_) return false;  // a polled and an unpolled one
+  if (rq.ioprio_ != next.ioprio_) return false;
   const QueueLimits& lim = limits();
   if (uint64_t{rq.sectors()} + next.sectors() > lim.max_io_sectors()) return false;
   return rq.nr_segments_ + next.nr_segments_ <= lim.max_segments;
@@ -519,7 +564,7 @@ void Queue::finish_request(Request& rq, Status status) {
   rq.head_ = rq.tail_ = nullptr;
   const uint64_t now = Plug::time_ns();
   disk_->account_request_done(rq.op_, rq.stats_sectors_, rq.alloc_ns_, now);
-  if (sched_) sched_->completed(rq, now);
+  if (rq.internal_tag_ >= 0) sched_->completed(rq, now);
   hctx.restart_if_needed();
   free_request(rq);
   while (Bio* b = bios) {
@@ -530,6 +575,10 @@ void Queue::finish_request(Request& rq, Status status) {
 }
 
 void Queue::free_request(Request& rq) {
+  if (rq.internal_tag_ >= 0) {
+    free_sched_request(rq);
+    return;
+  }
   Tags& tags = rq.hctx_->tags();
   if (TagFreeBatch* batch = TagFreeBatch::current()) {
     if (batch->hold(tags, rq.tag_)) return;
@@ -540,13 +589,30 @@ void Queue::free_request(Request& rq) {
   wake_tag_waiters_if_any(tags);
 }
 
+void Queue::free_sched_request(Request& rq) {
+  sched_->finish_request(rq);
+  put_driver_tag(rq);
+  // Not through a TagFreeBatch: the batch may outlive the last bio, and
+  // with it a scheduler switch that frees these tags.
+  Tags& tags = *rq.hctx_->sched_tags();
+  tags.alloc.put(rq.internal_tag_);
+  wake_tag_waiters_if_any(tags);
+}
+
+void Queue::put_driver_tag(Request& rq) {
+  if (rq.internal_tag_ < 0 || rq.tag_ < 0) return;
+  Tags& tags = rq.hctx_->tags();
+  tags.alloc.put(rq.tag_);
+  rq.tag_ = -1;
+  wake_tag_waiters_if_any(tags);
+}
+
 void Queue::wake_tag_waiters_if_any(Tags& tags) {
   // seq_cst, after the tag's seq_cst release: pairs with park_for_tag().
   if (tags.nr_waiters.load(std::memory_order_seq_cst) != 0) wake_tag_waiters(tags);
 }
 
-void Queue::park_for_tag(HwQueue& hctx, Bio& bio) {
-  Tags& tags = hctx.tags();
+void Queue::park_for_tag(HwQueue& hctx, Bio& bio, Tags& tags) {
   bio.driver_data = hctx.index();
   {
     std::lock_guard lock(tags.wait_lock);
@@ -559,17 +625,50 @@ void Queue::park_for_tag(HwQueue& hctx, Bio& bio) {
 }
 
 void Queue::wake_tag_waiters(Tags& tags) {
-  if (tls_waking_tags == &tags) return;  // the loop below picks it up
+  if (tls_waking_tags == &tags) {
+    tls_rewake = true;  // the loop below picks it up
+    return;
+  }
   const Tags* saved = tls_waking_tags;
+  const bool saved_rewake = tls_rewake;
   tls_waking_tags = &tags;
   for (;;) {
+    // Hardware queues waiting for a driver tag: run each once. One that
+    // finds none puts itself back; it is run again only if a tag is freed
+    // during this pass (tls_rewake), so this never spins.
+    tls_rewake = false;
+    unsigned nr_hctx;
+    {
+      std::lock_guard lock(tags.wait_lock);
+      nr_hctx = 0;
+      for (HwQueue* h = tags.hctx_waiters; h != nullptr; h = h->next_tag_waiter_)
+        ++nr_hctx;
+    }
+    while (nr_hctx-- > 0) {
+      HwQueue* h;
+      {
+        std::lock_guard lock(tags.wait_lock);
+        h = tags.hctx_waiters;
+        if (h == nullptr) break;
+        tags.hctx_waiters = h->next_tag_waiter_;
+        h->waiting_for_tag_ = false;
+        tags.nr_waiters.fetch_sub(1, std::memory_order_relaxed);
+      }
+      h->run();
+    }
     Bio* bio;
     int tag;
     {
       std::lock_guard lock(tags.wait_lock);
-      if (tags.waiters.empty()) break;
+      if (tags.waiters.empty()) {
+        if (tls_rewake && tags.hctx_waiters != nullptr) continue;
+        break;
+      }
       tag = tags.alloc.try_get();
-      if (tag < 0) break;
+      if (tag < 0) {
+        if (tls_rewake && tags.hctx_waiters != nullptr) continue;
+        break;
+      }
       bio = tags.waiters.pop_front();
       tags.nr_waiters.fetch_sub(1, std::memory_order_relaxed);
     }
@@ -581,6 +680,7 @@ void Queue::wake_tag_waiters(Tags& tags) {
     q.queue_request(hctx, rq, /*allow_plug=*/false);
   }
   tls_waking_tags = saved;
+  tls_rewake = saved_rewake;
 }
 
 // --- freezing, stopping, dying -----------------------------------------------------
@@ -594,8 +694,10 @@ void Queue::freeze() {
 void Queue::unfreeze() { disk_->unfreeze(); }
 
 bool Queue::cancel(Bio& bio) {
-  for (unsigned s = 0; s < tag_set_->nr_tag_spaces(); ++s) {
-    Tags& tags = tag_set_->tag_space(s);
+  std::lock_guard sched_lock(sched_lock_);
+  const unsigned nr_driver = tag_set_->nr_tag_spaces();
+  for (unsigned s = 0; s < nr_driver + sched_tags_.size(); ++s) {
+    Tags& tags = s < nr_driver ? tag_set_->tag_space(s) : *sched_tags_[s - nr_driver];
     if (tags.nr_waiters.load(std::memory_order_acquire) == 0) continue;
     std::lock_guard lock(tags.wait_lock);
     // Pieces split off it are already issued: it is under way. Read under
@@ -639,11 +741,74 @@ int Queue::poll(uint64_t wait_ns) {
   return done == 0 && busy ? kPollBusy : done;
 }
 
+void Queue::quiesce() {
+  for (auto& h : hctxs_) h->quiesce();
+}
+
+void Queue::unquiesce() {
+  for (auto& h : hctxs_) h->unquiesce();
+}
+
+void Queue::make_sched_tags(const SchedulerType* type) {
+  for (auto& h : hctxs_) h->sched_tags_ = nullptr;
+  sched_tags_.clear();
+  if (type == nullptr) return;
+  const TagSetConfig& c = tag_set_->config();
+  for (auto& h : hctxs_) {
+    // Scheduler requests are what the driver gets: they carry its pdu too.
+    sched_tags_.push_back(std::make_unique<Tags>(nr_requests_, c.cmd_size,
+                                                 type->sched_size,
+                                                 /*sched=*/true));
+    Tags& tags = *sched_tags_.back();
+    for (unsigned t = 0; t < tags.depth; ++t) driver().init_request(tags.requests[t]);
+    h->sched_tags_ = &tags;
+  }
+}
+
 void Queue::set_scheduler(std::string_view name) {
   const SchedulerType& type = find_scheduler_type(name);
+  // Frozen: no request exists. Quiesced: no run() is inside the old
+  // scheduler (the worker or a driver's start() may run a queue anytime).
   freeze();
-  sched_ = type.create ? type.create(*this) : nullptr;
-  sched_name_ = std::string(type.name);
+  quiesce();
+  {
+    std::lock_guard lock(sched_lock_);
+    if (sched_) {
+      for (auto& h : hctxs_) sched_->exit_hctx(*h);
+    }
+    sched_.reset();
+    sched_type_ = nullptr;
+    make_sched_tags(nullptr);
+    if (type.create) {
+      make_sched_tags(&type);
+      sched_ = type.create(*this);
+      sched_type_ = &type;
+      for (auto& h : hctxs_) sched_->init_hctx(*h);
+    }
+    sched_name_ = std::string(type.name);
+  }
+  unquiesce();
+  unfreeze();
+}
+
+void Queue::set_nr_requests(unsigned n) {
+  if (n < 1 || n > kMaxNrRequests) {
+    throw Error(
+        fmt::format("nr_requests must be from 1 to {}, not {}", kMaxNrRequests, n));
+  }
+  if (!sched_) {
+    nr_requests_ = n;
+    return;
+  }
+  freeze();
+  quiesce();
+  {
+    std::lock_guard lock(sched_lock_);
+    nr_requests_ = n;
+    make_sched_tags(sched_type_);
+    for (auto& h : hctxs_) sched_->depth_updated(*h);
+  }
+  unquiesce();
   unfreeze();
 }
 
@@ -672,6 +837,23 @@ void Queue::add_to_requeue_list(Request& rq, bool kick) {
   if (kick) kick_requeue_list(0);
 }
 
+void Queue::reinsert_requeued(Request& rq) {
+  if (rq.internal_tag_ < 0) {
+    rq.hctx_->add_to_dispatch(rq, /*at_head=*/false);
+    return;
+  }
+  // As blk_mq_requeue_request: the driver tag goes back, and the request
+  // goes through the scheduler again, first (flush stages: the dispatch
+  // list, where they get a driver tag anew).
+  put_driver_tag(rq);
+  if (rq.flush_policy_ == 0 && !rq.internal_flush_) {
+    sched_->requeue_request(rq);
+    sched_insert(*rq.hctx_, rq, /*at_head=*/true);
+  } else {
+    rq.hctx_->add_to_dispatch(rq, /*at_head=*/true);
+  }
+}
+
 void Queue::kick_requeue_list(uint64_t delay_ns) { schedule_work(now_ns() + delay_ns); }
 
 void Queue::schedule_work(uint64_t at_ns) {
@@ -689,6 +871,13 @@ void Queue::check_timeouts(uint64_t now) {
   for (unsigned s = 0; s < tag_set_->nr_tag_spaces(); ++s) {
     Tags& tags = tag_set_->tag_space(s);
     for (unsigned t = 0; t < tags.depth; ++t) try_time_out(tags.requests[t], now);
+  }
+  {
+    // With a scheduler, its requests are the ones the driver holds.
+    std::lock_guard lock(sched_lock_);
+    for (auto& tags : sched_tags_) {
+      for (unsigned t = 0; t < tags->depth; ++t) try_time_out(tags->requests[t], now);
+    }
   }
   try_time_out(flush_->flush_request(), now);
 }
@@ -784,7 +973,7 @@ void Queue::worker_loop() {
       RequestList requeued;
       requeued.splice_back(requeue_);
       lock.unlock();
-      while (Request* rq = requeued.pop_front()) rq->hctx_->add_to_dispatch(*rq, false);
+      while (Request* rq = requeued.pop_front()) reinsert_requeued(*rq);
       run_hw_queues();
       lock.lock();
     }

@@ -13,6 +13,11 @@ uint32_t Request::cur_bytes() const {
   return in_seg < head_->size() ? in_seg : head_->size();
 }
 
+void* Request::sched_priv() const {
+  if (internal_tag_ < 0) return nullptr;
+  return hctx_->sched_tags()->priv_at(internal_tag_);
+}
+
 bool Request::end_request(Status status, uint32_t bytes) {
   if (bytes >= bytes_) {
     // All that is left. The queue claims the request from the driver first

@@ -112,11 +112,18 @@ unsigned TagAllocator::in_use() const {
   return n;
 }
 
-Tags::Tags(unsigned d, size_t cmd_size) : alloc(d), depth(d), requests(new Request[d]) {
+Tags::Tags(unsigned d, size_t cmd_size, size_t priv_size, bool sched)
+    : alloc(d), depth(d), requests(new Request[d]) {
   const size_t pdu_size = (cmd_size + 15) / 16 * 16;
   if (pdu_size) pdus.reset(new std::byte[pdu_size * d]());
+  // Made once with the tags, so a scheduler allocates nothing per I/O.
+  // operator new aligns to 16 (__STDCPP_DEFAULT_NEW_ALIGNMENT__), as pdus.
+  priv_stride = (priv_size + 15) / 16 * 16;
+  if (priv_stride) privs.reset(new std::byte[priv_stride * d]());
   for (unsigned t = 0; t < d; ++t) {
-    requests[t].tag_ = static_cast<int>(t);
+    // A scheduler request gets its driver tag only at dispatch.
+    requests[t].tag_ = sched ? -1 : static_cast<int>(t);
+    requests[t].internal_tag_ = sched ? static_cast<int>(t) : -1;
     requests[t].pdu_ = pdu_size ? pdus.get() + pdu_size * t : nullptr;
   }
 }

@@ -51,18 +51,35 @@ class TagAllocator {
   std::unique_ptr<std::atomic<unsigned>[]> hints_;  // per thread slot
 };
 
-// One tag space with its requests and the bios waiting for a tag.
+class HwQueue;
+
+// One tag space with its requests and the bios waiting for a tag. A
+// driver tag space (the TagSet's) or, with an I/O scheduler, a hardware
+// queue's scheduler tag space (blk_mq_hw_ctx.sched_tags: `sched` true,
+// requests carrying their index as internal_tag and `priv_size` bytes of
+// scheduler-private space each).
 struct Tags {
-  Tags(unsigned depth, size_t cmd_size);
+  Tags(unsigned depth, size_t cmd_size, size_t priv_size = 0, bool sched = false);
   ~Tags();
+
+  // The scheduler-private area of request `i` (nullptr if priv_size is 0).
+  std::byte* priv_at(int i) const {
+    return privs ? privs.get() + priv_stride * static_cast<size_t>(i) : nullptr;
+  }
 
   TagAllocator alloc;
   unsigned depth;
   std::unique_ptr<Request[]> requests;  // indexed by tag
   std::unique_ptr<std::byte[]> pdus;
-  // Bios waiting for a tag, oldest first. Touched only when tags run out.
+  size_t priv_stride = 0;
+  std::unique_ptr<std::byte[]> privs;
+  // Bios waiting for a tag, oldest first, and (driver tags only) hardware
+  // queues waiting for a driver tag to dispatch a scheduler's request,
+  // linked through HwQueue::next_tag_waiter_. Touched only when tags run
+  // out; nr_waiters counts both.
   std::mutex wait_lock;
   BioList waiters;
+  HwQueue* hctx_waiters = nullptr;
   std::atomic<uint32_t> nr_waiters{0};
 };
 

@@ -1,6 +1,10 @@
-// The list of I/O schedulers. A new scheduler adds one line here (and its
-// .cc file to CMakeLists.txt); see docs/schedulers.md.
+// The list of I/O schedulers: the built-in ones, then those registered at
+// run time. A new built-in scheduler adds one line here (and its .cc file
+// to CMakeLists.txt); see docs/schedulers.md.
 #include <fmt/format.h>
+
+#include <mutex>
+#include <vector>
 
 #include "blkstack/error.h"
 #include "blkstack/driver/scheduler.h"
@@ -10,11 +14,19 @@ namespace blkstack {
 namespace {
 // "none": no scheduler object at all; the queue dispatches in FIFO order
 // and straight to the driver when it is idle.
-const SchedulerType kNone{"none", "no scheduling: FIFO, direct dispatch when idle", nullptr};
+const SchedulerType kNone{"none", "no scheduling: FIFO, direct dispatch when idle",
+                          nullptr};
 
-const SchedulerType* const kSchedulerTypes[] = {
-    &kNone,
+struct Registry {
+  std::mutex lock;
+  // Only grows; readers get copies (registration may reallocate).
+  std::vector<const SchedulerType*> types{&kNone};
 };
+
+Registry& registry() {
+  static Registry r;
+  return r;
+}
 }  // namespace
 
 void Scheduler::set_tunable(std::string_view name, std::string_view value) {
@@ -22,15 +34,32 @@ void Scheduler::set_tunable(std::string_view name, std::string_view value) {
   throw Error(fmt::format("this scheduler has no tunable '{}'", name));
 }
 
-std::span<const SchedulerType* const> scheduler_types() { return kSchedulerTypes; }
+std::vector<const SchedulerType*> scheduler_types() {
+  Registry& r = registry();
+  std::lock_guard lock(r.lock);
+  return r.types;
+}
 
 const SchedulerType& find_scheduler_type(std::string_view name) {
+  Registry& r = registry();
+  std::lock_guard lock(r.lock);
   std::string known;
-  for (const SchedulerType* t : kSchedulerTypes) {
+  for (const SchedulerType* t : r.types) {
     if (t->name == name) return *t;
     known += (known.empty() ? "" : ", ") + std::string(t->name);
   }
   throw Error(fmt::format("unknown I/O scheduler '{}' (known: {})", name, known));
+}
+
+void register_scheduler_type(const SchedulerType& type) {
+  Registry& r = registry();
+  std::lock_guard lock(r.lock);
+  for (const SchedulerType* t : r.types) {
+    if (t->name == type.name) {
+      throw Error(fmt::format("I/O scheduler '{}' is registered already", type.name));
+    }
+  }
+  r.types.push_back(&type);
 }
 
 }  // namespace blkstack

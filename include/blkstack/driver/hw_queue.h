@@ -35,7 +35,10 @@ class alignas(64) HwQueue {
 
   unsigned index() const { return index_; }
   Queue& queue() const { return queue_; }
+  // The driver tags, and with a scheduler this queue's scheduler tags
+  // (blk_mq_hw_ctx.sched_tags; nullptr with "none").
   Tags& tags() const { return tags_; }
+  Tags* sched_tags() const { return sched_tags_; }
 
   // blk_mq_stop_hw_queue / blk_mq_start_hw_queue: a stopped queue keeps its
   // requests and dispatches nothing until started (start runs it).
@@ -47,7 +50,6 @@ class alignas(64) HwQueue {
   void run();
   // Runs on the queue's worker after `delay_ns` (blk_mq_delay_run_hw_queue).
   void run_after(uint64_t delay_ns);
-
 
  private:
   friend class Queue;
@@ -83,6 +85,14 @@ class alignas(64) HwQueue {
     }
   }
   void mark_pending(unsigned ctx) { pending_ctx_.fetch_or(1u << ctx, std::memory_order_release); }
+  // A driver tag for a scheduler request (blk_mq_get_driver_tag), or -1:
+  // then this queue is on the driver tags' wait list and runs again when
+  // one frees (no busy retry).
+  int get_driver_tag();
+  // Stops dispatching and waits until no run() is under way
+  // (blk_mq_quiesce_queue): the scheduler may then be swapped.
+  void quiesce();
+  void unquiesce();
 
   Queue& queue_;
   unsigned index_;
@@ -95,6 +105,11 @@ class alignas(64) HwQueue {
   RequestList dispatch_;                  // requeued or waiting for the driver
   std::atomic<uint32_t> dispatch_count_{0};
   std::atomic<bool> restart_{false};      // run again when a request completes
+  std::atomic<bool> quiesced_{false};
+  Tags* sched_tags_ = nullptr;  // set by the Queue while frozen
+  // On tags_.hctx_waiters (under tags_.wait_lock).
+  bool waiting_for_tag_ = false;
+  HwQueue* next_tag_waiter_ = nullptr;
 };
 
 }  // namespace blkstack

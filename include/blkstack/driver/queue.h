@@ -91,6 +91,15 @@ class Queue final : public BioDriver {
   void set_scheduler(std::string_view name);
   std::string scheduler_name() const;
   Scheduler* scheduler() const { return sched_.get(); }
+  // /sys/block/*/queue/nr_requests: the scheduler tags per hardware queue,
+  // how many requests a scheduler may hold (default 2 x the driver depth,
+  // capped at 256, as Linux's 2 x BLKDEV_DEFAULT_RQ). Freezes to resize
+  // when a scheduler is attached; with "none" it is kept for the next one
+  // (requests are then bounded by the driver depth). Throws Error outside
+  // 1..kMaxNrRequests.
+  static constexpr unsigned kMaxNrRequests = 2048;  // MAX_SCHED_RQ
+  void set_nr_requests(unsigned n);
+  unsigned nr_requests() const { return nr_requests_; }
   // /sys/block/*/queue/nomerges: 0 all merges, 1 one-hit only, 2 none.
   void set_nomerges(unsigned v);
   unsigned nomerges() const { return nomerges_.load(std::memory_order_relaxed); }
@@ -99,7 +108,8 @@ class Queue final : public BioDriver {
   enum class Merge : uint8_t { kNone, kBack, kFront };
   // Where `bio` could join `rq`, respecting ops, flags and every limit.
   Merge can_merge(const Request& rq, const Bio& bio) const;
-  // Merges `bio` into `rq` (as can_merge said); accounts a merge.
+  // Merges `bio` into `rq` (as can_merge said); accounts a merge. Requests
+  // of different I/O priorities never merge (as Linux's blk_rq_merge_ok).
   void merge_bio(Request& rq, Bio& bio, Merge where);
   // Whether `next` (which follows `rq` on the device) may join `rq`.
   bool requests_mergeable(const Request& rq, const Request& next) const;
@@ -109,6 +119,12 @@ class Queue final : public BioDriver {
   // call this holding a lock that insertion takes.
   void merge_requests(Request& rq, Request& next);
   bool try_merge_requests(Request& rq, Request& next);
+  // merge_requests() without freeing `next`: a scheduler calls this under
+  // its lock and free_request(next) after dropping it.
+  void absorb_request(Request& rq, Request& next);
+  // Frees a request that never reached the driver, or finished: its tags
+  // go back and parked bios resume (blk_mq_free_request).
+  void free_request(Request& rq);
   // Ends the request's remaining bios and frees it (all bytes done).
   void finish_request(Request& rq, Status status);
   // Sends a request to the driver now. kRequeue and kBusy mean the driver
@@ -157,13 +173,24 @@ class Queue final : public BioDriver {
   SoftwareQueue& this_ctx();
   bool try_merge_somewhere(HwQueue& hctx, Bio& bio);
   bool try_ctx_merge(SoftwareQueue& ctx, Bio& bio);
-  // merge_requests() without freeing `next` (the caller frees it later).
-  void absorb_request(Request& rq, Request& next);
   void init_request(Request& rq, HwQueue& hctx, Bio& bio, uint64_t now);
   // Steps after a request has its tag: flush sequencing, plug, dispatch.
   void queue_request(HwQueue& hctx, Request& rq, bool allow_plug);
-  void park_for_tag(HwQueue& hctx, Bio& bio);
-  void free_request(Request& rq);
+  void park_for_tag(HwQueue& hctx, Bio& bio, Tags& tags);
+  // submit() with a scheduler: a scheduler tag, not a driver tag.
+  void submit_sched(HwQueue& hctx, Bio& bio);
+  void free_sched_request(Request& rq);
+  // Gives back a scheduler request's driver tag, if it holds one.
+  void put_driver_tag(Request& rq);
+  // Into the scheduler (one request), as insert() does.
+  void sched_insert(HwQueue& hctx, Request& rq, bool at_head);
+  // A requeued request goes back: a scheduler's through the scheduler.
+  void reinsert_requeued(Request& rq);
+  // Makes the scheduler tags for `type` (nullptr: none); frozen and
+  // quiesced, sched_lock_ held.
+  void make_sched_tags(const SchedulerType* type);
+  void quiesce();
+  void unquiesce();
   // Hands freed tags to bios parked for them (each names its own queue).
   static void wake_tag_waiters(Tags& tags);
   // The kblockd-like worker.
@@ -185,7 +212,14 @@ class Queue final : public BioDriver {
   std::unique_ptr<SoftwareQueue[]> ctxs_;
   std::unique_ptr<FlushQueue> flush_;
   std::unique_ptr<Scheduler> sched_;
+  const SchedulerType* sched_type_ = nullptr;
   std::string sched_name_ = "none";
+  unsigned nr_requests_ = 0;
+  // The scheduler tags, one per hardware queue (empty with "none").
+  // Swapped only frozen and quiesced; sched_lock_ keeps the timeout scan
+  // and cancel() off them meanwhile.
+  std::vector<std::unique_ptr<Tags>> sched_tags_;
+  std::mutex sched_lock_;
   std::atomic<unsigned> nomerges_{0};
 
   std::mutex work_lock_;       // the worker's state

@@ -29,7 +29,22 @@ class Request {
   uint32_t sectors() const { return bytes_ >> kSectorShift; }  // blk_rq_sectors
   uint32_t cur_bytes() const;                              // blk_rq_cur_bytes
   bool is_write() const { return op_is_write(op_); }       // rq_data_dir
+  // The driver tag (blk_mq_tag): with a scheduler, taken only when the
+  // request goes to the driver; -1 before.
   int tag() const { return tag_; }
+  // The scheduler tag (rq->internal_tag), -1 without a scheduler.
+  int internal_tag() const { return internal_tag_; }
+  // I/O priority and issuer, from the first bio (see ioprio.h).
+  uint16_t ioprio() const { return ioprio_; }
+  IssuerId issuer() const { return issuer_; }
+  // The scheduler's per-request area (rq->elv.priv): SchedulerType::sched_size
+  // bytes, aligned to 16, made with the scheduler's tags. nullptr without a
+  // scheduler or when sched_size is 0.
+  void* sched_priv() const;
+  template <class T>
+  T* sched_priv_as() const {
+    return static_cast<T*>(sched_priv());
+  }
   HwQueue& hctx() const { return *hctx_; }
   Queue& queue() const { return *queue_; }
   unsigned nr_segments() const { return nr_segments_; }
@@ -68,9 +83,10 @@ class Request {
   void end_request_all(Status status);
 
   // --- queue internals ----------------------------------------------------
-  Request* next = nullptr;  // links for the queue's lists
+  // Links for the queue's lists; a scheduler owns them while it holds the
+  // request (between insert and dispatch), as the kernel's rq->queuelist.
+  Request* next = nullptr;
   Request* prev = nullptr;
-  uint64_t sched_data = 0;  // free for the I/O scheduler (a deadline, a class)
 
  private:
   friend class Queue;
@@ -127,6 +143,7 @@ class Request {
   uint8_t flush_seq_ = 0;     // flush stages done (FlushQueue)
   uint8_t flush_policy_ = 0;  // flush stages needed; 0: not in a flush sequence
   bool internal_flush_ = false;
+  uint16_t ioprio_ = 0;
   uint64_t sector_ = 0;
   uint32_t bytes_ = 0;
   uint32_t stats_sectors_ = 0;  // size when made, for the disk statistics
@@ -138,6 +155,8 @@ class Request {
   HwQueue* hctx_ = nullptr;
   Queue* queue_ = nullptr;
   void* pdu_ = nullptr;
+  IssuerId issuer_ = 0;
+  int internal_tag_ = -1;  // fixed: a scheduler request's index in its Tags
 };
 
 // An intrusive doubly linked list of requests, through next/prev.
