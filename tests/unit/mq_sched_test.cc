@@ -12,8 +12,8 @@
 #include "blkstack/error.h"
 #include "blkstack/io_context.h"
 #include "blkstack/ioprio.h"
-#include "blkstack/scheduler.h"
-#include "blkstack/tag_set.h"
+#include "blkstack/driver/scheduler.h"
+#include "queue/tag_set.h"
 #include "mq_test_util.h"
 
 namespace blkstack {

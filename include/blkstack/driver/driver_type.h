@@ -25,7 +25,7 @@ struct DriverType {
   // Makes the disk, named `name`, from validated options. Throws Error.
   std::shared_ptr<Disk> (*create)(const DeviceOptions& options, const std::string& name);
   // Runs bio-based or multi-queue: takes queue_mode=, hw_queues=, depth=...
-  // (src/drivers/queue_mode.h).
+  // (include/blkstack/driver/queue_mode.h).
   bool queue_modes = false;
 };
 
