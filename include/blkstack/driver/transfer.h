@@ -115,9 +115,15 @@ class IoCmd {
 
   static constexpr uintptr_t kRequestBit = 1;  // bios and requests are aligned
 
-  explicit IoCmd(Bio* bio) : bits_(reinterpret_cast<uintptr_t>(bio)) {}
+  // Telling the compiler the pointers are aligned lets it see the kind
+  // where the command is made (in the adapters) and drop the other branch.
+  explicit IoCmd(Bio* bio)
+      : bits_(reinterpret_cast<uintptr_t>(__builtin_assume_aligned(bio, alignof(Bio)))) {}
   explicit IoCmd(Request* rq)
-      : bits_(rq ? reinterpret_cast<uintptr_t>(rq) | kRequestBit : 0) {}
+      : bits_(rq ? reinterpret_cast<uintptr_t>(
+                       __builtin_assume_aligned(rq, alignof(Request))) |
+                       kRequestBit
+                 : 0) {}
   Bio& bio() const { return *reinterpret_cast<Bio*>(bits_); }
   Request& rq() const { return *reinterpret_cast<Request*>(bits_ & ~kRequestBit); }
 
