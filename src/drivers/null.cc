@@ -124,9 +124,8 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
   if (mode == "timer") t.mode = CompletionMode::kTimer;
   const uint64_t size = device_size_option(o, lim.logical_block_size);
   const QueueMode qm = queue_mode(o);
-  return make_disk(name, size >> kSectorShift, lim, qm,
-                   std::make_unique<NullDriver>(t, qm.nr_queues()),
-                   std::make_unique<NullReports>(t));
+  return make_disk<NullDriver>(name, size >> kSectorShift, lim, qm,
+                               std::make_unique<NullReports>(t), t, qm.nr_queues());
 }
 
 }  // namespace

@@ -52,22 +52,23 @@ std::shared_ptr<Disk> make_disk(const std::string& name, uint64_t capacity_secto
                                 std::unique_ptr<RequestDriver> rq_driver,
                                 std::unique_ptr<DiskReports> reports);
 
-// A disk over a TransferDriver, written once: bio-based or over a Queue,
-// as `mode` says (see driver/transfer.h).
-template <std::derived_from<TransferDriver> D>
+// A disk over a TransferDriver D, written once, built in place from
+// `args`: bio-based or over a Queue, as `mode` says (see driver/transfer.h).
+//   make_disk<RamDriver>(name, sectors, lim, qm, std::make_unique<RamReports>(store),
+//   store)
+template <std::derived_from<TransferDriver> D, class... Args>
 std::shared_ptr<Disk> make_disk(const std::string& name, uint64_t capacity_sectors,
                                 const QueueLimits& limits, QueueMode mode,
-                                std::unique_ptr<D> driver,
-                                std::unique_ptr<DiskReports> reports) {
+                                std::unique_ptr<DiskReports> reports, Args&&... args) {
   static_assert(std::is_final_v<D>, "a final class: its queue_cmd is then a direct call");
   if (!mode.mq) {
     return make_disk(name, capacity_sectors, limits, mode,
-                     std::make_unique<BioTransfer<D>>(std::move(driver)), nullptr,
-                     std::move(reports));
+                     std::make_unique<BioTransfer<D>>(std::forward<Args>(args)...),
+                     nullptr, std::move(reports));
   }
   mode.tags.cmd_size = IoCmd::kPduBytes;  // IoCmd::driver_data()
   return make_disk(name, capacity_sectors, limits, mode, nullptr,
-                   std::make_unique<RequestTransfer<D>>(std::move(driver)),
+                   std::make_unique<RequestTransfer<D>>(std::forward<Args>(args)...),
                    std::move(reports));
 }
 

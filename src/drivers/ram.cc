@@ -120,9 +120,8 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
   const uint64_t size = device_size_option(o, lim.logical_block_size);
   const QueueMode qm = queue_mode(o);
   auto store = std::make_shared<RamStore>(size, o.flag("huge"));
-  return make_disk(name, size >> kSectorShift, lim, qm,
-                   std::make_unique<RamDriver>(store),
-                   std::make_unique<RamReports>(store));
+  return make_disk<RamDriver>(name, size >> kSectorShift, lim, qm,
+                              std::make_unique<RamReports>(store), store);
 }
 
 }  // namespace

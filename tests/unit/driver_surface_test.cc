@@ -131,10 +131,9 @@ std::shared_ptr<Disk> MakeRecording(const QueueMode& mode, std::vector<Seen>* se
                                     std::mutex* mu, bool deferred) {
   QueueLimits lim;
   lim.max_discard_sectors = 1 << 16;
-  return make_disk(
-      "t0", 1 << 16, lim, mode,
-      std::make_unique<RecordingDriver>(seen, mu, mode.nr_queues(), deferred),
-      std::make_unique<FakeReports>());
+  return make_disk<RecordingDriver>("t0", 1 << 16, lim, mode,
+                                    std::make_unique<FakeReports>(), seen, mu,
+                                    mode.nr_queues(), deferred);
 }
 
 TEST(TransferDriver, RunsBioBasedWithOneBioPerCommand) {

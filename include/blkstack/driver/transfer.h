@@ -15,8 +15,8 @@
 // doorbell rung at the end of a batch, its own timeout handling, poll
 // queues) is a RequestDriver (request_driver.h), as the file driver is.
 //
-// The cost is what it was with one driver class per mode: make_disk()
-// wraps the driver in BioTransfer<D> or RequestTransfer<D>, which call
+// The cost is what it was with one driver class per mode: make_disk<D>()
+// builds the driver inside BioTransfer<D> or RequestTransfer<D>, which call
 // D::queue_cmd() directly (D is final), so a bio or a request still costs
 // one virtual call; an IoCmd is one word.
 #pragma once
@@ -137,30 +137,34 @@ class TransferDriver {
   virtual void queue_cmd(IoCmd cmd) = 0;
 };
 
-// What make_disk() puts under a bio-based disk for a TransferDriver D.
+// What make_disk() puts under a bio-based disk for a TransferDriver D,
+// which it holds in place: the call to queue_cmd() is then direct and
+// needs no load of a pointer to the driver.
 template <class D>
 class BioTransfer final : public BioDriver {
  public:
-  explicit BioTransfer(std::unique_ptr<D> driver) : driver_(std::move(driver)) {}
-  void submit(Bio& bio) override { driver_->queue_cmd(IoCmd(&bio)); }
+  template <class... Args>
+  explicit BioTransfer(Args&&... args) : driver_(std::forward<Args>(args)...) {}
+  void submit(Bio& bio) override { driver_.queue_cmd(IoCmd(&bio)); }
 
  private:
-  std::unique_ptr<D> driver_;
+  D driver_;
 };
 
-// What make_disk() puts under a Queue for a TransferDriver D. Its tag set
-// gives each request IoCmd::kPduBytes of pdu.
+// What make_disk() puts under a Queue for a TransferDriver D, held in
+// place. Its tag set gives each request IoCmd::kPduBytes of pdu.
 template <class D>
 class RequestTransfer final : public RequestDriver {
  public:
-  explicit RequestTransfer(std::unique_ptr<D> driver) : driver_(std::move(driver)) {}
+  template <class... Args>
+  explicit RequestTransfer(Args&&... args) : driver_(std::forward<Args>(args)...) {}
   Status queue_rq(HwQueue&, Request& rq, bool) override {
-    driver_->queue_cmd(IoCmd(&rq));
+    driver_.queue_cmd(IoCmd(&rq));
     return Status::kOk;
   }
 
  private:
-  std::unique_ptr<D> driver_;
+  D driver_;
 };
 
 }  // namespace blkstack
