@@ -20,35 +20,28 @@
 
 namespace blkstack {
 
+class DiskReports;
 class PercpuRef;
 
-// A bio-based driver (block_device_operations::submit_bio, once
-// make_request_fn). submit() starts the bio and returns without blocking
-// (DESIGN.md invariant 2); the bio is finished, now or later and on any
-// thread, with bio.complete(status). submit() sees only bios that passed the
-// checks of submit_bio() and fit the disk's limits.
 // A run of bytes with one allocation state (for NBD block status, `blkstack
-// disk`, and tests of discard).
+// disk`, and tests of discard): Disk::extent_at().
 struct Extent {
   uint64_t length;
   bool allocated;  // false: a hole (no backing storage)
   bool zero;       // known to read as zeroes
 };
 
+// A bio-based driver (block_device_operations::submit_bio, once
+// make_request_fn). submit() starts the bio and returns without blocking
+// (DESIGN.md invariant 2); the bio is finished, now or later and on any
+// thread, with bio.complete(status). submit() sees only bios that passed the
+// checks of submit_bio() and fit the disk's limits. What the driver reports
+// about the device is not here but in the disk's DiskReports
+// (driver/reports.h), the same for either queue mode.
 class BioDriver {
  public:
   virtual ~BioDriver() = default;
   virtual void submit(Bio& bio) = 0;
-  // One line about the driver's configuration, for `blkstack disk`.
-  virtual std::string describe() const { return {}; }
-  // The allocation state of the bytes at `offset`, as one run of at most
-  // `max_length` bytes. Drivers that cannot tell report allocated data.
-  virtual Extent extent_at(uint64_t offset, uint64_t max_length) const {
-    (void)offset;
-    return {max_length, true, false};
-  }
-  // Bytes of backing storage in use (RAM pages, file blocks).
-  virtual uint64_t allocated_bytes() const { return 0; }
   // Called once by the Disk that owns this driver, from its constructor.
   virtual void attach(Disk& disk) { (void)disk; }
   // True for a request queue (blk-mq): it accounts requests and merges in
@@ -100,6 +93,10 @@ class Disk {
   // or a capacity that is not a multiple of the logical block size.
   Disk(std::string name, uint64_t capacity, QueueLimits limits,
        std::unique_ptr<BioDriver> driver);
+  // With what the driver reports about the device (driver/reports.h), set
+  // once here; without, the disk reports all data and nothing more.
+  Disk(std::string name, uint64_t capacity, QueueLimits limits,
+       std::unique_ptr<BioDriver> driver, std::unique_ptr<DiskReports> reports);
   ~Disk();
   Disk(const Disk&) = delete;
   Disk& operator=(const Disk&) = delete;
@@ -119,6 +116,13 @@ class Disk {
   void set_read_only(bool ro) { read_only_.store(ro, std::memory_order_relaxed); }
   BioDriver& driver() { return *driver_; }
   const BioDriver& driver() const { return *driver_; }
+  // What the driver reports (its DiskReports): one line about its
+  // configuration, for `blkstack disk`; the allocation state of the bytes
+  // at `offset` as one run of at most `max_length` bytes; the bytes of
+  // backing storage in use.
+  std::string describe() const;
+  Extent extent_at(uint64_t offset, uint64_t max_length) const;
+  uint64_t allocated_bytes() const;
   // The pool this disk splits bios from (its own, see bioset.h). Its
   // reserve: submit_bio issues each piece before it splits off the next,
   // and a piece returns its split bio when it completes, without needing
@@ -239,7 +243,8 @@ class Disk {
   std::atomic<uint64_t> stamp_ms_{0};
   std::atomic<uint64_t> io_ticks_ms_{0};
   BioSet split_set_;
-  std::unique_ptr<BioDriver> driver_;  // last member: destroyed first
+  std::unique_ptr<DiskReports> reports_;  // never null
+  std::unique_ptr<BioDriver> driver_;     // last member: destroyed first
 };
 
 }  // namespace blkstack

@@ -1,6 +1,7 @@
 #include "blkstack/disk.h"
 
 #include "blkstack/debug/submit_context.h"
+#include "blkstack/driver/reports.h"
 #include "blkstack/error.h"
 #include "blkstack/pow2_histogram.h"
 #include "core/clock.h"
@@ -38,6 +39,10 @@ StatGroup stat_group(Op op) {
 
 Disk::Disk(std::string name, uint64_t capacity, QueueLimits limits,
            std::unique_ptr<BioDriver> driver)
+    : Disk(std::move(name), capacity, limits, std::move(driver), nullptr) {}
+
+Disk::Disk(std::string name, uint64_t capacity, QueueLimits limits,
+           std::unique_ptr<BioDriver> driver, std::unique_ptr<DiskReports> reports)
     : name_(std::move(name)),
       capacity_(capacity),
       limits_(limits),
@@ -46,6 +51,7 @@ Disk::Disk(std::string name, uint64_t capacity, QueueLimits limits,
       pollers_(std::make_unique<PercpuRef>()),
       shards_(new Shard[kSlotCount]()),
       split_set_(name_ + "-split", kSplitReserve, kSplitMax),
+      reports_(reports ? std::move(reports) : std::make_unique<DiskReports>()),
       driver_(std::move(driver)) {
   if (std::string why = limits_.check(); !why.empty()) {
     throw Error(fmt::format("disk '{}': {}", name_, why));
@@ -62,6 +68,14 @@ Disk::Disk(std::string name, uint64_t capacity, QueueLimits limits,
 Disk::~Disk() {
   if (!dying()) shutdown();
 }
+
+std::string Disk::describe() const { return reports_->describe(); }
+
+Extent Disk::extent_at(uint64_t offset, uint64_t max_length) const {
+  return reports_->extent_at(offset, max_length);
+}
+
+uint64_t Disk::allocated_bytes() const { return reports_->allocated_bytes(); }
 
 bool Disk::start_io(Bio& bio) {
   // Ticks before this I/O counts as in flight (the kernel's order in

@@ -1,10 +1,12 @@
-// CompletionThread: completes I/O on a thread of its own, in submission
-// order, each item no earlier than its deadline (null_blk's softirq and
-// timer completion modes).
+// CompletionThread: completes a TransferDriver's commands on a thread of
+// its own, in submission order, each no earlier than its deadline (null_blk's
+// softirq and timer completion modes).
 //
-// Submitters push onto a lock-free stack; the thread takes the whole stack
-// at once, reverses it to FIFO order and completes each item when its
-// deadline (a now_ns() time, 0 for "at once") has passed. It sleeps on a
+// Submitters push onto a lock-free stack linked through the commands
+// (IoCmd::set_next), the deadline kept in their driver_data; the thread
+// takes the whole stack at once, reverses it to FIFO order and completes
+// each command when its deadline (a now_ns() time, 0 for "at once") has
+// passed. It sleeps on a
 // futex only when there is nothing to do, and submitters wake it only when
 // it sleeps.
 #pragma once
@@ -15,13 +17,11 @@
 #include <chrono>
 #include <thread>
 
+#include "blkstack/driver/transfer.h"
 #include "core/clock.h"
 
 namespace blkstack {
 
-// Traits: static Item*& next(Item&); static uint64_t deadline(const Item&);
-//         static void complete(Item&);
-template <class Item, class Traits>
 class CompletionThread {
  public:
   CompletionThread() : thread_([this] { run(); }) {}
@@ -33,11 +33,13 @@ class CompletionThread {
   CompletionThread(const CompletionThread&) = delete;
   CompletionThread& operator=(const CompletionThread&) = delete;
 
-  void push(Item& item) {
-    Item* head = head_.load(std::memory_order_relaxed);
+  // Completes `cmd` with Status::kOk at `deadline_ns` (0: at once).
+  void push(IoCmd cmd, uint64_t deadline_ns) {
+    cmd.driver_data() = deadline_ns;
+    IoCmd head = head_.load(std::memory_order_relaxed);
     do {
-      Traits::next(item) = head;
-    } while (!head_.compare_exchange_weak(head, &item, std::memory_order_seq_cst));
+      cmd.set_next(head);
+    } while (!head_.compare_exchange_weak(head, cmd, std::memory_order_seq_cst));
     if (sleeping_.load(std::memory_order_seq_cst)) wake();
   }
 
@@ -50,31 +52,32 @@ class CompletionThread {
   void run() {
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
     for (;;) {
-      Item* list = head_.exchange(nullptr, std::memory_order_acquire);
+      IoCmd list = head_.exchange(IoCmd(), std::memory_order_acquire);
       if (!list) {
         if (stop_.load(std::memory_order_seq_cst)) return;
         // Dekker with push(): either push() sees sleeping_, or we see its item.
         uint32_t seq = seq_.load(std::memory_order_seq_cst);
         sleeping_.store(true, std::memory_order_seq_cst);
-        if (!head_.load(std::memory_order_seq_cst) && !stop_.load(std::memory_order_seq_cst)) {
+        if (!head_.load(std::memory_order_seq_cst) &&
+            !stop_.load(std::memory_order_seq_cst)) {
           seq_.wait(seq, std::memory_order_seq_cst);
         }
         sleeping_.store(false, std::memory_order_relaxed);
         continue;
       }
-      Item* fifo = nullptr;  // the stack is newest first
+      IoCmd fifo;  // the stack is newest first
       while (list) {
-        Item* next = Traits::next(*list);
-        Traits::next(*list) = fifo;
+        const IoCmd next = list.next();
+        list.set_next(fifo);
         fifo = list;
         list = next;
       }
       while (fifo) {
-        Item* item = fifo;
-        fifo = Traits::next(*fifo);
-        Traits::next(*item) = nullptr;
-        wait_until(Traits::deadline(*item));
-        Traits::complete(*item);
+        const IoCmd cmd = fifo;
+        fifo = fifo.next();
+        cmd.set_next(IoCmd());
+        wait_until(cmd.driver_data());
+        cmd.complete(Status::kOk);
       }
     }
   }
@@ -85,11 +88,12 @@ class CompletionThread {
   static void wait_until(uint64_t deadline) {
     for (uint64_t now = now_ns(); now < deadline; now = now_ns()) {
       uint64_t left = deadline - now;
-      if (left > 5'000) std::this_thread::sleep_for(std::chrono::nanoseconds(left - 3'000));
+      if (left > 5'000)
+        std::this_thread::sleep_for(std::chrono::nanoseconds(left - 3'000));
     }
   }
 
-  std::atomic<Item*> head_{nullptr};
+  std::atomic<IoCmd> head_{IoCmd()};
   std::atomic<uint32_t> seq_{0};
   std::atomic<bool> sleeping_{false};
   std::atomic<bool> stop_{false};

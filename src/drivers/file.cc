@@ -31,6 +31,7 @@
 
 #include "blkstack/disk.h"
 #include "blkstack/driver/driver_type.h"
+#include "blkstack/driver/reports.h"
 #include "blkstack/error.h"
 #include "blkstack/driver/hw_queue.h"
 #include "blkstack/driver/queue.h"
@@ -83,13 +84,11 @@ class FileDriver final : public RequestDriver {
   // `fd` is the file as opened (O_DIRECT or not). With O_DIRECT, memory not
   // aligned to `mem_align` goes through `buffered_fd`, a second descriptor
   // without O_DIRECT (Linux keeps the two coherent), instead of failing.
-  FileDriver(int fd, int buffered_fd, uint32_t mem_align, bool zeroes_unmap,
-             std::string describe)
+  FileDriver(int fd, int buffered_fd, uint32_t mem_align, bool zeroes_unmap)
       : fd_(fd),
         buffered_fd_(buffered_fd),
         mem_align_(mem_align),
-        zeroes_unmap_(zeroes_unmap),
-        describe_(std::move(describe)) {}
+        zeroes_unmap_(zeroes_unmap) {}
   ~FileDriver() override {
     queues_.clear();  // completion threads stop before the file closes
     if (buffered_fd_ >= 0) close(buffered_fd_);
@@ -166,29 +165,6 @@ class FileDriver final : public RequestDriver {
   int poll(HwQueue& hctx, uint64_t wait_ns) override {
     const int r = queues_[hctx.index()]->poll(wait_ns);
     return r < 0 ? kPollBusy : r;
-  }
-
-  std::string describe() const override { return describe_; }
-
-  Extent extent_at(uint64_t offset, uint64_t max_length) const override {
-    // SEEK_DATA/SEEK_HOLE tell holes of sparse files.
-    off_t data = lseek(fd_, static_cast<off_t>(offset), SEEK_DATA);
-    if (data < 0) {
-      if (errno == ENXIO) return {max_length, false, true};  // a hole to the end
-      return {max_length, true, false};                      // unknown: data
-    }
-    if (static_cast<uint64_t>(data) > offset) {
-      return {std::min<uint64_t>(max_length, static_cast<uint64_t>(data) - offset), false,
-              true};
-    }
-    off_t hole = lseek(fd_, static_cast<off_t>(offset), SEEK_HOLE);
-    uint64_t len = hole < 0 ? max_length : static_cast<uint64_t>(hole) - offset;
-    return {std::min(max_length, len), true, false};
-  }
-
-  uint64_t allocated_bytes() const override {
-    struct stat st;
-    return fstat(fd_, &st) == 0 ? static_cast<uint64_t>(st.st_blocks) * 512 : 0;
   }
 
   // The host cannot be made to give an operation back: a read may still
@@ -296,8 +272,42 @@ class FileDriver final : public RequestDriver {
   int buffered_fd_;
   uint32_t mem_align_;
   bool zeroes_unmap_;
-  std::string describe_;
   std::vector<std::unique_ptr<HostIoQueue>> queues_;
+};
+
+// What the disk reports about the file: its holes (SEEK_DATA/SEEK_HOLE)
+// and its blocks. The descriptor is the FileDriver's, which the disk
+// destroys only after the last report.
+class FileReports final : public DiskReports {
+ public:
+  FileReports(int fd, std::string describe) : fd_(fd), describe_(std::move(describe)) {}
+
+  std::string describe() const override { return describe_; }
+
+  Extent extent_at(uint64_t offset, uint64_t max_length) const override {
+    // SEEK_DATA/SEEK_HOLE tell holes of sparse files.
+    off_t data = lseek(fd_, static_cast<off_t>(offset), SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) return {max_length, false, true};  // a hole to the end
+      return {max_length, true, false};                      // unknown: data
+    }
+    if (static_cast<uint64_t>(data) > offset) {
+      return {std::min<uint64_t>(max_length, static_cast<uint64_t>(data) - offset), false,
+              true};
+    }
+    off_t hole = lseek(fd_, static_cast<off_t>(offset), SEEK_HOLE);
+    uint64_t len = hole < 0 ? max_length : static_cast<uint64_t>(hole) - offset;
+    return {std::min(max_length, len), true, false};
+  }
+
+  uint64_t allocated_bytes() const override {
+    struct stat st;
+    return fstat(fd_, &st) == 0 ? static_cast<uint64_t>(st.st_blocks) * 512 : 0;
+  }
+
+ private:
+  int fd_;
+  std::string describe_;
 };
 
 constexpr uint64_t kMaxPollQueues = 64;
@@ -511,14 +521,14 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
     if (buffered_fd < 0)
       fail(std::string("cannot open it a second time: ") + std::strerror(errno));
   }
-  auto driver =
-      std::make_unique<FileDriver>(fd, buffered_fd, mem_align, zeroes_unmap, describe);
+  auto driver = std::make_unique<FileDriver>(fd, buffered_fd, mem_align, zeroes_unmap);
   UringQueue::Options uo;
   uo.entries = std::max(2 * qm.tags.queue_depth, 8u);
   uo.sqpoll = o.flag("sqpoll");
   uo.fixed_file = o.flag("fixed_file");
   driver->start(qm.tags, uo);
-  return make_disk(name, size >> kSectorShift, lim, qm, nullptr, std::move(driver));
+  return make_disk(name, size >> kSectorShift, lim, qm, nullptr, std::move(driver),
+                   std::make_unique<FileReports>(fd, describe));
 }
 
 }  // namespace

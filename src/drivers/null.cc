@@ -8,11 +8,14 @@
 // submission; null_blk's irqmode=2).
 #include <fmt/format.h>
 
+#include <memory>
+#include <vector>
+
 #include "blkstack/disk.h"
 #include "blkstack/driver/driver_type.h"
+#include "blkstack/driver/reports.h"
+#include "blkstack/driver/transfer.h"
 #include "blkstack/error.h"
-#include "blkstack/driver/hw_queue.h"
-#include "blkstack/driver/request.h"
 #include "drivers/completion_thread.h"
 #include "blkstack/driver/limit_options.h"
 #include "blkstack/driver/queue_mode.h"
@@ -37,62 +40,36 @@ struct Timing {
   }
 };
 
-struct BioTraits {
-  static Bio*& next(Bio& b) { return b.next; }
-  static uint64_t deadline(const Bio& b) { return b.driver_data; }
-  static void complete(Bio& b) { b.complete(Status::kOk); }
-};
-
-// The request's pdu holds its completion deadline.
-struct RequestTraits {
-  static Request*& next(Request& rq) { return rq.next; }
-  static uint64_t deadline(const Request& rq) { return *rq.pdu_as<uint64_t>(); }
-  static void complete(Request& rq) { rq.end_request_all(Status::kOk); }
-};
-
-class NullBioDriver final : public BioDriver {
+// Written once for both queue modes (driver/transfer.h): a command is a
+// bio or a request alike. Deferred and timer modes complete on one
+// completion thread per hardware queue.
+class NullDriver final : public TransferDriver {
  public:
-  explicit NullBioDriver(Timing t) : timing_(t) {
-    if (t.mode != CompletionMode::kInline) completer_ = std::make_unique<Completer>();
+  NullDriver(Timing t, unsigned nr_queues) : timing_(t) {
+    if (t.mode == CompletionMode::kInline) return;
+    for (unsigned i = 0; i < nr_queues; ++i)
+      completers_.push_back(std::make_unique<CompletionThread>());
   }
-  void submit(Bio& bio) override {
+  void queue_cmd(IoCmd cmd) override {
     if (timing_.mode == CompletionMode::kInline) {
-      bio.complete(Status::kOk);
+      cmd.complete(Status::kOk);
       return;
     }
-    bio.driver_data = timing_.deadline();
-    completer_->push(bio);
+    completers_[cmd.queue_index()]->push(cmd, timing_.deadline());
   }
-  std::string describe() const override { return timing_.describe(); }
 
  private:
-  using Completer = CompletionThread<Bio, BioTraits>;
   Timing timing_;
-  std::unique_ptr<Completer> completer_;
+  std::vector<std::unique_ptr<CompletionThread>> completers_;  // one per queue
 };
 
-class NullRequestDriver final : public RequestDriver {
+class NullReports final : public DiskReports {
  public:
-  NullRequestDriver(Timing t, unsigned hw_queues) : timing_(t) {
-    if (t.mode == CompletionMode::kInline) return;
-    for (unsigned i = 0; i < hw_queues; ++i)
-      completers_.push_back(std::make_unique<Completer>());
-  }
-  Status queue_rq(HwQueue& hctx, Request& rq, bool) override {
-    if (timing_.mode == CompletionMode::kInline) {
-      rq.end_request_all(Status::kOk);
-      return Status::kOk;
-    }
-    *rq.pdu_as<uint64_t>() = timing_.deadline();
-    completers_[hctx.index()]->push(rq);
-    return Status::kOk;
-  }
+  explicit NullReports(Timing t) : timing_(t) {}
   std::string describe() const override { return timing_.describe(); }
 
  private:
-  using Completer = CompletionThread<Request, RequestTraits>;
   Timing timing_;
-  std::vector<std::unique_ptr<Completer>> completers_;  // one per hardware queue
 };
 
 constexpr uint64_t kMaxLatencyNs = uint64_t{3600} * 1'000'000'000;
@@ -146,12 +123,9 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
   if (mode == "deferred") t.mode = CompletionMode::kDeferred;
   if (mode == "timer") t.mode = CompletionMode::kTimer;
   const uint64_t size = device_size_option(o, lim.logical_block_size);
-  QueueMode qm = queue_mode(o);
-  qm.tags.cmd_size = sizeof(uint64_t);
-  return make_disk(
-      name, size >> kSectorShift, lim, qm,
-      qm.mq ? nullptr : std::make_unique<NullBioDriver>(t),
-      qm.mq ? std::make_unique<NullRequestDriver>(t, qm.tags.nr_hw_queues) : nullptr);
+  const QueueMode qm = queue_mode(o);
+  return make_disk<NullDriver>(name, size >> kSectorShift, lim, qm,
+                               std::make_unique<NullReports>(t), t, qm.nr_queues());
 }
 
 }  // namespace

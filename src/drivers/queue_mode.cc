@@ -8,6 +8,27 @@
 
 namespace blkstack {
 namespace {
+
+// The reports of a disk over a Queue: the queue's shape (its scheduler may
+// change at run time), then what the driver reports.
+class QueueReports final : public DiskReports {
+ public:
+  QueueReports(const Queue& queue, std::unique_ptr<DiskReports> driver)
+      : queue_(queue), driver_(std::move(driver)) {}
+  std::string describe() const override {
+    std::string d = driver_->describe();
+    return d.empty() ? queue_.describe() : queue_.describe() + " " + d;
+  }
+  Extent extent_at(uint64_t offset, uint64_t max_length) const override {
+    return driver_->extent_at(offset, max_length);
+  }
+  uint64_t allocated_bytes() const override { return driver_->allocated_bytes(); }
+
+ private:
+  const Queue& queue_;  // the disk's driver: destroyed before these reports
+  std::unique_ptr<DiskReports> driver_;
+};
+
 constexpr OptionDef kOptions[] = {
     {"queue_mode", OptionKind::kChoice, "bio",
      "bio: bios go to the driver (bio-based); mq: through a multi-queue request queue",
@@ -64,12 +85,18 @@ void check_total_tags(const DeviceOptions& o, const TagSetConfig& tags) {
 std::shared_ptr<Disk> make_disk(const std::string& name, uint64_t capacity,
                                 const QueueLimits& limits, const QueueMode& mode,
                                 std::unique_ptr<BioDriver> bio_driver,
-                                std::unique_ptr<RequestDriver> rq_driver) {
-  if (!mode.mq)
-    return std::make_shared<Disk>(name, capacity, limits, std::move(bio_driver));
+                                std::unique_ptr<RequestDriver> rq_driver,
+                                std::unique_ptr<DiskReports> reports) {
+  if (!mode.mq) {
+    return std::make_shared<Disk>(name, capacity, limits, std::move(bio_driver),
+                                  std::move(reports));
+  }
   auto queue = std::make_unique<Queue>(mode.tags, std::move(rq_driver));
   Queue* q = queue.get();
-  auto disk = std::make_shared<Disk>(name, capacity, limits, std::move(queue));
+  if (!reports) reports = std::make_unique<DiskReports>();
+  auto disk =
+      std::make_shared<Disk>(name, capacity, limits, std::move(queue),
+                             std::make_unique<QueueReports>(*q, std::move(reports)));
   q->set_nomerges(mode.nomerges);
   if (mode.sched != "none") q->set_scheduler(mode.sched);
   return disk;

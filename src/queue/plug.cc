@@ -6,10 +6,17 @@
 #include "queue/software_queue.h"
 #include "queue/tag_set.h"
 #include "core/clock.h"
+#include "core/wait.h"
 
 namespace blkstack {
 namespace {
 thread_local Plug* tls_plug = nullptr;
+
+// A thread about to wait flushes its plug (core/wait.h), as schedule()
+// calls blk_flush_plug(). Registered from here, when the plug code is
+// linked in: no plug can exist before (its constructor is in this file).
+[[maybe_unused]] const bool plug_flush_registered =
+    (set_plug_flush_hook(&Plug::flush_current), true);
 }  // namespace
 
 Plug::Plug() : active_(tls_plug == nullptr) {

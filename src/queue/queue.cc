@@ -102,19 +102,10 @@ void Queue::attach(Disk& disk) {
 
 std::string Queue::describe() const {
   const TagSetConfig& c = tag_set_->config();
-  std::string s = fmt::format("mq hw_queues={}{} depth={}{} sched={}", c.nr_hw_queues,
-                              c.nr_poll_queues ? fmt::format(" poll_queues={}", c.nr_poll_queues) : "",
-                              c.queue_depth, c.shared_tags ? " shared_tags" : "",
-                              scheduler_name());
-  std::string d = driver().describe();
-  return d.empty() ? s : s + " " + d;
+  return fmt::format("mq hw_queues={}{} depth={}{} sched={}", c.nr_hw_queues,
+                     c.nr_poll_queues ? fmt::format(" poll_queues={}", c.nr_poll_queues) : "",
+                     c.queue_depth, c.shared_tags ? " shared_tags" : "", scheduler_name());
 }
-
-Extent Queue::extent_at(uint64_t offset, uint64_t max_length) const {
-  return driver().extent_at(offset, max_length);
-}
-
-uint64_t Queue::allocated_bytes() const { return driver().allocated_bytes(); }
 
 HwQueue& Queue::map_queue(const Bio& bio) const {
   const SoftwareQueue& ctx = ctxs_[this_slot().index];

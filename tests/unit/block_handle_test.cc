@@ -138,7 +138,7 @@ TEST(BlockHandle, OutOfRangeIsRefusedWhole) {
   EXPECT_EQ(h.write_zeroes(kMiB, 512), Status::kOutOfRange);
   // A write straddling the end writes nothing, not the part that fits.
   EXPECT_EQ(h.pwrite(buf.data(), 8192, kMiB - 4096), Status::kOutOfRange);
-  EXPECT_EQ(h.disk().driver().allocated_bytes(), 0u);
+  EXPECT_EQ(h.disk().allocated_bytes(), 0u);
   std::vector<std::byte> tail(4096);
   ASSERT_EQ(h.pread(tail.data(), tail.size(), kMiB - 4096), Status::kOk);
   EXPECT_TRUE(AllZero(tail));
@@ -155,7 +155,7 @@ TEST(BlockHandle, MisalignedIsInvalid) {
   EXPECT_EQ(h.pwrite(buf.data(), 513, 0), Status::kInvalid);
   EXPECT_EQ(h.discard(1, 512), Status::kInvalid);
   EXPECT_EQ(h.write_zeroes(0, 511), Status::kInvalid);
-  EXPECT_EQ(h.disk().driver().allocated_bytes(), 0u);
+  EXPECT_EQ(h.disk().allocated_bytes(), 0u);
 
   BlockHandle h4k(r.create("ram:1M,bs=4096"));
   EXPECT_EQ(h4k.pread(buf.data(), 4096, 512), Status::kInvalid);
@@ -171,7 +171,7 @@ TEST(BlockHandle, ZeroLengthIsANoOp) {
   std::vector<std::byte> buf(512);
   EXPECT_EQ(h.pread(buf.data(), 0, 0), Status::kOk);
   EXPECT_EQ(h.pwrite(buf.data(), 0, 4096), Status::kOk);
-  EXPECT_EQ(h.disk().driver().allocated_bytes(), 0u);
+  EXPECT_EQ(h.disk().allocated_bytes(), 0u);
 }
 
 TEST(BlockHandle, ReadOnlyRefusesEveryWrite) {
@@ -209,7 +209,7 @@ TEST(BlockHandle, DiscardAndWriteZeroes) {
   ASSERT_EQ(h.discard(0, kMiB), Status::kOk);
   ASSERT_EQ(h.pread(back.data(), back.size(), 0), Status::kOk);
   EXPECT_TRUE(AllZero(back));
-  EXPECT_EQ(h.disk().driver().allocated_bytes(), 0u);
+  EXPECT_EQ(h.disk().allocated_bytes(), 0u);
 
   ASSERT_EQ(h.pwrite(data.data(), data.size(), kMiB), Status::kOk);
   ASSERT_EQ(h.write_zeroes(kMiB + 4096, kMiB - 8192), Status::kOk);

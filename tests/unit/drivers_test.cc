@@ -78,13 +78,13 @@ TEST(NullDriver, InlineCompletesInTheSubmitterBeforeSubmitReturns) {
   EXPECT_TRUE(t.bio.completed()) << "inline: done when submit_bio returns";
   EXPECT_EQ(t.completed_on, std::this_thread::get_id());
   EXPECT_EQ(t.bio.status(), Status::kOk);
-  EXPECT_NE(d->driver().describe().find("completion=inline"), std::string::npos);
+  EXPECT_NE(d->describe().find("completion=inline"), std::string::npos);
 }
 
 TEST(NullDriver, DeferredCompletesOnAnotherThreadInSubmissionOrder) {
   DiskRegistry r;
   auto d = r.create("null:16M,completion=deferred");
-  EXPECT_NE(d->driver().describe().find("completion=deferred"), std::string::npos);
+  EXPECT_NE(d->describe().find("completion=deferred"), std::string::npos);
   constexpr int kBios = 200;
   std::vector<std::byte> buf(4096);
   Segment seg(buf.data(), 4096);
@@ -106,7 +106,7 @@ TEST(NullDriver, DeferredCompletesOnAnotherThreadInSubmissionOrder) {
 TEST(NullDriver, TimerHonoursTheLatency) {
   DiskRegistry r;
   auto d = r.create("null:16M,completion=timer,latency_ns=5ms");
-  const std::string about = d->driver().describe();
+  const std::string about = d->describe();
   EXPECT_NE(about.find("completion=timer"), std::string::npos) << about;
   EXPECT_NE(about.find("5000000"), std::string::npos) << "the latency, in ns: " << about;
   BlockHandle h(d);
@@ -153,8 +153,8 @@ TEST(NullDriver, ReadsLeaveTheBufferAndWritesAreDropped) {
         << "null must not touch read buffers";
     ASSERT_EQ(h.discard(0, 4096), Status::kOk);
     ASSERT_EQ(h.write_zeroes(0, 4096), Status::kOk);
-    EXPECT_EQ(h.disk().driver().allocated_bytes(), 0u);
-    const Extent e = h.disk().driver().extent_at(0, 1 << 20);
+    EXPECT_EQ(h.disk().allocated_bytes(), 0u);
+    const Extent e = h.disk().extent_at(0, 1 << 20);
     EXPECT_EQ(e.length, 1u << 20);
     EXPECT_TRUE(e.allocated) << "drivers that cannot tell report data";
   }
@@ -173,9 +173,9 @@ TEST(NullDriver, BlockSizeIsEnforced) {
 
 struct RamDisk {
   explicit RamDisk(const char* spec) : disk(registry.create(spec)), h(disk) {}
-  uint64_t allocated() const { return disk->driver().allocated_bytes(); }
+  uint64_t allocated() const { return disk->allocated_bytes(); }
   Extent extent(uint64_t off, uint64_t len) const {
-    return disk->driver().extent_at(off, len);
+    return disk->extent_at(off, len);
   }
   std::vector<std::byte> read(uint64_t off, size_t len) {
     std::vector<std::byte> buf = Filled(len, 0xEE);  // never what ram returns
@@ -215,8 +215,8 @@ TEST(RamDriver, FirstWriteAllocatesOnePageAndTheRestOfItReadsZero) {
 
   ram.write(10 * kPage, 512, 0x22);  // same page: no new allocation
   EXPECT_EQ(ram.allocated(), kPage);
-  EXPECT_TRUE(ram.disk->driver().describe().find("allocated=4 KiB") != std::string::npos)
-      << ram.disk->driver().describe();
+  EXPECT_TRUE(ram.disk->describe().find("allocated=4 KiB") != std::string::npos)
+      << ram.disk->describe();
 }
 
 TEST(RamDriver, ExtentsDescribeHolesAndData) {
@@ -441,7 +441,7 @@ bool have_huge_pages() {
 
 // The ram device's count of chunks moved into huge pages, from describe().
 uint64_t huge_chunks(RamDisk& ram) {
-  const std::string d = ram.disk->driver().describe();
+  const std::string d = ram.disk->describe();
   const size_t at = d.find("huge_chunks=");
   return at == std::string::npos ? ~uint64_t{0} : std::stoull(d.substr(at + 12));
 }
@@ -460,7 +460,7 @@ TEST(RamDriver, FullChunksBecomeHugePagesAndKeepTheirData) {
   EXPECT_EQ(huge_chunks(ram), 0u);
   ram.write(4 << 20, kPage, 0x72);  // chunk 2: one page, stays small
   ram.write(0, 4 << 20, 0x71);      // chunks 0 and 1, full
-  EXPECT_TRUE(wait_huge_chunks(ram, 2)) << ram.disk->driver().describe();
+  EXPECT_TRUE(wait_huge_chunks(ram, 2)) << ram.disk->describe();
   std::this_thread::sleep_for(50ms);
   EXPECT_EQ(huge_chunks(ram), 2u) << "a chunk with holes was collapsed";
   EXPECT_TRUE(AllAre(ram.read(0, 4 << 20).data(), 4 << 20, 0x71));
@@ -473,7 +473,7 @@ TEST(RamDriver, FullChunksBecomeHugePagesAndKeepTheirData) {
   EXPECT_TRUE(AllAre(head.data() + 2 * kPage, kPage, 0x71));
   EXPECT_EQ(ram.allocated(), 4u << 20);
   ram.write(kPage, kPage, 0x73);  // full again: collapsed again
-  EXPECT_TRUE(wait_huge_chunks(ram, 3)) << ram.disk->driver().describe();
+  EXPECT_TRUE(wait_huge_chunks(ram, 3)) << ram.disk->describe();
   EXPECT_TRUE(AllAre(ram.read(kPage, kPage).data(), kPage, 0x73));
   EXPECT_TRUE(AllAre(ram.read(2 * kPage, (4 << 20) - 2 * kPage).data(),
                      (4 << 20) - 2 * kPage, 0x71));
@@ -563,7 +563,7 @@ TEST(RamDriver, ConcurrentStressStaysConsistent) {
     while (!stop.load()) {
       const uint64_t block = rng() % (kBlocks - 4);
       if (ram.h.pread(buf.data(), buf.size(), block * kPage) != Status::kOk) ++errors;
-      const Extent e = ram.disk->driver().extent_at(block * kPage, 64 * kPage);
+      const Extent e = ram.disk->extent_at(block * kPage, 64 * kPage);
       if (e.length == 0 || e.length > 64 * kPage) ++errors;
       (void)ram.allocated();
     }

@@ -567,7 +567,7 @@ TEST_F(FileHostIo, PreflushWriteWaitsForItsFlushAndFuaIsDsync) {
 
 TEST_F(FileHostIo, PolledIoGoesToThePollQueueAndCompletesOnlyWhenPolled) {
   make_disk(/*auto_complete=*/true, ",poll_queues=1");
-  EXPECT_TRUE(testing_util::Contains(disk_->driver().describe(), "poll_queues=1"));
+  EXPECT_TRUE(testing_util::Contains(disk_->describe(), "poll_queues=1"));
   ASSERT_TRUE(disk_->driver().can_poll());
   auto data = pattern(8 * 4096, 6);
   ASSERT_EQ(pwrite(journal_.fd, data.data(), data.size(), 0),

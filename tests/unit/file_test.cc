@@ -107,7 +107,7 @@ TEST_F(FileDisk, DiscardPunchesHolesAndWriteZeroesReadsZero) {
   ASSERT_EQ(h.pread(got.data(), got.size(), 3 << 20), Status::kOk);
   EXPECT_TRUE(std::equal(got.begin(), got.end(), data.begin() + (3 << 20)));
   // A hole is reported as one.
-  Extent e = disk->driver().extent_at(0, 1 << 20);
+  Extent e = disk->extent_at(0, 1 << 20);
   EXPECT_FALSE(e.allocated);
 }
 

@@ -120,8 +120,8 @@ TEST(MqTags, ConcurrentGetAndPutNeverShareATag) {
 TEST(MqBasics, RamInMqModeRoundTripsEveryOp) {
   DiskRegistry r;
   auto d = r.create("ram:16M,queue_mode=mq,hw_queues=2,depth=4");
-  EXPECT_TRUE(Contains(d->driver().describe(), "mq hw_queues=2 depth=4"));
-  EXPECT_TRUE(Contains(d->driver().describe(), "sched=none"));
+  EXPECT_TRUE(Contains(d->describe(), "mq hw_queues=2 depth=4"));
+  EXPECT_TRUE(Contains(d->describe(), "sched=none"));
   BlockHandle h(d);
   const auto data = Pattern(256 * 1024, 1);
   ASSERT_EQ(h.pwrite(data.data(), data.size(), 1 << 20), Status::kOk);
@@ -152,7 +152,7 @@ TEST(MqBasics, NullInMqModeCompletesInEveryMode) {
     SCOPED_TRACE(spec);
     DiskRegistry r;
     auto d = r.create(spec);
-    EXPECT_TRUE(Contains(d->driver().describe(), "mq "));
+    EXPECT_TRUE(Contains(d->describe(), "mq "));
     BlockHandle h(d);
     std::vector<std::byte> buf(8192);
     for (int i = 0; i < 20; ++i)

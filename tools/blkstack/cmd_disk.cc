@@ -69,7 +69,7 @@ void print_disks(const std::vector<std::string>& specs) {
         l.max_discard_sectors ? sectors_bytes(l.max_discard_sectors) : "-",
         l.max_write_zeroes_sectors ? sectors_bytes(l.max_write_zeroes_sectors) : "-",
         l.volatile_write_cache ? "yes" : "no", l.fua ? "yes" : "no",
-        disk->read_only() ? "yes" : "no", disk->driver().describe());
+        disk->read_only() ? "yes" : "no", disk->describe());
   }
 }
 

@@ -94,7 +94,7 @@ class IoSession {
       need(0);
       Disk& d = handle_->disk();
       fmt::print("{}: {} ({} bytes), {} allocated, {}\n", d.name(), format_size(d.size_bytes()),
-                 d.size_bytes(), format_size(d.driver().allocated_bytes()), d.driver().describe());
+                 d.size_bytes(), format_size(d.allocated_bytes()), d.describe());
       return true;
     }
     if (op == "flush") {

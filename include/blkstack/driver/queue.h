@@ -53,9 +53,9 @@ class Queue final : public BioDriver {
   bool accounts_requests() const override { return true; }
   void shutdown() override;
   bool cancel(Bio& bio) override;
-  std::string describe() const override;
-  Extent extent_at(uint64_t offset, uint64_t max_length) const override;
-  uint64_t allocated_bytes() const override;
+  // The queue's shape: "mq hw_queues=2 depth=64 sched=none" (what
+  // make_disk() puts before the driver's own line in Disk::describe()).
+  std::string describe() const;
 
   // --- structure ---------------------------------------------------------
   Disk& disk() const { return *disk_; }

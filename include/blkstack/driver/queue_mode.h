@@ -4,12 +4,15 @@
 // these options to a driver's table.
 #pragma once
 
+#include <concepts>
 #include <memory>
 #include <span>
 #include <string>
 
 #include "blkstack/device_spec.h"
 #include "blkstack/disk.h"
+#include "blkstack/driver/reports.h"
+#include "blkstack/driver/transfer.h"
 #include "blkstack/driver/request_driver.h"
 
 namespace blkstack {
@@ -27,6 +30,9 @@ struct QueueMode {
   TagSetConfig tags;
   std::string sched = "none";
   unsigned nomerges = 0;
+
+  // The hardware queues a driver sees commands on (IoCmd::queue_index).
+  unsigned nr_queues() const { return mq ? tags.nr_queues() : 1; }
 };
 
 QueueMode queue_mode(const DeviceOptions& options);
@@ -37,10 +43,33 @@ QueueMode queue_mode(const DeviceOptions& options);
 void check_total_tags(const DeviceOptions& options, const TagSetConfig& tags);
 
 // A disk over `bio_driver` (bio-based) or over a Queue of `rq_driver`;
-// the caller passes the one the mode asks for.
+// the caller passes the one the mode asks for. The disk keeps `reports`
+// (null: none); over a Queue, Disk::describe() starts with the queue's
+// shape (Queue::describe()).
 std::shared_ptr<Disk> make_disk(const std::string& name, uint64_t capacity_sectors,
                                 const QueueLimits& limits, const QueueMode& mode,
                                 std::unique_ptr<BioDriver> bio_driver,
-                                std::unique_ptr<RequestDriver> rq_driver);
+                                std::unique_ptr<RequestDriver> rq_driver,
+                                std::unique_ptr<DiskReports> reports);
+
+// A disk over a TransferDriver D, written once, built in place from
+// `args`: bio-based or over a Queue, as `mode` says (see driver/transfer.h).
+//   make_disk<RamDriver>(name, sectors, lim, qm, std::make_unique<RamReports>(store),
+//   store)
+template <std::derived_from<TransferDriver> D, class... Args>
+std::shared_ptr<Disk> make_disk(const std::string& name, uint64_t capacity_sectors,
+                                const QueueLimits& limits, QueueMode mode,
+                                std::unique_ptr<DiskReports> reports, Args&&... args) {
+  static_assert(std::is_final_v<D>, "a final class: its queue_cmd is then a direct call");
+  if (!mode.mq) {
+    return make_disk(name, capacity_sectors, limits, mode,
+                     std::make_unique<BioTransfer<D>>(std::forward<Args>(args)...),
+                     nullptr, std::move(reports));
+  }
+  mode.tags.cmd_size = IoCmd::kPduBytes;  // IoCmd::driver_data()
+  return make_disk(name, capacity_sectors, limits, mode, nullptr,
+                   std::make_unique<RequestTransfer<D>>(std::forward<Args>(args)...),
+                   std::move(reports));
+}
 
 }  // namespace blkstack

@@ -94,14 +94,8 @@ class RequestDriver {
   }
   // Once per preallocated request, to set up its pdu.
   virtual void init_request(Request& rq) { (void)rq; }
-
-  // The same optional reports as a BioDriver (see disk.h).
-  virtual std::string describe() const { return {}; }
-  virtual Extent extent_at(uint64_t offset, uint64_t max_length) const {
-    (void)offset;
-    return {max_length, true, false};
-  }
-  virtual uint64_t allocated_bytes() const { return 0; }
+  // What the driver reports about the device goes to the disk once, as a
+  // DiskReports (driver/reports.h), not through the queue.
 };
 
 }  // namespace blkstack

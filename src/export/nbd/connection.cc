@@ -690,13 +690,13 @@ void Connection::submit(RequestSlot* s) {
 void Connection::block_status(RequestSlot* s) {
   const uint32_t max = (s->flags & kCmdFlagReqOne) ? 1 : kMaxExtents;
   if (!grow(s, block_status_bytes(s->flags))) return reply_now(s, kEnomem);
-  const BioDriver& driver = nego_.disk->driver();
+  const Disk& disk = *nego_.disk;
   store32(s->buf, kBaseAllocationId);
   uint32_t n = 0;
   uint64_t pos = s->offset;
   const uint64_t end = s->offset + s->length;
   while (pos < end && n < max) {
-    const Extent e = driver.extent_at(pos, end - pos);
+    const Extent e = disk.extent_at(pos, end - pos);
     if (e.length == 0) break;
     const uint64_t len = std::min(e.length, end - pos);
     store32(s->buf + 4 + 8 * n, static_cast<uint32_t>(len));

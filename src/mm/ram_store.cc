@@ -1,0 +1,294 @@
+#include "mm/ram_store.h"
+
+#include <fmt/format.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+#include <exception>
+#include <new>
+#include <utility>
+
+#include "blkstack/device_spec.h"  // format_size
+#include "blkstack/error.h"
+
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25  // Linux 6.1; glibc 2.36's headers lack it
+#endif
+
+namespace blkstack {
+
+struct RamStore::Chunk {
+  explicit Chunk(std::byte* mem) : base(mem) {}
+  ~Chunk() { ::munmap(base, kChunkBytes); }
+
+  bool present(uint64_t page) const {
+    return bits[page / 64].load(std::memory_order_acquire) >> (page % 64) & 1;
+  }
+  // Sets or clears the bits of pages [first, last]; returns how many changed.
+  uint64_t mark(uint64_t first, uint64_t last, bool set) {
+    uint64_t changed = 0;
+    for (uint64_t w = first / 64; w <= last / 64; ++w) {
+      const uint64_t lo = w == first / 64 ? first % 64 : 0;
+      const uint64_t hi = w == last / 64 ? last % 64 : 63;
+      const uint64_t mask = (~uint64_t{0} >> (63 - hi)) & (~uint64_t{0} << lo);
+      const uint64_t old = set ? bits[w].fetch_or(mask, std::memory_order_acq_rel)
+                               : bits[w].fetch_and(~mask, std::memory_order_acq_rel);
+      changed += std::popcount(set ? mask & ~old : mask & old);
+    }
+    return changed;
+  }
+  bool full() const {
+    for (const auto& w : bits)
+      if (w.load(std::memory_order_acquire) != ~uint64_t{0}) return false;
+    return true;
+  }
+
+  std::byte* const base;  // kChunkBytes, mapped
+  std::atomic<uint64_t> bits[kPagesPerChunk / 64] = {};
+  // Set by the advice thread only; read by discards.
+  std::atomic<bool> advised_huge{false};
+  std::atomic<bool> queued{false};  // for the advice thread
+  Chunk* next_made = nullptr;       // the list of every chunk made (made_)
+};
+
+// Calls fn(chunk, offset in chunk, bytes, present) for each run of pages of
+// the range that are alike (all holding data, or none), chunk by chunk;
+// chunk is null where none was ever written. Stops when fn returns false.
+template <class Fn>
+void RamStore::for_each_run(uint64_t off, uint64_t len, Fn&& fn) const {
+  while (len > 0) {
+    const uint64_t in_chunk = off % kChunkBytes;
+    uint64_t n = std::min(len, kChunkBytes - in_chunk);
+    Chunk* chunk = slot(off / kChunkBytes).load(std::memory_order_acquire);
+    bool present = false;
+    if (chunk) {
+      uint64_t page = in_chunk / kPageSize;
+      present = chunk->present(page);
+      uint64_t run = (page + 1) * kPageSize - in_chunk;
+      while (run < n && chunk->present(++page) == present) run += kPageSize;
+      n = std::min(n, run);
+    }
+    if (!fn(chunk, in_chunk, n, present)) return;
+    off += n;
+    len -= n;
+  }
+}
+
+RamStore::RamStore(uint64_t bytes, bool huge_pages)
+    // Rounded up without overflow: sizes near 2^64 must not wrap to 0.
+    : bytes_(bytes),
+      huge_pages_(huge_pages),
+      nr_chunks_(bytes / kChunkBytes + (bytes % kChunkBytes != 0)),
+      table_bytes_(nr_chunks_ * sizeof(Chunk*)) {
+  // Anonymous memory reads as zeroes (null pointers) without being
+  // written: a sparse 1 PiB store does not zero-fill a 4 GiB table.
+  void* table = ::mmap(nullptr, table_bytes_, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (table == MAP_FAILED) {
+    throw Error(fmt::format("cannot map the chunk table of a {} RAM store ({}): {}",
+                            format_size(bytes), format_size(table_bytes_),
+                            std::strerror(errno)));
+  }
+  chunks_ = static_cast<Chunk**>(table);
+}
+
+RamStore::~RamStore() {
+  {
+    std::lock_guard lock(advice_mu_);
+    advice_stop_ = true;
+  }
+  advice_cv_.notify_one();
+  if (advice_thread_.joinable()) advice_thread_.join();
+  // Through the list, not the table: walking a 1 PiB store's table would
+  // fault in 4 GiB of it to find a few chunks.
+  for (Chunk* c = made_.load(std::memory_order_acquire); c != nullptr;)
+    delete std::exchange(c, c->next_made);
+  ::munmap(chunks_, table_bytes_);
+}
+
+void RamStore::read(uint64_t off, std::byte* dst, uint64_t len) const {
+  for_each_run(off, len, [&](Chunk* chunk, uint64_t in_chunk, uint64_t n, bool present) {
+    if (present)
+      std::memcpy(dst, chunk->base + in_chunk, n);
+    else
+      std::memset(dst, 0, n);
+    dst += n;
+    return true;
+  });
+}
+
+bool RamStore::write(uint64_t off, const std::byte* src, uint64_t len) {
+  while (len > 0) {
+    const uint64_t in_chunk = off % kChunkBytes;
+    const uint64_t n = std::min(len, kChunkBytes - in_chunk);
+    Chunk* chunk = chunk_for_write(off / kChunkBytes);
+    if (!chunk) return false;
+    std::memcpy(chunk->base + in_chunk, src, n);
+    const uint64_t first = in_chunk / kPageSize;
+    const uint64_t last = (in_chunk + n - 1) / kPageSize;
+    const uint64_t added = chunk->mark(first, last, true);
+    allocated_pages_.fetch_add(static_cast<int64_t>(added), std::memory_order_relaxed);
+    if (added != 0 && chunk->full()) queue_advice(chunk);
+    off += n;
+    src += n;
+    len -= n;
+  }
+  return true;
+}
+
+void RamStore::discard(uint64_t off, uint64_t len) {
+  for_each_run(off, len, [&](Chunk* chunk, uint64_t in_chunk, uint64_t n, bool present) {
+    if (!present) return true;
+    const uint64_t end = in_chunk + n;
+    const uint64_t whole_first = (in_chunk + kPageSize - 1) / kPageSize;
+    const uint64_t whole_end = end / kPageSize;
+    if (whole_first >= whole_end) {  // inside one page
+      std::memset(chunk->base + in_chunk, 0, n);
+      return true;
+    }
+    std::memset(chunk->base + in_chunk, 0, whole_first * kPageSize - in_chunk);
+    std::memset(chunk->base + whole_end * kPageSize, 0, end - whole_end * kPageSize);
+    const uint64_t removed = chunk->mark(whole_first, whole_end - 1, false);
+    allocated_pages_.fetch_sub(static_cast<int64_t>(removed), std::memory_order_relaxed);
+    // Holes again: out of huge pages. (The fence pairs with the one in
+    // advise(): one of the two sees the other's change.)
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (removed != 0 && chunk->advised_huge.load()) queue_advice(chunk);
+    std::byte* const whole = chunk->base + whole_first * kPageSize;
+    const size_t whole_bytes = (whole_end - whole_first) * kPageSize;
+    // Discard is also write-zeroes: if the pages cannot be dropped (locked
+    // memory), they must still read as zeroes.
+    if (::madvise(whole, whole_bytes, MADV_DONTNEED) != 0)
+      std::memset(whole, 0, whole_bytes);
+    return true;
+  });
+}
+
+bool RamStore::page_present(uint64_t page) const {
+  const Chunk* chunk = slot(page / kPagesPerChunk).load(std::memory_order_acquire);
+  return chunk && chunk->present(page % kPagesPerChunk);
+}
+
+RamStore::Run RamStore::extent_at(uint64_t off, uint64_t max_len) const {
+  // Pages exist only inside the store: clamp, so a range past the end
+  // neither reads past the chunk table nor walks 2^52 pages.
+  if (off >= bytes_) return {0, false};
+  max_len = std::min(max_len, bytes_ - off);
+  uint64_t page = off / kPageSize;
+  const bool present = page_present(page);
+  uint64_t len = std::min(max_len, (page + 1) * kPageSize - off);
+  while (len < max_len && page_present(++page) == present)
+    len = std::min(max_len, len + kPageSize);
+  return {len, present};
+}
+
+uint64_t RamStore::allocated_bytes() const {
+  // A discard may count a page off before the write that set its bit
+  // counted it on: the sum is exact once both are done.
+  const int64_t pages = allocated_pages_.load(std::memory_order_relaxed);
+  return pages > 0 ? static_cast<uint64_t>(pages) * kPageSize : 0;
+}
+
+RamStore::Chunk* RamStore::chunk_for_write(uint64_t c) {
+  Chunk* chunk = slot(c).load(std::memory_order_acquire);
+  if (chunk) return chunk;
+  void* mem = map_aligned_chunk();
+  if (!mem) return nullptr;
+  ::madvise(mem, kChunkBytes, huge_pages_ ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);  // advice
+  Chunk* fresh = new (std::nothrow) Chunk(static_cast<std::byte*>(mem));
+  if (!fresh) {
+    ::munmap(mem, kChunkBytes);
+    return nullptr;
+  }
+  if (slot(c).compare_exchange_strong(chunk, fresh, std::memory_order_acq_rel)) {
+    fresh->next_made = made_.load(std::memory_order_relaxed);
+    while (!made_.compare_exchange_weak(fresh->next_made, fresh,
+                                        std::memory_order_release)) {
+    }
+    return fresh;
+  }
+  delete fresh;  // another writer won the race; chunk is its
+  return chunk;
+}
+
+// kChunkBytes at a kChunkBytes boundary, where a huge page can back it:
+// twice that is mapped and the ends trimmed. Null if mapping failed.
+void* RamStore::map_aligned_chunk() {
+  const auto map = [](size_t bytes) {
+    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return p == MAP_FAILED ? nullptr : p;
+  };
+  // Recent kernels align mappings of this size by themselves.
+  void* mem = map(kChunkBytes);
+  if (!mem || reinterpret_cast<uintptr_t>(mem) % kChunkBytes == 0) return mem;
+  ::munmap(mem, kChunkBytes);
+  void* raw = map(2 * kChunkBytes);
+  if (!raw) return nullptr;
+  const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (start + kChunkBytes - 1) & ~uintptr_t{kChunkBytes - 1};
+  if (aligned > start) ::munmap(raw, aligned - start);
+  const uintptr_t end = aligned + kChunkBytes;
+  if (start + 2 * kChunkBytes > end)
+    ::munmap(reinterpret_cast<void*>(end), start + 2 * kChunkBytes - end);
+  return reinterpret_cast<void*>(aligned);
+}
+
+// A chunk that became full, or got a hole while advised huge: to the advice
+// thread, once until it has looked at it.
+void RamStore::queue_advice(Chunk* chunk) {
+  if (huge_pages_ || chunk->queued.exchange(true)) return;
+  try {
+    {
+      std::lock_guard lock(advice_mu_);
+      if (advice_stop_) return;
+      advice_todo_.push_back(chunk);
+      if (!advice_thread_.joinable())
+        advice_thread_ = std::thread([this] { advice_loop(); });
+    }
+    advice_cv_.notify_one();
+  } catch (const std::exception&) {
+    // No memory or no thread: the chunk stays as it is (advice only). It is
+    // not queued again; nothing is wrong with its data.
+  }
+}
+
+void RamStore::advice_loop() {
+  std::unique_lock lock(advice_mu_);
+  while (true) {
+    advice_cv_.wait(lock, [&] { return advice_stop_ || !advice_todo_.empty(); });
+    if (advice_stop_) return;
+    Chunk* chunk = advice_todo_.front();
+    advice_todo_.pop_front();
+    lock.unlock();
+    advise(chunk);
+    lock.lock();
+  }
+}
+
+// On the advice thread. A chunk that changes while it is looked at is
+// queued again by whoever changed it (queued is cleared first).
+void RamStore::advise(Chunk* chunk) {
+  chunk->queued.store(false, std::memory_order_release);
+  if (chunk->full()) {
+    if (!chunk->advised_huge.exchange(true))
+      ::madvise(chunk->base, kChunkBytes, MADV_HUGEPAGE);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    // Full still? Else a discard made a hole and may not have seen the
+    // advice: take it back below. (A discard from now on sees it.)
+    if (chunk->full()) {
+      // Fails on kernels without it or without a huge page to spare; the
+      // advice then lets khugepaged do it later.
+      if (::madvise(chunk->base, kChunkBytes, MADV_COLLAPSE) == 0)
+        collapsed_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+  }
+  if (chunk->advised_huge.exchange(false))
+    ::madvise(chunk->base, kChunkBytes, MADV_NOHUGEPAGE);
+}
+
+}  // namespace blkstack
