@@ -1,6 +1,7 @@
 // Bio: one block I/O in flight (the kernel's struct bio).
 //
-// A Bio names an operation, a start sector on a Disk, and the memory it moves
+// A Bio names an operation, a start sector on a BlockDevice (a whole Disk or
+// a partition of one), and the memory it moves
 // as a table of Segments (the kernel's bio_vec). Its position is kept in a
 // BioIter (bvec_iter), so a Bio can be split or advanced without copying
 // either the data or the segment table: a split clone points at the same
@@ -32,6 +33,7 @@
 
 namespace blkstack {
 
+class BlockDevice;
 class Disk;
 class BioSet;
 
@@ -115,11 +117,25 @@ class Bio {
 
   // Prepares a bio for submission. `segs` must outlive the bio; its total
   // length becomes the I/O size (ops without data use set_size()).
-  void init(Disk* disk, Op op, uint64_t sector, std::span<Segment> segs,
+  void init(BlockDevice* bdev, Op op, uint64_t sector, std::span<Segment> segs,
             EndIo end_io = nullptr, void* context = nullptr);
   // For flush, discard and write-zeroes: a range without memory.
+  void init_nodata(BlockDevice* bdev, Op op, uint64_t sector, uint32_t bytes,
+                   EndIo end_io = nullptr, void* context = nullptr);
+  // The same, addressed to the whole of `disk` (its part0()).
+  void init(Disk* disk, Op op, uint64_t sector, std::span<Segment> segs,
+            EndIo end_io = nullptr, void* context = nullptr);
   void init_nodata(Disk* disk, Op op, uint64_t sector, uint32_t bytes,
                    EndIo end_io = nullptr, void* context = nullptr);
+  // No device yet (set before submission, or a bio never submitted).
+  void init(std::nullptr_t, Op op, uint64_t sector, std::span<Segment> segs,
+            EndIo end_io = nullptr, void* context = nullptr) {
+    init(static_cast<BlockDevice*>(nullptr), op, sector, segs, end_io, context);
+  }
+  void init_nodata(std::nullptr_t, Op op, uint64_t sector, uint32_t bytes,
+                   EndIo end_io = nullptr, void* context = nullptr) {
+    init_nodata(static_cast<BlockDevice*>(nullptr), op, sector, bytes, end_io, context);
+  }
 
   // --- fields a driver reads -------------------------------------------
   Op op() const { return op_; }
@@ -129,8 +145,16 @@ class Bio {
   void clear_flags(BioFlag f) {
     flags_ = static_cast<BioFlag>(static_cast<uint16_t>(flags_) & ~static_cast<uint16_t>(f));
   }
-  Disk* disk() const { return disk_; }
-  void set_disk(Disk* d) { disk_ = d; }
+  BlockDevice* bdev() const { return bdev_; }
+  Disk* disk() const { return disk_; }  // the bdev's disk
+  // Sends the bio on to `bdev` at `sector` (bio_set_dev and a new
+  // bi_sector), for a stacked driver that then calls submit_bio() again.
+  // The bio's accounting and in-flight reference move: the device it leaves
+  // counts it as done now, and the one it goes to counts it from its
+  // submission, so that device's shutdown waits for it.
+  void set_dev(BlockDevice& bdev, uint64_t sector);
+  // set_dev(disk->part0(), sector()).
+  void set_disk(Disk* disk);
   uint64_t sector() const { return iter_.sector; }
   void set_sector(uint64_t s) { iter_.sector = s; }
   uint32_t size() const { return iter_.size; }  // bytes remaining
@@ -211,6 +235,8 @@ class Bio {
   Bio* next = nullptr;  // link for BioList
   uint64_t start_ns = 0;
   Disk* acct_disk = nullptr;  // disk whose statistics account this bio
+  // A partition's bio remapped to its disk: the partition counts it too.
+  BlockDevice* acct_part = nullptr;
   uint32_t acct_sectors = 0;  // its size when accounting started
   // Free for the driver that currently owns the bio (a timestamp, an index).
   uint64_t driver_data = 0;
@@ -221,7 +247,7 @@ class Bio {
   // Returns the parent to complete next, if any (keeps deep chains iterative).
   Bio* finish_one();
   [[noreturn]] void fatal_completed_twice() const;
-  void reset(Disk* disk, Op op, uint64_t sector, EndIo end_io, void* context);
+  void reset(BlockDevice* bdev, Op op, uint64_t sector, EndIo end_io, void* context);
   // Makes `c` a clone of this bio's remaining range (see clone()).
   void clone_into(Bio& c) const;
 
@@ -235,7 +261,8 @@ class Bio {
   std::atomic<uint32_t> remaining_{1};
   std::atomic<bool> chained_{false};  // has or had chained children
   std::atomic<uint32_t> refs_{1};
-  Disk* disk_ = nullptr;
+  BlockDevice* bdev_ = nullptr;
+  Disk* disk_ = nullptr;  // bdev_'s, kept here for the hot path
   EndIo end_io_ = nullptr;
   void* context_ = nullptr;
   BioSet* pool_ = nullptr;

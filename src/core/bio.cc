@@ -20,7 +20,7 @@ std::string_view op_name(Op op) {
   return "unknown";
 }
 
-void Bio::reset(Disk* disk, Op op, uint64_t sector, EndIo end_io, void* context) {
+void Bio::reset(BlockDevice* bdev, Op op, uint64_t sector, EndIo end_io, void* context) {
   iter_ = BioIter{sector, 0, 0, 0};
   segs_ = nullptr;
   nr_segs_ = 0;
@@ -31,19 +31,31 @@ void Bio::reset(Disk* disk, Op op, uint64_t sector, EndIo end_io, void* context)
   remaining_.store(1, std::memory_order_relaxed);
   chained_.store(false, std::memory_order_relaxed);
   refs_.store(1, std::memory_order_relaxed);
-  disk_ = disk;
+  bdev_ = bdev;
+  disk_ = bdev ? &bdev->disk() : nullptr;
   end_io_ = end_io;
   context_ = context;
   next = nullptr;
   start_ns = 0;
   acct_disk = nullptr;
+  acct_part = nullptr;
   acct_sectors = 0;
   driver_data = 0;
 }
 
 void Bio::init(Disk* disk, Op op, uint64_t sector, std::span<Segment> segs, EndIo end_io,
                void* context) {
-  reset(disk, op, sector, end_io, context);
+  init(disk ? &disk->part0() : nullptr, op, sector, segs, end_io, context);
+}
+
+void Bio::init_nodata(Disk* disk, Op op, uint64_t sector, uint32_t bytes, EndIo end_io,
+                      void* context) {
+  init_nodata(disk ? &disk->part0() : nullptr, op, sector, bytes, end_io, context);
+}
+
+void Bio::init(BlockDevice* bdev, Op op, uint64_t sector, std::span<Segment> segs,
+               EndIo end_io, void* context) {
+  reset(bdev, op, sector, end_io, context);
   segs_ = segs.data();
   nr_segs_ = static_cast<uint16_t>(segs.size());
   uint64_t total = 0;
@@ -54,11 +66,22 @@ void Bio::init(Disk* disk, Op op, uint64_t sector, std::span<Segment> segs, EndI
   iter_.size = static_cast<uint32_t>(total);
 }
 
-void Bio::init_nodata(Disk* disk, Op op, uint64_t sector, uint32_t bytes, EndIo end_io,
-                      void* context) {
-  reset(disk, op, sector, end_io, context);
+void Bio::init_nodata(BlockDevice* bdev, Op op, uint64_t sector, uint32_t bytes,
+                      EndIo end_io, void* context) {
+  reset(bdev, op, sector, end_io, context);
   iter_.size = bytes;
 }
+
+void Bio::set_dev(BlockDevice& bdev, uint64_t sector) {
+  // Done here as far as the device it leaves is concerned: its in-flight
+  // count drops, and submit_bio() starts the new device's.
+  if (acct_disk) acct_disk->end_io(*this);
+  bdev_ = &bdev;
+  disk_ = &bdev.disk();
+  iter_.sector = sector;
+}
+
+void Bio::set_disk(Disk* disk) { set_dev(disk->part0(), iter_.sector); }
 
 unsigned Bio::count_segments() const {
   unsigned n = 0;
@@ -165,7 +188,7 @@ void Bio::chain(Bio& child, Bio& parent) {
 }
 
 void Bio::clone_into(Bio& c) const {
-  c.reset(disk_, op_, iter_.sector, nullptr, nullptr);
+  c.reset(bdev_, op_, iter_.sector, nullptr, nullptr);
   c.iter_ = iter_;
   c.segs_ = segs_;
   c.nr_segs_ = nr_segs_;

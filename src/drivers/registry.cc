@@ -6,12 +6,14 @@ namespace blkstack {
 
 extern const DriverType kFileDriver;
 extern const DriverType kNullDriver;
+extern const DriverType kPassthroughDriver;
 extern const DriverType kRamDriver;
 
 namespace {
 const DriverType* const kDriverTypes[] = {
     &kFileDriver,
     &kNullDriver,
+    &kPassthroughDriver,
     &kRamDriver,
 };
 
