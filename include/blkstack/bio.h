@@ -247,7 +247,10 @@ class Bio {
   // Returns the parent to complete next, if any (keeps deep chains iterative).
   Bio* finish_one();
   [[noreturn]] void fatal_completed_twice() const;
-  void reset(BlockDevice* bdev, Op op, uint64_t sector, EndIo end_io, void* context);
+  void reset(BlockDevice* bdev, Disk* disk, Op op, uint64_t sector, EndIo end_io,
+             void* context);
+  // Points the bio at `segs`; their total length becomes its size.
+  void set_segments(std::span<Segment> segs);
   // Makes `c` a clone of this bio's remaining range (see clone()).
   void clone_into(Bio& c) const;
 

@@ -20,7 +20,8 @@ std::string_view op_name(Op op) {
   return "unknown";
 }
 
-void Bio::reset(BlockDevice* bdev, Op op, uint64_t sector, EndIo end_io, void* context) {
+void Bio::reset(BlockDevice* bdev, Disk* disk, Op op, uint64_t sector, EndIo end_io,
+                void* context) {
   iter_ = BioIter{sector, 0, 0, 0};
   segs_ = nullptr;
   nr_segs_ = 0;
@@ -32,7 +33,7 @@ void Bio::reset(BlockDevice* bdev, Op op, uint64_t sector, EndIo end_io, void* c
   chained_.store(false, std::memory_order_relaxed);
   refs_.store(1, std::memory_order_relaxed);
   bdev_ = bdev;
-  disk_ = bdev ? &bdev->disk() : nullptr;
+  disk_ = disk;
   end_io_ = end_io;
   context_ = context;
   next = nullptr;
@@ -45,17 +46,24 @@ void Bio::reset(BlockDevice* bdev, Op op, uint64_t sector, EndIo end_io, void* c
 
 void Bio::init(Disk* disk, Op op, uint64_t sector, std::span<Segment> segs, EndIo end_io,
                void* context) {
-  init(disk ? &disk->part0() : nullptr, op, sector, segs, end_io, context);
+  // No load from the disk: its part0 is an address inside it.
+  reset(disk ? &disk->part0() : nullptr, disk, op, sector, end_io, context);
+  set_segments(segs);
 }
 
 void Bio::init_nodata(Disk* disk, Op op, uint64_t sector, uint32_t bytes, EndIo end_io,
                       void* context) {
-  init_nodata(disk ? &disk->part0() : nullptr, op, sector, bytes, end_io, context);
+  reset(disk ? &disk->part0() : nullptr, disk, op, sector, end_io, context);
+  iter_.size = bytes;
 }
 
 void Bio::init(BlockDevice* bdev, Op op, uint64_t sector, std::span<Segment> segs,
                EndIo end_io, void* context) {
-  reset(bdev, op, sector, end_io, context);
+  reset(bdev, bdev ? &bdev->disk() : nullptr, op, sector, end_io, context);
+  set_segments(segs);
+}
+
+void Bio::set_segments(std::span<Segment> segs) {
   segs_ = segs.data();
   nr_segs_ = static_cast<uint16_t>(segs.size());
   uint64_t total = 0;
@@ -68,7 +76,7 @@ void Bio::init(BlockDevice* bdev, Op op, uint64_t sector, std::span<Segment> seg
 
 void Bio::init_nodata(BlockDevice* bdev, Op op, uint64_t sector, uint32_t bytes,
                       EndIo end_io, void* context) {
-  reset(bdev, op, sector, end_io, context);
+  reset(bdev, bdev ? &bdev->disk() : nullptr, op, sector, end_io, context);
   iter_.size = bytes;
 }
 
@@ -188,7 +196,7 @@ void Bio::chain(Bio& child, Bio& parent) {
 }
 
 void Bio::clone_into(Bio& c) const {
-  c.reset(bdev_, op_, iter_.sector, nullptr, nullptr);
+  c.reset(bdev_, disk_, op_, iter_.sector, nullptr, nullptr);
   c.iter_ = iter_;
   c.segs_ = segs_;
   c.nr_segs_ = nr_segs_;

@@ -68,24 +68,34 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
   const uint64_t lbs = lower_lim.logical_block_size;
   const uint64_t lower_bytes = lower->size_bytes();
   const uint64_t offset = o.size("offset");
+  // Told as DeviceOptions tells a bad value: the option, and what is valid.
   if (offset % lbs != 0) {
-    throw Error(fmt::format("offset={} is not a multiple of {}'s logical block size {}",
-                            offset, lower->name(), lbs));
+    throw Error(
+        fmt::format("bad value for 'offset' {}: not a multiple of the block size {} "
+                    "of {}",
+                    offset, lbs, lower->name()));
   }
   if (offset >= lower_bytes) {
-    throw Error(fmt::format("offset={} is beyond the end of {} ({})", offset,
-                            lower->name(), format_size(lower_bytes)));
+    throw Error(
+        fmt::format("bad value for 'offset' {}: beyond the end of {} ({}) (valid: 0 "
+                    "to {})",
+                    offset, lower->name(), format_size(lower_bytes), lower_bytes - lbs));
   }
   uint64_t size = lower_bytes - offset;
   if (o.given("size")) {
     size = o.size("size");
     if (size > lower_bytes - offset) {
-      throw Error(fmt::format("size={} from offset={} does not fit in {} ({})", size,
-                              offset, lower->name(), format_size(lower_bytes)));
+      throw Error(
+          fmt::format("bad value for 'size' {}: from offset {} it does not fit in {} "
+                      "({}) (valid: {} to {})",
+                      size, offset, lower->name(), format_size(lower_bytes), lbs,
+                      lower_bytes - offset));
     }
     if (size % lbs != 0) {
-      throw Error(fmt::format("size={} is not a multiple of {}'s logical block size {}",
-                              size, lower->name(), lbs));
+      throw Error(
+          fmt::format("bad value for 'size' {}: not a multiple of the block size {} "
+                      "of {}",
+                      size, lbs, lower->name()));
     }
   }
   QueueLimits lim = lower_lim;  // inherited: nothing to split here

@@ -152,8 +152,8 @@ TEST(Stack, BadSpecsAreRefusedAndChangeNothing) {
   EXPECT_TRUE(Contains(refused("passthrough:lower=loop,name=loop"),
                        "cannot stack loop on itself"));
   EXPECT_TRUE(
-      Contains(refused("passthrough:lower=top,offset=4K,size=512K"), "does not fit"));
-  EXPECT_TRUE(Contains(refused("passthrough:lower=top,offset=100"), "not a multiple"));
+      Contains(refused("passthrough:lower=top,offset=4K,size=512K"), "does not fit in top"));
+  EXPECT_TRUE(Contains(refused("passthrough:lower=top,offset=100"), "not a multiple of the block size"));
   EXPECT_TRUE(Contains(refused("passthrough:lower=ram0"), "ram0 is held by top"));
   // The spec is named in each message.
   EXPECT_TRUE(Contains(refused("passthrough:lower=nope"),
