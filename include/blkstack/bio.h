@@ -1,6 +1,7 @@
 // Bio: one block I/O in flight (the kernel's struct bio).
 //
-// A Bio names an operation, a start sector on a Disk, and the memory it moves
+// A Bio names an operation, a start sector on a BlockDevice (a whole Disk or
+// a partition of one), and the memory it moves
 // as a table of Segments (the kernel's bio_vec). Its position is kept in a
 // BioIter (bvec_iter), so a Bio can be split or advanced without copying
 // either the data or the segment table: a split clone points at the same
@@ -33,6 +34,7 @@
 
 namespace blkstack {
 
+class BlockDevice;
 class Disk;
 class BioSet;
 
@@ -119,11 +121,25 @@ class Bio {
 
   // Prepares a bio for submission. `segs` must outlive the bio; its total
   // length becomes the I/O size (ops without data use set_size()).
-  void init(Disk* disk, Op op, uint64_t sector, std::span<Segment> segs,
+  void init(BlockDevice* bdev, Op op, uint64_t sector, std::span<Segment> segs,
             EndIo end_io = nullptr, void* context = nullptr);
   // For flush, discard and write-zeroes: a range without memory.
+  void init_nodata(BlockDevice* bdev, Op op, uint64_t sector, uint32_t bytes,
+                   EndIo end_io = nullptr, void* context = nullptr);
+  // The same, addressed to the whole of `disk` (its part0()).
+  void init(Disk* disk, Op op, uint64_t sector, std::span<Segment> segs,
+            EndIo end_io = nullptr, void* context = nullptr);
   void init_nodata(Disk* disk, Op op, uint64_t sector, uint32_t bytes,
                    EndIo end_io = nullptr, void* context = nullptr);
+  // No device yet (set before submission, or a bio never submitted).
+  void init(std::nullptr_t, Op op, uint64_t sector, std::span<Segment> segs,
+            EndIo end_io = nullptr, void* context = nullptr) {
+    init(static_cast<BlockDevice*>(nullptr), op, sector, segs, end_io, context);
+  }
+  void init_nodata(std::nullptr_t, Op op, uint64_t sector, uint32_t bytes,
+                   EndIo end_io = nullptr, void* context = nullptr) {
+    init_nodata(static_cast<BlockDevice*>(nullptr), op, sector, bytes, end_io, context);
+  }
 
   // --- fields a driver reads -------------------------------------------
   Op op() const { return op_; }
@@ -140,8 +156,16 @@ class Bio {
   void set_ioprio(uint16_t prio) { ioprio_ = prio; }
   IssuerId issuer() const { return issuer_; }
   void set_issuer(IssuerId id) { issuer_ = id; }
-  Disk* disk() const { return disk_; }
-  void set_disk(Disk* d) { disk_ = d; }
+  BlockDevice* bdev() const { return bdev_; }
+  Disk* disk() const { return disk_; }  // the bdev's disk
+  // Sends the bio on to `bdev` at `sector` (bio_set_dev and a new
+  // bi_sector), for a stacked driver that then calls submit_bio() again.
+  // The bio's accounting and in-flight reference move: the device it leaves
+  // counts it as done now, and the one it goes to counts it from its
+  // submission, so that device's shutdown waits for it.
+  void set_dev(BlockDevice& bdev, uint64_t sector);
+  // set_dev(disk->part0(), sector()).
+  void set_disk(Disk* disk);
   uint64_t sector() const { return iter_.sector; }
   void set_sector(uint64_t s) { iter_.sector = s; }
   uint32_t size() const { return iter_.size; }  // bytes remaining
@@ -222,6 +246,8 @@ class Bio {
   Bio* next = nullptr;  // link for BioList
   uint64_t start_ns = 0;
   Disk* acct_disk = nullptr;  // disk whose statistics account this bio
+  // A partition's bio remapped to its disk: the partition counts it too.
+  BlockDevice* acct_part = nullptr;
   uint32_t acct_sectors = 0;  // its size when accounting started
   // Free for the driver that currently owns the bio (a timestamp, an index).
   uint64_t driver_data = 0;
@@ -232,7 +258,10 @@ class Bio {
   // Returns the parent to complete next, if any (keeps deep chains iterative).
   Bio* finish_one();
   [[noreturn]] void fatal_completed_twice() const;
-  void reset(Disk* disk, Op op, uint64_t sector, EndIo end_io, void* context);
+  void reset(BlockDevice* bdev, Disk* disk, Op op, uint64_t sector, EndIo end_io,
+             void* context);
+  // Points the bio at `segs`; their total length becomes its size.
+  void set_segments(std::span<Segment> segs);
   // Makes `c` a clone of this bio's remaining range (see clone()).
   void clone_into(Bio& c) const;
 
@@ -247,8 +276,9 @@ class Bio {
   std::atomic<bool> chained_{false};  // has or had chained children
   uint16_t ioprio_ = 0;               // in the padding after chained_: Bio does not grow
   std::atomic<uint32_t> refs_{1};
-  IssuerId issuer_ = 0;  // in the padding before disk_
-  Disk* disk_ = nullptr;
+  IssuerId issuer_ = 0;  // in the padding after refs_
+  BlockDevice* bdev_ = nullptr;
+  Disk* disk_ = nullptr;  // bdev_'s, kept here for the hot path
   EndIo end_io_ = nullptr;
   void* context_ = nullptr;
   BioSet* pool_ = nullptr;

@@ -22,7 +22,9 @@ class DiskRegistry;
 class BlockHandle {
  public:
   explicit BlockHandle(std::shared_ptr<Disk> disk);
-  // Opens the disk called `name` in `registry`; throws Error if there is none.
+  // Opens the disk called `name` in `registry` for writing (unless it is
+  // read-only); throws Error if there is none, and BusyError naming the
+  // holder if a stacked disk holds it (DiskRegistry::get with a mode).
   static BlockHandle open(const DiskRegistry& registry, std::string_view name);
 
   Disk& disk() const { return *disk_; }

@@ -1,6 +1,9 @@
 // Disk: a block device with a name, a capacity, limits and statistics (the
 // kernel's gendisk), and BioDriver, what a bio-based driver implements.
 //
+// A Disk owns its whole-disk BlockDevice (part0()) and its partitions
+// (add_partition); bios address those (block_device.h).
+//
 // Lifetime: disks are shared (std::shared_ptr). shutdown() — what removal
 // from a DiskRegistry does — marks the disk dying, so new I/O fails with
 // Status::kOffline, then waits until the I/O already in flight completes
@@ -13,14 +16,17 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "blkstack/bio.h"
 #include "blkstack/bioset.h"
+#include "blkstack/block_device.h"
 #include "blkstack/limits.h"
 
 namespace blkstack {
 
 class DiskReports;
+class IoStats;
 class PercpuRef;
 
 // A run of bytes with one allocation state (for NBD block status, `blkstack
@@ -114,6 +120,26 @@ class Disk {
   const QueueLimits& limits() const { return limits_; }
   bool read_only() const { return read_only_.load(std::memory_order_relaxed); }
   void set_read_only(bool ro) { read_only_.store(ro, std::memory_order_relaxed); }
+  // The whole disk as a block device (the kernel's bdev_whole / part0).
+  BlockDevice& part0() { return part0_; }
+  const BlockDevice& part0() const { return part0_; }
+  // Adds partition `number` (1 to kMaxPartitions) of `length` sectors from
+  // sector `start`, named after the disk ("ram0p1", "sda1"). Partition
+  // tables (MBR, GPT) are parsed above and call this. Throws Error on a
+  // taken number, a range outside the disk or not aligned to the logical
+  // block size. Partitions live as long as the disk.
+  static constexpr unsigned kMaxPartitions = 15;
+  BlockDevice& add_partition(unsigned number, uint64_t start, uint64_t length,
+                             bool read_only = false);
+  BlockDevice* partition(unsigned number) const;  // null if none
+  std::vector<BlockDevice*> partitions() const;   // by number
+  // Claims that this disk holds on the devices it is stacked on; they are
+  // released once shutdown() has waited for this disk's I/O.
+  void hold(Claim claim);
+  // Refuses new claims on this disk's devices, for its removal from a
+  // DiskRegistry; throws BusyError naming the holder when one is held.
+  void close_claims();
+
   BioDriver& driver() { return *driver_; }
   const BioDriver& driver() const { return *driver_; }
   // What the driver reports (its DiskReports): one line about its
@@ -213,13 +239,14 @@ class Disk {
   };
 
  private:
-  struct Shard;
+  friend class BlockDevice;  // claims_closed_
   void update_io_ticks(uint64_t now_ns, bool end);
   void account_done(Op op, uint32_t sectors, uint64_t duration_ns, uint64_t now_ns);
   // Waits until no I/O is in flight and no thread is in the submit path.
   void wait_until_idle(const std::string& what);
 
   std::string name_;
+  BlockDevice part0_;
   unsigned major_ = 0;
   unsigned minor_ = 0;
   std::atomic<uint64_t> capacity_;
@@ -239,9 +266,11 @@ class Disk {
   std::atomic<uint32_t> shared_epoch_{0};
   std::atomic<uint32_t> shared_submitters_[2] = {};
   std::mutex idle_wait_lock_;  // one wait_until_idle() at a time
-  std::unique_ptr<Shard[]> shards_;
-  std::atomic<uint64_t> stamp_ms_{0};
-  std::atomic<uint64_t> io_ticks_ms_{0};
+  std::unique_ptr<IoStats> stats_;
+  mutable std::mutex parts_lock_;  // parts_ and holds_
+  std::unique_ptr<BlockDevice> parts_[kMaxPartitions];
+  std::vector<Claim> holds_;
+  bool claims_closed_ = false;  // being removed: no new claims (claim lock)
   BioSet split_set_;
   std::unique_ptr<DiskReports> reports_;  // never null
   std::unique_ptr<BioDriver> driver_;     // last member: destroyed first

@@ -13,4 +13,11 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& what) : std::runtime_error(what) {}
 };
 
+// The device is in use (EBUSY): claimed by a stacked disk, say. The message
+// names the holder.
+class BusyError : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace blkstack

@@ -19,7 +19,7 @@ void wake_waiter(Bio& bio) { static_cast<Completion*>(bio.context())->complete()
 BlockHandle::BlockHandle(std::shared_ptr<Disk> disk) : disk_(std::move(disk)) {}
 
 BlockHandle BlockHandle::open(const DiskRegistry& registry, std::string_view name) {
-  return BlockHandle(registry.get(name));
+  return BlockHandle(registry.get(name, OpenMode::kWrite));
 }
 
 uint64_t BlockHandle::size() const { return disk_->size_bytes(); }

@@ -23,7 +23,8 @@ std::string_view op_name(Op op) {
 // Bios are hot: priority and issuer live in padding, not in new bytes.
 static_assert(sizeof(Bio) <= 128, "Bio grew past two cache lines");
 
-void Bio::reset(Disk* disk, Op op, uint64_t sector, EndIo end_io, void* context) {
+void Bio::reset(BlockDevice* bdev, Disk* disk, Op op, uint64_t sector, EndIo end_io,
+                void* context) {
   iter_ = BioIter{sector, 0, 0, 0};
   segs_ = nullptr;
   nr_segs_ = 0;
@@ -36,19 +37,38 @@ void Bio::reset(Disk* disk, Op op, uint64_t sector, EndIo end_io, void* context)
   ioprio_ = 0;
   issuer_ = 0;
   refs_.store(1, std::memory_order_relaxed);
+  bdev_ = bdev;
   disk_ = disk;
   end_io_ = end_io;
   context_ = context;
   next = nullptr;
   start_ns = 0;
   acct_disk = nullptr;
+  acct_part = nullptr;
   acct_sectors = 0;
   driver_data = 0;
 }
 
 void Bio::init(Disk* disk, Op op, uint64_t sector, std::span<Segment> segs, EndIo end_io,
                void* context) {
-  reset(disk, op, sector, end_io, context);
+  // No load from the disk: its part0 is an address inside it.
+  reset(disk ? &disk->part0() : nullptr, disk, op, sector, end_io, context);
+  set_segments(segs);
+}
+
+void Bio::init_nodata(Disk* disk, Op op, uint64_t sector, uint32_t bytes, EndIo end_io,
+                      void* context) {
+  reset(disk ? &disk->part0() : nullptr, disk, op, sector, end_io, context);
+  iter_.size = bytes;
+}
+
+void Bio::init(BlockDevice* bdev, Op op, uint64_t sector, std::span<Segment> segs,
+               EndIo end_io, void* context) {
+  reset(bdev, bdev ? &bdev->disk() : nullptr, op, sector, end_io, context);
+  set_segments(segs);
+}
+
+void Bio::set_segments(std::span<Segment> segs) {
   segs_ = segs.data();
   nr_segs_ = static_cast<uint16_t>(segs.size());
   uint64_t total = 0;
@@ -59,11 +79,22 @@ void Bio::init(Disk* disk, Op op, uint64_t sector, std::span<Segment> segs, EndI
   iter_.size = static_cast<uint32_t>(total);
 }
 
-void Bio::init_nodata(Disk* disk, Op op, uint64_t sector, uint32_t bytes, EndIo end_io,
-                      void* context) {
-  reset(disk, op, sector, end_io, context);
+void Bio::init_nodata(BlockDevice* bdev, Op op, uint64_t sector, uint32_t bytes,
+                      EndIo end_io, void* context) {
+  reset(bdev, bdev ? &bdev->disk() : nullptr, op, sector, end_io, context);
   iter_.size = bytes;
 }
+
+void Bio::set_dev(BlockDevice& bdev, uint64_t sector) {
+  // Done here as far as the device it leaves is concerned: its in-flight
+  // count drops, and submit_bio() starts the new device's.
+  if (acct_disk) acct_disk->end_io(*this);
+  bdev_ = &bdev;
+  disk_ = &bdev.disk();
+  iter_.sector = sector;
+}
+
+void Bio::set_disk(Disk* disk) { set_dev(disk->part0(), iter_.sector); }
 
 unsigned Bio::count_segments() const {
   unsigned n = 0;
@@ -170,7 +201,7 @@ void Bio::chain(Bio& child, Bio& parent) {
 }
 
 void Bio::clone_into(Bio& c) const {
-  c.reset(disk_, op_, iter_.sector, nullptr, nullptr);
+  c.reset(bdev_, disk_, op_, iter_.sector, nullptr, nullptr);
   c.iter_ = iter_;
   c.segs_ = segs_;
   c.nr_segs_ = nr_segs_;

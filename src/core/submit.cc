@@ -41,6 +41,15 @@ void submit_one(Bio& bio) {
   debug::SubmitScope scope(disk->name().c_str());
   Disk::SubmitGuard guard(*disk);
 
+  // An address compare, no load: the whole-disk path costs nothing more.
+  if (bio.bdev() != &disk->part0()) [[unlikely]] {
+    // Checked against the partition, then addressed to the whole disk;
+    // the partition counts it too (blk_partition_remap).
+    if (Status s = bio.bdev()->remap_to_disk(bio); s != Status::kOk) {
+      bio.complete(s);
+      return;
+    }
+  }
   if (Status s = check_bio(bio, *disk); s != Status::kOk) {
     // A remainder back from waiting for a split bio (the disk shrank or
     // turned read-only meanwhile) gives back the one it was handed.

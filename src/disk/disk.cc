@@ -9,33 +9,11 @@
 #include "core/percpu_ref.h"
 #include "core/wait.h"
 #include "blkstack/submit.h"
+#include "disk/io_stats.h"
 #include <thread>
 #include <fmt/format.h>
 
 namespace blkstack {
-
-// One thread slot's statistics (see core/percpu.h): plain stores in an
-// exclusively owned slot.
-struct alignas(kCacheLine) Disk::Shard {
-  std::atomic<uint64_t> ios[kStatGroups];
-  std::atomic<uint64_t> merges[kStatGroups];
-  std::atomic<uint64_t> sectors[kStatGroups];
-  std::atomic<uint64_t> nsecs[kStatGroups];
-  std::atomic<uint64_t> latency[kStatGroups][DiskStats::kLatencyBuckets];
-};
-
-namespace {
-
-StatGroup stat_group(Op op) {
-  switch (op) {
-    case Op::kRead: return kStatRead;
-    case Op::kFlush: return kStatFlush;
-    case Op::kDiscard: return kStatDiscard;
-    default: return kStatWrite;  // write, write-zeroes
-  }
-}
-
-}  // namespace
 
 Disk::Disk(std::string name, uint64_t capacity, QueueLimits limits,
            std::unique_ptr<BioDriver> driver)
@@ -44,12 +22,13 @@ Disk::Disk(std::string name, uint64_t capacity, QueueLimits limits,
 Disk::Disk(std::string name, uint64_t capacity, QueueLimits limits,
            std::unique_ptr<BioDriver> driver, std::unique_ptr<DiskReports> reports)
     : name_(std::move(name)),
+      part0_(*this, name_, 0, 0, 0, false),
       capacity_(capacity),
       limits_(limits),
       read_only_(limits.read_only),
       usage_(std::make_unique<PercpuRef>()),
       pollers_(std::make_unique<PercpuRef>()),
-      shards_(new Shard[kSlotCount]()),
+      stats_(std::make_unique<IoStats>()),
       split_set_(name_ + "-split", kSplitReserve, kSplitMax),
       reports_(reports ? std::move(reports) : std::make_unique<DiskReports>()),
       driver_(std::move(driver)) {
@@ -93,27 +72,35 @@ bool Disk::start_io(Bio& bio) {
     bio.acct_sectors = bio.sectors();
     bio.start_ns = now;
   }
+  if (BlockDevice* part = bio.acct_part) [[unlikely]] {
+    // A partition counts its bios itself, whatever the disk counts.
+    if (!per_bio_stats_) {
+      now = now_ns();
+      bio.acct_sectors = bio.sectors();
+      bio.start_ns = now;
+    }
+    part->account_start(now);
+  }
   return true;
 }
 
 void Disk::end_io(Bio& bio) {
   bio.acct_disk = nullptr;
+  uint64_t now = 0;
   if (per_bio_stats_) {
-    const uint64_t now = now_ns();
+    now = now_ns();
     account_done(bio.op(), bio.acct_sectors, now - bio.start_ns, now);
+  }
+  if (BlockDevice* part = bio.acct_part) [[unlikely]] {
+    bio.acct_part = nullptr;
+    part->account_done(bio, now ? now : now_ns());
   }
   usage_->put();
 }
 
 void Disk::account_done(Op op, uint32_t sectors, uint64_t duration_ns, uint64_t now) {
-  const StatGroup g = stat_group(op);
-  const SlotRef slot = this_slot();
-  Shard& s = shards_[slot.index];
   update_io_ticks(now, true);
-  slot_add(s.ios[g], 1, slot);
-  slot_add(s.sectors[g], sectors, slot);
-  slot_add(s.nsecs[g], duration_ns, slot);
-  slot_add(s.latency[g][pow2_bucket(duration_ns, DiskStats::kLatencyBuckets)], 1, slot);
+  stats_->count_done(op, sectors, duration_ns);
 }
 
 void Disk::account_request_done(Op op, uint32_t sectors, uint64_t start_ns, uint64_t now) {
@@ -121,57 +108,22 @@ void Disk::account_request_done(Op op, uint32_t sectors, uint64_t start_ns, uint
   account_done(op, sectors, now > start_ns ? now - start_ns : 0, now);
 }
 
-void Disk::account_merge(Op op) {
-  const SlotRef slot = this_slot();
-  slot_add(shards_[slot.index].merges[stat_group(op)], 1, slot);
-}
+void Disk::account_merge(Op op) { stats_->count_merge(op); }
 
 void Disk::update_io_ticks(uint64_t now, bool end) {
-  const uint64_t now_ms = now / 1'000'000;
-  uint64_t stamp = stamp_ms_.load(std::memory_order_relaxed);
-  if (now_ms == stamp) return;
-  if (!stamp_ms_.compare_exchange_strong(stamp, now_ms, std::memory_order_relaxed)) return;
-  if (stamp != 0 && (end || in_flight() > 0)) {
-    io_ticks_ms_.fetch_add(now_ms - stamp, std::memory_order_relaxed);
-  }
+  stats_->update_io_ticks(now, end, [this] { return in_flight(); });
 }
 
 uint64_t Disk::in_flight() const { return usage_->count(); }
 
 DiskStats Disk::stats() const {
-  DiskStats out;
-  for (unsigned i = 0; i < kSlotCount; ++i) {
-    const Shard& s = shards_[i];
-    for (int g = 0; g < kStatGroups; ++g) {
-      out.ios[g] += s.ios[g].load(std::memory_order_relaxed);
-      out.merges[g] += s.merges[g].load(std::memory_order_relaxed);
-      out.sectors[g] += s.sectors[g].load(std::memory_order_relaxed);
-      out.nsecs[g] += s.nsecs[g].load(std::memory_order_relaxed);
-      for (unsigned k = 0; k < DiskStats::kLatencyBuckets; ++k) {
-        out.latency[g][k] += s.latency[g][k].load(std::memory_order_relaxed);
-      }
-    }
-  }
+  DiskStats out = stats_->sum();
   out.in_flight = in_flight();
-  out.io_ticks_ms = io_ticks_ms_.load(std::memory_order_relaxed);
-  uint64_t total_ns = 0;
-  for (uint64_t ns : out.nsecs) total_ns += ns;
-  out.time_in_queue_ms = total_ns / 1'000'000;
   return out;
 }
 
 std::string Disk::diskstats_line() const {
-  const DiskStats st = stats();
-  auto ms = [](uint64_t ns) { return ns / 1'000'000; };
-  // major minor name, then reads, writes, in-flight/ticks, discards, flushes.
-  return fmt::format(
-      "{:4} {:7} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {}", major_, minor_,
-      name_, st.ios[kStatRead], st.merges[kStatRead], st.sectors[kStatRead],
-      ms(st.nsecs[kStatRead]), st.ios[kStatWrite], st.merges[kStatWrite],
-      st.sectors[kStatWrite], ms(st.nsecs[kStatWrite]), st.in_flight, st.io_ticks_ms,
-      st.time_in_queue_ms, st.ios[kStatDiscard], st.merges[kStatDiscard],
-      st.sectors[kStatDiscard], ms(st.nsecs[kStatDiscard]), st.ios[kStatFlush],
-      ms(st.nsecs[kStatFlush]));
+  return format_diskstats_line(major_, minor_, name_, stats());
 }
 
 namespace {
@@ -337,6 +289,61 @@ void Disk::shutdown() {
   // completed the last bio may still be inside the driver.
   pollers_->kill();
   pollers_->wait_for_zero(what);
+  // Nothing of this disk reaches the devices below any more: let them go.
+  std::vector<Claim> holds;
+  {
+    std::lock_guard lock(parts_lock_);
+    holds.swap(holds_);
+  }
+}
+
+void Disk::hold(Claim claim) {
+  std::lock_guard lock(parts_lock_);
+  holds_.push_back(std::move(claim));
+}
+
+BlockDevice& Disk::add_partition(unsigned number, uint64_t start, uint64_t length,
+                                 bool read_only) {
+  if (number < 1 || number > kMaxPartitions) {
+    throw Error(fmt::format("disk '{}': partition number {} is not from 1 to {}", name_,
+                            number, kMaxPartitions));
+  }
+  const uint64_t lbs_sectors = limits_.logical_block_size >> kSectorShift;
+  if (length == 0 || start > capacity() || length > capacity() - start) {
+    throw Error(fmt::format("disk '{}': partition {} ({} sectors from sector {}) is not "
+                            "inside the disk's {} sectors",
+                            name_, number, length, start, capacity()));
+  }
+  if (((start | length) & (lbs_sectors - 1)) != 0) {
+    throw Error(fmt::format("disk '{}': partition {} is not aligned to the logical block "
+                            "size {}",
+                            name_, number, limits_.logical_block_size));
+  }
+  // Linux's rule: "sda" + "1", but "nvme0n1" + "p1" after a digit.
+  const bool digit = !name_.empty() && name_.back() >= '0' && name_.back() <= '9';
+  std::string part_name = fmt::format("{}{}{}", name_, digit ? "p" : "", number);
+  std::lock_guard lock(parts_lock_);
+  if (parts_[number - 1]) {
+    throw Error(fmt::format("disk '{}': partition {} exists already", name_, number));
+  }
+  parts_[number - 1] =
+      std::make_unique<BlockDevice>(*this, std::move(part_name), number, start, length, read_only);
+  return *parts_[number - 1];
+}
+
+BlockDevice* Disk::partition(unsigned number) const {
+  if (number < 1 || number > kMaxPartitions) return nullptr;
+  std::lock_guard lock(parts_lock_);
+  return parts_[number - 1].get();
+}
+
+std::vector<BlockDevice*> Disk::partitions() const {
+  std::vector<BlockDevice*> out;
+  std::lock_guard lock(parts_lock_);
+  for (const auto& p : parts_) {
+    if (p) out.push_back(p.get());
+  }
+  return out;
 }
 
 std::string Disk::stats_report() const {

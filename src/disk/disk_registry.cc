@@ -2,11 +2,8 @@
 
 #include <fmt/format.h>
 
-#include "blkstack/device_spec.h"
 #include "blkstack/disk.h"
-#include "blkstack/driver/driver_type.h"
 #include "blkstack/error.h"
-#include "blkstack/driver/queue_mode.h"
 
 namespace blkstack {
 
@@ -38,46 +35,16 @@ unsigned DiskRegistry::register_major(std::string_view driver, unsigned major) {
   return major;
 }
 
+std::string DiskRegistry::unused_name(std::string_view type) const {
+  std::lock_guard lock(mu_);
+  return unused_name_locked(type);
+}
+
 std::string DiskRegistry::unused_name_locked(std::string_view type) const {
   for (unsigned i = 0;; ++i) {
     std::string name = fmt::format("{}{}", type, i);
     if (!disks_.count(name)) return name;
   }
-}
-
-std::shared_ptr<Disk> DiskRegistry::create(std::string_view text) {
-  DeviceSpec spec = parse_device_spec(text);
-  const DriverType* type = find_driver_type(spec.type);
-  if (!type) {
-    std::string known;
-    for (const DriverType* t : driver_types()) known += (known.empty() ? "" : ", ") + std::string(t->name);
-    throw Error(fmt::format("device spec '{}': unknown device type '{}' (known: {})", text,
-                            spec.type, known));
-  }
-  std::vector<OptionDef> table(type->options.begin(), type->options.end());
-  if (type->queue_modes) {
-    for (const OptionDef& d : queue_mode_options()) table.push_back(d);
-  }
-  for (const OptionDef& d : common_device_options()) table.push_back(d);
-  DeviceOptions options(spec, table);
-  std::string name;
-  {
-    std::lock_guard lock(mu_);
-    name = options.given("name") ? options.str("name") : unused_name_locked(type->name);
-    if (disks_.count(name)) {
-      throw Error(fmt::format("device spec '{}': a disk named '{}' already exists", text, name));
-    }
-  }
-  std::shared_ptr<Disk> disk;
-  try {
-    disk = type->create(options, name);
-  } catch (const Error& e) {
-    // The Disk's own checks (limits) do not know the spec; say which it was.
-    if (std::string_view(e.what()).starts_with("device spec '")) throw;
-    throw Error(fmt::format("device spec '{}': {}", text, e.what()));
-  }
-  if (options.flag("ro")) disk->set_read_only(true);
-  return add(std::move(disk), type->name, type->major);
 }
 
 std::shared_ptr<Disk> DiskRegistry::add(std::shared_ptr<Disk> disk, std::string_view driver,
@@ -115,8 +82,33 @@ std::vector<std::shared_ptr<Disk>> DiskRegistry::list() const {
   return out;
 }
 
+std::shared_ptr<BlockDevice> DiskRegistry::open(std::string_view name, OpenMode mode) const {
+  std::shared_ptr<BlockDevice> bdev;
+  if (auto disk = find(name)) {
+    bdev = std::shared_ptr<BlockDevice>(disk, &disk->part0());
+  } else {
+    // A partition: rare, so a walk over the disks and their partitions.
+    for (const auto& d : list()) {
+      for (BlockDevice* p : d->partitions()) {
+        if (p->name() == name) bdev = std::shared_ptr<BlockDevice>(d, p);
+      }
+    }
+    if (!bdev) get(name);  // throws, listing the known disks
+  }
+  // A read-only device is not written whatever the mode: nothing to refuse.
+  if (mode == OpenMode::kWrite && !bdev->read_only()) bdev->check_open_for_write();
+  return bdev;
+}
+
+std::shared_ptr<Disk> DiskRegistry::get(std::string_view name, OpenMode mode) const {
+  std::shared_ptr<Disk> disk = get(name);
+  if (mode == OpenMode::kWrite && !disk->read_only()) disk->part0().check_open_for_write();
+  return disk;
+}
+
 void DiskRegistry::remove(std::string_view name) {
   std::shared_ptr<Disk> disk = get(name);
+  disk->close_claims();  // throws while another disk is stacked on it
   disk->shutdown();  // outside the lock: in-flight I/O may take a while
   std::lock_guard lock(mu_);
   if (auto it = disks_.find(name); it != disks_.end() && it->second == disk) disks_.erase(it);

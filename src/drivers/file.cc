@@ -408,7 +408,8 @@ FallocateSupport regular_file_support(const std::string& given_path, dev_t file_
   return s;
 }
 
-std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
+std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
+                             OpenContext&) {
   const std::string& path = o.str("path");
   const bool ro = o.flag("ro");
   const std::string& direct = o.str("direct");

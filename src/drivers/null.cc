@@ -104,7 +104,8 @@ constexpr OptionDef kOptions[] = {
     {"fua", OptionKind::kBool, "0", "declare FUA support"},
 };
 
-std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
+std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
+                             OpenContext&) {
   QueueLimits lim;
   lim.logical_block_size = lim.physical_block_size = block_size_option(o);
   lim.max_sectors = max_sectors_option(o);

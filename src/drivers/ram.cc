@@ -109,7 +109,8 @@ constexpr OptionDef kOptions[] = {
      "ones (faster large I/O, 2 MiB per chunk touched)"},
 };
 
-std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
+std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
+                             OpenContext&) {
   QueueLimits lim;
   lim.logical_block_size = block_size_option(o);
   lim.physical_block_size = std::max<uint32_t>(lim.logical_block_size, kPageSize);

@@ -14,6 +14,7 @@ namespace blkstack {
 
 extern const DriverType kFileDriver;
 extern const DriverType kNullDriver;
+extern const DriverType kPassthroughDriver;
 extern const DriverType kRamDriver;
 
 namespace {
@@ -21,6 +22,7 @@ namespace {
 const DriverType* const kBuiltinDrivers[] = {
     &kFileDriver,
     &kNullDriver,
+    &kPassthroughDriver,
     &kRamDriver,
 };
 

@@ -4,6 +4,7 @@
 
 #include <set>
 
+#include "blkstack/disk.h"
 #include "blkstack/error.h"
 
 namespace blkstack {
@@ -17,6 +18,9 @@ ExportTable::ExportTable(std::vector<Export> exports) : exports_(std::move(expor
     if (e.name.find('\0') != std::string::npos)
       throw Error("an export name may not contain a NUL byte");
     if (!e.disk) throw Error(fmt::format("export '{}' has no device", e.name));
+    // Clients write a device that is not read-only: not one a stacked disk
+    // holds (BusyError naming the holder).
+    if (!e.disk->read_only()) e.disk->part0().check_open_for_write();
     if (!names.insert(e.name).second)
       throw Error(fmt::format("export '{}' is defined twice", e.name));
   }

@@ -26,7 +26,8 @@ class ExportTable {
  public:
   ExportTable() = default;
   // Throws Error on a duplicate name, a name longer than 4096 bytes or
-  // holding a NUL (NBD strings may not), or a missing disk.
+  // holding a NUL (NBD strings may not), or a missing disk; BusyError on a
+  // writable disk that a stacked disk holds (block_device.h).
   explicit ExportTable(std::vector<Export> exports);
 
   // The export called `name`; the empty name selects the first export, as

@@ -17,6 +17,11 @@ expect_ok -m '^null0 .* yes +yes +no +completion=deferred' \
   disk null:1G,completion=deferred,wc=1,fua=1
 # Two disks of one type get the next index and minor.
 expect_ok -m '^ram0 +1:0 ' -m '^ram1 +1:16 ' disk ram:1M ram:2M
+# A stacked disk names a disk of an earlier spec: a pass-through over ram0.
+expect_ok -m '^ram0 +1:0 +4 MiB ' -m '^passthrough0 +[0-9]+:0 +3 MiB .*lower=ram0 offset=1 MiB' \
+  disk ram:4M passthrough:lower=ram0,offset=1M
+expect_fail -m "device spec 'passthrough:lower=ram0,offset=8M': bad value for 'offset'" \
+  disk ram:4M passthrough:lower=ram0,offset=8M
 # The type list shows every driver and its options.
 expect_ok -m '^null:' -m '^ram:' -m 'completion' -m 'latency_ns' disk --types
 finish

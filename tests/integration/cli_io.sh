@@ -18,6 +18,16 @@ expect_ok -m '^null0: read 1048576/1048576 bytes at offset 0$' \
           -m '^null1: wrote 1048576/1048576 bytes at offset 0$' \
   io null:1G,completion=deferred null:1G,completion=timer,latency_ns=50us,queue_mode=mq \
      -c 'read 0 1M' -c 'use null1' -c 'write 0 1M' -c 'read 1M 64k' -c stat
+# Through a pass-through 1M into ram0: the commands start on the disk on top
+# (ram0 is held by it), the bytes land 1M further on ram0, and ram0 cannot be
+# used for writing while it is held.
+expect_ok -m '^passthrough0: wrote 65536/65536 bytes at offset 0$' \
+          -m '^passthrough0: read 65536/65536 bytes at offset 0$' \
+          -m '^passthrough0: flushed$' \
+  io ram:4M passthrough:lower=ram0,offset=1M -c 'write -P 0x3c 0 64k' -c 'read -P 0x3c 0 64k' \
+     -c flush -c stat
+expect_fail -m 'cannot open ram0 for writing: ram0 is held by passthrough0' \
+  io ram:4M passthrough:lower=ram0,offset=1M -c 'write -P 0x3c 0 64k' -c 'use ram0'
 # A mismatch names the first bad offset and fails the run.
 expect_fail -m 'Pattern verification failed at offset 4096: read 0x11, expected 0xab' \
             -m '1 of 3 commands failed' \

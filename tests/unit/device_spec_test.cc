@@ -499,6 +499,7 @@ TEST(DeviceSpecCreate, EveryNumericOptionIsTakenOrRefusedWithItsRange) {
       {"null", "null:1M,{}"},
       {"ram", "ram:1M,{}"},
       {"file", "file:" + img + ",size=1M,{}"},
+      {"passthrough", "passthrough:lower=ram0,{}"},  // over a ram:1M made first
   };
   const char* const edges[] = {"0",
                                "-1",
@@ -517,6 +518,7 @@ TEST(DeviceSpecCreate, EveryNumericOptionIsTakenOrRefusedWithItsRange) {
     SCOPED_TRACE(spec);
     unlink(img.c_str());
     DiskRegistry registry;
+    if (spec.starts_with("passthrough")) registry.create("ram:1M");
     try {
       registry.create(spec);
     } catch (const Error& e) {
@@ -552,8 +554,9 @@ TEST(DeviceSpecCreate, EveryNumericOptionIsTakenOrRefusedWithItsRange) {
         std::string spec = pattern;
         spec.replace(spec.find("{}"), 2, std::string(def->key) + "=" + v);
         if (def->key == "size") {  // instead of the base's own size
-          spec = type->name == "file" ? "file:" + img + ",size=" + v
-                                      : std::string(type->name) + ":size=" + v;
+          spec = type->name == "file"          ? "file:" + img + ",size=" + v
+                 : type->name == "passthrough" ? "passthrough:lower=ram0,size=" + std::string(v)
+                                               : std::string(type->name) + ":size=" + v;
         }
         check(spec, def->key, v);
       }

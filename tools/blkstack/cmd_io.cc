@@ -60,9 +60,15 @@ Args split_command(const std::string& line) {
 class IoSession {
  public:
   explicit IoSession(const std::vector<std::string>& specs) {
-    for (const std::string& s : specs) {
-      auto disk = registry_.create(s);
-      if (!handle_) handle_ = std::make_unique<BlockHandle>(std::move(disk));
+    std::vector<std::shared_ptr<Disk>> disks;
+    for (const std::string& s : specs) disks.push_back(registry_.create(s));
+    // The first disk nothing is stacked on: a later spec may stack on an
+    // earlier one ("ram:4M passthrough:lower=ram0"), which it then holds.
+    for (const auto& disk : disks) {
+      if (disk->part0().holder().empty()) {
+        handle_ = std::make_unique<BlockHandle>(disk);
+        break;
+      }
     }
   }
 
@@ -77,7 +83,7 @@ class IoSession {
     };
     if (op == "use") {
       need(1);
-      handle_ = std::make_unique<BlockHandle>(registry_.get(a.words[1]));
+      handle_ = std::make_unique<BlockHandle>(BlockHandle::open(registry_, a.words[1]));
       return true;
     }
     if (op == "stat") {
@@ -164,7 +170,7 @@ void add_io_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("io", "Run qemu-io style commands on disks made from device specs");
   static std::vector<std::string> specs;
   static std::vector<std::string> commands;
-  cmd->add_option("specs", specs, "Device specs; commands start on the first disk")->required();
+  cmd->add_option("specs", specs, "Device specs; commands start on the first disk nothing is stacked on")->required();
   cmd->add_option("-c,--command", commands, "A command to run (repeatable)")->required();
   cmd->footer(std::string(kCommandHelp) +
               "\n\nExample:\n"

@@ -16,14 +16,18 @@
 namespace blkstack {
 
 class Disk;
+class OpenContext;
 
 struct DriverType {
   std::string_view name;         // the spec's TYPE: "ram"
   std::string_view description;  // one line for `blkstack disk --types`
   unsigned major;                // block major number; 0 = allocate one
   std::span<const OptionDef> options;  // besides the common name= and ro=
-  // Makes the disk, named `name`, from validated options. Throws Error.
-  std::shared_ptr<Disk> (*create)(const DeviceOptions& options, const std::string& name);
+  // Makes the disk, named `name`, from validated options. A stacked driver
+  // opens the devices below it through `ctx` (blkstack/driver/
+  // open_context.h); others ignore it. Throws Error.
+  std::shared_ptr<Disk> (*create)(const DeviceOptions& options, const std::string& name,
+                                  OpenContext& ctx);
   // Runs bio-based or multi-queue: takes queue_mode=, hw_queues=, depth=...
   // (include/blkstack/driver/queue_mode.h).
   bool queue_modes = false;
