@@ -13,6 +13,7 @@
 #include "blkstack/disk.h"
 #include "blkstack/driver/driver_type.h"
 #include "blkstack/driver/open_context.h"
+#include "blkstack/driver/reports.h"
 #include "blkstack/error.h"
 #include "blkstack/submit.h"
 
@@ -31,6 +32,18 @@ class PassthroughDriver final : public BioDriver {
     submit_bio(bio);  // queued on this thread's list, not recursive
   }
 
+
+ private:
+  std::shared_ptr<BlockDevice> lower_;  // claimed; keeps its disk alive
+  uint64_t offset_;                     // sectors
+};
+
+// What the lower device reports, seen through the offset.
+class PassthroughReports final : public DiskReports {
+ public:
+  PassthroughReports(std::shared_ptr<BlockDevice> lower, uint64_t offset)
+      : lower_(std::move(lower)), offset_(offset) {}
+
   std::string describe() const override {
     return fmt::format("lower={} offset={}", lower_->name(),
                        format_size(offset_ << kSectorShift));
@@ -38,12 +51,12 @@ class PassthroughDriver final : public BioDriver {
 
   Extent extent_at(uint64_t offset, uint64_t max_length) const override {
     const uint64_t lower_offset = (lower_->start() + offset_) << kSectorShift;
-    return lower_->disk().driver().extent_at(lower_offset + offset, max_length);
+    return lower_->disk().extent_at(lower_offset + offset, max_length);
   }
 
  private:
-  std::shared_ptr<BlockDevice> lower_;  // claimed; keeps its disk alive
-  uint64_t offset_;                     // sectors
+  std::shared_ptr<BlockDevice> lower_;
+  uint64_t offset_;  // sectors
 };
 
 constexpr OptionDef kOptions[] = {
@@ -100,9 +113,11 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
   }
   QueueLimits lim = lower_lim;  // inherited: nothing to split here
   lim.read_only = lower->read_only();
+  auto reports = std::make_unique<PassthroughReports>(lower, offset >> kSectorShift);
   return std::make_shared<Disk>(
       name, size >> kSectorShift, lim,
-      std::make_unique<PassthroughDriver>(std::move(lower), offset >> kSectorShift));
+      std::make_unique<PassthroughDriver>(std::move(lower), offset >> kSectorShift),
+      std::move(reports));
 }
 
 }  // namespace
