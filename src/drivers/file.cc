@@ -500,6 +500,9 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
     }
     if (!zero_range) zeroes_unmap = true;
     if (zero_range || punch) lim.max_write_zeroes_sectors = UINT32_MAX >> kSectorShift;
+    // FALLOC_FL_ZERO_RANGE keeps the range allocated: zeroing that must not
+    // unmap (BioFlag::kNoUnmap) may use it rather than write zeroes as data.
+    lim.write_zeroes_nounmap = !zeroes_unmap;
   }
   lim.read_only = ro;
 
