@@ -141,9 +141,23 @@ TEST_F(FileDisk, ZeroRangeIsWriteZeroesThatKeepsTheSpace) {
   ASSERT_EQ(h.pread(got.data(), got.size(), 0), Status::kOk);
   EXPECT_EQ(got, std::vector<std::byte>(got.size()));
 
-  auto unmap = r.create("file:" + path_ + ",size=8M,zeroes=unmap");
+  auto unmap = r.create("file:" + path_ + ",size=8M,zeroes=unmap,direct=on");
   EXPECT_FALSE(unmap->limits().write_zeroes_nounmap);
   EXPECT_EQ(zeroout_method(*unmap, ZeroFlag::kNoUnmap), ZeroMethod::kWriteData);
+  // As data: direct I/O from the shared, read-only zero buffer.
+  BlockHandle u(unmap);
+  auto data = pattern(3 << 20, 9);
+  ASSERT_EQ(u.pwrite(data.data(), data.size(), 0), Status::kOk);
+  ASSERT_EQ(
+      zeroout(unmap.get(), 1024 >> kSectorShift, (2 << 20) + 4096, ZeroFlag::kNoUnmap),
+      Status::kOk);
+  std::vector<std::byte> all(3 << 20);
+  ASSERT_EQ(u.pread(all.data(), all.size(), 0), Status::kOk);
+  EXPECT_TRUE(std::equal(all.begin(), all.begin() + 1024, data.begin()));
+  EXPECT_TRUE(std::all_of(all.begin() + 1024, all.begin() + 1024 + (2 << 20) + 4096,
+                          [](std::byte b) { return b == std::byte{0}; }));
+  EXPECT_TRUE(std::equal(all.begin() + 1024 + (2 << 20) + 4096, all.end(),
+                         data.begin() + 1024 + (2 << 20) + 4096));
 }
 
 TEST_F(FileDisk, ReadOnlyFileRefusesWrites) {
