@@ -511,6 +511,12 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
     }
     if (!zero_range) zeroes_unmap = true;
     if (zero_range || punch) lim.max_write_zeroes_sectors = UINT32_MAX >> kSectorShift;
+    // FALLOC_FL_ZERO_RANGE keeps the range allocated: zeroing that must not
+    // unmap (BioFlag::kNoUnmap) may use it rather than write zeroes as data.
+    // Not on a host block device without write-zeroes (no punch): there the
+    // host kernel writes zero pages itself, no faster than we would, and a
+    // zeroing that asked for speed only (NBD FAST_ZERO) must be refused.
+    lim.write_zeroes_nounmap = !zeroes_unmap && (!blockdev || punch);
   }
   lim.read_only = ro;
 

@@ -2,6 +2,7 @@
 // and the other way round; holes, zeroes, full file systems, read-only.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/falloc.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -19,6 +20,7 @@
 #include "blkstack/disk_registry.h"
 #include "blkstack/error.h"
 #include "blkstack/submit.h"
+#include "blkstack/zeroout.h"
 #include "file_test_util.h"
 
 namespace blkstack {
@@ -109,6 +111,53 @@ TEST_F(FileDisk, DiscardPunchesHolesAndWriteZeroesReadsZero) {
   // A hole is reported as one.
   Extent e = disk->extent_at(0, 1 << 20);
   EXPECT_FALSE(e.allocated);
+}
+
+// Write-zeroes as FALLOC_FL_ZERO_RANGE leaves the range allocated, so
+// zeroing that must keep the space (FUSE ZERO_RANGE, NBD NO_HOLE) uses it
+// instead of writing zeroes as data; with zeroes=unmap it punches a hole,
+// so such zeroing goes as data.
+TEST_F(FileDisk, ZeroRangeIsWriteZeroesThatKeepsTheSpace) {
+  DiskRegistry r;
+  auto keep = r.create("file:" + path_ + ",size=8M");
+  {
+    const int fd = open(path_.c_str(), O_RDWR | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    const bool zero_range =
+        fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, 0, 4096) == 0;
+    close(fd);
+    if (!zero_range) GTEST_SKIP() << "the file system has no FALLOC_FL_ZERO_RANGE";
+  }
+  EXPECT_TRUE(keep->limits().write_zeroes_nounmap);
+  EXPECT_EQ(zeroout_method(*keep, ZeroFlag::kNoUnmap), ZeroMethod::kWriteZeroes);
+  // A hole zeroed with kNoUnmap is allocated afterwards and reads zeroes.
+  BlockHandle h(keep);
+  ASSERT_EQ(h.discard(0, 4 << 20), Status::kOk);
+  const uint64_t before = blocks_allocated(path_);
+  ASSERT_EQ(zeroout(keep.get(), 0, 2 << 20, ZeroFlag::kNoUnmap), Status::kOk);
+  EXPECT_GE(blocks_allocated(path_), before + (2 << 20) / 512)
+      << "the range was not allocated";
+  std::vector<std::byte> got(2 << 20, std::byte{0x5a});
+  ASSERT_EQ(h.pread(got.data(), got.size(), 0), Status::kOk);
+  EXPECT_EQ(got, std::vector<std::byte>(got.size()));
+
+  auto unmap = r.create("file:" + path_ + ",size=8M,zeroes=unmap,direct=on");
+  EXPECT_FALSE(unmap->limits().write_zeroes_nounmap);
+  EXPECT_EQ(zeroout_method(*unmap, ZeroFlag::kNoUnmap), ZeroMethod::kWriteData);
+  // As data: direct I/O from the shared, read-only zero buffer.
+  BlockHandle u(unmap);
+  auto data = pattern(3 << 20, 9);
+  ASSERT_EQ(u.pwrite(data.data(), data.size(), 0), Status::kOk);
+  ASSERT_EQ(
+      zeroout(unmap.get(), 1024 >> kSectorShift, (2 << 20) + 4096, ZeroFlag::kNoUnmap),
+      Status::kOk);
+  std::vector<std::byte> all(3 << 20);
+  ASSERT_EQ(u.pread(all.data(), all.size(), 0), Status::kOk);
+  EXPECT_TRUE(std::equal(all.begin(), all.begin() + 1024, data.begin()));
+  EXPECT_TRUE(std::all_of(all.begin() + 1024, all.begin() + 1024 + (2 << 20) + 4096,
+                          [](std::byte b) { return b == std::byte{0}; }));
+  EXPECT_TRUE(std::equal(all.begin() + 1024 + (2 << 20) + 4096, all.end(),
+                         data.begin() + 1024 + (2 << 20) + 4096));
 }
 
 TEST_F(FileDisk, ReadOnlyFileRefusesWrites) {
