@@ -353,8 +353,19 @@ TEST(RemovalRaces, DisksRemovedUnderPollersReapersAndManySubmitters) {
   };
   std::vector<Slot> slots(kSubmitters);
   std::atomic<bool> stop{false};
+  // Set once every submitter has returned: a submitter past its check of
+  // `stop` still counts and submits one more iocb, and a reaper that left
+  // on stop && reaped == submitted before that would leave it unreaped.
+  std::atomic<bool> submitters_done{false};
   std::atomic<uint64_t> submitted{0}, reaped{0}, bad{0}, offline{0}, removals{0};
   const int64_t offline_res = -status_to_errno(Status::kOffline);
+  std::mutex bad_mu;
+  std::string bad_seen;  // the first few bad events, for the failure message
+  auto note_bad = [&](const std::string& what) {
+    bad.fetch_add(1);
+    std::lock_guard lock(bad_mu);
+    if (bad_seen.size() < 2000) bad_seen += what + "\n";
+  };
 
   std::vector<std::thread> threads;
   for (int t = 0; t < kSubmitters; ++t) {
@@ -385,11 +396,13 @@ TEST(RemovalRaces, DisksRemovedUnderPollersReapersAndManySubmitters) {
         while ((r = aio_testing::SubmitOne(ctx, slot.cb)) == -EAGAIN)
           std::this_thread::yield();
         if (r != 1) {
-          bad.fetch_add(1);
+          note_bad("submit of " + d->name() + " returned " + std::to_string(r));
           submitted.fetch_sub(1);
           slot.done.store(true);
         }
       }
+      // The disk is held until the last event is reaped, as above.
+      while (!slot.done.load(std::memory_order_acquire)) std::this_thread::yield();
       slot.disk.reset();
     });
   }
@@ -408,18 +421,20 @@ TEST(RemovalRaces, DisksRemovedUnderPollersReapersAndManySubmitters) {
         for (auto& d : old) reg.remove(d->name());  // waits for what is in flight
         removals.fetch_add(1);
       };
-      while (!stop.load() || reaped.load() < submitted.load()) {
+      while (!submitters_done.load() || reaped.load() < submitted.load()) {
         const int n = ctx.get_events(1, ev, 20ms);
         for (int k = 0; k < n; ++k) {
           const IoEvent& e = ev[k];
           if (e.user_data >= kSubmitters || e.obj != &slots[e.user_data].cb) {
-            bad.fetch_add(1);
+            note_bad("an event of no iocb of ours");
             continue;
           }
           if (e.res == offline_res) {
             offline.fetch_add(1);
           } else if (e.res != kLen) {
-            bad.fetch_add(1);
+            const Slot& s = slots[e.user_data];
+            note_bad(std::string(s.cb.op == IoOp::kPwrite ? "write" : "read") + " of " +
+                     s.disk->name() + " ended with " + std::to_string(e.res));
           }
           slots[e.user_data].done.store(true, std::memory_order_release);
         }
@@ -437,13 +452,16 @@ TEST(RemovalRaces, DisksRemovedUnderPollersReapersAndManySubmitters) {
   std::this_thread::sleep_for(run_for);
   Eventually([&] { return removals.load() > 3; }, 30s);
   stop.store(true);
-  for (auto& t : threads) t.join();
+  for (int t = 0; t < kSubmitters; ++t) threads[t].join();
+  submitters_done.store(true);
+  for (auto& t : threads)
+    if (t.joinable()) t.join();
   {
     std::lock_guard lock(disks_mu);
     for (auto& d : disks) reg.remove(d->name());
     disks.clear();
   }
-  EXPECT_EQ(bad.load(), 0u);
+  EXPECT_EQ(bad.load(), 0u) << bad_seen;
   EXPECT_EQ(reaped.load(), submitted.load()) << "one event per iocb";
   EXPECT_EQ(ctx.in_flight(), 0u);
   EXPECT_GT(removals.load(), 3u) << "removal under load happened";

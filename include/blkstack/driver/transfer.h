@@ -114,6 +114,10 @@ class IoCmd {
   friend class RequestTransfer;
 
   static constexpr uintptr_t kRequestBit = 1;  // bios and requests are aligned
+  // Every Bio and Request, however allocated, sits at a multiple of its
+  // alignment (mempools honour alignof, see mempool.h), so bit 0 of its
+  // address is free: a packed Bio would make the kind bit lie.
+  static_assert(alignof(Bio) > kRequestBit && alignof(Request) > kRequestBit);
 
   // Telling the compiler the pointers are aligned lets it see the kind
   // where the command is made (in the adapters) and drop the other branch.
