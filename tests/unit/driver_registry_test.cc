@@ -10,6 +10,7 @@
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/driver/driver_type.h"
+#include "blkstack/driver/open_context.h"
 #include "blkstack/error.h"
 #include "blkstack/module.h"
 #include "test_util.h"
@@ -28,7 +29,7 @@ constexpr OptionDef kOptions[] = {
     {"size", OptionKind::kSize, "1M", "capacity", {}, true},
 };
 
-std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name) {
+std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name, OpenContext&) {
   return std::make_shared<Disk>(name, o.size("size") >> kSectorShift, QueueLimits{},
                                 std::make_unique<CompleteAll>());
 }

@@ -38,7 +38,7 @@ TEST(Stack, Passthrough16DeepPassesAReferenceModelFrom4Threads) {
   auto top = registry.get(below);
   const uint64_t top_bytes = kDiskBytes - kLevels * kStep;
   ASSERT_EQ(top->size_bytes(), top_bytes);
-  EXPECT_EQ(top->driver().describe(), "lower=pt14 offset=64 KiB");
+  EXPECT_EQ(top->describe(), "lower=pt14 offset=64 KiB");
 
   // Each thread owns a quarter of the top device and models its bytes.
   constexpr int kThreads = 4;
