@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/module.h"
 #include "blkstack/error.h"
 

@@ -1,5 +1,5 @@
 // Disk: a block device with a name, a capacity, limits and statistics (the
-// kernel's gendisk), and BioDriver, what a bio-based driver implements.
+// kernel's gendisk). Its driver is a BioDriver (driver/bio_driver.h).
 //
 // A Disk owns its whole-disk BlockDevice (part0()) and its partitions
 // (add_partition); bios address those (block_device.h).
@@ -25,6 +25,7 @@
 
 namespace blkstack {
 
+class BioDriver;
 class DiskReports;
 class IoStats;
 class PercpuRef;
@@ -35,44 +36,6 @@ struct Extent {
   uint64_t length;
   bool allocated;  // false: a hole (no backing storage)
   bool zero;       // known to read as zeroes
-};
-
-// A bio-based driver (block_device_operations::submit_bio, once
-// make_request_fn). submit() starts the bio and returns without blocking
-// (DESIGN.md invariant 2); the bio is finished, now or later and on any
-// thread, with bio.complete(status). submit() sees only bios that passed the
-// checks of submit_bio() and fit the disk's limits. What the driver reports
-// about the device is not here but in the disk's DiskReports
-// (driver/reports.h), the same for either queue mode.
-class BioDriver {
- public:
-  virtual ~BioDriver() = default;
-  virtual void submit(Bio& bio) = 0;
-  // Called once by the Disk that owns this driver, from its constructor.
-  virtual void attach(Disk& disk) { (void)disk; }
-  // True for a request queue (blk-mq): it accounts requests and merges in
-  // the disk statistics itself, so submit_bio() only tracks bios in flight.
-  virtual bool accounts_requests() const { return false; }
-  // Called by Disk::shutdown() after new I/O is refused, before waiting for
-  // the I/O in flight: a queue fails what it has parked, for instance.
-  virtual void shutdown() {}
-  // Takes back `bio` if it is still waiting inside the driver without any
-  // of it having been started (parked for a tag, and no piece split off it:
-  // Bio::has_chained_children()); the caller then completes it.
-  virtual bool cancel(Bio& bio) {
-    (void)bio;
-    return false;
-  }
-  // Polled I/O (BioFlag::kPolled): whether the driver has poll queues, and
-  // polling them. poll() completes what is ready, waiting up to `wait_ns`
-  // for the first completion; it returns how many it completed, or
-  // kPollBusy when another thread is polling (and so completes them).
-  static constexpr int kPollBusy = -1;
-  virtual bool can_poll() const { return false; }
-  virtual int poll(uint64_t wait_ns) {
-    (void)wait_ns;
-    return 0;
-  }
 };
 
 // Index of the statistic groups, in /proc/diskstats order.
@@ -185,7 +148,7 @@ class Disk {
   // poll reference across the call: completing the last bio may let
   // another thread reap its event and remove the disk while this one is
   // still inside the driver, and the reference makes removal wait.
-  int poll(uint64_t wait_ns) { return driver_->poll(wait_ns); }
+  int poll(uint64_t wait_ns);
   // A poll reference (q_usage_counter as bio_poll takes it): shutdown()
   // does not return while one is held. Taken while the disk is known to be
   // alive (an I/O of the caller's in flight on it, or another reference

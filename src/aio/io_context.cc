@@ -7,6 +7,7 @@
 #include <climits>
 
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/error.h"
 #include "blkstack/submit.h"
 #include "core/wait.h"

@@ -2,6 +2,7 @@
 
 #include "blkstack/debug/submit_context.h"
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 
 namespace blkstack {
 namespace {

@@ -1,4 +1,5 @@
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 
 #include "blkstack/debug/submit_context.h"
 #include "blkstack/driver/reports.h"
@@ -366,5 +367,7 @@ std::string Disk::stats_report() const {
   }
   return out;
 }
+
+int Disk::poll(uint64_t wait_ns) { return driver_->poll(wait_ns); }
 
 }  // namespace blkstack

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/driver_type.h"
 #include "blkstack/driver/reports.h"
 #include "blkstack/error.h"

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/driver_type.h"
 #include "blkstack/driver/open_context.h"
 #include "blkstack/driver/reports.h"

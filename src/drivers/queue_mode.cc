@@ -1,4 +1,5 @@
 #include "blkstack/driver/queue_mode.h"
+#include "blkstack/driver/bio_driver.h"
 
 #include <fmt/format.h>
 

@@ -1,4 +1,5 @@
 #include "blkstack/driver/hw_queue.h"
+#include "blkstack/driver/bio_driver.h"
 
 #include <thread>
 

@@ -22,6 +22,7 @@
 
 #include "blkstack/bio.h"
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/io_context.h"
 #include "blkstack/limits.h"
 #include "blkstack/driver/queue.h"

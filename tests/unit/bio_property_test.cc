@@ -39,6 +39,7 @@
 #include "blkstack/bio.h"
 #include "blkstack/bioset.h"
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/limits.h"
 #include "blkstack/submit.h"

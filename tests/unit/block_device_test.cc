@@ -18,6 +18,7 @@
 #include "blkstack/block_handle.h"
 #include "blkstack/completion.h"
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/error.h"
 #include "blkstack/submit.h"

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/error.h"
 

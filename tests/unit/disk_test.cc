@@ -1,6 +1,7 @@
 // Disk and DiskRegistry: names, major/minor numbers, capacity, limits,
 // read-only, /proc/diskstats statistics, and removal while I/O is in flight.
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 
 #include <gtest/gtest.h>
 

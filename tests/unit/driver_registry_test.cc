@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/driver/driver_type.h"
 #include "blkstack/driver/open_context.h"

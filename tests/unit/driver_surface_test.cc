@@ -17,6 +17,7 @@
 #include "blkstack/bio.h"
 #include "blkstack/block_handle.h"
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/reports.h"
 #include "blkstack/driver/transfer.h"
 #include "blkstack/plug.h"

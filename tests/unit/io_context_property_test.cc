@@ -27,6 +27,7 @@
 
 #include "aio_test_util.h"
 #include "blkstack/disk_registry.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/hw_queue.h"
 #include "blkstack/io_context.h"
 #include "blkstack/io_coro.h"

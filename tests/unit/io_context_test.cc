@@ -5,6 +5,7 @@
 // context, late and split errors (seed 002), the coroutine wrapper and
 // SyncIo.
 #include "blkstack/io_context.h"
+#include "blkstack/driver/bio_driver.h"
 
 #include <fcntl.h>
 #include <poll.h>

@@ -22,6 +22,7 @@
 #include "blkstack/bio.h"
 #include "blkstack/block_handle.h"
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/plug.h"
 #include "blkstack/driver/queue.h"

@@ -27,6 +27,7 @@
 
 #include "blkstack/bio.h"
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/hw_queue.h"
 #include "blkstack/limits.h"
 #include "blkstack/driver/queue.h"

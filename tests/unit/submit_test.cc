@@ -22,6 +22,7 @@
 #include "blkstack/completion.h"
 #include "blkstack/debug/submit_context.h"
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/disk_registry.h"
 #include "test_util.h"
 #include "test_wait.h"

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 #include "test_util.h"
 
 namespace blkstack {

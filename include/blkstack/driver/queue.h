@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/hw_queue.h"
 #include "blkstack/driver/request.h"
 #include "blkstack/driver/request_driver.h"

@@ -11,6 +11,7 @@
 
 #include "blkstack/device_spec.h"
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/reports.h"
 #include "blkstack/driver/transfer.h"
 #include "blkstack/driver/request_driver.h"

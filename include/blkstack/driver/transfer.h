@@ -28,6 +28,7 @@
 
 #include "blkstack/bio.h"
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/hw_queue.h"
 #include "blkstack/driver/request.h"
 #include "blkstack/driver/request_driver.h"
