@@ -423,8 +423,10 @@ TEST(MqSchedTimeout, AHeldSchedulerRequestTimesOutAndGivesBothTagsBack) {
   ASSERT_TRUE(Eventually([&] { return a.done(); }))
       << "the scheduler request never timed out";
   EXPECT_EQ(a.status.load(), Status::kTimeout);
-  ASSERT_TRUE(Eventually([&] { return d.driver->held() == 1 && Sched(d).held() == 0; }))
-      << "the timed-out request kept its driver tag";
+  // (b may time out too on a slow machine: then it is ended, not held.)
+  ASSERT_TRUE(Eventually([&] {
+    return Sched(d).held() == 0 && (d.driver->held() == 1 || b.done());
+  })) << "the timed-out request kept its driver tag";
   d.driver->drain();
   ASSERT_TRUE(Eventually([&] { return b.done(); }));
   EXPECT_TRUE(b.status.load() == Status::kOk || b.status.load() == Status::kTimeout);
@@ -505,10 +507,11 @@ TEST(MqSchedTimeout, TheFlushRequestTimesOutAndGivesItsDriverTagBack) {
   w.submit();
   ASSERT_TRUE(Eventually([&] { return f.done(); })) << "the flush never timed out";
   EXPECT_EQ(f.status.load(), Status::kTimeout);
-  ASSERT_TRUE(Eventually([&] { return d.driver->held() == 1; }))
+  ASSERT_TRUE(Eventually([&] { return d.driver->held() == 1 || w.done(); }))
       << "the write never got the flush's driver tag";
   d.driver->drain();
   ASSERT_TRUE(Eventually([&] { return w.done(); }));
+  EXPECT_TRUE(w.status.load() == Status::kOk || w.status.load() == Status::kTimeout);
   for (auto& x : bios) EXPECT_EQ(x->calls.load(), 1);
   EXPECT_EQ(d.hctx().sched_tags()->alloc.in_use(), 0u);
   EXPECT_EQ(d.tags_in_use(), 0u);
