@@ -126,6 +126,17 @@ void HwQueue::dispatch_all() {
           Queue::wake_tag_waiters_if_any(tags_);
           break;
         }
+        if (&rq->hctx() != this) [[unlikely]] {
+          // A scheduler shared by the hardware queues handed out another
+          // queue's request: its driver tag must come from that queue's
+          // tags (blk_mq_get_driver_tag uses rq->mq_hctx), so it waits on
+          // that queue's dispatch list and takes one there.
+          tags_.alloc.put(tag);
+          Queue::wake_tag_waiters_if_any(tags_);
+          rq->hctx().add_to_dispatch(*rq, /*at_head=*/true);
+          rq->hctx().run();
+          continue;
+        }
         rq->tag_ = tag;
         batch.push_back(rq);
       }

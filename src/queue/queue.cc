@@ -87,12 +87,39 @@ Queue::~Queue() {
   }
   work_cv_.notify_one();
   worker_.join();
+  leave_tag_wait_lists();
   if (sched_) {
     for (auto& h : hctxs_) sched_->exit_hctx(*h);
   }
   // The driver's own threads (completion threads, rings) stop before the
   // queue they complete into goes away.
   owned_driver_.reset();
+}
+
+void Queue::leave_tag_wait_lists() {
+  // With tags shared by several disks, a request of another disk may free
+  // the driver tag a hardware queue of ours waited for, and that thread
+  // runs our queue without holding our disk. Off the list, and no such run
+  // under way (read under the lock that counts them): none can start.
+  for (auto& h : hctxs_) {
+    Tags& tags = h->tags();
+    for (;;) {
+      {
+        std::lock_guard lock(tags.wait_lock);
+        if (h->tag_wake_runs_.load(std::memory_order_acquire) == 0) {
+          if (h->waiting_for_tag_) {
+            HwQueue** p = &tags.hctx_waiters;
+            while (*p != h.get()) p = &(*p)->next_tag_waiter_;
+            *p = h->next_tag_waiter_;
+            h->waiting_for_tag_ = false;
+            tags.nr_waiters.fetch_sub(1, std::memory_order_relaxed);
+          }
+          break;
+        }
+      }
+      std::this_thread::yield();
+    }
+  }
 }
 
 void Queue::attach(Disk& disk) {
@@ -645,8 +672,14 @@ void Queue::wake_tag_waiters(Tags& tags) {
         tags.hctx_waiters = h->next_tag_waiter_;
         h->waiting_for_tag_ = false;
         tags.nr_waiters.fetch_sub(1, std::memory_order_relaxed);
+        h->tag_wake_runs_.fetch_add(1, std::memory_order_relaxed);
       }
+#ifdef BLKSTACK_DEBUG_CHECKS
+      if (auto hook = hctx_wake_hook.load(std::memory_order_acquire)) hook(*h);
+#endif
       h->run();
+      // release: the teardown that sees 0 sees this run done.
+      h->tag_wake_runs_.fetch_sub(1, std::memory_order_release);
     }
     Bio* bio;
     int tag;

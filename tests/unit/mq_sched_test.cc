@@ -389,5 +389,281 @@ TEST(MqSched, SwitchingSchedulersUnderLoadLosesNothing) {
   EXPECT_EQ(DescScheduler::counts.prepared.load(), DescScheduler::counts.finished.load());
 }
 
+// --- timeouts on scheduler requests --------------------------------------------
+
+constexpr uint64_t kMs = 1'000'000;
+
+MqDisk DescTimeoutDisk(unsigned depth, unsigned nr_requests,
+                       QueueLimits lim = TestLimits()) {
+  RegisterOnce();
+  ResetCounts();
+  TagSetConfig config;
+  config.queue_depth = depth;
+  config.timeout_ns = 5 * kMs;
+  MqDisk d = MakeMqDisk(config, lim, TestDriver::Mode::kHold);
+  d.queue().set_nr_requests(nr_requests);
+  d.queue().set_scheduler("test-desc");
+  return d;
+}
+
+// The request the driver holds past its deadline is a scheduler request:
+// the scan finds it, it fails once, and both its tags go back, so the one
+// the scheduler held reaches the driver.
+TEST(MqSchedTimeout, AHeldSchedulerRequestTimesOutAndGivesBothTagsBack) {
+  MqDisk d = DescTimeoutDisk(1, 4);
+  TestBios bios;
+  TestBio& a = AddBio(bios);
+  a.init_data(*d.disk, Op::kWrite, 0, 4, 1);
+  a.submit();
+  TestBio& b = AddBio(bios);
+  b.init_data(*d.disk, Op::kWrite, 100, 4, 2);
+  b.submit();
+  ASSERT_EQ(d.driver->held(), 1u);
+  ASSERT_EQ(Sched(d).held(), 1u);
+  ASSERT_TRUE(Eventually([&] { return a.done(); }))
+      << "the scheduler request never timed out";
+  EXPECT_EQ(a.status.load(), Status::kTimeout);
+  // (b may time out too on a slow machine: then it is ended, not held.)
+  ASSERT_TRUE(Eventually([&] {
+    return Sched(d).held() == 0 && (d.driver->held() == 1 || b.done());
+  })) << "the timed-out request kept its driver tag";
+  d.driver->drain();
+  ASSERT_TRUE(Eventually([&] { return b.done(); }));
+  EXPECT_TRUE(b.status.load() == Status::kOk || b.status.load() == Status::kTimeout);
+  for (auto& x : bios) EXPECT_EQ(x->calls.load(), 1);
+  auto& c = DescScheduler::counts;
+  EXPECT_EQ(c.prepared, 2);
+  EXPECT_EQ(c.finished, 2);
+  EXPECT_EQ(c.bad_priv, 0);
+  EXPECT_EQ(d.hctx().sched_tags()->alloc.in_use(), 0u);
+  EXPECT_EQ(d.tags_in_use(), 0u);
+}
+
+// kFailWhenDone: the bio fails only when the driver gives the request
+// back, and then both tags are free.
+TEST(MqSchedTimeout, FailWhenDoneEndsTheSchedulerRequestOnTheLateCompletion) {
+  MqDisk d = DescTimeoutDisk(1, 4);
+  std::atomic<int> timeouts{0};
+  d.driver->set_timeout_hook([&](Request&) {
+    timeouts++;
+    return TimeoutAction::kFailWhenDone;
+  });
+  TestBio a;
+  a.init_data(*d.disk, Op::kRead, 0, 4);
+  a.submit();
+  ASSERT_TRUE(Eventually([&] { return timeouts.load() > 0; }));
+  EXPECT_FALSE(a.done());
+  ASSERT_TRUE(d.driver->complete_next());
+  ASSERT_TRUE(a.done());
+  EXPECT_EQ(a.calls.load(), 1);
+  EXPECT_EQ(a.status.load(), Status::kTimeout);
+  EXPECT_EQ(DescScheduler::counts.finished, 1);
+  EXPECT_EQ(d.hctx().sched_tags()->alloc.in_use(), 0u);
+  EXPECT_EQ(d.tags_in_use(), 0u);
+}
+
+// A handler that requeues: the driver tag goes back and the request goes
+// through the scheduler again (requeue_request), then completes once.
+TEST(MqSchedTimeout, AHandlerThatRequeuesSendsItBackThroughTheScheduler) {
+  MqDisk d = DescTimeoutDisk(1, 4);
+  std::atomic<int> timeouts{0};
+  TestDriver* drv = d.driver;
+  Queue* q = &d.queue();
+  d.driver->set_timeout_hook([&, drv, q](Request& rq) {
+    if (timeouts++ == 0 && drv->forget(&rq)) {
+      q->requeue_request(rq);
+      return TimeoutAction::kDone;
+    }
+    return TimeoutAction::kResetTimer;
+  });
+  TestBio a;
+  a.init_data(*d.disk, Op::kWrite, 0, 4, 7);
+  a.submit();
+  ASSERT_TRUE(Eventually([&] { return DescScheduler::counts.requeued.load() == 1; }));
+  ASSERT_TRUE(Eventually([&] { return d.driver->held() == 1; }));
+  d.driver->drain();
+  ASSERT_TRUE(a.done());
+  EXPECT_EQ(a.calls.load(), 1);
+  EXPECT_EQ(a.status.load(), Status::kOk);
+  EXPECT_EQ(d.driver->nr_calls(Op::kWrite), 2u);
+  EXPECT_EQ(DescScheduler::counts.finished, 1);
+  EXPECT_EQ(d.hctx().sched_tags()->alloc.in_use(), 0u);
+  EXPECT_EQ(d.tags_in_use(), 0u);
+}
+
+// The flush request of a scheduler queue times out too, and gives its
+// driver tag back: the data that waits behind it goes out.
+TEST(MqSchedTimeout, TheFlushRequestTimesOutAndGivesItsDriverTagBack) {
+  QueueLimits lim = TestLimits();
+  lim.volatile_write_cache = true;
+  MqDisk d = DescTimeoutDisk(1, 4, lim);
+  TestBios bios;
+  TestBio& f = AddBio(bios);
+  f.init_range(*d.disk, Op::kFlush, 0, 0);
+  f.submit();
+  ASSERT_EQ(d.driver->held(), 1u);
+  TestBio& w = AddBio(bios);
+  w.init_data(*d.disk, Op::kWrite, 8, 4, 3);
+  w.submit();
+  ASSERT_TRUE(Eventually([&] { return f.done(); })) << "the flush never timed out";
+  EXPECT_EQ(f.status.load(), Status::kTimeout);
+  ASSERT_TRUE(Eventually([&] { return d.driver->held() == 1 || w.done(); }))
+      << "the write never got the flush's driver tag";
+  d.driver->drain();
+  ASSERT_TRUE(Eventually([&] { return w.done(); }));
+  EXPECT_TRUE(w.status.load() == Status::kOk || w.status.load() == Status::kTimeout);
+  for (auto& x : bios) EXPECT_EQ(x->calls.load(), 1);
+  EXPECT_EQ(d.hctx().sched_tags()->alloc.in_use(), 0u);
+  EXPECT_EQ(d.tags_in_use(), 0u);
+}
+
+// --- nr_requests while bios are parked for a scheduler tag ----------------------
+
+TEST(MqSched, SetNrRequestsWhileBiosAreParkedLosesNone) {
+  MqDisk d = DescDisk(1, 2);
+  TestBios bios;
+  for (unsigned i = 0; i < 6; ++i) {
+    AddBio(bios).init_data(*d.disk, Op::kWrite, i * 16, 4, static_cast<uint8_t>(i + 1));
+  }
+  for (auto& b : bios) b->submit();  // 1 in the driver, 1 in the scheduler, 4 parked
+  ASSERT_EQ(d.driver->held(), 1u);
+  ASSERT_EQ(Sched(d).held(), 1u);
+  std::atomic<bool> resized{false};
+  std::thread t([&] {
+    d.queue().set_nr_requests(8);
+    resized = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_FALSE(resized.load()) << "resized under parked bios without waiting for them";
+  while (!AllDone(bios)) {
+    if (!d.driver->complete_next()) std::this_thread::yield();
+  }
+  t.join();
+  for (auto& b : bios) {
+    EXPECT_EQ(b->calls.load(), 1);
+    EXPECT_EQ(b->status.load(), Status::kOk);
+  }
+  EXPECT_EQ(d.queue().nr_requests(), 8u);
+  EXPECT_EQ(d.hctx().sched_tags()->depth, 8u);
+  TestBios more;
+  for (unsigned i = 0; i < 8; ++i) AddBio(more).init_data(*d.disk, Op::kWrite, i * 16, 4);
+  for (auto& b : more) b->submit();
+  EXPECT_EQ(Sched(d).held(), 7u);
+  d.driver->drain();
+  ASSERT_TRUE(AllDone(more));
+  EXPECT_EQ(DescScheduler::counts.bad_priv, 0);
+}
+
+// A completion thread hands freed scheduler tags to parked bios; a resumed
+// bio may end right there (the driver fails it in queue_rq), and then a
+// resize waiting for the queue to drain may free those tags while that
+// thread is still in its hand-out loop. Under ASan a use after free shows.
+TEST(MqSched, ResizingWhileCompletionsResumeParkedBiosIsSafe) {
+  MqDisk d = DescDisk(2, 2, TestDriver::Mode::kThread);
+  d.driver->set_hook([](HwQueue&, Request& rq, bool) {
+    return rq.pos() / 16 % 3 == 0 ? Status::kIoError : Status::kOk;
+  });
+  std::atomic<bool> stop{false};
+  std::atomic<int> bad{0}, ios{0};
+  std::vector<std::thread> threads;
+  for (unsigned t = 0; t < 3; ++t) {
+    threads.emplace_back([&, t] {
+      unsigned i = 0;
+      while (!stop.load()) {
+        TestBios bios;
+        std::vector<Status> want;
+        for (unsigned k = 0; k < 4; ++k, ++i) {
+          // Apart, so that none merge: each fails or succeeds by its sector.
+          const uint64_t sector = (t * 64 + i % 64) * 16;
+          AddBio(bios).init_data(*d.disk, Op::kWrite, sector, 8);
+          want.push_back(sector / 16 % 3 == 0 ? Status::kIoError : Status::kOk);
+        }
+        for (auto& b : bios) b->submit();
+        while (!AllDone(bios)) std::this_thread::yield();
+        for (size_t k = 0; k < bios.size(); ++k) {
+          if (bios[k]->calls.load() != 1 || bios[k]->status.load() != want[k]) bad++;
+        }
+        ios += 4;
+      }
+    });
+  }
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(1500);
+  for (unsigned n = 0; std::chrono::steady_clock::now() < end; ++n) {
+    d.queue().set_nr_requests(1 + n % 3);
+    if (n % 8 == 7) d.queue().set_scheduler(n % 16 == 7 ? "none" : "test-desc");
+  }
+  stop = true;
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_GT(ios.load(), 100);
+}
+
+#ifdef BLKSTACK_DEBUG_CHECKS
+// With tags shared by two disks, a driver tag freed by one disk's request
+// is handed to the other disk's hardware queue, which waited for one. If
+// that queue's disk is removed meanwhile (its request went out through
+// another run and completed), the removal must wait for the thread about
+// to run that hardware queue: else it runs freed memory.
+TEST(MqSched, RemovalWaitsForAThreadAboutToRunAWaitingHardwareQueue) {
+  RegisterOnce();
+  ResetCounts();
+  TagSetConfig cfg;
+  cfg.shared_tags = true;
+  cfg.queue_depth = 1;
+  TestDriver drv(TestDriver::Mode::kHold, TestLimits(), 8192);
+  auto tags = std::make_shared<TagSet>(cfg, drv);
+  auto sched_disk =
+      std::make_shared<Disk>("mq0", 8192, TestLimits(), std::make_unique<Queue>(tags));
+  auto none_disk =
+      std::make_shared<Disk>("mq1", 8192, TestLimits(), std::make_unique<Queue>(tags));
+  static_cast<Queue&>(sched_disk->driver()).set_scheduler("test-desc");
+  TestBio x, y;
+  x.init_data(*none_disk, Op::kWrite, 0, 4);
+  x.submit();  // holds the one driver tag
+  y.init_data(*sched_disk, Op::kWrite, 0, 4);
+  y.submit();  // in the scheduler; its hardware queue waits for a driver tag
+  ASSERT_EQ(drv.held(), 1u);
+  ASSERT_FALSE(y.done());
+
+  static std::atomic<bool> removed{false}, removed_before_run{false};
+  static std::function<void(HwQueue&)> on_wake;
+  removed = false;
+  removed_before_run = false;
+  std::thread remover;
+  static std::atomic<bool> fired{false};
+  fired = false;
+  on_wake = [&](HwQueue& h) {
+    if (fired.exchange(true)) return;  // once
+    // Another thread runs the queue, y goes out on the freed tag and
+    // completes, and the disk is removed.
+    remover = std::thread([&, hp = &h] {
+      hp->run();
+      ASSERT_TRUE(drv.complete_next());
+      sched_disk.reset();
+      removed = true;
+    });
+    Eventually([&] { return y.done(); }, std::chrono::seconds(2));
+    Eventually([&] { return removed.load(); }, std::chrono::milliseconds(200));
+    removed_before_run = removed.load();
+  };
+  Queue::hctx_wake_hook.store(+[](HwQueue& h) {
+    if (on_wake) on_wake(h);
+  });
+  struct NoHook {
+    ~NoHook() { Queue::hctx_wake_hook.store(nullptr); }
+  } no_hook;
+  ASSERT_TRUE(drv.complete_next());  // x: its tag wakes y's hardware queue
+  Queue::hctx_wake_hook.store(nullptr);
+  on_wake = nullptr;
+  ASSERT_TRUE(remover.joinable());
+  remover.join();
+  EXPECT_FALSE(removed_before_run.load())
+      << "the disk was removed under a thread about to run its hardware queue";
+  EXPECT_TRUE(x.done() && y.done());
+  EXPECT_EQ(y.calls.load(), 1);
+  none_disk.reset();  // the queues go before the driver they use
+}
+#endif
+
 }  // namespace
 }  // namespace blkstack

@@ -110,6 +110,10 @@ class alignas(64) HwQueue {
   // On tags_.hctx_waiters (under tags_.wait_lock).
   bool waiting_for_tag_ = false;
   HwQueue* next_tag_waiter_ = nullptr;
+  // Runs by a thread that took this queue off that list (counted under
+  // tags_.wait_lock): the Queue's teardown waits for them, as the thread
+  // may belong to another disk sharing the tags.
+  std::atomic<uint32_t> tag_wake_runs_{0};
 };
 
 }  // namespace blkstack

@@ -140,6 +140,12 @@ class Queue final : public BioDriver {
   Scheduler* sched_ptr() const { return sched_.get(); }
   // After tags were freed: resumes parked bios if there are any.
   static void wake_tag_waiters_if_any(Tags& tags);
+#ifdef BLKSTACK_DEBUG_CHECKS
+  // Test hook: runs on a thread handing a freed driver tag to a hardware
+  // queue that waited for one, between taking it off the wait list and
+  // running it.
+  static inline std::atomic<void (*)(HwQueue&)> hctx_wake_hook{nullptr};
+#endif
 
  private:
   friend class FlushQueue;
@@ -192,6 +198,9 @@ class Queue final : public BioDriver {
   void make_sched_tags(const SchedulerType* type);
   void quiesce();
   void unquiesce();
+  // At teardown: off the driver tags' wait list, and no run of ours by a
+  // thread that took us off it.
+  void leave_tag_wait_lists();
   // Hands freed tags to bios parked for them (each names its own queue).
   static void wake_tag_waiters(Tags& tags);
   // The kblockd-like worker.
