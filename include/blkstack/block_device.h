@@ -64,7 +64,8 @@ class BlockDevice {
   // same holder is allowed. Throws BusyError when another holder has it or
   // an overlapping device, and Error when the disk is being removed.
   void claim(std::string_view holder);
-  // Drops the claim of `holder`, if it has one.
+  // Drops one claim of `holder`, if it has one; the device is free again
+  // when the holder's last claim is dropped.
   void release(std::string_view holder);
   // The holder of this device or of an overlapping one; empty if none.
   std::string holder() const;
@@ -92,6 +93,7 @@ class BlockDevice {
   uint64_t length_;
   std::atomic<bool> read_only_;
   std::string holder_;              // under the claim lock (block_device.cc)
+  unsigned holder_claims_ = 0;      // Claims of holder_ (bd_holders)
   std::unique_ptr<IoStats> stats_;  // partitions only: part0 is the disk's
 };
 

@@ -107,12 +107,14 @@ void BlockDevice::claim(std::string_view holder) {
     throw BusyError(
         fmt::format("cannot stack {} on {}: {} is held by {}", holder, name_, name_, *h));
   }
-  holder_ = holder;
+  // Counted: two claims of one holder (two creates of one name racing,
+  // the loser letting go) must not free the device on the first release.
+  if (holder_claims_++ == 0) holder_ = holder;
 }
 
 void BlockDevice::release(std::string_view holder) {
   std::lock_guard lock(claim_lock);
-  if (holder_ == holder) holder_.clear();
+  if (holder_claims_ != 0 && holder_ == holder && --holder_claims_ == 0) holder_.clear();
 }
 
 std::string BlockDevice::holder() const {

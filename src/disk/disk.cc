@@ -290,6 +290,16 @@ void Disk::shutdown() {
   // completed the last bio may still be inside the driver.
   pollers_->kill();
   pollers_->wait_for_zero(what);
+  // Pieces split from this disk's bios and remapped to a lower device
+  // (Bio::set_dev) are counted there, not here, yet they come from this
+  // disk's split set and return to it when they complete: wait for them,
+  // or the set (and the disk) could go first. Only stacked disks ever wait.
+  if (split_set_.mempool().available() != split_set_.mempool().total()) {
+    prepare_to_wait(what);
+    while (split_set_.mempool().available() != split_set_.mempool().total()) {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
   // Nothing of this disk reaches the devices below any more: let them go.
   std::vector<Claim> holds;
   {

@@ -204,6 +204,39 @@ TEST(Remap, AccountingAndTheInFlightReferenceMoveToTheLowerDisk) {
   EXPECT_EQ(lower->in_flight(), 0u);
 }
 
+// The pieces a split cuts from a bio come from the upper disk's split set;
+// remapped, they are in flight on the lower disk only, and the upper disk's
+// accounting of their parent ends when its last piece is remapped. The
+// upper disk must still not go (and free its split set) before they are back.
+TEST(Remap, UpperDiskOutlivesTheSplitPiecesItRemapped) {
+  QueueLimits lim = plain_limits();
+  lim.max_sectors = 8;  // 4 KiB: a 16 KiB bio becomes four pieces
+  auto lower =
+      std::make_shared<Disk>("lower", 2048, lim, std::make_unique<HoldingDriver>());
+  auto& held = static_cast<HoldingDriver&>(lower->driver());
+  auto upper = std::make_shared<Disk>("upper", 2048, lim,
+                                      std::make_unique<RemapDriver>(lower->part0()));
+  std::vector<std::byte> buf(16384);
+  Completion done;
+  Bio bio;
+  Segment seg(buf.data(), buf.size());
+  bio.init(upper.get(), Op::kWrite, 0, {&seg, 1}, wake, &done);
+  submit_bio(bio);
+  ASSERT_EQ(held.held(), 4u);
+  EXPECT_EQ(upper->in_flight(), 0u);  // all of it moved to the lower disk
+  EXPECT_EQ(lower->in_flight(), 4u);
+
+  // The last reference goes: its destructor shuts it down, and that waits.
+  auto gone = std::async(std::launch::async, [&] { upper.reset(); });
+  EXPECT_EQ(gone.wait_for(std::chrono::milliseconds(100)), std::future_status::timeout);
+  held.release_all();
+  gone.get();
+  done.wait();
+  EXPECT_EQ(bio.status(), Status::kOk);
+  EXPECT_EQ(lower->stats().ios[kStatWrite], 4u);
+  EXPECT_EQ(lower->in_flight(), 0u);
+}
+
 TEST(Remap, ToAPartitionCountsOnThePartitionAndItsDisk) {
   DiskRegistry registry;
   auto lower = registry.create("ram:1M");
@@ -253,6 +286,23 @@ TEST(Claim, RefusesASecondWriterAndRemovalNamingTheHolder) {
   EXPECT_EQ(ro->holder(), "");
   EXPECT_NO_THROW(BlockHandle::open(registry, "ram0"));
   EXPECT_NO_THROW(registry.remove("ram0"));
+}
+
+// Two creates of one name racing (or one driver opening a device twice)
+// claim the device twice for the same holder; the loser lets its claim go.
+// The winner's claim must stay: claims count, as the kernel's bd_holders.
+TEST(Claim, ReleasingOneOfTwoClaimsOfAHolderKeepsTheOther) {
+  DiskRegistry registry;
+  registry.create("ram:1M");
+  auto bdev = registry.open("ram0", OpenMode::kRead);
+  Claim winner(bdev, "stack0");
+  { Claim loser(bdev, "stack0"); }
+  EXPECT_EQ(bdev->holder(), "stack0");
+  EXPECT_THROW(registry.open("ram0", OpenMode::kWrite), BusyError);
+  EXPECT_THROW(registry.remove("ram0"), BusyError);
+  winner.reset();
+  EXPECT_EQ(bdev->holder(), "");
+  EXPECT_NO_THROW(registry.open("ram0", OpenMode::kWrite));
 }
 
 TEST(Claim, APartitionsClaimCoversTheWholeDiskAndReadOnlyOpensPass) {
