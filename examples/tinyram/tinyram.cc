@@ -51,10 +51,16 @@ class TinyRam final : public BioDriver {
     bio.complete(Status::kOk);
   }
 
-  std::string describe() const override { return "tinyram (an example module)"; }
 
  private:
   std::unique_ptr<std::byte[]> mem_;
+};
+
+// What `blkstack disk` prints about it (and where NBD block status would
+// learn of holes: this disk has none to report).
+class TinyRamReports final : public DiskReports {
+ public:
+  std::string describe() const override { return "tinyram (an example module)"; }
 };
 
 constexpr OptionDef kOptions[] = {
@@ -64,7 +70,10 @@ constexpr OptionDef kOptions[] = {
            4096, uint64_t{1} << 34),
 };
 
-std::shared_ptr<Disk> create(const DeviceOptions& options, const std::string& name) {
+// `lower` would open the devices below a stacked driver; tinyram has none.
+std::shared_ptr<Disk> create(const DeviceOptions& options, const std::string& name,
+                             OpenContext& lower) {
+  (void)lower;
   const uint64_t bytes = options.size("size");
   if (bytes % 4096 != 0) throw Error("tinyram: size must be a multiple of 4096 bytes");
   QueueLimits limits;
@@ -73,7 +82,8 @@ std::shared_ptr<Disk> create(const DeviceOptions& options, const std::string& na
   limits.max_discard_sectors = limits.max_write_zeroes_sectors = 2048;
   limits.discard_granularity = 4096;
   return std::make_shared<Disk>(name, bytes >> kSectorShift, limits,
-                                std::make_unique<TinyRam>(bytes));
+                                std::make_unique<TinyRam>(bytes),
+                                std::make_unique<TinyRamReports>());
 }
 
 }  // namespace
