@@ -13,6 +13,8 @@
 #include "blkstack/disk.h"
 #include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/module.h"
+#include "blkstack/driver/open_context.h"
+#include "blkstack/driver/reports.h"
 #include "blkstack/error.h"
 
 namespace tinyram {
