@@ -429,16 +429,6 @@ TEST(RamDriver, ConcurrentWriteDiscardAndRead) {
   EXPECT_EQ(ram.allocated(), kPages * kPage);
 }
 
-// Whether the kernel gives transparent huge pages at all.
-bool have_huge_pages() {
-  std::FILE* thp = std::fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
-  if (!thp) return false;
-  char mode[128] = {};
-  const bool never = !std::fgets(mode, sizeof mode, thp) || std::strstr(mode, "[never]");
-  std::fclose(thp);
-  return !never;
-}
-
 // The ram device's count of chunks moved into huge pages, from describe().
 uint64_t huge_chunks(RamDisk& ram) {
   const std::string d = ram.disk->describe();
@@ -455,7 +445,7 @@ bool wait_huge_chunks(RamDisk& ram, uint64_t n) {
 // A chunk whose every page holds data is moved into a huge page in the
 // background; reads, discards and writes go on as before.
 TEST(RamDriver, FullChunksBecomeHugePagesAndKeepTheirData) {
-  if (!have_huge_pages()) GTEST_SKIP() << "no transparent huge pages here";
+  if (!testing_util::HaveHugePages()) GTEST_SKIP() << "no transparent huge pages here";
   RamDisk ram("ram:8M");
   EXPECT_EQ(huge_chunks(ram), 0u);
   ram.write(4 << 20, kPage, 0x72);  // chunk 2: one page, stays small

@@ -158,6 +158,17 @@ DescScheduler& Sched(const MqDisk& d) {
   return *static_cast<DescScheduler*>(d.queue().scheduler());
 }
 
+// Every one of `requests` scheduler requests was prepared and finished
+// once, with its private area intact, and no tag of either level is held.
+void ExpectAllFinishedAndTagsFree(MqDisk& d, int requests) {
+  const auto& c = DescScheduler::counts;
+  EXPECT_EQ(c.prepared, requests);
+  EXPECT_EQ(c.finished, requests);
+  EXPECT_EQ(c.bad_priv, 0);
+  EXPECT_EQ(d.hctx().sched_tags()->alloc.in_use(), 0u);
+  EXPECT_EQ(d.tags_in_use(), 0u);
+}
+
 TEST(MqSched, RegisteredAtRunTimeAndNamesAreUnique) {
   RegisterOnce();
   EXPECT_EQ(&find_scheduler_type("test-desc"), &kDesc);
@@ -211,13 +222,8 @@ TEST(MqSched, HoldsSixtyRequestsAndDecidesTheirOrder) {
   want.push_back(8);  // resumed after the first completion, lowest
   EXPECT_EQ(order, want);
   for (auto& b : bios) EXPECT_EQ(b->status.load(), Status::kOk);
-  auto& c = DescScheduler::counts;
-  EXPECT_EQ(c.prepared, 65);
-  EXPECT_EQ(c.completed, 65);
-  EXPECT_EQ(c.finished, 65);
-  EXPECT_EQ(c.bad_priv, 0);
-  EXPECT_EQ(d.hctx().sched_tags()->alloc.in_use(), 0u);
-  EXPECT_EQ(d.tags_in_use(), 0u);
+  EXPECT_EQ(DescScheduler::counts.completed, 65);
+  ExpectAllFinishedAndTagsFree(d, 65);
 }
 
 TEST(MqSched, MergesRequeuesAndCallsEveryHookOnce) {
@@ -431,12 +437,7 @@ TEST(MqSchedTimeout, AHeldSchedulerRequestTimesOutAndGivesBothTagsBack) {
   ASSERT_TRUE(Eventually([&] { return b.done(); }));
   EXPECT_TRUE(b.status.load() == Status::kOk || b.status.load() == Status::kTimeout);
   for (auto& x : bios) EXPECT_EQ(x->calls.load(), 1);
-  auto& c = DescScheduler::counts;
-  EXPECT_EQ(c.prepared, 2);
-  EXPECT_EQ(c.finished, 2);
-  EXPECT_EQ(c.bad_priv, 0);
-  EXPECT_EQ(d.hctx().sched_tags()->alloc.in_use(), 0u);
-  EXPECT_EQ(d.tags_in_use(), 0u);
+  ExpectAllFinishedAndTagsFree(d, 2);
 }
 
 // kFailWhenDone: the bio fails only when the driver gives the request

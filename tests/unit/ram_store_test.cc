@@ -149,19 +149,10 @@ TEST(RamStore, WritersRacingToMakeAChunkLoseNothing) {
   EXPECT_EQ(s.allocated_bytes(), pages * kPage);
 }
 
-bool HaveHugePages() {
-  std::FILE* thp = std::fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
-  if (!thp) return false;
-  char mode[128] = {};
-  const bool never = !std::fgets(mode, sizeof mode, thp) || std::strstr(mode, "[never]");
-  std::fclose(thp);
-  return !never;
-}
-
 // A chunk whose every page holds data goes to the advice thread and into a
 // huge page; its data stays.
 TEST(RamStore, AFullChunkIsCollapsedIntoAHugePage) {
-  if (!HaveHugePages()) GTEST_SKIP() << "no transparent huge pages here";
+  if (!testing_util::HaveHugePages()) GTEST_SKIP() << "no transparent huge pages here";
   RamStore s(4 << 20, false);
   const auto data = Filled(kChunk, 0x77);
   ASSERT_TRUE(s.write(kChunk, data.data(), kPage));  // chunk 1: one page

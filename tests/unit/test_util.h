@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <cstring>
 #include <string>
 #include <string_view>
 
@@ -42,6 +44,17 @@ inline ::testing::AssertionResult Contains(const std::string& text,
   if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure()
          << "'" << text << "' does not contain '" << part << "'";
+}
+
+// Whether the kernel gives transparent huge pages at all (tests of the ram
+// store's collapse skip without them).
+inline bool HaveHugePages() {
+  std::FILE* thp = std::fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+  if (!thp) return false;
+  char mode[128] = {};
+  const bool never = !std::fgets(mode, sizeof mode, thp) || std::strstr(mode, "[never]");
+  std::fclose(thp);
+  return !never;
 }
 
 }  // namespace blkstack::testing_util
