@@ -30,11 +30,12 @@ void BM_NullRead4k(benchmark::State& state) {
              count_completion, &completions);
     blkstack::submit_bio(bio);
   }
-  if (completions != static_cast<uint64_t>(state.iterations())) state.SkipWithError("lost completions");
+  if (completions != static_cast<uint64_t>(state.iterations()))
+    state.SkipWithError("lost completions");
   state.SetItemsProcessed(state.iterations());
-  state.counters["ns_per_io"] = benchmark::Counter(
-      static_cast<double>(state.iterations()),
-      benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["ns_per_io"] =
+      benchmark::Counter(static_cast<double>(state.iterations()),
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 BENCHMARK(BM_NullRead4k);
 

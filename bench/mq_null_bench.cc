@@ -20,8 +20,8 @@ blkstack::Disk& disk(bool mq) {
   static blkstack::DiskRegistry registry;
   static auto bio_disk = registry.create("null:1G,completion=inline,name=nullbio");
   // Two hardware queues so that two submitting threads do not share one.
-  static auto mq_disk =
-      registry.create("null:1G,completion=inline,queue_mode=mq,hw_queues=2,depth=256,name=nullmq");
+  static auto mq_disk = registry.create(
+      "null:1G,completion=inline,queue_mode=mq,hw_queues=2,depth=256,name=nullmq");
   return mq ? *mq_disk : *bio_disk;
 }
 

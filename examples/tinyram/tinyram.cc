@@ -1,5 +1,5 @@
 // tinyram: a RAM disk in one file, built outside the blkstack tree against
-// the installed headers. It is the example of docs/drivers.md: a bio-based
+// the installed headers. It is the example of docs/howto/driver.md: a bio-based
 // driver (every bio arrives whole, already checked and split to the limits
 // the driver declared), its options, and its registration.
 //
@@ -52,7 +52,6 @@ class TinyRam final : public BioDriver {
     }
     bio.complete(Status::kOk);
   }
-
 
  private:
   std::unique_ptr<std::byte[]> mem_;

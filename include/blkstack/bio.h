@@ -94,9 +94,9 @@ struct Segment {
 // still to go, and where they start in the segment table.
 struct BioIter {
   uint64_t sector = 0;
-  uint32_t size = 0;     // bytes remaining
-  uint16_t idx = 0;      // current segment
-  uint32_t done = 0;     // bytes already consumed of segs[idx]
+  uint32_t size = 0;  // bytes remaining
+  uint16_t idx = 0;   // current segment
+  uint32_t done = 0;  // bytes already consumed of segs[idx]
 };
 
 // One contiguous piece visited by Bio::for_each_chunk.
@@ -147,7 +147,8 @@ class Bio {
   bool has_flag(BioFlag f) const { return any(flags_ & f); }
   void set_flags(BioFlag f) { flags_ |= f; }
   void clear_flags(BioFlag f) {
-    flags_ = static_cast<BioFlag>(static_cast<uint16_t>(flags_) & ~static_cast<uint16_t>(f));
+    flags_ =
+        static_cast<BioFlag>(static_cast<uint16_t>(flags_) & ~static_cast<uint16_t>(f));
   }
   // I/O priority (see ioprio.h) and issuer, for the I/O scheduler. A
   // clone or split piece keeps both; submit_bio to a queue with a scheduler
@@ -290,7 +291,10 @@ class BioList {
   bool empty() const { return head_ == nullptr; }
   void push_back(Bio* b) {
     b->next = nullptr;
-    if (tail_) tail_->next = b; else head_ = b;
+    if (tail_)
+      tail_->next = b;
+    else
+      head_ = b;
     tail_ = b;
   }
   Bio* pop_front() {
@@ -305,7 +309,10 @@ class BioList {
   // Appends all of `other` (left empty).
   void splice_back(BioList& other) {
     if (other.empty()) return;
-    if (tail_) tail_->next = other.head_; else head_ = other.head_;
+    if (tail_)
+      tail_->next = other.head_;
+    else
+      head_ = other.head_;
     tail_ = other.tail_;
     other.head_ = other.tail_ = nullptr;
   }

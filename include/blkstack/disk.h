@@ -79,7 +79,9 @@ class Disk {
   }
   uint64_t capacity() const { return capacity_.load(std::memory_order_relaxed); }
   uint64_t size_bytes() const { return capacity() << kSectorShift; }
-  void set_capacity(uint64_t sectors) { capacity_.store(sectors, std::memory_order_relaxed); }
+  void set_capacity(uint64_t sectors) {
+    capacity_.store(sectors, std::memory_order_relaxed);
+  }
   const QueueLimits& limits() const { return limits_; }
   bool read_only() const { return read_only_.load(std::memory_order_relaxed); }
   void set_read_only(bool ro) { read_only_.store(ro, std::memory_order_relaxed); }
@@ -217,9 +219,9 @@ class Disk {
   std::atomic<bool> read_only_;
   bool per_bio_stats_;
   std::atomic<bool> dying_{false};
-  std::unique_ptr<PercpuRef> usage_;  // bios between start_io and end_io
+  std::unique_ptr<PercpuRef> usage_;    // bios between start_io and end_io
   std::unique_ptr<PercpuRef> pollers_;  // poll references (get_poll_ref)
-  std::mutex freeze_lock_;            // the parked bios and the freeze depth
+  std::mutex freeze_lock_;              // the parked bios and the freeze depth
   BioList frozen_bios_;
   unsigned freeze_depth_ = 0;
   // Threads on the shared slot inside the submit path, counted in two

@@ -66,20 +66,22 @@ struct Iocb {
   IoOp op = IoOp::kPread;
   uint32_t flags = 0;
   Disk* disk = nullptr;
-  void* buf = nullptr;           // pread/pwrite
-  uint64_t len = 0;              // pread/pwrite/discard/write-zeroes: bytes
-  const iovec* iov = nullptr;    // preadv/pwritev
+  void* buf = nullptr;         // pread/pwrite
+  uint64_t len = 0;            // pread/pwrite/discard/write-zeroes: bytes
+  const iovec* iov = nullptr;  // preadv/pwritev
   unsigned iovcnt = 0;
-  uint64_t offset = 0;           // bytes
-  int resfd = -1;                // IOCB_FLAG_RESFD: eventfd to bump per event
-  uint16_t reqprio = 0;          // aio_reqprio, with kIocbIoprio
+  uint64_t offset = 0;   // bytes
+  int resfd = -1;        // IOCB_FLAG_RESFD: eventfd to bump per event
+  uint16_t reqprio = 0;  // aio_reqprio, with kIocbIoprio
 
-  static Iocb pread(Disk* d, void* buf, uint64_t len, uint64_t off, uint64_t user_data = 0) {
+  static Iocb pread(Disk* d, void* buf, uint64_t len, uint64_t off,
+                    uint64_t user_data = 0) {
     return Iocb{user_data, IoOp::kPread, 0, d, buf, len, nullptr, 0, off, -1};
   }
   static Iocb pwrite(Disk* d, const void* buf, uint64_t len, uint64_t off,
                      uint64_t user_data = 0) {
-    return Iocb{user_data, IoOp::kPwrite, 0, d, const_cast<void*>(buf), len, nullptr, 0, off, -1};
+    return Iocb{user_data, IoOp::kPwrite, 0, d,   const_cast<void*>(buf),
+                len,       nullptr,       0, off, -1};
   }
   static Iocb fsync(Disk* d, uint64_t user_data = 0) {
     return Iocb{user_data, IoOp::kFsync, 0, d, nullptr, 0, nullptr, 0, 0, -1};
@@ -153,10 +155,10 @@ class IoContext {
   // This context's issuer id: its bios are grouped by it (ioprio.h).
   const IssuerId issuer_ = new_issuer_id();
   std::unique_ptr<Kiocb[]> kiocbs_;  // one per slot: nothing allocated per I/O
-  Kiocb* free_ = nullptr;             // under lock_
+  Kiocb* free_ = nullptr;            // under lock_
 
   std::atomic<unsigned> in_flight_{0};  // accepted, event not yet reaped
-  std::mutex lock_;                      // the ring and the in-flight list
+  std::mutex lock_;                     // the ring and the in-flight list
   std::condition_variable cv_;
   std::vector<IoEvent> ring_;
   size_t head_ = 0, count_ = 0;

@@ -58,15 +58,20 @@ class IoAwaitable {
   int64_t res_ = 0;
 };
 
-inline IoAwaitable io_read(IoContext& ctx, Disk* d, void* buf, uint64_t len, uint64_t off) {
+inline IoAwaitable io_read(IoContext& ctx, Disk* d, void* buf, uint64_t len,
+                           uint64_t off) {
   return IoAwaitable(ctx, Iocb::pread(d, buf, len, off));
 }
 inline IoAwaitable io_write(IoContext& ctx, Disk* d, const void* buf, uint64_t len,
                             uint64_t off) {
   return IoAwaitable(ctx, Iocb::pwrite(d, buf, len, off));
 }
-inline IoAwaitable io_fsync(IoContext& ctx, Disk* d) { return IoAwaitable(ctx, Iocb::fsync(d)); }
-inline IoAwaitable io_submit_one(IoContext& ctx, const Iocb& cb) { return IoAwaitable(ctx, cb); }
+inline IoAwaitable io_fsync(IoContext& ctx, Disk* d) {
+  return IoAwaitable(ctx, Iocb::fsync(d));
+}
+inline IoAwaitable io_submit_one(IoContext& ctx, const Iocb& cb) {
+  return IoAwaitable(ctx, cb);
+}
 
 // Reaps at least `min_nr` events and resumes their coroutines; returns how
 // many it resumed.
@@ -82,11 +87,14 @@ class Task {
     std::exception_ptr error;
     std::coroutine_handle<> continuation;
 
-    Task get_return_object() { return Task(std::coroutine_handle<promise_type>::from_promise(*this)); }
+    Task get_return_object() {
+      return Task(std::coroutine_handle<promise_type>::from_promise(*this));
+    }
     std::suspend_always initial_suspend() noexcept { return {}; }
     struct FinalAwaiter {
       bool await_ready() const noexcept { return false; }
-      std::coroutine_handle<> await_suspend(std::coroutine_handle<promise_type> h) noexcept {
+      std::coroutine_handle<> await_suspend(
+          std::coroutine_handle<promise_type> h) noexcept {
         auto next = h.promise().continuation;
         return next ? next : std::noop_coroutine();
       }

@@ -10,14 +10,14 @@
 namespace blkstack {
 
 struct QueueLimits {
-  uint32_t logical_block_size = 512;    // smallest addressable unit, bytes
-  uint32_t physical_block_size = 512;   // smallest unit written atomically
-  uint32_t max_sectors = 2560;          // largest read/write, 512-byte sectors
-  uint32_t max_hw_sectors = 65535;      // hardware ceiling for max_sectors
-  uint16_t max_segments = 128;          // memory segments per I/O
-  uint32_t max_segment_size = 65536;    // bytes per memory segment
-  uint32_t discard_granularity = 0;     // bytes; discards are aligned to it
-  uint32_t max_discard_sectors = 0;     // 0: discard not supported
+  uint32_t logical_block_size = 512;      // smallest addressable unit, bytes
+  uint32_t physical_block_size = 512;     // smallest unit written atomically
+  uint32_t max_sectors = 2560;            // largest read/write, 512-byte sectors
+  uint32_t max_hw_sectors = 65535;        // hardware ceiling for max_sectors
+  uint16_t max_segments = 128;            // memory segments per I/O
+  uint32_t max_segment_size = 65536;      // bytes per memory segment
+  uint32_t discard_granularity = 0;       // bytes; discards are aligned to it
+  uint32_t max_discard_sectors = 0;       // 0: discard not supported
   uint32_t max_write_zeroes_sectors = 0;  // 0: write-zeroes not supported
   // Write-zeroes with BioFlag::kNoUnmap leaves the range allocated. False
   // for a driver whose write-zeroes may deallocate whatever the flag says:
@@ -26,8 +26,8 @@ struct QueueLimits {
   // A discard leaves the whole range reading as zeroes (the kernel's former
   // discard_zeroes_data), so zeroing may discard where unmapping is allowed.
   bool discard_zeroes_data = false;
-  bool volatile_write_cache = false;    // writes need a flush to be durable
-  bool fua = false;                     // the device honours FUA itself
+  bool volatile_write_cache = false;  // writes need a flush to be durable
+  bool fua = false;                   // the device honours FUA itself
   bool read_only = false;
 
   // The effective limit on reads and writes: min(max_sectors, max_hw_sectors).

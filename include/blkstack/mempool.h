@@ -49,9 +49,9 @@ class MempoolBase {
   const std::string& name() const { return name_; }
   size_t min_nr() const { return min_nr_; }
   size_t max_nr() const { return max_nr_; }
-  size_t total() const;        // elements allocated from the heap, ever held
-  size_t available() const;    // idle elements in the pool
-  size_t waiters() const;      // threads waiting in alloc
+  size_t total() const;      // elements allocated from the heap, ever held
+  size_t available() const;  // idle elements in the pool
+  size_t waiters() const;    // threads waiting in alloc
 
   // Fault injection: while on, growing the pool from the heap fails as it
   // does when the system is out of memory, so the reserve and what is in

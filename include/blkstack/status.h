@@ -13,24 +13,24 @@ namespace blkstack {
 
 enum class Status : uint8_t {
   kOk = 0,
-  kNotSupported,      // EOPNOTSUPP: the device cannot do this operation
-  kTimeout,           // ETIMEDOUT
-  kNoSpace,           // ENOSPC: the backing store is full
-  kTransport,         // ENOLINK: the path to the device failed
-  kTarget,            // EREMOTEIO: the remote target failed the command
-  kReservation,       // EBADE: reservation conflict
-  kMedium,            // ENODATA: unrecoverable medium error
-  kProtection,        // EILSEQ: integrity (checksum) failure
-  kResource,          // ENOMEM: out of a resource; retried, never surfaced as load
-  kIoError,           // EIO: generic I/O error
-  kDeviceResource,    // EBUSY: the device (not the host) is out of a resource
-  kAgain,             // EAGAIN: would block (NOWAIT I/O)
-  kOffline,           // ENODEV: the device is gone or dying
-  kInvalid,           // EINVAL: malformed request (misaligned, bad length)
-  kOutOfRange,        // ERANGE: beyond the end of the device (blkstack's own)
-  kReadOnly,          // EROFS: write to a read-only device (blkstack's own)
-  kDurationLimit,     // ETIME: command duration limit exceeded
-  kCancelled,         // ECANCELED: cancelled before it reached a device (blkstack's own)
+  kNotSupported,    // EOPNOTSUPP: the device cannot do this operation
+  kTimeout,         // ETIMEDOUT
+  kNoSpace,         // ENOSPC: the backing store is full
+  kTransport,       // ENOLINK: the path to the device failed
+  kTarget,          // EREMOTEIO: the remote target failed the command
+  kReservation,     // EBADE: reservation conflict
+  kMedium,          // ENODATA: unrecoverable medium error
+  kProtection,      // EILSEQ: integrity (checksum) failure
+  kResource,        // ENOMEM: out of a resource; retried, never surfaced as load
+  kIoError,         // EIO: generic I/O error
+  kDeviceResource,  // EBUSY: the device (not the host) is out of a resource
+  kAgain,           // EAGAIN: would block (NOWAIT I/O)
+  kOffline,         // ENODEV: the device is gone or dying
+  kInvalid,         // EINVAL: malformed request (misaligned, bad length)
+  kOutOfRange,      // ERANGE: beyond the end of the device (blkstack's own)
+  kReadOnly,        // EROFS: write to a read-only device (blkstack's own)
+  kDurationLimit,   // ETIME: command duration limit exceeded
+  kCancelled,       // ECANCELED: cancelled before it reached a device (blkstack's own)
 };
 
 inline constexpr int kStatusCount = static_cast<int>(Status::kCancelled) + 1;

@@ -68,11 +68,13 @@ Status BlockHandle::pread(void* buf, size_t len, uint64_t offset, BioFlag flags)
 Status BlockHandle::pwrite(const void* buf, size_t len, uint64_t offset, BioFlag flags) {
   // Writes only read the buffer; segments are not const so that one type
   // serves both directions.
-  return in_pieces(Op::kWrite, static_cast<std::byte*>(const_cast<void*>(buf)), len, offset,
-                   flags);
+  return in_pieces(Op::kWrite, static_cast<std::byte*>(const_cast<void*>(buf)), len,
+                   offset, flags);
 }
 
-Status BlockHandle::flush() { return submit_and_wait(Op::kFlush, nullptr, 0, 0, BioFlag::kNone); }
+Status BlockHandle::flush() {
+  return submit_and_wait(Op::kFlush, nullptr, 0, 0, BioFlag::kNone);
+}
 
 Status BlockHandle::discard(uint64_t offset, uint64_t len) {
   return in_pieces(Op::kDiscard, nullptr, len, offset, BioFlag::kNone);

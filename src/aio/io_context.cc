@@ -26,11 +26,11 @@ struct Kiocb {
   IoContext* ctx = nullptr;
   Iocb* user = nullptr;
   std::atomic<uint32_t> refs{0};
-  std::atomic<int> error{0};  // first errno, positive
+  std::atomic<int> error{0};         // first errno, positive
   std::atomic<bool> started{false};  // the bio is set up: cancel may look at it
-  Disk* polled = nullptr;     // the disk get_events polls for it, if any
-  uint64_t bytes = 0;         // what the bio moves when it succeeds
-  Kiocb* prev = nullptr;      // the context's in-flight list
+  Disk* polled = nullptr;            // the disk get_events polls for it, if any
+  uint64_t bytes = 0;                // what the bio moves when it succeeds
+  Kiocb* prev = nullptr;             // the context's in-flight list
   Kiocb* next = nullptr;
   Bio bio;
   Segment segs[kInlineSegments];
@@ -90,14 +90,26 @@ int IoContext::submit_one(Iocb& cb) {
   uint64_t len = cb.len;
   switch (cb.op) {
     case IoOp::kPread:
-    case IoOp::kPreadv: op = Op::kRead; break;
+    case IoOp::kPreadv:
+      op = Op::kRead;
+      break;
     case IoOp::kPwrite:
-    case IoOp::kPwritev: op = Op::kWrite; break;
+    case IoOp::kPwritev:
+      op = Op::kWrite;
+      break;
     case IoOp::kFsync:
-    case IoOp::kFdsync: op = Op::kFlush; len = 0; break;
-    case IoOp::kDiscard: op = Op::kDiscard; break;
-    case IoOp::kWriteZeroes: op = Op::kWriteZeroes; break;
-    default: return -EINVAL;
+    case IoOp::kFdsync:
+      op = Op::kFlush;
+      len = 0;
+      break;
+    case IoOp::kDiscard:
+      op = Op::kDiscard;
+      break;
+    case IoOp::kWriteZeroes:
+      op = Op::kWriteZeroes;
+      break;
+    default:
+      return -EINVAL;
   }
   const bool vectored = cb.op == IoOp::kPreadv || cb.op == IoOp::kPwritev;
   if (vectored) {
@@ -116,7 +128,8 @@ int IoContext::submit_one(Iocb& cb) {
     if (vectored) return -EINVAL;
     len = kMaxRwCount;  // a short transfer, reported in the event
   }
-  if (!op_has_data(op) && op != Op::kFlush && len > UINT32_MAX / kSectorSize * kSectorSize) {
+  if (!op_has_data(op) && op != Op::kFlush &&
+      len > UINT32_MAX / kSectorSize * kSectorSize) {
     return -EINVAL;
   }
   // The block layer moves whole logical blocks; with kIocbDirect the memory
@@ -124,10 +137,13 @@ int IoContext::submit_one(Iocb& cb) {
   const uint64_t lbs = lim.logical_block_size;
   if (op != Op::kFlush && (cb.offset % lbs != 0 || len % lbs != 0)) return -EINVAL;
   if ((cb.flags & kIocbDirect) && op_has_data(op)) {
-    auto misaligned = [&](const void* p) { return reinterpret_cast<uintptr_t>(p) % kSectorSize != 0; };
+    auto misaligned = [&](const void* p) {
+      return reinterpret_cast<uintptr_t>(p) % kSectorSize != 0;
+    };
     if (vectored) {
       for (unsigned i = 0; i < cb.iovcnt; ++i) {
-        if (misaligned(cb.iov[i].iov_base) || cb.iov[i].iov_len % kSectorSize != 0) return -EINVAL;
+        if (misaligned(cb.iov[i].iov_base) || cb.iov[i].iov_len % kSectorSize != 0)
+          return -EINVAL;
       }
     } else if (misaligned(cb.buf)) {
       return -EINVAL;
@@ -152,7 +168,8 @@ int IoContext::submit_one(Iocb& cb) {
     kp->user = &cb;
     kp->refs.store(2, std::memory_order_relaxed);  // this side and the bio
     // Polled before the bio exists: it may complete inside submit_bio().
-    const bool polled = (cb.flags & kIocbHipri) && disk->driver().can_poll() && track_polled(disk);
+    const bool polled =
+        (cb.flags & kIocbHipri) && disk->driver().can_poll() && track_polled(disk);
     kp->polled = polled ? disk : nullptr;
     // A reaper asleep on the condition variable must start polling.
     if (polled && waiters_ > 0) cv_.notify_all();
@@ -184,15 +201,16 @@ int IoContext::submit_one(Iocb& cb) {
   if (op_has_data(op)) {
     k.bio.init(disk, op, cb.offset >> kSectorShift, segs, bio_done, &k);
   } else {
-    k.bio.init_nodata(disk, op, cb.offset >> kSectorShift, static_cast<uint32_t>(len), bio_done,
-                      &k);
+    k.bio.init_nodata(disk, op, cb.offset >> kSectorShift, static_cast<uint32_t>(len),
+                      bio_done, &k);
   }
   // RWF_DSYNC asks for durable writes; on a read it means nothing, and a
   // FUA read would send it through the flush machinery (a flush after it
   // on a cached disk without FUA) for no benefit. Linux sets FUA on
   // direct writes only.
   if ((cb.flags & kIocbDsync) && is_write(cb.op)) k.bio.set_flags(BioFlag::kFua);
-  if (cb.op == IoOp::kFsync || cb.op == IoOp::kFdsync) k.bio.set_flags(BioFlag::kPreflush);
+  if (cb.op == IoOp::kFsync || cb.op == IoOp::kFdsync)
+    k.bio.set_flags(BioFlag::kPreflush);
   if (cb.flags & kIocbNowait) k.bio.set_flags(BioFlag::kNowait);
   if (k.polled) k.bio.set_flags(BioFlag::kPolled);
   if (cb.flags & kIocbIoprio) k.bio.set_ioprio(cb.reqprio);
@@ -209,7 +227,8 @@ void IoContext::put_kiocb(Kiocb& k) {
 
 void IoContext::post_event(Kiocb& k) {
   const int err = k.error.load(std::memory_order_acquire);
-  IoEvent ev{k.user->user_data, k.user, err ? -int64_t{err} : static_cast<int64_t>(k.bytes), 0};
+  IoEvent ev{k.user->user_data, k.user,
+             err ? -int64_t{err} : static_cast<int64_t>(k.bytes), 0};
   const int resfd = k.user->resfd;
   k.more_segs.reset();
   std::lock_guard lock(lock_);
@@ -284,7 +303,10 @@ int IoContext::poll_disks(std::unique_lock<std::mutex>& lock, uint64_t wait_ns) 
   for (unsigned i = 0; i < n; ++i) {
     const int r = disks[i]->poll(n == 1 ? wait_ns : 0);
     disks[i]->put_poll_ref();
-    if (r == BioDriver::kPollBusy) busy = true; else done += r;
+    if (r == BioDriver::kPollBusy)
+      busy = true;
+    else
+      done += r;
   }
   lock.lock();
   return done == 0 && busy ? BioDriver::kPollBusy : done;
@@ -312,14 +334,17 @@ int IoContext::get_events(unsigned min_nr, std::span<IoEvent> events,
       if (polled_iocbs_ > 0) {
         // Polled iocbs complete only when polled: do it here, sleeping in
         // the ring for the first completion.
-        const int r = poll_disks(lock, static_cast<uint64_t>(
-            std::chrono::duration_cast<std::chrono::nanoseconds>(left).count()));
+        const int r = poll_disks(
+            lock,
+            static_cast<uint64_t>(
+                std::chrono::duration_cast<std::chrono::nanoseconds>(left).count()));
         if (r > 0 || ready()) continue;
         // Another thread is polling (and posts our events), or our
         // polled I/O is not in a ring yet (parked for a tag, say): look
         // again shortly. Not forever: that thread may leave first.
         ++waiters_;
-        cv_.wait_for(lock, std::min<Clock::duration>(left, std::chrono::microseconds(50)));
+        cv_.wait_for(lock,
+                     std::min<Clock::duration>(left, std::chrono::microseconds(50)));
         --waiters_;
         continue;
       }

@@ -11,11 +11,16 @@ namespace blkstack {
 
 std::string_view op_name(Op op) {
   switch (op) {
-    case Op::kRead: return "read";
-    case Op::kWrite: return "write";
-    case Op::kFlush: return "flush";
-    case Op::kDiscard: return "discard";
-    case Op::kWriteZeroes: return "write-zeroes";
+    case Op::kRead:
+      return "read";
+    case Op::kWrite:
+      return "write";
+    case Op::kFlush:
+      return "flush";
+    case Op::kDiscard:
+      return "discard";
+    case Op::kWriteZeroes:
+      return "write-zeroes";
   }
   return "unknown";
 }
@@ -25,7 +30,8 @@ std::string_view op_name(Op op) {
 // 128 to 144 bytes (bench/core-null.sh measured no change); anything more
 // needs a measurement, and folding acct_disk and acct_part into one
 // BlockDevice pointer is the next 8 bytes to win back.
-static_assert(sizeof(Bio) <= 144, "Bio grew: measure bench/core-null.sh before raising this");
+static_assert(sizeof(Bio) <= 144,
+              "Bio grew: measure bench/core-null.sh before raising this");
 
 void Bio::reset(BlockDevice* bdev, Disk* disk, Op op, uint64_t sector, EndIo end_io,
                 void* context) {

@@ -33,7 +33,8 @@ TscScale calibrate() {
     tsc1 = __rdtsc();
   } while (ns1 - ns0 < 2'000'000);
   if (tsc1 <= tsc0) return s;
-  s.mult = static_cast<uint64_t>((static_cast<unsigned __int128>(ns1 - ns0) << 32) / (tsc1 - tsc0));
+  s.mult = static_cast<uint64_t>((static_cast<unsigned __int128>(ns1 - ns0) << 32) /
+                                 (tsc1 - tsc0));
   s.tsc0 = tsc0;
   s.ns0 = ns0;
   s.usable = s.mult != 0;

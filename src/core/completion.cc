@@ -9,8 +9,8 @@
 namespace blkstack {
 namespace {
 long futex(std::atomic<uint32_t>* addr, int op, uint32_t val) {
-  return syscall(SYS_futex, reinterpret_cast<uint32_t*>(addr), op | FUTEX_PRIVATE_FLAG, val,
-                 nullptr, nullptr, 0);
+  return syscall(SYS_futex, reinterpret_cast<uint32_t*>(addr), op | FUTEX_PRIVATE_FLAG,
+                 val, nullptr, nullptr, 0);
 }
 }  // namespace
 

@@ -49,7 +49,8 @@ uint32_t data_bytes_within(const Bio& bio, const QueueLimits& lim) {
 
 // Discard and write-zeroes: a sector count, with discards ending on a
 // granularity boundary when they are split.
-uint32_t range_bytes_within(const Bio& bio, const QueueLimits& lim, uint32_t max_sectors) {
+uint32_t range_bytes_within(const Bio& bio, const QueueLimits& lim,
+                            uint32_t max_sectors) {
   uint64_t max_bytes = uint64_t{max_sectors} << kSectorShift;
   if (bio.size() <= max_bytes) return bio.size();
   max_bytes = round_down(max_bytes, lim.logical_block_size);
@@ -79,7 +80,8 @@ std::string QueueLimits::check() const {
   if (discard_granularity != 0 &&
       (!power_of_two(discard_granularity) || discard_granularity < logical_block_size))
     return "discard_granularity must be a power of two >= logical_block_size";
-  if (max_discard_sectors != 0 && max_discard_sectors < (logical_block_size >> kSectorShift))
+  if (max_discard_sectors != 0 &&
+      max_discard_sectors < (logical_block_size >> kSectorShift))
     return "max_discard_sectors must hold at least one logical block";
   if (max_write_zeroes_sectors != 0 &&
       max_write_zeroes_sectors < (logical_block_size >> kSectorShift))

@@ -55,11 +55,11 @@ struct MempoolBase::Impl {
   Header* heap_alloc() const {
     if (out_of_memory.load(std::memory_order_relaxed)) [[unlikely]]
       return nullptr;
-    void* p = ::operator new(elem_offset + elem_size, std::align_val_t{elem_align},
-                             std::nothrow);
+    void* p = ::operator new (elem_offset + elem_size, std::align_val_t{elem_align},
+                              std::nothrow);
     return p ? new (p) Header{} : nullptr;
   }
-  void heap_free(Header* h) const { ::operator delete(h, std::align_val_t{elem_align}); }
+  void heap_free(Header* h) const { ::operator delete (h, std::align_val_t{elem_align}); }
 
   // An idle element, now owned by the calling thread, or nullptr. Locked.
   void* pop_free() {
@@ -92,7 +92,9 @@ struct MempoolBase::Impl {
 
 MempoolBase::MempoolBase(std::string name, size_t elem_size, size_t elem_align,
                          size_t min_nr, size_t max_nr)
-    : impl_(std::make_unique<Impl>()), name_(std::move(name)), min_nr_(min_nr),
+    : impl_(std::make_unique<Impl>()),
+      name_(std::move(name)),
+      min_nr_(min_nr),
       max_nr_(max_nr) {
   if (max_nr_ != 0 && max_nr_ < min_nr_) max_nr_ = min_nr_;
   if (elem_align < alignof(Header)) elem_align = alignof(Header);
@@ -149,7 +151,10 @@ void* MempoolBase::alloc_raw(Wait wait) {
   }
 #endif
   Impl::Waiter w;
-  if (m.wait_tail) m.wait_tail->next = &w; else m.wait_head = &w;
+  if (m.wait_tail)
+    m.wait_tail->next = &w;
+  else
+    m.wait_head = &w;
   m.wait_tail = &w;
   ++m.nr_waiters;
   w.cv.wait(lock, [&] { return w.elem != nullptr; });

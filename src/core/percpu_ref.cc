@@ -14,7 +14,8 @@ PercpuRef::~PercpuRef() = default;
 void PercpuRef::add_dropped(Slot& s, SlotRef ref) {
   // Release: whoever sees the drop also sees what the user did before it.
   if (ref.exclusive) {
-    s.dropped.store(s.dropped.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+    s.dropped.store(s.dropped.load(std::memory_order_relaxed) + 1,
+                    std::memory_order_release);
   } else {
     s.dropped.fetch_add(1, std::memory_order_release);
   }
@@ -46,8 +47,10 @@ uint64_t PercpuRef::count() const {
   // Dropped first: a reference counted there was taken before, so the
   // difference cannot go negative while both move.
   uint64_t dropped = 0, taken = 0;
-  for (unsigned i = 0; i < kSlotCount; ++i) dropped += slots_[i].dropped.load(std::memory_order_acquire);
-  for (unsigned i = 0; i < kSlotCount; ++i) taken += slots_[i].taken.load(std::memory_order_seq_cst);
+  for (unsigned i = 0; i < kSlotCount; ++i)
+    dropped += slots_[i].dropped.load(std::memory_order_acquire);
+  for (unsigned i = 0; i < kSlotCount; ++i)
+    taken += slots_[i].taken.load(std::memory_order_seq_cst);
   return taken - dropped;
 }
 

@@ -57,7 +57,8 @@ Status status_from_errno(int err) {
     if (kInfo[i].err == err) return static_cast<Status>(i);
   }
   switch (err) {  // errnos the host uses for the same conditions
-    case ENOTSUP == EOPNOTSUPP ? -1 : ENOTSUP:
+    case ENOTSUP == EOPNOTSUPP ? -1:
+    ENOTSUP:
       return Status::kNotSupported;
     case EDQUOT:
     case EFBIG:

@@ -67,7 +67,8 @@ void submit_one(Bio& bio) {
   if (bio.has_flag(BioFlag::kPolled) && !disk->driver().can_poll()) {
     bio.clear_flags(BioFlag::kPolled);
   }
-  if (bio.size() == 0 && (bio.op() != Op::kFlush || !disk->limits().volatile_write_cache)) {
+  if (bio.size() == 0 &&
+      (bio.op() != Op::kFlush || !disk->limits().volatile_write_cache)) {
     bio.complete(Status::kOk);
     return;
   }

@@ -1,18 +1,20 @@
 #include "blkstack/disk.h"
-#include "blkstack/driver/bio_driver.h"
+
+#include <fmt/format.h>
+
+#include <thread>
 
 #include "blkstack/debug/submit_context.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/reports.h"
 #include "blkstack/error.h"
 #include "blkstack/pow2_histogram.h"
+#include "blkstack/submit.h"
 #include "core/clock.h"
 #include "core/percpu.h"
 #include "core/percpu_ref.h"
 #include "core/wait.h"
-#include "blkstack/submit.h"
 #include "disk/io_stats.h"
-#include <thread>
-#include <fmt/format.h>
 
 namespace blkstack {
 
@@ -37,9 +39,10 @@ Disk::Disk(std::string name, uint64_t capacity, QueueLimits limits,
     throw Error(fmt::format("disk '{}': {}", name_, why));
   }
   if (capacity % (limits_.logical_block_size >> kSectorShift) != 0) {
-    throw Error(fmt::format("disk '{}': size {} bytes is not a multiple of the logical "
-                            "block size {}",
-                            name_, capacity << kSectorShift, limits_.logical_block_size));
+    throw Error(
+        fmt::format("disk '{}': size {} bytes is not a multiple of the logical "
+                    "block size {}",
+                    name_, capacity << kSectorShift, limits_.logical_block_size));
   }
   per_bio_stats_ = !driver_->accounts_requests();
   driver_->attach(*this);
@@ -104,7 +107,8 @@ void Disk::account_done(Op op, uint32_t sectors, uint64_t duration_ns, uint64_t 
   stats_->count_done(op, sectors, duration_ns);
 }
 
-void Disk::account_request_done(Op op, uint32_t sectors, uint64_t start_ns, uint64_t now) {
+void Disk::account_request_done(Op op, uint32_t sectors, uint64_t start_ns,
+                                uint64_t now) {
   // Times may come from a plug's cached clock, a little behind: never wrap.
   account_done(op, sectors, now > start_ns ? now - start_ns : 0, now);
 }
@@ -174,8 +178,9 @@ Disk::SubmitGuard::~SubmitGuard() {
   if (slot_ != kSharedSlot) {
     SubmitSlot& s = submit_slots[slot_];
     s.disk.store(saved_, std::memory_order_release);
-    if (!saved_) s.exits.store(s.exits.load(std::memory_order_relaxed) + 1,
-                               std::memory_order_release);
+    if (!saved_)
+      s.exits.store(s.exits.load(std::memory_order_relaxed) + 1,
+                    std::memory_order_release);
   } else {
     disk_.shared_submitters_[shared_half_].fetch_sub(1, std::memory_order_release);
   }
@@ -281,7 +286,8 @@ void Disk::shutdown() {
     // queues when its device goes away. The events are posted as usual.
     prepare_to_wait(what);
     while (usage_->count() != 0) {
-      if (driver_->poll(0) <= 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+      if (driver_->poll(0) <= 0)
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
   }
   wait_until_idle(what);
@@ -321,14 +327,16 @@ BlockDevice& Disk::add_partition(unsigned number, uint64_t start, uint64_t lengt
   }
   const uint64_t lbs_sectors = limits_.logical_block_size >> kSectorShift;
   if (length == 0 || start > capacity() || length > capacity() - start) {
-    throw Error(fmt::format("disk '{}': partition {} ({} sectors from sector {}) is not "
-                            "inside the disk's {} sectors",
-                            name_, number, length, start, capacity()));
+    throw Error(
+        fmt::format("disk '{}': partition {} ({} sectors from sector {}) is not "
+                    "inside the disk's {} sectors",
+                    name_, number, length, start, capacity()));
   }
   if (((start | length) & (lbs_sectors - 1)) != 0) {
-    throw Error(fmt::format("disk '{}': partition {} is not aligned to the logical block "
-                            "size {}",
-                            name_, number, limits_.logical_block_size));
+    throw Error(
+        fmt::format("disk '{}': partition {} is not aligned to the logical block "
+                    "size {}",
+                    name_, number, limits_.logical_block_size));
   }
   // Linux's rule: "sda" + "1", but "nvme0n1" + "p1" after a digit.
   const bool digit = !name_.empty() && name_.back() >= '0' && name_.back() <= '9';
@@ -337,8 +345,8 @@ BlockDevice& Disk::add_partition(unsigned number, uint64_t start, uint64_t lengt
   if (parts_[number - 1]) {
     throw Error(fmt::format("disk '{}': partition {} exists already", name_, number));
   }
-  parts_[number - 1] =
-      std::make_unique<BlockDevice>(*this, std::move(part_name), number, start, length, read_only);
+  parts_[number - 1] = std::make_unique<BlockDevice>(*this, std::move(part_name), number,
+                                                     start, length, read_only);
   return *parts_[number - 1];
 }
 
@@ -359,15 +367,17 @@ std::vector<BlockDevice*> Disk::partitions() const {
 
 std::string Disk::stats_report() const {
   const DiskStats st = stats();
-  static constexpr const char* kGroupName[kStatGroups] = {"read", "write", "discard", "flush"};
-  std::string out = fmt::format("{} ({}:{}): {} in flight, busy {} ms\n", name_, major_, minor_,
-                                st.in_flight, st.io_ticks_ms);
+  static constexpr const char* kGroupName[kStatGroups] = {"read", "write", "discard",
+                                                          "flush"};
+  std::string out = fmt::format("{} ({}:{}): {} in flight, busy {} ms\n", name_, major_,
+                                minor_, st.in_flight, st.io_ticks_ms);
   out += fmt::format("  {:<8} {:>12} {:>10} {:>14} {:>12} {:>10}\n", "", "ios", "merges",
                      "sectors", "ms", "mean");
   for (int g = 0; g < kStatGroups; ++g) {
-    const double mean = st.ios[g] ? static_cast<double>(st.nsecs[g]) / static_cast<double>(st.ios[g]) : 0;
-    out += fmt::format("  {:<8} {:>12} {:>10} {:>14} {:>12} {:>10}\n", kGroupName[g], st.ios[g],
-                       st.merges[g], st.sectors[g], st.nsecs[g] / 1'000'000,
+    const double mean =
+        st.ios[g] ? static_cast<double>(st.nsecs[g]) / static_cast<double>(st.ios[g]) : 0;
+    out += fmt::format("  {:<8} {:>12} {:>10} {:>14} {:>12} {:>10}\n", kGroupName[g],
+                       st.ios[g], st.merges[g], st.sectors[g], st.nsecs[g] / 1'000'000,
                        st.ios[g] ? format_duration_ns(mean) : "-");
   }
   for (int g = 0; g < kStatGroups; ++g) {

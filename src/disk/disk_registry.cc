@@ -29,7 +29,8 @@ unsigned DiskRegistry::register_major(std::string_view driver, unsigned major) {
     }
     if (major == 0) throw Error("no free dynamic major number left");
   } else if (const std::string* owner = owner_of(major)) {
-    throw Error(fmt::format("major {} is already registered to driver '{}'", major, *owner));
+    throw Error(
+        fmt::format("major {} is already registered to driver '{}'", major, *owner));
   }
   majors_.emplace(std::string(driver), major);
   return major;
@@ -47,8 +48,8 @@ std::string DiskRegistry::unused_name_locked(std::string_view type) const {
   }
 }
 
-std::shared_ptr<Disk> DiskRegistry::add(std::shared_ptr<Disk> disk, std::string_view driver,
-                                        unsigned major) {
+std::shared_ptr<Disk> DiskRegistry::add(std::shared_ptr<Disk> disk,
+                                        std::string_view driver, unsigned major) {
   major = register_major(driver, major);
   std::lock_guard lock(mu_);
   if (disks_.count(disk->name())) {
@@ -82,7 +83,8 @@ std::vector<std::shared_ptr<Disk>> DiskRegistry::list() const {
   return out;
 }
 
-std::shared_ptr<BlockDevice> DiskRegistry::open(std::string_view name, OpenMode mode) const {
+std::shared_ptr<BlockDevice> DiskRegistry::open(std::string_view name,
+                                                OpenMode mode) const {
   std::shared_ptr<BlockDevice> bdev;
   if (auto disk = find(name)) {
     bdev = std::shared_ptr<BlockDevice>(disk, &disk->part0());
@@ -102,16 +104,18 @@ std::shared_ptr<BlockDevice> DiskRegistry::open(std::string_view name, OpenMode 
 
 std::shared_ptr<Disk> DiskRegistry::get(std::string_view name, OpenMode mode) const {
   std::shared_ptr<Disk> disk = get(name);
-  if (mode == OpenMode::kWrite && !disk->read_only()) disk->part0().check_open_for_write();
+  if (mode == OpenMode::kWrite && !disk->read_only())
+    disk->part0().check_open_for_write();
   return disk;
 }
 
 void DiskRegistry::remove(std::string_view name) {
   std::shared_ptr<Disk> disk = get(name);
   disk->close_claims();  // throws while another disk is stacked on it
-  disk->shutdown();  // outside the lock: in-flight I/O may take a while
+  disk->shutdown();      // outside the lock: in-flight I/O may take a while
   std::lock_guard lock(mu_);
-  if (auto it = disks_.find(name); it != disks_.end() && it->second == disk) disks_.erase(it);
+  if (auto it = disks_.find(name); it != disks_.end() && it->second == disk)
+    disks_.erase(it);
 }
 
 }  // namespace blkstack

@@ -32,16 +32,16 @@
 #include "blkstack/disk.h"
 #include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/driver_type.h"
-#include "blkstack/driver/reports.h"
-#include "blkstack/error.h"
 #include "blkstack/driver/hw_queue.h"
-#include "blkstack/driver/queue.h"
-#include "blkstack/driver/request.h"
-#include "queue/tag_set.h"
-#include "core/clock.h"
 #include "blkstack/driver/limit_options.h"
+#include "blkstack/driver/queue.h"
 #include "blkstack/driver/queue_mode.h"
+#include "blkstack/driver/reports.h"
+#include "blkstack/driver/request.h"
+#include "blkstack/error.h"
+#include "core/clock.h"
 #include "drivers/uring_queue.h"
+#include "queue/tag_set.h"
 
 namespace blkstack {
 namespace {
@@ -237,8 +237,7 @@ class FileDriver final : public RequestDriver {
   // the host, never for one that completes at once.
   static bool past_timeout(const Request& rq) {
     const uint64_t now = now_ns();  // (a start stamped later: not past it)
-    return now > rq.start_ns() &&
-           now - rq.start_ns() >= rq.queue().config().timeout_ns;
+    return now > rq.start_ns() && now - rq.start_ns() >= rq.queue().config().timeout_ns;
   }
 
   static void advance(FileCmd& c, uint64_t bytes) {

@@ -13,12 +13,12 @@
 
 #include "blkstack/disk.h"
 #include "blkstack/driver/driver_type.h"
+#include "blkstack/driver/limit_options.h"
+#include "blkstack/driver/queue_mode.h"
 #include "blkstack/driver/reports.h"
 #include "blkstack/driver/transfer.h"
 #include "blkstack/error.h"
 #include "drivers/completion_thread.h"
-#include "blkstack/driver/limit_options.h"
-#include "blkstack/driver/queue_mode.h"
 
 namespace blkstack {
 namespace {

@@ -1,6 +1,6 @@
 // passthrough: a stacked driver that sends every bio on to a lower device at
 // an offset (the shape of device-mapper's linear target, dm-linear.c). It is
-// the example of docs/drivers.md, "A stacked driver".
+// the model of docs/howto/stacked-driver.md and docs/drivers.md, "A stacked driver".
 //
 //     passthrough:lower=ram0,offset=1M[,size=4M]
 //
@@ -32,7 +32,6 @@ class PassthroughDriver final : public BioDriver {
     bio.set_dev(*lower_, bio.sector() + offset_);
     submit_bio(bio);  // queued on this thread's list, not recursive
   }
-
 
  private:
   std::shared_ptr<BlockDevice> lower_;  // claimed; keeps its disk alive

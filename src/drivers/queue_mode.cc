@@ -1,10 +1,10 @@
 #include "blkstack/driver/queue_mode.h"
-#include "blkstack/driver/bio_driver.h"
 
 #include <fmt/format.h>
 
-#include "blkstack/error.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/queue.h"
+#include "blkstack/error.h"
 #include "queue/tag_set.h"
 
 namespace blkstack {

@@ -14,11 +14,11 @@
 
 #include "blkstack/disk.h"
 #include "blkstack/driver/driver_type.h"
+#include "blkstack/driver/limit_options.h"
+#include "blkstack/driver/queue_mode.h"
 #include "blkstack/driver/reports.h"
 #include "blkstack/driver/transfer.h"
 #include "blkstack/error.h"
-#include "blkstack/driver/limit_options.h"
-#include "blkstack/driver/queue_mode.h"
 #include "mm/ram_store.h"
 
 namespace blkstack {

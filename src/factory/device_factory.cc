@@ -9,8 +9,8 @@
 #include "blkstack/disk_registry.h"
 #include "blkstack/driver/driver_type.h"
 #include "blkstack/driver/open_context.h"
-#include "blkstack/error.h"
 #include "blkstack/driver/queue_mode.h"
+#include "blkstack/error.h"
 
 namespace blkstack {
 

@@ -31,7 +31,8 @@ void FlushQueue::complete_seq(Request& rq, uint8_t seq, Status status) {
     q_.finish_request(rq, status);
     return;
   }
-  const uint8_t todo = static_cast<uint8_t>(~rq.flush_seq_ & (kPreflush | kData | kPostflush | kDone));
+  const uint8_t todo =
+      static_cast<uint8_t>(~rq.flush_seq_ & (kPreflush | kData | kPostflush | kDone));
   const uint8_t next = static_cast<uint8_t>(todo & -todo);  // lowest stage not done
   switch (next) {
     case kPreflush:

@@ -1,13 +1,13 @@
 #include "blkstack/driver/hw_queue.h"
-#include "blkstack/driver/bio_driver.h"
 
 #include <thread>
 
-#include "blkstack/plug.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/queue.h"
+#include "blkstack/plug.h"
+#include "core/clock.h"
 #include "queue/software_queue.h"
 #include "queue/tag_set.h"
-#include "core/clock.h"
 
 namespace blkstack {
 namespace {
@@ -32,8 +32,12 @@ bool HwQueue::idle() const {
 
 void HwQueue::add_to_dispatch(Request& rq, bool at_head) {
   std::lock_guard lock(dispatch_lock_);
-  if (at_head) dispatch_.push_front(&rq); else dispatch_.push_back(&rq);
-  dispatch_count_.store(static_cast<uint32_t>(dispatch_.size()), std::memory_order_release);
+  if (at_head)
+    dispatch_.push_front(&rq);
+  else
+    dispatch_.push_back(&rq);
+  dispatch_count_.store(static_cast<uint32_t>(dispatch_.size()),
+                        std::memory_order_release);
 }
 
 void HwQueue::after_refusal(IssueResult why) {
@@ -159,7 +163,7 @@ void HwQueue::dispatch_all() {
 }
 
 bool HwQueue::dispatch_list(RequestList& batch) {
-  bool owe_commit = false;  // a request went with last == false
+  bool owe_commit = false;               // a request went with last == false
   const uint64_t now = Plug::time_ns();  // one clock read stamps the batch
   // Requests that complete inline while the batch goes out free their tags
   // together at the end.
@@ -191,7 +195,8 @@ bool HwQueue::dispatch_list(RequestList& batch) {
     {
       std::lock_guard lock(dispatch_lock_);
       dispatch_.splice_front(batch);
-      dispatch_count_.store(static_cast<uint32_t>(dispatch_.size()), std::memory_order_release);
+      dispatch_count_.store(static_cast<uint32_t>(dispatch_.size()),
+                            std::memory_order_release);
     }
     if (owe_commit) queue_.driver().commit_rqs(*this);
     after_refusal(r);

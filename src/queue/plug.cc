@@ -3,10 +3,10 @@
 #include <algorithm>
 
 #include "blkstack/driver/queue.h"
-#include "queue/software_queue.h"
-#include "queue/tag_set.h"
 #include "core/clock.h"
 #include "core/wait.h"
+#include "queue/software_queue.h"
+#include "queue/tag_set.h"
 
 namespace blkstack {
 namespace {
@@ -88,7 +88,8 @@ void Plug::flush() {
   return_tags();
   while (!all.empty()) {
     Queue& q = all.front()->queue();
-    RequestList mine = all.extract_if([&](const Request& rq) { return &rq.queue() == &q; });
+    RequestList mine =
+        all.extract_if([&](const Request& rq) { return &rq.queue() == &q; });
     q.issue_plugged(mine);
   }
   time_ns_ = 0;  // the next batch reads the clock again

@@ -1,18 +1,18 @@
 #include "blkstack/driver/queue.h"
-#include "blkstack/driver/bio_driver.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 
 #include "blkstack/debug/submit_context.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/error.h"
 #include "blkstack/plug.h"
 #include "core/clock.h"
 #include "core/percpu.h"
 #include "queue/flush_queue.h"
-#include "queue/tag_set.h"
 #include "queue/software_queue.h"
+#include "queue/tag_set.h"
 
 namespace blkstack {
 namespace {
@@ -41,7 +41,8 @@ thread_local TimeoutScope* tls_timeout_scope = nullptr;
 // segment size counts as several.
 unsigned bio_hw_segments(const Bio& bio, uint32_t max_segment_size) {
   unsigned n = 0;
-  bio.for_each_chunk([&](const BioChunk& c) { n += (c.len + max_segment_size - 1) / max_segment_size; });
+  bio.for_each_chunk(
+      [&](const BioChunk& c) { n += (c.len + max_segment_size - 1) / max_segment_size; });
   return n;
 }
 
@@ -130,9 +131,10 @@ void Queue::attach(Disk& disk) {
 
 std::string Queue::describe() const {
   const TagSetConfig& c = tag_set_->config();
-  return fmt::format("mq hw_queues={}{} depth={}{} sched={}", c.nr_hw_queues,
-                     c.nr_poll_queues ? fmt::format(" poll_queues={}", c.nr_poll_queues) : "",
-                     c.queue_depth, c.shared_tags ? " shared_tags" : "", scheduler_name());
+  return fmt::format(
+      "mq hw_queues={}{} depth={}{} sched={}", c.nr_hw_queues,
+      c.nr_poll_queues ? fmt::format(" poll_queues={}", c.nr_poll_queues) : "",
+      c.queue_depth, c.shared_tags ? " shared_tags" : "", scheduler_name());
 }
 
 HwQueue& Queue::map_queue(const Bio& bio) const {
@@ -351,7 +353,8 @@ void Queue::issue_plugged(RequestList& list) {
   // request, so a driver can ring one doorbell for all.
   while (!list.empty()) {
     HwQueue& hctx = *list.front()->hctx_;
-    RequestList batch = list.extract_if([&](const Request& rq) { return rq.hctx_ == &hctx; });
+    RequestList batch =
+        list.extract_if([&](const Request& rq) { return rq.hctx_ == &hctx; });
     if (hctx.idle()) {
       hctx.dispatch_list(batch);
     } else {
@@ -392,8 +395,8 @@ Queue::Merge Queue::can_merge(const Request& rq, const Bio& bio) const {
 }
 
 void Queue::merge_bio(Request& rq, Bio& bio, Merge where) {
-  rq.nr_segments_ = static_cast<uint16_t>(rq.nr_segments_ +
-                                          bio_hw_segments(bio, limits().max_segment_size));
+  rq.nr_segments_ = static_cast<uint16_t>(
+      rq.nr_segments_ + bio_hw_segments(bio, limits().max_segment_size));
   if (where == Merge::kBack) {
     bio.next = nullptr;
     rq.tail_->next = &bio;
@@ -413,7 +416,8 @@ bool Queue::requests_mergeable(const Request& rq, const Request& next) const {
   if (nomerges() != 0) return false;  // request merges only with all merges on
   if (rq.op_ != next.op_ || !op_has_data(rq.op_)) return false;
   if (rq.sector_ + rq.sectors() != next.sector_) return false;
-  if (rq.flush_policy_ || next.flush_policy_ || any((rq.flags_ | next.flags_) & kNoMergeFlags))
+  if (rq.flush_policy_ || next.flush_policy_ ||
+      any((rq.flags_ | next.flags_) & kNoMergeFlags))
     return false;
   if (rq.hctx_ != next.hctx_) return false;  // a polled and an unpolled one
   if (rq.ioprio_ != next.ioprio_) return false;
@@ -761,7 +765,10 @@ int Queue::poll(uint64_t wait_ns) {
   bool busy = false;
   for (HwQueue* h : poll_hctxs_) {
     const int r = driver().poll(*h, 0);
-    if (r == kPollBusy) busy = true; else done += r;
+    if (r == kPollBusy)
+      busy = true;
+    else
+      done += r;
   }
   return done == 0 && busy ? kPollBusy : done;
 }

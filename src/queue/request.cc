@@ -57,7 +57,10 @@ void Request::end_request_all(Status status) { end_request(status, bytes_); }
 void RequestList::push_back(Request* rq) {
   rq->next = nullptr;
   rq->prev = tail_;
-  if (tail_) tail_->next = rq; else head_ = rq;
+  if (tail_)
+    tail_->next = rq;
+  else
+    head_ = rq;
   tail_ = rq;
   ++size_;
 }
@@ -65,14 +68,23 @@ void RequestList::push_back(Request* rq) {
 void RequestList::push_front(Request* rq) {
   rq->prev = nullptr;
   rq->next = head_;
-  if (head_) head_->prev = rq; else tail_ = rq;
+  if (head_)
+    head_->prev = rq;
+  else
+    tail_ = rq;
   head_ = rq;
   ++size_;
 }
 
 void RequestList::remove(Request* rq) {
-  if (rq->prev) rq->prev->next = rq->next; else head_ = rq->next;
-  if (rq->next) rq->next->prev = rq->prev; else tail_ = rq->prev;
+  if (rq->prev)
+    rq->prev->next = rq->next;
+  else
+    head_ = rq->next;
+  if (rq->next)
+    rq->next->prev = rq->prev;
+  else
+    tail_ = rq->prev;
   rq->next = rq->prev = nullptr;
   --size_;
 }

@@ -4,8 +4,8 @@
 
 #include <bit>
 
-#include "blkstack/error.h"
 #include "blkstack/driver/queue.h"
+#include "blkstack/error.h"
 #include "core/percpu.h"
 
 namespace blkstack {
@@ -18,11 +18,13 @@ TagAllocator::TagAllocator(unsigned depth) : depth_(depth) {
   words_.reset(new Word[nr_words_]);
   // Bits past the depth in the last word are permanently taken.
   unsigned tail = depth_ % bits_per_word_;
-  if (tail != 0) words_[nr_words_ - 1].bits.store(~uint64_t{0} << tail, std::memory_order_relaxed);
+  if (tail != 0)
+    words_[nr_words_ - 1].bits.store(~uint64_t{0} << tail, std::memory_order_relaxed);
   for (unsigned w = 0; w < nr_words_; ++w) {
     if (bits_per_word_ < 64) {
       uint64_t cur = words_[w].bits.load(std::memory_order_relaxed);
-      words_[w].bits.store(cur | (~uint64_t{0} << bits_per_word_), std::memory_order_relaxed);
+      words_[w].bits.store(cur | (~uint64_t{0} << bits_per_word_),
+                           std::memory_order_relaxed);
     }
   }
   hints_.reset(new std::atomic<unsigned>[kSlotCount]);
@@ -176,7 +178,8 @@ TagSet::TagSet(const TagSetConfig& config, RequestDriver& driver)
   unsigned spaces = config_.shared_tags ? 1 : config_.nr_queues();
   for (unsigned i = 0; i < spaces; ++i) {
     tags_.push_back(std::make_unique<Tags>(config_.queue_depth, config_.cmd_size));
-    for (unsigned t = 0; t < config_.queue_depth; ++t) driver_.init_request(tags_[i]->requests[t]);
+    for (unsigned t = 0; t < config_.queue_depth; ++t)
+      driver_.init_request(tags_[i]->requests[t]);
   }
 }
 

@@ -36,7 +36,9 @@ class TagAllocator {
   // Frees the tags of `mask` in word `word` at once.
   void put_word(unsigned word, uint64_t mask);
   unsigned word_of(int tag) const { return static_cast<unsigned>(tag) / bits_per_word_; }
-  uint64_t bit_of(int tag) const { return uint64_t{1} << (static_cast<unsigned>(tag) % bits_per_word_); }
+  uint64_t bit_of(int tag) const {
+    return uint64_t{1} << (static_cast<unsigned>(tag) % bits_per_word_);
+  }
   unsigned depth() const { return depth_; }
   unsigned in_use() const;  // for tests and statistics
 

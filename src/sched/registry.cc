@@ -6,8 +6,8 @@
 #include <mutex>
 #include <vector>
 
-#include "blkstack/error.h"
 #include "blkstack/driver/scheduler.h"
+#include "blkstack/error.h"
 
 namespace blkstack {
 

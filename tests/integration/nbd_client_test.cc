@@ -13,6 +13,7 @@
 // runs the same tests against nbdkit's memory plugin (one nbdkit per
 // export), to tell a test's mistake from the server's.
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <libnbd.h>
 #include <signal.h>
 #include <spawn.h>
@@ -37,8 +38,6 @@
 #include <thread>
 #include <utility>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #ifndef BLKSTACK_BINARY
 #define BLKSTACK_BINARY "blkstack"
@@ -87,7 +86,8 @@ class ServerProcess {
   std::string start() {
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&fa, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                     0644);
     posix_spawn_file_actions_adddup2(&fa, 1, 2);
     std::vector<char*> args;
     for (auto& a : argv_) args.push_back(a.data());
@@ -178,8 +178,9 @@ class Server {
   std::string start() {
     if (!against_nbdkit()) {
       const char* env = std::getenv("BLKSTACK");
-      std::vector<std::string> argv = {env ? env : BLKSTACK_BINARY, "serve", "--socket",
-                                       socket("main"), "--pidfile", (dir_ / "main.pid").string()};
+      std::vector<std::string> argv = {
+          env ? env : BLKSTACK_BINARY, "serve", "--socket", socket("main"), "--pidfile",
+          (dir_ / "main.pid").string()};
       for (const auto& [name, spec] : exports_) {
         argv.push_back("--export");
         argv.push_back(name + "=" + spec);
@@ -195,8 +196,9 @@ class Server {
         ro = size.substr(comma + 1) == "ro=1";
         size = size.substr(0, comma);
       }
-      std::vector<std::string> argv = {"nbdkit", "-f", "-U", socket(name), "--pidfile",
-                                       (dir_ / (name + ".pid")).string()};
+      std::vector<std::string> argv = {"nbdkit",    "-f",
+                                       "-U",        socket(name),
+                                       "--pidfile", (dir_ / (name + ".pid")).string()};
       if (ro) argv.push_back("-r");
       for (const char* a : {"--filter=blocksize-policy", "memory"}) argv.push_back(a);
       argv.push_back(size);
@@ -225,10 +227,12 @@ class Server {
   ServerProcess& process() { return *procs_.front(); }
 
  private:
-  std::string socket(const std::string& name) const { return (dir_ / (name + ".sock")).string(); }
+  std::string socket(const std::string& name) const {
+    return (dir_ / (name + ".sock")).string();
+  }
   std::string launch(const std::string& name, std::vector<std::string> argv) {
-    procs_.push_back(std::make_unique<ServerProcess>(std::move(argv), dir_ / (name + ".pid"),
-                                                     dir_ / (name + ".log")));
+    procs_.push_back(std::make_unique<ServerProcess>(
+        std::move(argv), dir_ / (name + ".pid"), dir_ / (name + ".log")));
     return procs_.back()->start();
   }
 
@@ -268,7 +272,8 @@ using Handle = std::unique_ptr<nbd_handle, HandleDeleter>;
 
 std::string nbd_error_text() {
   const char* e = nbd_get_error();
-  return std::string(e ? e : "(no message)") + " (errno " + std::to_string(nbd_get_errno()) + ")";
+  return std::string(e ? e : "(no message)") + " (errno " +
+         std::to_string(nbd_get_errno()) + ")";
 }
 
 // Expects a libnbd call to succeed (return >= 0), naming the error if not.
@@ -287,7 +292,8 @@ Handle connect(const std::string& export_name, bool strict = true) {
   nbd_add_meta_context(h.get(), LIBNBD_CONTEXT_BASE_ALLOCATION);
   if (!strict) nbd_set_strict_mode(h.get(), 0);
   if (nbd_connect_uri(h.get(), g_server->uri(export_name).c_str()) == -1) {
-    ADD_FAILURE() << "connect to " << g_server->uri(export_name) << ": " << nbd_error_text();
+    ADD_FAILURE() << "connect to " << g_server->uri(export_name) << ": "
+                  << nbd_error_text();
     return nullptr;
   }
   return h;
@@ -315,7 +321,8 @@ std::vector<uint8_t> read_back(nbd_handle* h, size_t len, uint64_t off) {
 
 bool all_zero(const std::vector<uint8_t>& v, size_t from = 0, size_t len = SIZE_MAX) {
   len = std::min(len, v.size() - from);
-  return std::all_of(v.begin() + from, v.begin() + from + len, [](uint8_t b) { return b == 0; });
+  return std::all_of(v.begin() + from, v.begin() + from + len,
+                     [](uint8_t b) { return b == 0; });
 }
 
 // base:allocation extents (offset, length, flags) covering [off, off+len),
@@ -324,7 +331,8 @@ struct Extent {
   uint64_t off, len;
   uint32_t flags;
 };
-std::vector<Extent> extents(nbd_handle* h, uint64_t off, uint64_t len, uint32_t flags = 0) {
+std::vector<Extent> extents(nbd_handle* h, uint64_t off, uint64_t len,
+                            uint32_t flags = 0) {
   struct Ctx {
     std::vector<Extent> out;
     uint64_t pos;
@@ -348,8 +356,8 @@ std::vector<Extent> extents(nbd_handle* h, uint64_t off, uint64_t len, uint32_t 
   while (ctx.pos < off + len) {
     uint64_t before = ctx.pos;
     ctx.calls = 0;
-    if (nbd_block_status(h, off + len - ctx.pos, ctx.pos, nbd_extent_callback{cb, &ctx, nullptr},
-                         flags) == -1) {
+    if (nbd_block_status(h, off + len - ctx.pos, ctx.pos,
+                         nbd_extent_callback{cb, &ctx, nullptr}, flags) == -1) {
       ADD_FAILURE() << "block_status at " << ctx.pos << ": " << nbd_error_text();
       break;
     }
@@ -381,10 +389,10 @@ constexpr uint64_t kCacheBase = 4 * kMiB;
 constexpr uint64_t kStatusBase = 5 * kMiB;
 constexpr uint64_t kDfBase = 6 * kMiB;
 constexpr uint64_t kErrBase = 7 * kMiB;
-constexpr uint64_t kAioBase = 8 * kMiB;       // 8 .. 24 MiB
-constexpr uint64_t kMultiBase = 24 * kMiB;    // 24 .. 28 MiB
+constexpr uint64_t kAioBase = 8 * kMiB;     // 8 .. 24 MiB
+constexpr uint64_t kMultiBase = 24 * kMiB;  // 24 .. 28 MiB
 constexpr uint64_t kDiscBase = 28 * kMiB;
-constexpr uint64_t kBigBase = 32 * kMiB;      // 32 .. 64 MiB
+constexpr uint64_t kBigBase = 32 * kMiB;  // 32 .. 64 MiB
 
 TEST(NbdClient, CapabilitiesOfARamExport) {
   Handle h = connect("disk");
@@ -408,7 +416,8 @@ TEST(NbdClient, CapabilitiesOfARamExport) {
   const int64_t mx = nbd_get_block_size(h.get(), LIBNBD_SIZE_MAXIMUM);
   EXPECT_EQ(mn, 512) << "minimum block size: the RAM disk's logical block size";
   EXPECT_TRUE(pr >= mn && (pr & (pr - 1)) == 0) << "preferred block size " << pr;
-  EXPECT_TRUE(mx >= pr && mx % std::max<int64_t>(mn, 1) == 0) << "maximum block size " << mx;
+  EXPECT_TRUE(mx >= pr && mx % std::max<int64_t>(mn, 1) == 0)
+      << "maximum block size " << mx;
 }
 
 TEST(NbdClient, EmptyExportNameIsTheFirstExport) {
@@ -516,11 +525,13 @@ TEST(NbdClient, Trim) {
   NBD_OK(nbd_trim(h.get(), 128 * kKiB, kTrimBase + 64 * kKiB, 0));
   auto got = read_back(h.get(), 256 * kKiB, kTrimBase);
   EXPECT_TRUE(std::equal(got.begin(), got.begin() + 64 * kKiB, a.begin()));
-  EXPECT_TRUE(all_zero(got, 64 * kKiB, 128 * kKiB)) << "a trimmed RAM range reads as zeroes";
+  EXPECT_TRUE(all_zero(got, 64 * kKiB, 128 * kKiB))
+      << "a trimmed RAM range reads as zeroes";
   EXPECT_TRUE(std::equal(got.begin() + 192 * kKiB, got.end(), a.begin() + 192 * kKiB));
   // The trimmed pages are holes again; the rest is data.
   if (!against_nbdkit()) {  // nbdkit frees whole 32 KiB pages only
-    EXPECT_EQ(state_at(h.get(), kTrimBase + 64 * kKiB), LIBNBD_STATE_HOLE | LIBNBD_STATE_ZERO);
+    EXPECT_EQ(state_at(h.get(), kTrimBase + 64 * kKiB),
+              LIBNBD_STATE_HOLE | LIBNBD_STATE_ZERO);
   }
   EXPECT_EQ(state_at(h.get(), kTrimBase) & LIBNBD_STATE_HOLE, 0u);
   EXPECT_EQ(state_at(h.get(), kTrimBase + 192 * kKiB) & LIBNBD_STATE_HOLE, 0u);
@@ -563,7 +574,8 @@ TEST(NbdClient, WriteZeroesWithAndWithoutNoHoleAndFastZero) {
   EXPECT_TRUE(got == want) << "contents after the zeroes differ";
   for (size_t i = 0; i < got.size(); ++i) {
     if (got[i] != want[i]) {
-      ADD_FAILURE() << "first difference at +" << i << ": " << int(got[i]) << " != " << int(want[i]);
+      ADD_FAILURE() << "first difference at +" << i << ": " << int(got[i])
+                    << " != " << int(want[i]);
       break;
     }
   }
@@ -572,7 +584,8 @@ TEST(NbdClient, WriteZeroesWithAndWithoutNoHoleAndFastZero) {
   for (uint64_t off : {128 * kKiB, 384 * kKiB}) {
     if (against_nbdkit()) break;
     uint32_t s = state_at(h.get(), z + off);
-    EXPECT_EQ(s & LIBNBD_STATE_HOLE, 0u) << "zero with NO_HOLE at +" << off << " left a hole";
+    EXPECT_EQ(s & LIBNBD_STATE_HOLE, 0u)
+        << "zero with NO_HOLE at +" << off << " left a hole";
   }
   // Partly-zeroed pages are data.
   EXPECT_EQ(state_at(h.get(), z + 512 * kKiB) & LIBNBD_STATE_HOLE, 0u);
@@ -601,7 +614,8 @@ TEST(NbdClient, BlockStatusBaseAllocation) {
   uint64_t covered = 0;
   for (const auto& e : ex) {
     covered += e.len;
-    const bool written = e.off < kStatusBase + 68 * kKiB && e.off + e.len > kStatusBase + 64 * kKiB;
+    const bool written =
+        e.off < kStatusBase + 68 * kKiB && e.off + e.len > kStatusBase + 64 * kKiB;
     if (written) {
       EXPECT_EQ(e.flags & LIBNBD_STATE_HOLE, 0u) << "written 4 KiB reported as a hole";
       EXPECT_EQ(e.flags & LIBNBD_STATE_ZERO, 0u) << "written 4 KiB reported as zeroes";
@@ -632,7 +646,8 @@ struct Chunk {
   size_t len;
   unsigned status;
 };
-int record_chunk(void* user, const void*, size_t count, uint64_t offset, unsigned status, int*) {
+int record_chunk(void* user, const void*, size_t count, uint64_t offset, unsigned status,
+                 int*) {
   static_cast<std::vector<Chunk>*>(user)->push_back({offset, count, status});
   return 0;
 }
@@ -650,7 +665,8 @@ TEST(NbdClient, ReadWithDfIsOneChunk) {
                               nbd_chunk_callback{record_chunk, &chunks, nullptr},
                               LIBNBD_CMD_FLAG_DF));
   ASSERT_EQ(chunks.size(), 1u) << "DF: the server must send one content chunk";
-  EXPECT_EQ(chunks[0].status, unsigned{LIBNBD_READ_DATA}) << "data and hole together: one data chunk";
+  EXPECT_EQ(chunks[0].status, unsigned{LIBNBD_READ_DATA})
+      << "data and hole together: one data chunk";
   EXPECT_EQ(chunks[0].off, kDfBase);
   EXPECT_EQ(chunks[0].len, buf.size());
   EXPECT_TRUE(std::equal(a.begin(), a.end(), buf.begin()));
@@ -686,14 +702,16 @@ TEST(NbdClient, OutOfRangeFailsAndTheConnectionGoesOn) {
   EXPECT_EQ(nbd_pread(h.get(), buf.data(), 4096, kDiskSize + 1024 * kMiB, 0), -1);
   EXPECT_EQ(nbd_get_errno(), EINVAL) << "read far past the end: " << nbd_error_text();
   EXPECT_EQ(nbd_pwrite(h.get(), a.data(), 4096, kDiskSize, 0), -1);
-  EXPECT_EQ(nbd_get_errno(), ENOSPC) << "write past the end (the spec: SHOULD be ENOSPC): "
-                                     << nbd_error_text();
+  EXPECT_EQ(nbd_get_errno(), ENOSPC)
+      << "write past the end (the spec: SHOULD be ENOSPC): " << nbd_error_text();
   EXPECT_EQ(nbd_trim(h.get(), 4096, kDiskSize, 0), -1);
   EXPECT_EQ(nbd_zero(h.get(), 4096, kDiskSize - 2048, 0), -1);
   EXPECT_EQ(nbd_cache(h.get(), 4096, kDiskSize, 0), -1);
-  auto noop = [](void*, const char*, uint64_t, uint32_t*, size_t, int*) -> int { return 0; };
-  EXPECT_EQ(nbd_block_status(h.get(), 4096, kDiskSize, nbd_extent_callback{noop, nullptr, nullptr},
-                             0),
+  auto noop = [](void*, const char*, uint64_t, uint32_t*, size_t, int*) -> int {
+    return 0;
+  };
+  EXPECT_EQ(nbd_block_status(h.get(), 4096, kDiskSize,
+                             nbd_extent_callback{noop, nullptr, nullptr}, 0),
             -1);
   EXPECT_EQ(nbd_get_errno(), EINVAL) << "block status past the end: " << nbd_error_text();
   // Nothing near the end changed; the connection still works.
@@ -781,7 +799,9 @@ TEST(NbdClient, SixtyFourRequestsInFlight) {
                              nbd_completion_callback{record_done, &wdone[i], nullptr}, 0),
               -1);
     if (i == kN / 2) {
-      ASSERT_NE(nbd_aio_flush(h.get(), nbd_completion_callback{record_done, &fdone, nullptr}, 0), -1);
+      ASSERT_NE(nbd_aio_flush(h.get(),
+                              nbd_completion_callback{record_done, &fdone, nullptr}, 0),
+                -1);
     }
   }
   drain(h.get());
@@ -792,7 +812,8 @@ TEST(NbdClient, SixtyFourRequestsInFlight) {
     EXPECT_TRUE(got[i] == data[i]) << "read " << i << " returned other data";
   }
   for (int i = 0; i < kN; ++i) {
-    EXPECT_TRUE(read_back(h.get(), kLen, kAioBase + (kN + i) * kLen) == data2[i]) << "write " << i;
+    EXPECT_TRUE(read_back(h.get(), kLen, kAioBase + (kN + i) * kLen) == data2[i])
+        << "write " << i;
   }
 }
 
@@ -807,7 +828,8 @@ TEST(NbdClient, MultiConnWriteFlushReadElsewhere) {
   EXPECT_EQ(read_back(h2.get(), a.size(), kMultiBase), a);
   // And the other way, with FUA instead of a flush.
   auto b = pattern(4096, 13);
-  NBD_OK(nbd_pwrite(h2.get(), b.data(), b.size(), kMultiBase + 512 * kKiB, LIBNBD_CMD_FLAG_FUA));
+  NBD_OK(nbd_pwrite(h2.get(), b.data(), b.size(), kMultiBase + 512 * kKiB,
+                    LIBNBD_CMD_FLAG_FUA));
   EXPECT_EQ(read_back(h1.get(), b.size(), kMultiBase + 512 * kKiB), b);
 
   // Four connections writing their own 512 KiB at once (aio), each flushes,
@@ -823,9 +845,10 @@ TEST(NbdClient, MultiConnWriteFlushReadElsewhere) {
   }
   for (int c = 0; c < kConns; ++c) {
     for (int k = 0; k < 8; ++k) {
-      ASSERT_NE(nbd_aio_pwrite(hs[c].get(), data[c].data() + k * 64 * kKiB, 64 * kKiB,
-                               kMultiBase + kMiB + c * 512 * kKiB + k * 64 * kKiB,
-                               nbd_completion_callback{record_done, &done[c * 8 + k], nullptr}, 0),
+      ASSERT_NE(nbd_aio_pwrite(
+                    hs[c].get(), data[c].data() + k * 64 * kKiB, 64 * kKiB,
+                    kMultiBase + kMiB + c * 512 * kKiB + k * 64 * kKiB,
+                    nbd_completion_callback{record_done, &done[c * 8 + k], nullptr}, 0),
                 -1);
     }
   }
@@ -836,7 +859,8 @@ TEST(NbdClient, MultiConnWriteFlushReadElsewhere) {
   for (const auto& d : done) EXPECT_EQ(d.error, 0);
   for (int c = 0; c < kConns; ++c) {
     int n = (c + 1) % kConns;
-    EXPECT_TRUE(read_back(hs[c].get(), 512 * kKiB, kMultiBase + kMiB + n * 512 * kKiB) == data[n])
+    EXPECT_TRUE(read_back(hs[c].get(), 512 * kKiB, kMultiBase + kMiB + n * 512 * kKiB) ==
+                data[n])
         << "connection " << c << " reading connection " << n << "'s data";
   }
 }
@@ -869,8 +893,8 @@ TEST(NbdClient, DisconnectCleanlyAndAbruptly) {
     ASSERT_TRUE(h);
     static std::vector<uint8_t> junk = pattern(64 * kKiB, 15);
     for (int i = 0; i < 32; ++i) {
-      ASSERT_NE(nbd_aio_pwrite(h.get(), junk.data(), junk.size(), kDiscBase + kMiB + i * 64 * kKiB,
-                               NBD_NULL_COMPLETION, 0),
+      ASSERT_NE(nbd_aio_pwrite(h.get(), junk.data(), junk.size(),
+                               kDiscBase + kMiB + i * 64 * kKiB, NBD_NULL_COMPLETION, 0),
                 -1);
     }
     nbd_aio_notify_write(h.get());
@@ -927,8 +951,10 @@ TEST(NbdClient, SigtermWithRequestsInFlight) {
   }
   int ok = 0, refused = 0;
   for (const auto& d : done) {
-    if (d.error == 0) ++ok;
-    else if (d.error == ESHUTDOWN) ++refused;
+    if (d.error == 0)
+      ++ok;
+    else if (d.error == ESHUTDOWN)
+      ++refused;
   }
   // Answers are success or ESHUTDOWN; requests the server never read end
   // with a connection error on the client side.
@@ -937,8 +963,8 @@ TEST(NbdClient, SigtermWithRequestsInFlight) {
                 d.error == ECONNRESET || d.error == EPIPE || d.error == -1)
         << "error " << d.error;
   }
-  std::cerr << "SIGTERM: " << ok << " writes succeeded, " << refused << " refused with ESHUTDOWN, "
-            << kN - ok - refused << " never answered\n";
+  std::cerr << "SIGTERM: " << ok << " writes succeeded, " << refused
+            << " refused with ESHUTDOWN, " << kN - ok - refused << " never answered\n";
   // Exit 0 within 10 s of the SIGTERM, the idle connection notwithstanding.
   // (nbdkit waits for its clients to go: close them first there.)
   if (against_nbdkit()) {

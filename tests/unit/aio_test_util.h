@@ -23,11 +23,11 @@
 #include "blkstack/bio.h"
 #include "blkstack/disk.h"
 #include "blkstack/driver/bio_driver.h"
-#include "blkstack/io_context.h"
-#include "blkstack/limits.h"
 #include "blkstack/driver/queue.h"
 #include "blkstack/driver/request.h"
 #include "blkstack/driver/request_driver.h"
+#include "blkstack/io_context.h"
+#include "blkstack/limits.h"
 #include "test_wait.h"
 
 namespace blkstack::aio_testing {

@@ -8,8 +8,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <atomic>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -81,16 +81,18 @@ TEST(BenchCrc32c, HardwareMatchesTableAtEveryLengthAndAlignment) {
     }
   }
   // Extending equals one pass.
-  EXPECT_EQ(crc32c_extend(crc32c(buf.data(), 100), buf.data() + 100, 500), crc32c(buf.data(), 600));
+  EXPECT_EQ(crc32c_extend(crc32c(buf.data(), 100), buf.data() + 100, 500),
+            crc32c(buf.data(), 600));
 }
 
 // ---------------------------------------------------------------------------
 // Options and job files
 
 TEST(BenchOptions, CommandLineJobsAndGlobals) {
-  BenchConfig c = Args({"--filename=null:1G", "--iodepth", "8", "--name=a", "--rw=randread",
-                        "--bs=4k", "--name=b", "--rw=write", "--bs=64k,128k", "--time_based",
-                        "--runtime=2", "--output-format=json"});
+  BenchConfig c =
+      Args({"--filename=null:1G", "--iodepth", "8", "--name=a", "--rw=randread",
+            "--bs=4k", "--name=b", "--rw=write", "--bs=64k,128k", "--time_based",
+            "--runtime=2", "--output-format=json"});
   ASSERT_EQ(c.jobs.size(), 2u);
   EXPECT_EQ(c.jobs[0].name, "a");
   EXPECT_EQ(c.jobs[0].filename, "null:1G");
@@ -113,10 +115,16 @@ TEST(BenchOptions, WithoutNameOneJob) {
 }
 
 TEST(BenchOptions, ValuesAndUnits) {
-  JobOptions j = Job({{"runtime", "1m"}, {"ramp_time", "500ms"}, {"size", "50%"},
-                      {"offset", "1g"}, {"bssplit", "4k/10:64k/:1m/"}, {"rate_iops", "1000"},
-                      {"random_distribution", "pareto:0.2"}, {"verify", "crc32c-intel"},
-                      {"percentile_list", "50:99.9"}, {"direct", "1"}});
+  JobOptions j = Job({{"runtime", "1m"},
+                      {"ramp_time", "500ms"},
+                      {"size", "50%"},
+                      {"offset", "1g"},
+                      {"bssplit", "4k/10:64k/:1m/"},
+                      {"rate_iops", "1000"},
+                      {"random_distribution", "pareto:0.2"},
+                      {"verify", "crc32c-intel"},
+                      {"percentile_list", "50:99.9"},
+                      {"direct", "1"}});
   EXPECT_EQ(j.runtime_ns, 60'000'000'000u);
   EXPECT_EQ(j.ramp_ns, 500'000'000u);
   EXPECT_DOUBLE_EQ(j.size.percent, 50.0);
@@ -134,52 +142,96 @@ TEST(BenchOptions, ValuesAndUnits) {
 }
 
 TEST(BenchOptions, ErrorsAreClear) {
-  EXPECT_THAT(ErrorOf([] { Job({{"bss", "4k"}}); }),
+  EXPECT_THAT(ErrorOf([] {
+                Job({{"bss", "4k"}});
+              }),
               HasSubstr("unknown option 'bss' (did you mean 'bs'?)"));
-  EXPECT_THAT(ErrorOf([] { Job({{"iodepht", "4"}}); }), HasSubstr("did you mean 'iodepth'"));
-  EXPECT_THAT(ErrorOf([] { Job({{"bs", "4q"}}); }), HasSubstr("option 'bs': bad value '4q'"));
+  EXPECT_THAT(ErrorOf([] {
+                Job({{"iodepht", "4"}});
+              }),
+              HasSubstr("did you mean 'iodepth'"));
+  EXPECT_THAT(ErrorOf([] {
+                Job({{"bs", "4q"}});
+              }),
+              HasSubstr("option 'bs': bad value '4q'"));
   EXPECT_THAT(ErrorOf([] { Job({{"bs", "1000"}}); }), HasSubstr("multiple of 512"));
-  EXPECT_THAT(ErrorOf([] { Job({{"rw", "randwrit"}}); }),
-              HasSubstr("option 'rw': bad value 'randwrit': expected read, write, randread"));
+  EXPECT_THAT(
+      ErrorOf([] {
+        Job({{"rw", "randwrit"}});
+      }),
+      HasSubstr("option 'rw': bad value 'randwrit': expected read, write, randread"));
   EXPECT_THAT(ErrorOf([] { Job({{"rw", "trim"}}); }), HasSubstr("not supported"));
-  EXPECT_THAT(ErrorOf([] { Job({{"bssplit", "4k/10:8k/20"}}); }),
+  EXPECT_THAT(ErrorOf([] {
+                Job({{"bssplit", "4k/10:8k/20"}});
+              }),
               HasSubstr("adds up to 30%, expected 100%"));
-  EXPECT_THAT(ErrorOf([] { Job({{"bssplit", "4k/60:8k/60"}}); }), HasSubstr("more than 100%"));
-  EXPECT_THAT(ErrorOf([] { Job({{"random_distribution", "zipf:1"}}); }), HasSubstr("not 1.0"));
-  EXPECT_THAT(ErrorOf([] { Job({{"random_distribution", "zipf"}}); }), HasSubstr("needs a parameter"));
-  EXPECT_THAT(ErrorOf([] { Job({{"random_distribution", "pareto:1.5"}}); }),
+  EXPECT_THAT(ErrorOf([] {
+                Job({{"bssplit", "4k/60:8k/60"}});
+              }),
+              HasSubstr("more than 100%"));
+  EXPECT_THAT(ErrorOf([] {
+                Job({{"random_distribution", "zipf:1"}});
+              }),
+              HasSubstr("not 1.0"));
+  EXPECT_THAT(ErrorOf([] {
+                Job({{"random_distribution", "zipf"}});
+              }),
+              HasSubstr("needs a parameter"));
+  EXPECT_THAT(ErrorOf([] {
+                Job({{"random_distribution", "pareto:1.5"}});
+              }),
               HasSubstr("between 0 and 1"));
-  EXPECT_THAT(ErrorOf([] { Job({{"random_distribution", "gauss:2"}}); }),
+  EXPECT_THAT(ErrorOf([] {
+                Job({{"random_distribution", "gauss:2"}});
+              }),
               HasSubstr("random, zipf:THETA"));
   EXPECT_THAT(ErrorOf([] { Job({{"verify", "md5"}}); }), HasSubstr("none, crc32c"));
-  EXPECT_THAT(ErrorOf([] { Job({{"runtime", "ten"}}); }), HasSubstr("option 'runtime': bad value 'ten'"));
+  EXPECT_THAT(ErrorOf([] {
+                Job({{"runtime", "ten"}});
+              }),
+              HasSubstr("option 'runtime': bad value 'ten'"));
   EXPECT_THAT(ErrorOf([] { Job({{"iodepth", "0"}}); }), HasSubstr("a number from 1 to"));
   EXPECT_THAT(ErrorOf([] { Job({{"iodepth", ""}}); }), HasSubstr("needs a value"));
-  EXPECT_THAT(ErrorOf([] { Job({{"output_format", "json"}}); }),
+  EXPECT_THAT(ErrorOf([] {
+                Job({{"output_format", "json"}});
+              }),
               HasSubstr("is a command-line option (--output-format)"));
   // Whole-job checks.
-  EXPECT_THAT(ErrorOf([] { validate_job(Job({{"rw", "read"}})); }), HasSubstr("job 't': no filename"));
-  EXPECT_THAT(ErrorOf([] { validate_job(Job({{"filename", "null:1G"}, {"time_based", ""}})); }),
+  EXPECT_THAT(ErrorOf([] {
+                validate_job(Job({{"rw", "read"}}));
+              }),
+              HasSubstr("job 't': no filename"));
+  EXPECT_THAT(ErrorOf([] {
+                validate_job(Job({{"filename", "null:1G"}, {"time_based", ""}}));
+              }),
               HasSubstr("time_based needs a runtime"));
   EXPECT_THAT(ErrorOf([] {
-                validate_job(Job({{"filename", "null:1G"}, {"iodepth", "4"}, {"iodepth_batch", "8"}}));
+                validate_job(Job(
+                    {{"filename", "null:1G"}, {"iodepth", "4"}, {"iodepth_batch", "8"}}));
               }),
               HasSubstr("iodepth_batch=8 is larger than iodepth=4"));
-  EXPECT_THAT(ErrorOf([] {
-                validate_job(Job({{"filename", "null:1G"}, {"bssplit", "4k/50:6k/50"},
-                                  {"verify", "crc32c"}}));
-              }),
-              HasSubstr("block size 6144 is not a multiple of the verify block size 4096"));
+  EXPECT_THAT(
+      ErrorOf([] {
+        validate_job(Job(
+            {{"filename", "null:1G"}, {"bssplit", "4k/50:6k/50"}, {"verify", "crc32c"}}));
+      }),
+      HasSubstr("block size 6144 is not a multiple of the verify block size 4096"));
   // Command line.
-  EXPECT_THAT(ErrorOf([] { Args({"--output-format=xml", "--filename=null:1G"}); }),
+  EXPECT_THAT(ErrorOf([] {
+                Args({"--output-format=xml", "--filename=null:1G"});
+              }),
               HasSubstr("expected normal, json"));
   EXPECT_THAT(ErrorOf([] { Args({}); }), HasSubstr("no jobs"));
-  EXPECT_THAT(ErrorOf([] { Args({"--rww=read"}); }), HasSubstr("unknown option '--rww=read' (did you mean 'rw'?)"));
-  EXPECT_THAT(ErrorOf([] { Args({"--filename=null:1G", "--iodepth"}); }),
+  EXPECT_THAT(ErrorOf([] { Args({"--rww=read"}); }),
+              HasSubstr("unknown option '--rww=read' (did you mean 'rw'?)"));
+  EXPECT_THAT(ErrorOf([] {
+                Args({"--filename=null:1G", "--iodepth"});
+              }),
               HasSubstr("'--iodepth' needs a value"));
   EXPECT_THAT(ErrorOf([] { Args({"/nonexistent/jobs.fio"}); }),
               HasSubstr("cannot read job file '/nonexistent/jobs.fio'"));
-  EXPECT_THAT(ErrorOf([] { Args({"--preset=bonnie"}); }), HasSubstr("unknown preset 'bonnie'"));
+  EXPECT_THAT(ErrorOf([] { Args({"--preset=bonnie"}); }),
+              HasSubstr("unknown preset 'bonnie'"));
 }
 
 TEST(BenchOptions, JobFile) {
@@ -229,7 +281,8 @@ TEST(BenchOptions, JobFile) {
   EXPECT_EQ(given(jobs[1], "iodepth"), "4");
   EXPECT_EQ(given(jobs[1], "stonewall"), "1");
   // Command-line options override every job's.
-  std::vector<std::pair<std::string, std::string>> over{{"filename", "null:1G"}, {"iodepth", "2"}};
+  std::vector<std::pair<std::string, std::string>> over{{"filename", "null:1G"},
+                                                        {"iodepth", "2"}};
   jobs = parse_job_file(text, "t.fio", over);
   EXPECT_EQ(jobs[0].filename, "null:1G");
   EXPECT_EQ(jobs[1].iodepth, 2u);
@@ -250,9 +303,11 @@ TEST(BenchOptions, JobFileErrorsNameTheLine) {
 }
 
 TEST(BenchOptions, StagesPreset) {
-  BenchConfig c = Args({"--stages", "--filename=ram:64M", "--size=16m", "--verify=crc32c"});
+  BenchConfig c =
+      Args({"--stages", "--filename=ram:64M", "--size=16m", "--verify=crc32c"});
   ASSERT_EQ(c.jobs.size(), 4u);
-  const RwMode want[] = {RwMode::kWrite, RwMode::kRead, RwMode::kRandWrite, RwMode::kRandRead};
+  const RwMode want[] = {RwMode::kWrite, RwMode::kRead, RwMode::kRandWrite,
+                         RwMode::kRandRead};
   const char* names[] = {"write", "read", "random write", "random read"};
   for (int i = 0; i < 4; ++i) {
     EXPECT_EQ(c.jobs[i].rw, want[i]);
@@ -313,7 +368,8 @@ TEST(BenchWorkload, RandomMapVisitsEveryBlockOncePerPass) {
 }
 
 TEST(BenchWorkload, LargeIoNearTheEndStaysInside) {
-  JobOptions j = Job({{"rw", "randread"}, {"bssplit", "4k/50:64k/50"}, {"norandommap", "1"}});
+  JobOptions j =
+      Job({{"rw", "randread"}, {"bssplit", "4k/50:64k/50"}, {"norandommap", "1"}});
   OffsetGenerator g(j, 0, 1 << 20, 4096, 3);
   SizePicker sizes(j, 3);
   std::map<uint32_t, int> count;
@@ -348,12 +404,15 @@ std::vector<uint64_t> SortedCounts(OffsetGenerator& g, uint64_t draws) {
 
 double TopShare(const std::vector<uint64_t>& sorted, double fraction) {
   const size_t k = static_cast<size_t>(static_cast<double>(sorted.size()) * fraction);
-  const double top = static_cast<double>(std::accumulate(sorted.begin(), sorted.begin() + k, uint64_t{0}));
-  return top / static_cast<double>(std::accumulate(sorted.begin(), sorted.end(), uint64_t{0}));
+  const double top = static_cast<double>(
+      std::accumulate(sorted.begin(), sorted.begin() + k, uint64_t{0}));
+  return top /
+         static_cast<double>(std::accumulate(sorted.begin(), sorted.end(), uint64_t{0}));
 }
 
 TEST(BenchWorkload, UniformIsFlat) {
-  OffsetGenerator g(Job({{"rw", "randread"}, {"norandommap", "1"}}), 0, 10000ull * 4096, 4096, 5);
+  OffsetGenerator g(Job({{"rw", "randread"}, {"norandommap", "1"}}), 0, 10000ull * 4096,
+                    4096, 5);
   auto counts = SortedCounts(g, 1'000'000);
   EXPECT_NEAR(TopShare(counts, 0.2), 0.2, 0.05);
 }
@@ -367,7 +426,8 @@ TEST(BenchWorkload, ParetoIsEightyTwenty) {
   // Hot blocks are scattered, not all at the start of the region.
   std::vector<uint64_t> by_block(g.blocks());
   for (int i = 0; i < 200000; ++i) ++by_block[g.next_block()];
-  uint64_t first_fifth = std::accumulate(by_block.begin(), by_block.begin() + 2000, uint64_t{0});
+  uint64_t first_fifth =
+      std::accumulate(by_block.begin(), by_block.begin() + 2000, uint64_t{0});
   EXPECT_LT(first_fifth, 200000u * 0.5);
 }
 
@@ -376,19 +436,24 @@ TEST(BenchWorkload, ZipfHasTheRightHead) {
   // 2^-theta/zeta(n).
   for (double theta : {0.8, 1.2}) {
     const uint64_t n = 10000;
-    OffsetGenerator g(Job({{"rw", "randread"}, {"random_distribution", theta == 0.8 ? "zipf:0.8" : "zipf:1.2"}}),
-                      0, n * 4096, 4096, 11);
+    OffsetGenerator g(
+        Job({{"rw", "randread"},
+             {"random_distribution", theta == 0.8 ? "zipf:0.8" : "zipf:1.2"}}),
+        0, n * 4096, 4096, 11);
     const uint64_t draws = 1'000'000;
     auto counts = SortedCounts(g, draws);
     const double zetan = Zipf::zeta(n, theta);
     EXPECT_NEAR(static_cast<double>(counts[0]) / draws, 1.0 / zetan, 0.01) << theta;
-    EXPECT_NEAR(static_cast<double>(counts[1]) / draws, std::pow(2.0, -theta) / zetan, 0.01) << theta;
+    EXPECT_NEAR(static_cast<double>(counts[1]) / draws, std::pow(2.0, -theta) / zetan,
+                0.01)
+        << theta;
     EXPECT_GT(TopShare(counts, 0.01), 0.1) << theta;  // heavily skewed
     EXPECT_GT(counts[0], counts[100] * 10) << theta;
   }
   // zeta beyond the exactly summed terms (Euler-Maclaurin) agrees with the sum.
   double tail = 0;
-  for (uint64_t i = 10'000'001; i <= 10'001'000; ++i) tail += std::pow(static_cast<double>(i), -1.2);
+  for (uint64_t i = 10'000'001; i <= 10'001'000; ++i)
+    tail += std::pow(static_cast<double>(i), -1.2);
   EXPECT_NEAR(Zipf::zeta(10'001'000, 1.2), Zipf::zeta(10'000'000, 1.2) + tail, 1e-9);
 }
 
@@ -422,9 +487,11 @@ TEST(BenchLatency, HistogramBucketsAreFios) {
     ASSERT_LE(LatencyHistogram::bucket_low(i), v);
     ASSERT_GT(LatencyHistogram::bucket_high(i), v);
     // At most 1/64 of the value wide.
-    ASSERT_LE(LatencyHistogram::bucket_high(i) - LatencyHistogram::bucket_low(i), std::max<uint64_t>(1, v / 64));
+    ASSERT_LE(LatencyHistogram::bucket_high(i) - LatencyHistogram::bucket_low(i),
+              std::max<uint64_t>(1, v / 64));
   }
-  EXPECT_EQ(LatencyHistogram::bucket_value(LatencyHistogram::index(1000)), 1004u);  // [1000, 1008): fio's midpoint
+  EXPECT_EQ(LatencyHistogram::bucket_value(LatencyHistogram::index(1000)),
+            1004u);  // [1000, 1008): fio's midpoint
 }
 
 TEST(BenchLatency, PercentilesFromKnownLatencies) {
@@ -467,8 +534,10 @@ TEST(BenchLatency, PercentilesFromKnownLatencies) {
   EXPECT_EQ(g.count_below(65536), 9990u);
   EXPECT_EQ(g.count_below(100), 0u);
   std::string lines = pow2_histogram(g, "", false);
-  EXPECT_EQ(lines, " 9900 < 1.02us 0 < 2.05us 0 < 4.10us 0 < 8.19us 0 < 16.4us 0 < 32.8us 90 < 65.5us "
-                   "0 < 131us 0 < 262us 0 < 524us 0 < 1.05ms 10 < 2.10ms\n");
+  EXPECT_EQ(
+      lines,
+      " 9900 < 1.02us 0 < 2.05us 0 < 4.10us 0 < 8.19us 0 < 16.4us 0 < 32.8us 90 < 65.5us "
+      "0 < 131us 0 < 262us 0 < 524us 0 < 1.05ms 10 < 2.10ms\n");
 }
 
 TEST(BenchLatency, UniformLatenciesAcrossTheRange) {
@@ -549,8 +618,11 @@ TEST_P(VerifyBuffer, CorruptData) {
   VerifyResult r = v.check(block.data(), 8192, 3);
   EXPECT_EQ(r.kind, VerifyFailure::kCorrupt);
   EXPECT_EQ(r.offset, 8192u);
-  EXPECT_THAT(r.message, HasSubstr("block at offset 8192: checksum mismatch (torn/corrupt)"));
-  EXPECT_THAT(r.message, HasSubstr("1 of 8 sectors differ from generation 3's data, first at byte 1000"));
+  EXPECT_THAT(r.message,
+              HasSubstr("block at offset 8192: checksum mismatch (torn/corrupt)"));
+  EXPECT_THAT(
+      r.message,
+      HasSubstr("1 of 8 sectors differ from generation 3's data, first at byte 1000"));
 }
 
 TEST_P(VerifyBuffer, CorruptHeaderIsCorruptNotMisplaced) {
@@ -567,8 +639,11 @@ TEST_P(VerifyBuffer, TornWrite) {
   std::memcpy(block.data() + kBlock / 2, old.data() + kBlock / 2, kBlock / 2);
   VerifyResult r = v.check(block.data(), 0, 2);
   EXPECT_EQ(r.kind, VerifyFailure::kCorrupt);
-  EXPECT_THAT(r.message, HasSubstr("block at offset 0: checksum mismatch (torn/corrupt)"));
-  EXPECT_THAT(r.message, HasSubstr("4 of 8 sectors differ from generation 2's data, first at byte 2048"));
+  EXPECT_THAT(r.message,
+              HasSubstr("block at offset 0: checksum mismatch (torn/corrupt)"));
+  EXPECT_THAT(
+      r.message,
+      HasSubstr("4 of 8 sectors differ from generation 2's data, first at byte 2048"));
 }
 
 TEST_P(VerifyBuffer, MisplacedBlock) {
@@ -598,14 +673,18 @@ TEST_P(VerifyBuffer, ForeignRunAndOtherSettings) {
   other.stamp(block.data(), 0, 1);
   VerifyResult r = v.check(block.data(), 0, 0);
   EXPECT_EQ(r.kind, VerifyFailure::kForeign);
-  EXPECT_THAT(r.message, HasSubstr("seed 0x9999, expected 0x1234 (written by another run)"));
+  EXPECT_THAT(r.message,
+              HasSubstr("seed 0x9999, expected 0x1234 (written by another run)"));
   Verifier small(GetParam(), 512, 0x1234);
   small.stamp(block.data(), 0, 1);
   EXPECT_EQ(v.check(block.data(), 0, 1).kind, VerifyFailure::kBadLength);
 }
 
-INSTANTIATE_TEST_SUITE_P(Algos, VerifyBuffer, ::testing::Values(VerifyAlgo::kCrc32c, VerifyAlgo::kXxh64),
-                         [](const auto& info) { return std::string(verify_algo_name(info.param)); });
+INSTANTIATE_TEST_SUITE_P(Algos, VerifyBuffer,
+                         ::testing::Values(VerifyAlgo::kCrc32c, VerifyAlgo::kXxh64),
+                         [](const auto& info) {
+                           return std::string(verify_algo_name(info.param));
+                         });
 
 // ---------------------------------------------------------------------------
 // The engine
@@ -623,7 +702,8 @@ struct Engine {
 };
 
 // Runs one worker thread of `job` on `disk` with a shared generation map.
-ThreadResult RunThread(const JobOptions& job, Disk& disk, GenerationMap& gens, const Verifier& v) {
+ThreadResult RunThread(const JobOptions& job, Disk& disk, GenerationMap& gens,
+                       const Verifier& v) {
   LiveCounters live;
   std::atomic<bool> stop{false};
   WorkerSetup s;
@@ -651,8 +731,13 @@ TEST(BenchVerifyDisk, CatchesCorruptionMisplacementAndReplay) {
   constexpr uint32_t kBs = 4096;
   const Verifier v(VerifyAlgo::kCrc32c, kBs, 77);
   GenerationMap gens(0, disk->size_bytes(), kBs);
-  JobOptions w = Job({{"filename", "ram:1M"}, {"rw", "randwrite"}, {"bs", "4k"}, {"iodepth", "8"},
-                      {"verify", "crc32c"}, {"do_verify", "0"}, {"randseed", "77"}});
+  JobOptions w = Job({{"filename", "ram:1M"},
+                      {"rw", "randwrite"},
+                      {"bs", "4k"},
+                      {"iodepth", "8"},
+                      {"verify", "crc32c"},
+                      {"do_verify", "0"},
+                      {"randseed", "77"}});
   // Pass 1: every block at generation 1.
   ThreadResult r1 = RunThread(w, *disk, gens, v);
   ASSERT_EQ(r1.error, 0) << r1.error_message;
@@ -675,8 +760,13 @@ TEST(BenchVerifyDisk, CatchesCorruptionMisplacementAndReplay) {
   // Replayed: block 9 as it was after pass 1.
   ASSERT_EQ(h.pwrite(old.data(), kBs, 9 * kBs), Status::kOk);
 
-  JobOptions rd = Job({{"filename", "ram:1M"}, {"rw", "read"}, {"bs", "16k"}, {"iodepth", "4"},
-                       {"verify", "crc32c"}, {"verify_interval", "4k"}, {"randseed", "77"}});
+  JobOptions rd = Job({{"filename", "ram:1M"},
+                       {"rw", "read"},
+                       {"bs", "16k"},
+                       {"iodepth", "4"},
+                       {"verify", "crc32c"},
+                       {"verify_interval", "4k"},
+                       {"randseed", "77"}});
   ThreadResult r = RunThread(rd, *disk, gens, v);
   EXPECT_EQ(r.error, 0);
   EXPECT_EQ(r.verify.checked, 256u);
@@ -686,7 +776,8 @@ TEST(BenchVerifyDisk, CatchesCorruptionMisplacementAndReplay) {
   EXPECT_EQ(r.verify.failures[static_cast<int>(VerifyFailure::kStale)], 1u);
   std::map<uint64_t, std::string> msg;
   for (const VerifyResult& f : r.verify.first) msg[f.offset] = f.message;
-  EXPECT_THAT(msg[3 * kBs], HasSubstr("block at offset 12288: checksum mismatch (torn/corrupt)"));
+  EXPECT_THAT(msg[3 * kBs],
+              HasSubstr("block at offset 12288: checksum mismatch (torn/corrupt)"));
   EXPECT_THAT(msg[3 * kBs], HasSubstr("first at byte 700"));
   EXPECT_EQ(msg[7 * kBs], "block at offset 28672: stored offset 20480 (misplaced)");
   EXPECT_EQ(msg[9 * kBs], "block at offset 36864: generation 1, expected 2 (stale)");
@@ -700,15 +791,17 @@ TEST(BenchVerifyDisk, CatchesCorruptionMisplacementAndReplay) {
 
 TEST(BenchEngine, WriteThenReadBackVerifiesClean) {
   Engine e;
-  RunResult r = e.run({"--name=w", "--filename=ram:8M", "--rw=randwrite", "--bssplit=4k/50:16k/50",
-                       "--iodepth=16", "--verify=xxh64", "--numjobs=2", "--fsync=16", "--end_fsync=1"});
+  RunResult r = e.run({"--name=w", "--filename=ram:8M", "--rw=randwrite",
+                       "--bssplit=4k/50:16k/50", "--iodepth=16", "--verify=xxh64",
+                       "--numjobs=2", "--fsync=16", "--end_fsync=1"});
   ASSERT_EQ(r.jobs.size(), 1u);
   const ThreadResult& s = r.jobs[0].sum;
   EXPECT_EQ(s.error, 0) << s.error_message;
   EXPECT_EQ(s.verify.failed(), 0u);
   EXPECT_GT(s.verify.readback_blocks, 0u);
   EXPECT_EQ(s.verify.checked, s.verify.readback_blocks);
-  EXPECT_GE(s.dir[kDirWrite].bytes, 8u << 20);  // each thread its half (the last I/O may go over)
+  EXPECT_GE(s.dir[kDirWrite].bytes,
+            8u << 20);  // each thread its half (the last I/O may go over)
   EXPECT_LT(s.dir[kDirWrite].bytes, (8u << 20) + 2 * 16384);
   EXPECT_GE(s.sync_ios, 2u);
   EXPECT_EQ(r.exit_code(), 0);
@@ -721,13 +814,15 @@ TEST(BenchEngine, MixedJobVerifiesWhatItWrote) {
   const ThreadResult& s = r.jobs[0].sum;
   EXPECT_EQ(s.error, 0) << s.error_message;
   EXPECT_EQ(s.verify.failed(), 0u);  // unwritten blocks read in between are not judged
-  EXPECT_GT(s.verify.checked, s.verify.readback_blocks);  // some checked as they were read
+  EXPECT_GT(s.verify.checked,
+            s.verify.readback_blocks);  // some checked as they were read
   EXPECT_GT(s.verify.readback_blocks, 0u);
 }
 
 TEST(BenchEngine, StagesShareGenerations) {
   Engine e;
-  RunResult r = e.run({"--stages", "--filename=ram:4M", "--bs=8k", "--iodepth=8", "--verify=crc32c"});
+  RunResult r = e.run(
+      {"--stages", "--filename=ram:4M", "--bs=8k", "--iodepth=8", "--verify=crc32c"});
   ASSERT_EQ(r.jobs.size(), 4u);
   for (const JobResult& j : r.jobs) {
     EXPECT_EQ(j.sum.error, 0) << j.job.name << ": " << j.sum.error_message;
@@ -753,8 +848,9 @@ TEST(BenchEngine, NumberIosAndThreads) {
 
 TEST(BenchEngine, ReadWriteMixAndDeferredCompletion) {
   Engine e;
-  RunResult r = e.run({"--name=m", "--filename=null:1G,completion=deferred", "--rw=randrw",
-                       "--rwmixread=25", "--iodepth=8", "--number_ios=8000"});
+  RunResult r =
+      e.run({"--name=m", "--filename=null:1G,completion=deferred", "--rw=randrw",
+             "--rwmixread=25", "--iodepth=8", "--number_ios=8000"});
   const ThreadResult& s = r.jobs[0].sum;
   EXPECT_EQ(s.dir[0].ios + s.dir[1].ios, 8000u);
   EXPECT_NEAR(static_cast<double>(s.dir[0].ios), 2000, 300);
@@ -794,8 +890,9 @@ TEST(BenchEngine, RateIopsPaces) {
 
 TEST(BenchEngine, RampTimeIsNotCounted) {
   Engine e;
-  RunResult r = e.run({"--name=r", "--filename=null:1G", "--rw=randread", "--rate_iops=1000",
-                       "--ramp_time=300ms", "--runtime=300ms", "--time_based"});
+  RunResult r =
+      e.run({"--name=r", "--filename=null:1G", "--rw=randread", "--rate_iops=1000",
+             "--ramp_time=300ms", "--runtime=300ms", "--time_based"});
   const JobResult& j = r.jobs[0];
   // About 300 I/Os measured out of about 600 issued.
   EXPECT_NEAR(static_cast<double>(j.sum.dir[0].ios), 300, 60);
@@ -808,18 +905,25 @@ TEST(BenchEngine, ErrorsAreReported) {
   // A read-only disk refuses writes at submission (EROFS).
   RunResult r = e.run({"--name=ro", "--filename=ram:1M,ro=1", "--rw=write", "--bs=4k"});
   EXPECT_EQ(r.jobs[0].sum.error, EROFS);
-  EXPECT_THAT(r.jobs[0].sum.error_message, HasSubstr("write at offset 0 (4096 bytes) refused at submission"));
+  EXPECT_THAT(r.jobs[0].sum.error_message,
+              HasSubstr("write at offset 0 (4096 bytes) refused at submission"));
   EXPECT_EQ(r.exit_code(), 1);
   // Setup mistakes are Errors naming the job.
-  EXPECT_THAT(ErrorOf([&] { e.run({"--name=big", "--filename=ram:1M", "--size=2M"}); }),
+  EXPECT_THAT(ErrorOf([&] {
+                e.run({"--name=big", "--filename=ram:1M", "--size=2M"});
+              }),
               HasSubstr("job 'big': offset 0 + size 2097152 goes beyond the end of ram"));
-  EXPECT_THAT(ErrorOf([&] { e.run({"--name=al", "--filename=ram:1M,bs=4096", "--bs=512"}); }),
+  EXPECT_THAT(ErrorOf([&] {
+                e.run({"--name=al", "--filename=ram:1M,bs=4096", "--bs=512"});
+              }),
               HasSubstr("block size 512 is not a multiple of ram"));
-  EXPECT_THAT(ErrorOf([&] { e.run({"--name=sp", "--filename=ram:1M,foo=1"}); }),
+  EXPECT_THAT(ErrorOf([&] {
+                e.run({"--name=sp", "--filename=ram:1M,foo=1"});
+              }),
               HasSubstr("job 'sp': device spec 'ram:1M,foo=1': unknown option 'foo'"));
   EXPECT_THAT(ErrorOf([&] {
-                e.run({"--filename=ram:1M,name=v", "--name=a", "--verify=crc32c", "--rw=write",
-                       "--name=b", "--verify=xxh64", "--rw=read"});
+                e.run({"--filename=ram:1M,name=v", "--name=a", "--verify=crc32c",
+                       "--rw=write", "--name=b", "--verify=xxh64", "--rw=read"});
               }),
               HasSubstr("jobs 'a' and 'b' verify v with different settings"));
 }
@@ -844,9 +948,10 @@ TEST(BenchProgress, Line) {
   s.elapsed_ns = 5'000'000'000;
   s.eta_ns = 6'000'000'000;
   s.eta_known = true;
-  EXPECT_EQ(format_progress(s),
-            "Jobs: 2 (f=2): [r(1),W(1)][45.0%][r=4102MiB/s,w=10.0MiB/s][r=1050k,w=2560 IOPS]"
-            "[elapsed 00m:05s][eta 00m:06s]");
+  EXPECT_EQ(
+      format_progress(s),
+      "Jobs: 2 (f=2): [r(1),W(1)][45.0%][r=4102MiB/s,w=10.0MiB/s][r=1050k,w=2560 IOPS]"
+      "[elapsed 00m:05s][eta 00m:06s]");
 }
 
 TEST(BenchFormat, Num2Str) {

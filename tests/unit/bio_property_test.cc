@@ -39,8 +39,8 @@
 #include "blkstack/bio.h"
 #include "blkstack/bioset.h"
 #include "blkstack/disk.h"
-#include "blkstack/driver/bio_driver.h"
 #include "blkstack/disk_registry.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/limits.h"
 #include "blkstack/submit.h"
 

@@ -22,7 +22,6 @@ namespace {
 using testing_util::Done;
 using testing_util::record_done;
 
-
 // The chunks a bio visits, flattened for comparison.
 struct Chunk {
   uint64_t sector;

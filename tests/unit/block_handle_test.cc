@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "blkstack/disk.h"
-#include "blkstack/driver/bio_driver.h"
 #include "blkstack/disk_registry.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/error.h"
 
 namespace blkstack {

@@ -19,8 +19,8 @@
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/driver/driver_type.h"
-#include "blkstack/error.h"
 #include "blkstack/driver/queue_mode.h"
+#include "blkstack/error.h"
 #include "test_util.h"
 
 namespace blkstack {
@@ -554,9 +554,10 @@ TEST(DeviceSpecCreate, EveryNumericOptionIsTakenOrRefusedWithItsRange) {
         std::string spec = pattern;
         spec.replace(spec.find("{}"), 2, std::string(def->key) + "=" + v);
         if (def->key == "size") {  // instead of the base's own size
-          spec = type->name == "file"          ? "file:" + img + ",size=" + v
-                 : type->name == "passthrough" ? "passthrough:lower=ram0,size=" + std::string(v)
-                                               : std::string(type->name) + ":size=" + v;
+          spec = type->name == "file" ? "file:" + img + ",size=" + v
+                 : type->name == "passthrough"
+                     ? "passthrough:lower=ram0,size=" + std::string(v)
+                     : std::string(type->name) + ":size=" + v;
         }
         check(spec, def->key, v);
       }

@@ -1,7 +1,6 @@
 // Disk and DiskRegistry: names, major/minor numbers, capacity, limits,
 // read-only, /proc/diskstats statistics, and removal while I/O is in flight.
 #include "blkstack/disk.h"
-#include "blkstack/driver/bio_driver.h"
 
 #include <gtest/gtest.h>
 
@@ -21,6 +20,7 @@
 #include "blkstack/block_handle.h"
 #include "blkstack/completion.h"
 #include "blkstack/disk_registry.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/error.h"
 #include "blkstack/pow2_histogram.h"
 #include "blkstack/submit.h"

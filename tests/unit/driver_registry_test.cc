@@ -8,8 +8,8 @@
 #include <memory>
 
 #include "blkstack/disk.h"
-#include "blkstack/driver/bio_driver.h"
 #include "blkstack/disk_registry.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/driver_type.h"
 #include "blkstack/driver/open_context.h"
 #include "blkstack/error.h"
@@ -30,7 +30,8 @@ constexpr OptionDef kOptions[] = {
     {"size", OptionKind::kSize, "1M", "capacity", {}, true},
 };
 
-std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name, OpenContext&) {
+std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
+                             OpenContext&) {
   return std::make_shared<Disk>(name, o.size("size") >> kSectorShift, QueueLimits{},
                                 std::make_unique<CompleteAll>());
 }

@@ -18,6 +18,7 @@
 #include "blkstack/block_handle.h"
 #include "blkstack/disk.h"
 #include "blkstack/driver/bio_driver.h"
+#include "blkstack/driver/queue_mode.h"
 #include "blkstack/driver/reports.h"
 #include "blkstack/driver/transfer.h"
 #include "blkstack/plug.h"
@@ -25,7 +26,6 @@
 #include "core/clock.h"
 #include "core/wait.h"
 #include "drivers/completion_thread.h"
-#include "blkstack/driver/queue_mode.h"
 #include "test_util.h"
 
 namespace blkstack {

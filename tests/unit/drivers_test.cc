@@ -174,9 +174,7 @@ TEST(NullDriver, BlockSizeIsEnforced) {
 struct RamDisk {
   explicit RamDisk(const char* spec) : disk(registry.create(spec)), h(disk) {}
   uint64_t allocated() const { return disk->allocated_bytes(); }
-  Extent extent(uint64_t off, uint64_t len) const {
-    return disk->extent_at(off, len);
-  }
+  Extent extent(uint64_t off, uint64_t len) const { return disk->extent_at(off, len); }
   std::vector<std::byte> read(uint64_t off, size_t len) {
     std::vector<std::byte> buf = Filled(len, 0xEE);  // never what ram returns
     EXPECT_EQ(h.pread(buf.data(), len, off), Status::kOk);

@@ -23,8 +23,8 @@
 
 #include "blkstack/block_handle.h"
 #include "blkstack/disk.h"
-#include "blkstack/driver/bio_driver.h"
 #include "blkstack/disk_registry.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/io_context.h"
 #include "blkstack/plug.h"
 #include "blkstack/submit.h"

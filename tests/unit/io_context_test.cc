@@ -5,7 +5,6 @@
 // context, late and split errors (seed 002), the coroutine wrapper and
 // SyncIo.
 #include "blkstack/io_context.h"
-#include "blkstack/driver/bio_driver.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -25,6 +24,7 @@
 
 #include "aio_test_util.h"
 #include "blkstack/disk_registry.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/io_coro.h"
 
 namespace blkstack {

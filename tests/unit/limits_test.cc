@@ -19,7 +19,6 @@ namespace {
 using testing_util::Done;
 using testing_util::record_done;
 
-
 // Memory for a bio with the given segment lengths, scattered with gaps so
 // that pieces can be traced back to exact addresses.
 struct Layout {

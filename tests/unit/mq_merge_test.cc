@@ -20,11 +20,11 @@
 #include "blkstack/block_handle.h"
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
-#include "blkstack/plug.h"
 #include "blkstack/driver/queue.h"
+#include "blkstack/plug.h"
 #include "mq_test_util.h"
-#include "queue/tag_set.h"
 #include "queue/software_queue.h"
+#include "queue/tag_set.h"
 
 namespace blkstack {
 namespace {

@@ -9,12 +9,12 @@
 #include <thread>
 #include <vector>
 
+#include "blkstack/driver/scheduler.h"
 #include "blkstack/error.h"
 #include "blkstack/io_context.h"
 #include "blkstack/ioprio.h"
-#include "blkstack/driver/scheduler.h"
-#include "queue/tag_set.h"
 #include "mq_test_util.h"
+#include "queue/tag_set.h"
 
 namespace blkstack {
 namespace {

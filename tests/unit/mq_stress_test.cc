@@ -22,10 +22,10 @@
 #include "blkstack/bio.h"
 #include "blkstack/block_handle.h"
 #include "blkstack/disk.h"
-#include "blkstack/driver/bio_driver.h"
 #include "blkstack/disk_registry.h"
-#include "blkstack/plug.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/queue.h"
+#include "blkstack/plug.h"
 #include "mq_test_util.h"
 #include "queue/tag_set.h"
 

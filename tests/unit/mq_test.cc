@@ -18,12 +18,12 @@
 #include "blkstack/block_handle.h"
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
+#include "blkstack/driver/queue.h"
 #include "blkstack/error.h"
 #include "blkstack/plug.h"
-#include "blkstack/driver/queue.h"
-#include "queue/tag_set.h"
 #include "core/percpu.h"
 #include "mq_test_util.h"
+#include "queue/tag_set.h"
 #include "test_util.h"
 
 namespace blkstack {

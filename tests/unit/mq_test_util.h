@@ -29,13 +29,13 @@
 #include "blkstack/disk.h"
 #include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/hw_queue.h"
-#include "blkstack/limits.h"
 #include "blkstack/driver/queue.h"
 #include "blkstack/driver/request.h"
 #include "blkstack/driver/request_driver.h"
+#include "blkstack/limits.h"
 #include "blkstack/submit.h"
-#include "test_wait.h"
 #include "queue/tag_set.h"
+#include "test_wait.h"
 
 namespace blkstack::mq_testing {
 

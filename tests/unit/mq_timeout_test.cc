@@ -22,14 +22,14 @@
 
 #include "blkstack/bio.h"
 #include "blkstack/disk.h"
-#include "blkstack/driver/bio_driver.h"
 #include "blkstack/disk_registry.h"
+#include "blkstack/driver/bio_driver.h"
+#include "blkstack/driver/queue.h"
 #include "blkstack/error.h"
 #include "blkstack/plug.h"
-#include "blkstack/driver/queue.h"
-#include "queue/tag_set.h"
 #include "core/clock.h"
 #include "mq_test_util.h"
+#include "queue/tag_set.h"
 #include "test_util.h"
 
 namespace blkstack {

@@ -19,8 +19,8 @@
 
 #include "blkstack/block_handle.h"
 #include "blkstack/disk.h"
-#include "blkstack/driver/bio_driver.h"
 #include "blkstack/disk_registry.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/error.h"
 #include "export/export_table.h"
 #include "export/log.h"

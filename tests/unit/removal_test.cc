@@ -19,8 +19,8 @@
 
 #include "aio_test_util.h"
 #include "blkstack/disk.h"
-#include "blkstack/driver/bio_driver.h"
 #include "blkstack/disk_registry.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/io_context.h"
 #include "blkstack/status.h"
 #include "blkstack/submit.h"

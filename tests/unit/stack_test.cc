@@ -151,9 +151,10 @@ TEST(Stack, BadSpecsAreRefusedAndChangeNothing) {
   EXPECT_TRUE(Contains(refused("passthrough:offset=4K"), "lower=NAME"));
   EXPECT_TRUE(Contains(refused("passthrough:lower=loop,name=loop"),
                        "cannot stack loop on itself"));
-  EXPECT_TRUE(
-      Contains(refused("passthrough:lower=top,offset=4K,size=512K"), "does not fit in top"));
-  EXPECT_TRUE(Contains(refused("passthrough:lower=top,offset=100"), "not a multiple of the block size"));
+  EXPECT_TRUE(Contains(refused("passthrough:lower=top,offset=4K,size=512K"),
+                       "does not fit in top"));
+  EXPECT_TRUE(Contains(refused("passthrough:lower=top,offset=100"),
+                       "not a multiple of the block size"));
   EXPECT_TRUE(Contains(refused("passthrough:lower=ram0"), "ram0 is held by top"));
   // The spec is named in each message.
   EXPECT_TRUE(Contains(refused("passthrough:lower=nope"),

@@ -22,8 +22,8 @@
 #include "blkstack/completion.h"
 #include "blkstack/debug/submit_context.h"
 #include "blkstack/disk.h"
-#include "blkstack/driver/bio_driver.h"
 #include "blkstack/disk_registry.h"
+#include "blkstack/driver/bio_driver.h"
 #include "test_util.h"
 #include "test_wait.h"
 

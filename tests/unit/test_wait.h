@@ -34,7 +34,8 @@ template <class Pred>
 void MustHappen(Pred&& pred, const char* what, std::chrono::milliseconds limit = 20s) {
   if (Eventually(pred, limit)) return;
   ADD_FAILURE() << "never happened within " << limit.count() << " ms: " << what;
-  std::fprintf(stderr, "test: never happened: %s (aborting: I/O is still in flight)\n", what);
+  std::fprintf(stderr, "test: never happened: %s (aborting: I/O is still in flight)\n",
+               what);
   std::fflush(nullptr);
   std::abort();
 }

@@ -31,9 +31,12 @@ extern "C" void on_interrupt(int) { g_stop.store(true); }
 std::string help_footer() {
   std::string out =
       "Usage: blkstack bench [JOBFILE...] [--KEY=VALUE...]\n\n"
-      "Options are fio's: --KEY=VALUE (or --KEY VALUE) on the command line, KEY=VALUE in a job\n"
-      "file. On the command line, --name=NAME starts a job; options before the first --name\n"
-      "apply to every job (and override a job file's). Sizes take k/m/g/t (powers of 1024),\n"
+      "Options are fio's: --KEY=VALUE (or --KEY VALUE) on the command line, KEY=VALUE in "
+      "a job\n"
+      "file. On the command line, --name=NAME starts a job; options before the first "
+      "--name\n"
+      "apply to every job (and override a job file's). Sizes take k/m/g/t (powers of "
+      "1024),\n"
       "times are seconds unless given with us/ms/s/m/h.\n\nJob options:\n";
   for (const auto& o : bench::job_option_help()) {
     std::string name(o.name);
@@ -49,19 +52,25 @@ std::string help_footer() {
   }
   out += "\nRun options:\n";
   for (const auto& o : bench::bench_option_help()) {
-    std::string left = o.value.empty() ? fmt::format("--{}", o.name) : fmt::format("--{}={}", o.name, o.value);
+    std::string left = o.value.empty() ? fmt::format("--{}", o.name)
+                                       : fmt::format("--{}={}", o.name, o.value);
     out += fmt::format("  {:<38} {}\n", left, o.help);
   }
   out +=
       "\nExamples:\n"
-      "  blkstack bench --name=job1 --filename=null:1G --rw=randread --bs=4k --iodepth=32 \\\n"
+      "  blkstack bench --name=job1 --filename=null:1G --rw=randread --bs=4k "
+      "--iodepth=32 \\\n"
       "      --runtime=10 --time_based\n"
       "  blkstack bench --name=mix --filename=ram:1G --rw=randrw --rwmixread=70 \\\n"
-      "      --bssplit=4k/60:64k/40 --iodepth=16 --numjobs=2 --runtime=5 --time_based \\\n"
+      "      --bssplit=4k/60:64k/40 --iodepth=16 --numjobs=2 --runtime=5 --time_based "
+      "\\\n"
       "      --random_distribution=zipf:1.2 --output-format=json\n"
-      "  blkstack bench --name=v --filename=ram:256M --rw=randwrite --bs=4k --verify=crc32c\n"
-      "  blkstack bench --stages --filename=ram:1G --size=256M --verify=xxh64   (aio-stress)\n"
-      "  blkstack bench jobs.fio                      ([global] and [job] sections, as fio)\n"
+      "  blkstack bench --name=v --filename=ram:256M --rw=randwrite --bs=4k "
+      "--verify=crc32c\n"
+      "  blkstack bench --stages --filename=ram:1G --size=256M --verify=xxh64   "
+      "(aio-stress)\n"
+      "  blkstack bench jobs.fio                      ([global] and [job] sections, as "
+      "fio)\n"
       "  blkstack bench jobs.fio --filename=null:1G   (every job on another device)";
   return out;
 }
@@ -73,7 +82,8 @@ void run(const std::vector<std::string>& args) {
   if (!cfg.output_file.empty()) {
     file.reset(std::fopen(cfg.output_file.c_str(), "w"));
     if (!file) {
-      throw Error(fmt::format("cannot write '{}': {}", cfg.output_file, std::strerror(errno)));
+      throw Error(
+          fmt::format("cannot write '{}': {}", cfg.output_file, std::strerror(errno)));
     }
     out = file.get();
   }
@@ -84,8 +94,10 @@ void run(const std::vector<std::string>& args) {
   // goes there too, else stderr (and only with --eta=always).
   std::unique_ptr<bench::TerminalProgress> progress;
   if (cfg.eta == bench::Eta::kAlways) {
-    progress = std::make_unique<bench::TerminalProgress>(normal && out == stdout ? stdout : stderr);
-  } else if (cfg.eta == bench::Eta::kAuto && normal && !json && out == stdout && isatty(STDOUT_FILENO)) {
+    progress = std::make_unique<bench::TerminalProgress>(
+        normal && out == stdout ? stdout : stderr);
+  } else if (cfg.eta == bench::Eta::kAuto && normal && !json && out == stdout &&
+             isatty(STDOUT_FILENO)) {
     progress = std::make_unique<bench::TerminalProgress>(stdout);
   }
 
@@ -94,7 +106,8 @@ void run(const std::vector<std::string>& args) {
     std::fflush(out);
   }
   DiskRegistry registry;
-  struct sigaction sa {}, old_int {}, old_term {};
+  struct sigaction sa {
+  }, old_int{}, old_term{};
   sa.sa_handler = on_interrupt;
   sa.sa_flags = SA_RESETHAND;  // a second ^C ends the program
   sigemptyset(&sa.sa_mask);
@@ -122,16 +135,18 @@ void run(const std::vector<std::string>& args) {
     for (const auto& j : result.jobs) {
       if (j.sum.error != 0 || j.sum.verify.failed() != 0) ++bad;
     }
-    throw Error(fmt::format("bench: {} of {} jobs failed (I/O errors or verify failures, above)",
-                            bad, result.jobs.size()));
+    throw Error(
+        fmt::format("bench: {} of {} jobs failed (I/O errors or verify failures, above)",
+                    bad, result.jobs.size()));
   }
 }
 
 }  // namespace
 
 void add_bench_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand(
-      "bench", "Benchmark devices with fio-style jobs through IoContext (fio's options and output)");
+  auto* cmd = app.add_subcommand("bench",
+                                 "Benchmark devices with fio-style jobs through "
+                                 "IoContext (fio's options and output)");
   cmd->allow_extras();
   cmd->footer(help_footer());
   cmd->callback([cmd] { run(cmd->remaining()); });

@@ -28,7 +28,8 @@ constexpr std::string_view kCommandHelp =
     "  flush                                flush the volatile cache\n"
     "  use NAME                             switch to another disk\n"
     "  stat                                 /proc/diskstats lines of all disks\n"
-    "  stats                                this disk's statistics by name, latency histograms\n"
+    "  stats                                this disk's statistics by name, latency "
+    "histograms\n"
     "  info                                 size, allocation and driver state";
 
 struct Args {
@@ -99,8 +100,9 @@ class IoSession {
     if (op == "info") {
       need(0);
       Disk& d = handle_->disk();
-      fmt::print("{}: {} ({} bytes), {} allocated, {}\n", d.name(), format_size(d.size_bytes()),
-                 d.size_bytes(), format_size(d.allocated_bytes()), d.describe());
+      fmt::print("{}: {} ({} bytes), {} allocated, {}\n", d.name(),
+                 format_size(d.size_bytes()), d.size_bytes(),
+                 format_size(d.allocated_bytes()), d.describe());
       return true;
     }
     if (op == "flush") {
@@ -129,7 +131,9 @@ class IoSession {
         if (s == Status::kOk && a.pattern >= 0) {
           for (uint64_t i = 0; i < len; ++i) {
             if (buf[i] != static_cast<std::byte>(a.pattern)) {
-              fmt::print(stderr, "Pattern verification failed at offset {}: read 0x{:02x}, expected 0x{:02x}\n",
+              fmt::print(stderr,
+                         "Pattern verification failed at offset {}: read 0x{:02x}, "
+                         "expected 0x{:02x}\n",
                          off + i, static_cast<unsigned>(buf[i]), a.pattern);
               return false;
             }
@@ -137,8 +141,12 @@ class IoSession {
         }
       }
     }
-    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const char* verb = op == "read" ? "read" : op == "write" ? "wrote" : op == "zero" ? "zeroed" : "discarded";
+    double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const char* verb = op == "read"    ? "read"
+                       : op == "write" ? "wrote"
+                       : op == "zero"  ? "zeroed"
+                                       : "discarded";
     return report(line, s, off, len, secs, verb);
   }
 
@@ -167,22 +175,27 @@ class IoSession {
 }  // namespace
 
 void add_io_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("io", "Run qemu-io style commands on disks made from device specs");
+  auto* cmd = app.add_subcommand(
+      "io", "Run qemu-io style commands on disks made from device specs");
   static std::vector<std::string> specs;
   static std::vector<std::string> commands;
-  cmd->add_option("specs", specs, "Device specs; commands start on the first disk nothing is stacked on")->required();
+  cmd->add_option("specs", specs,
+                  "Device specs; commands start on the first disk nothing is stacked on")
+      ->required();
   cmd->add_option("-c,--command", commands, "A command to run (repeatable)")->required();
-  cmd->footer(std::string(kCommandHelp) +
-              "\n\nExample:\n"
-              "  blkstack io ram:64M null:1G -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' \\\n"
-              "      -c 'discard 0 512k' -c 'use null0' -c 'read 0 64k' -c stat");
+  cmd->footer(
+      std::string(kCommandHelp) +
+      "\n\nExample:\n"
+      "  blkstack io ram:64M null:1G -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' \\\n"
+      "      -c 'discard 0 512k' -c 'use null0' -c 'read 0 64k' -c stat");
   cmd->callback([] {
     IoSession session(specs);
     int failed = 0;
     for (const std::string& c : commands) {
       if (!session.run(c)) ++failed;
     }
-    if (failed) throw Error(fmt::format("{} of {} commands failed", failed, commands.size()));
+    if (failed)
+      throw Error(fmt::format("{} of {} commands failed", failed, commands.size()));
   });
 }
 

@@ -19,9 +19,9 @@ class Disk;
 class OpenContext;
 
 struct DriverType {
-  std::string_view name;         // the spec's TYPE: "ram"
-  std::string_view description;  // one line for `blkstack disk --types`
-  unsigned major;                // block major number; 0 = allocate one
+  std::string_view name;               // the spec's TYPE: "ram"
+  std::string_view description;        // one line for `blkstack disk --types`
+  unsigned major;                      // block major number; 0 = allocate one
   std::span<const OptionDef> options;  // besides the common name= and ro=
   // Makes the disk, named `name`, from validated options. A stacked driver
   // opens the devices below it through `ctx` (blkstack/driver/

@@ -84,7 +84,9 @@ class alignas(64) HwQueue {
       run();
     }
   }
-  void mark_pending(unsigned ctx) { pending_ctx_.fetch_or(1u << ctx, std::memory_order_release); }
+  void mark_pending(unsigned ctx) {
+    pending_ctx_.fetch_or(1u << ctx, std::memory_order_release);
+  }
   // A driver tag for a scheduler request (blk_mq_get_driver_tag), or -1:
   // then this queue is on the driver tags' wait list and runs again when
   // one frees (no busy retry).
@@ -98,13 +100,13 @@ class alignas(64) HwQueue {
   unsigned index_;
   Tags& tags_;
   std::atomic<bool> stopped_{false};
-  std::atomic<uint32_t> starts_{0};      // start() calls (see stop_after_busy)
-  std::atomic<uint32_t> runs_{0};        // run() requests; nonzero while running
+  std::atomic<uint32_t> starts_{0};       // start() calls (see stop_after_busy)
+  std::atomic<uint32_t> runs_{0};         // run() requests; nonzero while running
   std::atomic<uint32_t> pending_ctx_{0};  // software queues with requests
   std::mutex dispatch_lock_;
-  RequestList dispatch_;                  // requeued or waiting for the driver
+  RequestList dispatch_;  // requeued or waiting for the driver
   std::atomic<uint32_t> dispatch_count_{0};
-  std::atomic<bool> restart_{false};      // run again when a request completes
+  std::atomic<bool> restart_{false};  // run again when a request completes
   std::atomic<bool> quiesced_{false};
   Tags* sched_tags_ = nullptr;  // set by the Queue while frozen
   // On tags_.hctx_waiters (under tags_.wait_lock).

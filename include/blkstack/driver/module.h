@@ -5,7 +5,7 @@
 //   #include "blkstack/driver/module.h"
 //
 //   BLKSTACK_MODULE_INIT() {
-//     blkstack::register_driver_type(kTinyRamDriver);
+//     blkstack::register_driver_type(tinyram::kDriver);
 //   }
 //
 // The init function runs once, when the module is loaded; an Error it
@@ -17,7 +17,7 @@
 // The loader compares these with its own before calling the init function:
 // the layouts of Bio, Disk and the driver interfaces may change between
 // versions, so a module runs only under the version it was built for.
-#define BLKSTACK_MODULE_INIT()                                                       \
-  extern "C" __attribute__((visibility("default")))                                 \
-  const char blkstack_module_version[] = BLKSTACK_VERSION_STRING;                   \
+#define BLKSTACK_MODULE_INIT()                                    \
+  extern "C" __attribute__((visibility("default")))               \
+  const char blkstack_module_version[] = BLKSTACK_VERSION_STRING; \
   extern "C" __attribute__((visibility("default"))) void blkstack_module_init()

@@ -69,8 +69,8 @@ class Queue final : public BioDriver {
   const QueueLimits& limits() const { return disk_->limits(); }
 
   // --- control -----------------------------------------------------------
-  void stop_hw_queues();          // blk_mq_stop_hw_queues
-  void start_stopped_hw_queues(); // blk_mq_start_stopped_hw_queues
+  void stop_hw_queues();           // blk_mq_stop_hw_queues
+  void start_stopped_hw_queues();  // blk_mq_start_stopped_hw_queues
   void run_hw_queues();
   // Stops taking new bios (they park until unfreeze) and waits until every
   // one already taken has completed (blk_mq_freeze_queue; see Disk::freeze).
@@ -217,7 +217,8 @@ class Queue final : public BioDriver {
   std::unique_ptr<RequestDriver> owned_driver_;
   RequestDriver* driver_ = nullptr;  // the tag set's (cached: used per request)
   Disk* disk_ = nullptr;
-  std::vector<std::unique_ptr<HwQueue>> hctxs_;  // the default queues, then the poll queues
+  std::vector<std::unique_ptr<HwQueue>>
+      hctxs_;  // the default queues, then the poll queues
   std::vector<HwQueue*> poll_hctxs_;
   std::unique_ptr<SoftwareQueue[]> ctxs_;
   std::unique_ptr<FlushQueue> flush_;
@@ -232,11 +233,11 @@ class Queue final : public BioDriver {
   std::mutex sched_lock_;
   std::atomic<unsigned> nomerges_{0};
 
-  std::mutex work_lock_;       // the worker's state
+  std::mutex work_lock_;  // the worker's state
   std::condition_variable work_cv_;
-  uint64_t work_at_ns_ = 0;    // 0: no delayed run pending
+  uint64_t work_at_ns_ = 0;  // 0: no delayed run pending
   bool work_stop_ = false;
-  RequestList requeue_;        // under work_lock_
+  RequestList requeue_;  // under work_lock_
   std::thread worker_;
 };
 

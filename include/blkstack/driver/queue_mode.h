@@ -13,8 +13,8 @@
 #include "blkstack/disk.h"
 #include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/reports.h"
-#include "blkstack/driver/transfer.h"
 #include "blkstack/driver/request_driver.h"
+#include "blkstack/driver/transfer.h"
 
 namespace blkstack {
 

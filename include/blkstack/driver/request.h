@@ -24,11 +24,11 @@ class Request {
   Op op() const { return op_; }
   BioFlag flags() const { return flags_; }
   bool has_flag(BioFlag f) const { return any(flags_ & f); }
-  uint64_t pos() const { return sector_; }                 // blk_rq_pos
-  uint32_t bytes() const { return bytes_; }                // blk_rq_bytes
+  uint64_t pos() const { return sector_; }                     // blk_rq_pos
+  uint32_t bytes() const { return bytes_; }                    // blk_rq_bytes
   uint32_t sectors() const { return bytes_ >> kSectorShift; }  // blk_rq_sectors
-  uint32_t cur_bytes() const;                              // blk_rq_cur_bytes
-  bool is_write() const { return op_is_write(op_); }       // rq_data_dir
+  uint32_t cur_bytes() const;                                  // blk_rq_cur_bytes
+  bool is_write() const { return op_is_write(op_); }           // rq_data_dir
   // The driver tag (blk_mq_tag): with a scheduler, taken only when the
   // request goes to the driver; -1 before.
   int tag() const { return tag_; }
@@ -129,7 +129,8 @@ class Request {
   }
 
   void clear_flags(BioFlag f) {
-    flags_ = static_cast<BioFlag>(static_cast<uint16_t>(flags_) & ~static_cast<uint16_t>(f));
+    flags_ =
+        static_cast<BioFlag>(static_cast<uint16_t>(flags_) & ~static_cast<uint16_t>(f));
   }
 
   // The small fields first, packed ahead of the 8-byte state word: a

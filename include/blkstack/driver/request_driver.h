@@ -31,7 +31,7 @@ namespace blkstack {
 class HwQueue;
 
 struct TagSetConfig {
-  unsigned nr_hw_queues = 1;   // submit_queues
+  unsigned nr_hw_queues = 1;  // submit_queues
   // More hardware queues after those, for polled I/O only (nvme's
   // poll_queues): their requests complete when RequestDriver::poll() runs.
   unsigned nr_poll_queues = 0;

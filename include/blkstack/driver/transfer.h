@@ -2,7 +2,7 @@
 // or request-based, as the disk's queue_mode= says (null_blk's nullb_cmd,
 // which carries either a bio or a request).
 //
-// make_disk() (src/drivers/queue_mode.h) puts the driver under the disk:
+// make_disk() (driver/queue_mode.h) puts the driver under the disk:
 // bio-based, every bio that passed submit_bio()'s checks reaches
 // queue_cmd() as an IoCmd; multi-queue, a Queue in front merges bios into
 // requests, takes tags, plugs and schedules, and every request reaches

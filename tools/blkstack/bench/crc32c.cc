@@ -32,7 +32,7 @@ constexpr Tables kTables = make_tables();
 
 #if defined(__x86_64__)
 __attribute__((target("sse4.2"))) uint32_t crc32c_sse42(uint32_t crc, const void* data,
-                                                         size_t len) {
+                                                        size_t len) {
   const auto* p = static_cast<const unsigned char*>(data);
   uint64_t c = ~crc;
   while (len > 0 && (reinterpret_cast<uintptr_t>(p) & 7) != 0) {
@@ -81,9 +81,10 @@ uint32_t crc32c_portable(uint32_t crc, const void* data, size_t len) {
     std::memcpy(&lo, p, 4);
     std::memcpy(&hi, p + 4, 4);
     lo ^= c;
-    c = kTables[7][lo & 0xff] ^ kTables[6][(lo >> 8) & 0xff] ^ kTables[5][(lo >> 16) & 0xff] ^
-        kTables[4][lo >> 24] ^ kTables[3][hi & 0xff] ^ kTables[2][(hi >> 8) & 0xff] ^
-        kTables[1][(hi >> 16) & 0xff] ^ kTables[0][hi >> 24];
+    c = kTables[7][lo & 0xff] ^ kTables[6][(lo >> 8) & 0xff] ^
+        kTables[5][(lo >> 16) & 0xff] ^ kTables[4][lo >> 24] ^ kTables[3][hi & 0xff] ^
+        kTables[2][(hi >> 8) & 0xff] ^ kTables[1][(hi >> 16) & 0xff] ^
+        kTables[0][hi >> 24];
     p += 8;
     len -= 8;
   }
@@ -91,7 +92,9 @@ uint32_t crc32c_portable(uint32_t crc, const void* data, size_t len) {
   return ~c;
 }
 
-uint32_t crc32c_extend(uint32_t crc, const void* data, size_t len) { return kImpl(crc, data, len); }
+uint32_t crc32c_extend(uint32_t crc, const void* data, size_t len) {
+  return kImpl(crc, data, len);
+}
 
 bool crc32c_hardware() { return kImpl != crc32c_portable; }
 

@@ -15,7 +15,9 @@ namespace blkstack::bench {
 
 // CRC-32C of `len` bytes, continuing from `crc` (0 for a fresh start).
 uint32_t crc32c_extend(uint32_t crc, const void* data, size_t len);
-inline uint32_t crc32c(const void* data, size_t len) { return crc32c_extend(0, data, len); }
+inline uint32_t crc32c(const void* data, size_t len) {
+  return crc32c_extend(0, data, len);
+}
 
 // The table-driven implementation, whatever the CPU.
 uint32_t crc32c_portable(uint32_t crc, const void* data, size_t len);

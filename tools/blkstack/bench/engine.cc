@@ -31,7 +31,8 @@ inline int depth_bucket(unsigned d) {
 }
 
 uint64_t tv_ns(const timeval& tv) {
-  return static_cast<uint64_t>(tv.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(tv.tv_usec) * 1000u;
+  return static_cast<uint64_t>(tv.tv_sec) * 1'000'000'000u +
+         static_cast<uint64_t>(tv.tv_usec) * 1000u;
 }
 
 struct AlignedFree {
@@ -60,11 +61,13 @@ class Worker {
         depth_(job_.iodepth),
         batch_(job_.iodepth_batch),
         complete_min_(std::max(1u, job_.iodepth_batch_complete_min)),
-        complete_max_(job_.iodepth_batch_complete_max ? std::min(job_.iodepth_batch_complete_max, depth_)
-                                                      : depth_),
+        complete_max_(job_.iodepth_batch_complete_max
+                          ? std::min(job_.iodepth_batch_complete_max, depth_)
+                          : depth_),
         ctx_(depth_ + 1),  // one more for an fsync
         offsets_(job_, s.region_start, s.region_len, job_.min_bs(),
-                 job_.randseed * 0x9e3779b97f4a7c15ull + s.job_index * 1000003u + s.thread_index),
+                 job_.randseed * 0x9e3779b97f4a7c15ull + s.job_index * 1000003u +
+                     s.thread_index),
         sizes_(job_, job_.randseed + s.job_index * 7919u + s.thread_index * 104729u),
         verifier_(s.verifier),
         gens_(s.gens),
@@ -72,7 +75,8 @@ class Worker {
     const uint32_t max_bs = job_.max_bs();
     const size_t bytes = static_cast<size_t>(max_bs) * (depth_ + 1);
     void* mem = nullptr;
-    if (posix_memalign(&mem, 4096, bytes) != 0) throw Error("cannot allocate the I/O buffers");
+    if (posix_memalign(&mem, 4096, bytes) != 0)
+      throw Error("cannot allocate the I/O buffers");
     bufs_.reset(static_cast<std::byte*>(mem));
     // Random data in the write buffers, once (fio's default); verify stamps
     // each write instead.
@@ -116,13 +120,15 @@ class Worker {
     if (job_.end_fsync && rw_writes(job_.rw) && !failed()) do_sync();
     const uint64_t end = last_;
     out_.runtime_ns = measuring_ && end > stat_start_ ? end - stat_start_ : 0;
-    if (verifier_ && job_.do_verify && rw_writes(job_.rw) && !failed() && !stopped()) readback();
+    if (verifier_ && job_.do_verify && rw_writes(job_.rw) && !failed() && !stopped())
+      readback();
 
     rusage ru1;
     getrusage(RUSAGE_THREAD, &ru1);
     out_.usr_ns = tv_ns(ru1.ru_utime) - tv_ns(ru0.ru_utime);
     out_.sys_ns = tv_ns(ru1.ru_stime) - tv_ns(ru0.ru_stime);
-    out_.ctx_switches = static_cast<uint64_t>((ru1.ru_nvcsw - ru0.ru_nvcsw) + (ru1.ru_nivcsw - ru0.ru_nivcsw));
+    out_.ctx_switches = static_cast<uint64_t>((ru1.ru_nvcsw - ru0.ru_nvcsw) +
+                                              (ru1.ru_nivcsw - ru0.ru_nivcsw));
     out_.minflt = static_cast<uint64_t>(ru1.ru_minflt - ru0.ru_minflt);
     out_.majflt = static_cast<uint64_t>(ru1.ru_majflt - ru0.ru_majflt);
     publish();
@@ -147,7 +153,8 @@ class Worker {
       }
       if (inflight_ == 0) {
         if (!issuing) break;
-        if (rate_wait_ns_ > 0) {  // paced: nothing in flight, sleep until the next I/O is due
+        if (rate_wait_ns_ >
+            0) {  // paced: nothing in flight, sleep until the next I/O is due
           timespec ts{static_cast<time_t>(rate_wait_ns_ / 1'000'000'000u),
                       static_cast<long>(rate_wait_ns_ % 1'000'000'000u)};
           nanosleep(&ts, nullptr);
@@ -165,13 +172,19 @@ class Worker {
   bool fill() {
     rate_wait_ns_ = 0;
     while (!free_.empty() || held_ >= 0) {
-      unsigned want = std::min<unsigned>(batch_, static_cast<unsigned>(free_.size()) + (held_ >= 0));
+      unsigned want =
+          std::min<unsigned>(batch_, static_cast<unsigned>(free_.size()) + (held_ >= 0));
       if (job_.rate_iops) {
         // The I/Os due by now: one every 1e9 / rate_iops ns from the start.
-        const double due = static_cast<double>(last_ - t_begin_) * 1e-9 * static_cast<double>(job_.rate_iops) + 1.0;
-        const uint64_t allowed = due > static_cast<double>(issued_ios_) ? static_cast<uint64_t>(due) - issued_ios_ : 0;
+        const double due = static_cast<double>(last_ - t_begin_) * 1e-9 *
+                               static_cast<double>(job_.rate_iops) +
+                           1.0;
+        const uint64_t allowed = due > static_cast<double>(issued_ios_)
+                                     ? static_cast<uint64_t>(due) - issued_ios_
+                                     : 0;
         if (allowed == 0) {
-          const double next_at = static_cast<double>(issued_ios_) / static_cast<double>(job_.rate_iops) * 1e9;
+          const double next_at = static_cast<double>(issued_ios_) /
+                                 static_cast<double>(job_.rate_iops) * 1e9;
           const double wait = next_at - static_cast<double>(last_ - t_begin_);
           rate_wait_ns_ = wait > 1000 ? static_cast<uint64_t>(wait) : 1000;
           return true;
@@ -227,7 +240,8 @@ class Worker {
     cb.offset = off;
     issued_bytes_ += len;
     ++issued_ios_;
-    if (dir == kDirWrite && job_.fsync && ++writes_since_sync_ >= job_.fsync) need_sync_ = true;
+    if (dir == kDirWrite && job_.fsync && ++writes_since_sync_ >= job_.fsync)
+      need_sync_ = true;
   }
 
   void stamp_if_write(Slot& slot) {
@@ -268,7 +282,8 @@ class Worker {
         for (unsigned i = done; i < n; ++i) {
           Slot& f = slots_[list_[i]->user_data];
           if (verifier_ && f.kind == SlotKind::kIo && f.dir == kDirWrite) {
-            for (uint32_t at = 0; at < f.len; at += vblock_) gens_->forget(f.cb.offset + at);
+            for (uint32_t at = 0; at < f.len; at += vblock_)
+              gens_->forget(f.cb.offset + at);
           }
           free_.push_back(static_cast<uint32_t>(list_[i]->user_data));
         }
@@ -291,7 +306,8 @@ class Worker {
   void reap(unsigned min_nr, uint64_t timeout_ns) {
     int n;
     if (timeout_ns > 0 && inflight_ > 0) {
-      n = ctx_.get_events(min_nr, {events_.data(), complete_max_}, std::chrono::nanoseconds(timeout_ns));
+      n = ctx_.get_events(min_nr, {events_.data(), complete_max_},
+                          std::chrono::nanoseconds(timeout_ns));
     } else {
       n = ctx_.get_events(min_nr, {events_.data(), complete_max_});
     }
@@ -302,7 +318,8 @@ class Worker {
       stat_start_ = now;
       s_.live->measuring.store(true, std::memory_order_relaxed);
     }
-    for (int i = 0; i < n; ++i) complete(slots_[events_[i].user_data], events_[i].res, now);
+    for (int i = 0; i < n; ++i)
+      complete(slots_[events_[i].user_data], events_[i].res, now);
     inflight_ -= static_cast<unsigned>(n);
     publish();
   }
@@ -356,15 +373,17 @@ class Worker {
   void io_error(const Slot& s, int res, std::string_view what) {
     if (out_.error != 0) return;
     out_.error = -res;
-    const char* op = s.kind == SlotKind::kSync ? "fsync" : s.dir == kDirRead ? "read" : "write";
+    const char* op = s.kind == SlotKind::kSync ? "fsync"
+                     : s.dir == kDirRead       ? "read"
+                                               : "write";
     // Jobs run on threads of their own: strerror's buffer is not theirs to
     // share, the GNU strerror_r returns a string no other thread writes.
     char buf[128];
     const char* text = ::strerror_r(-res, buf, sizeof buf);
-    out_.error_message =
-        s.kind == SlotKind::kSync
-            ? fmt::format("{} {}: {}", op, what, text)
-            : fmt::format("{} at offset {} ({} bytes) {}: {}", op, s.cb.offset, s.len, what, text);
+    out_.error_message = s.kind == SlotKind::kSync
+                             ? fmt::format("{} {}: {}", op, what, text)
+                             : fmt::format("{} at offset {} ({} bytes) {}: {}", op,
+                                           s.cb.offset, s.len, what, text);
     fmt::print(stderr, "{}: {}\n", job_.name, out_.error_message);
   }
 
@@ -411,7 +430,8 @@ class Worker {
         while (pos < end && gens_->get(pos) == 0) pos += vblock_;
         if (pos >= end) break;
         uint32_t len = 0;
-        while (len < max_chunk && pos + len < end && gens_->get(pos + len) != 0) len += vblock_;
+        while (len < max_chunk && pos + len < end && gens_->get(pos + len) != 0)
+          len += vblock_;
         Slot& s = slots_[free_.back()];
         free_.pop_back();
         s.kind = SlotKind::kReadback;
@@ -475,9 +495,11 @@ GenerationMap::GenerationMap(uint64_t base, uint64_t len, uint32_t block)
   const uint64_t n = (len + block - 1) / block;
   constexpr uint64_t kMax = uint64_t{1} << 26;  // 256 MiB of map
   if (n > kMax) {
-    throw Error(fmt::format(
-        "verify: {} blocks of {} bytes are too many to track; use a smaller size= or a larger "
-        "verify_interval", n, block));
+    throw Error(
+        fmt::format("verify: {} blocks of {} bytes are too many to track; use a smaller "
+                    "size= or a larger "
+                    "verify_interval",
+                    n, block));
   }
   gens_.reset(new std::atomic<uint32_t>[n]());
 }

@@ -46,12 +46,16 @@ class GenerationMap {
   uint64_t bump(uint64_t offset) {
     return slot(offset).fetch_add(1, std::memory_order_relaxed) + 1;
   }
-  uint64_t get(uint64_t offset) const { return slot(offset).load(std::memory_order_relaxed); }
+  uint64_t get(uint64_t offset) const {
+    return slot(offset).load(std::memory_order_relaxed);
+  }
   // After a failed write the content is unknown.
   void forget(uint64_t offset) { slot(offset).store(0, std::memory_order_relaxed); }
 
  private:
-  std::atomic<uint32_t>& slot(uint64_t offset) const { return gens_[(offset - base_) / block_]; }
+  std::atomic<uint32_t>& slot(uint64_t offset) const {
+    return gens_[(offset - base_) / block_];
+  }
   uint64_t base_, len_;
   uint32_t block_;
   std::unique_ptr<std::atomic<uint32_t>[]> gens_;
@@ -64,7 +68,7 @@ struct WorkerSetup {
   uint64_t region_len = 0;
   unsigned job_index = 0;
   unsigned thread_index = 0;
-  GenerationMap* gens = nullptr;      // with verify
+  GenerationMap* gens = nullptr;       // with verify
   const Verifier* verifier = nullptr;  // with verify
   LiveCounters* live = nullptr;
   const std::atomic<bool>* stop = nullptr;  // set to end every job early (^C)

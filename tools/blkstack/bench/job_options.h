@@ -37,7 +37,8 @@ struct SizeOrPercent {
   double percent = 0;  // > 0: a share of the device
   bool given = false;
   uint64_t resolve(uint64_t device_bytes) const {
-    return percent > 0 ? static_cast<uint64_t>(static_cast<double>(device_bytes) * percent / 100.0)
+    return percent > 0 ? static_cast<uint64_t>(static_cast<double>(device_bytes) *
+                                               percent / 100.0)
                        : bytes;
   }
 };
@@ -97,7 +98,7 @@ enum class Eta : uint8_t { kAuto, kAlways, kNever };
 struct BenchConfig {
   std::vector<JobOptions> jobs;
   unsigned formats = static_cast<unsigned>(OutputFormat::kNormal);  // OutputFormat bits
-  std::string output_file;  // empty: stdout
+  std::string output_file;                                          // empty: stdout
   Eta eta = Eta::kAuto;
   bool stages = false;  // the aio-stress preset: extra aio-stress style lines
   bool has(OutputFormat f) const { return (formats & static_cast<unsigned>(f)) != 0; }

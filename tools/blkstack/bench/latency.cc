@@ -66,29 +66,31 @@ uint64_t LatencyHistogram::percentile(double pct, uint64_t lo, uint64_t hi) cons
   return v[0];
 }
 
-std::vector<uint64_t> LatencyHistogram::percentiles(std::span<const double> pcts, uint64_t lo,
-                                                    uint64_t hi) const {
+std::vector<uint64_t> LatencyHistogram::percentiles(std::span<const double> pcts,
+                                                    uint64_t lo, uint64_t hi) const {
   std::vector<uint64_t> out(pcts.size(), 0);
   const uint64_t n = total();
   if (n == 0) return out;
   // Percentiles in increasing order, answered in one pass (calc_clat_percentiles).
   std::vector<size_t> order(pcts.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return pcts[a] < pcts[b]; });
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return pcts[a] < pcts[b]; });
   size_t j = 0;
   uint64_t sum = 0;
   for (unsigned i = 0; i < kBuckets && j < order.size(); ++i) {
     sum += counts_[i];
     // sum >= pct% of n, with a little slack so that 99.9% of 10000 is 9990
     // despite 99.9 having no exact binary form.
-    while (j < order.size() &&
-           static_cast<double>(sum) * 100.0 >= pcts[order[j]] * static_cast<double>(n) - 1e-6) {
+    while (j < order.size() && static_cast<double>(sum) * 100.0 >=
+                                   pcts[order[j]] * static_cast<double>(n) - 1e-6) {
       out[order[j]] = std::clamp(bucket_value(i), lo, std::max(lo, hi));
       ++j;
     }
   }
   // Only reachable for percentiles above 100.
-  for (; j < order.size(); ++j) out[order[j]] = std::clamp(bucket_value(kBuckets - 1), lo, std::max(lo, hi));
+  for (; j < order.size(); ++j)
+    out[order[j]] = std::clamp(bucket_value(kBuckets - 1), lo, std::max(lo, hi));
   return out;
 }
 
@@ -119,18 +121,19 @@ uint64_t LatencyHistogram::count_below(uint64_t ns) const {
 }
 
 std::span<const double> default_percentiles() {
-  static constexpr double kList[] = {1.0,  5.0,  10.0, 20.0, 30.0, 40.0,  50.0,  60.0, 70.0,
-                                     80.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99};
+  static constexpr double kList[] = {1.0,  5.0,  10.0, 20.0,  30.0, 40.0,
+                                     50.0, 60.0, 70.0, 80.0,  90.0, 95.0,
+                                     99.0, 99.5, 99.9, 99.95, 99.99};
   return kList;
 }
 
 std::span<const uint64_t> fio_lat_bounds_ns() {
   static constexpr uint64_t kNs = 1, kUs = 1000, kMs = 1000 * 1000;
   static constexpr uint64_t kBounds[] = {
-      2 * kNs,   4 * kNs,   10 * kNs,  20 * kNs,   50 * kNs,   100 * kNs,  250 * kNs,
-      500 * kNs, 750 * kNs, 1000 * kNs, 2 * kUs,    4 * kUs,    10 * kUs,   20 * kUs,
-      50 * kUs,  100 * kUs, 250 * kUs, 500 * kUs,  750 * kUs,  1000 * kUs, 2 * kMs,
-      4 * kMs,   10 * kMs,  20 * kMs,  50 * kMs,   100 * kMs,  250 * kMs,  500 * kMs,
+      2 * kNs,   4 * kNs,    10 * kNs,   20 * kNs,  50 * kNs,  100 * kNs,  250 * kNs,
+      500 * kNs, 750 * kNs,  1000 * kNs, 2 * kUs,   4 * kUs,   10 * kUs,   20 * kUs,
+      50 * kUs,  100 * kUs,  250 * kUs,  500 * kUs, 750 * kUs, 1000 * kUs, 2 * kMs,
+      4 * kMs,   10 * kMs,   20 * kMs,   50 * kMs,  100 * kMs, 250 * kMs,  500 * kMs,
       750 * kMs, 1000 * kMs, 2000 * kMs};
   return kBounds;
 }

@@ -9,7 +9,8 @@ namespace {
 
 std::string clock_str(uint64_t ns) {
   const uint64_t s = ns / 1'000'000'000u;
-  if (s >= 3600) return fmt::format("{:02}h:{:02}m:{:02}s", s / 3600, s / 60 % 60, s % 60);
+  if (s >= 3600)
+    return fmt::format("{:02}h:{:02}m:{:02}s", s / 3600, s / 60 % 60, s % 60);
   return fmt::format("{:02}m:{:02}s", s / 60, s % 60);
 }
 
@@ -27,10 +28,12 @@ std::string format_progress(const ProgressSnapshot& s) {
     bw += fmt::format("{}={}/s", kLetter[d], bytes2str(s.bw[d], true));
     iops += fmt::format("{}={}", kLetter[d], num2str(s.iops[d]));
   }
-  return fmt::format("Jobs: {} (f={}): [{}][{}][{}][{} IOPS][elapsed {}][eta {}]", s.running_threads,
-                     s.running_threads, s.modes,
-                     s.eta_known ? fmt::format("{:.1f}%", s.percent) : std::string("-.-%"), bw, iops,
-                     clock_str(s.elapsed_ns), s.eta_known ? clock_str(s.eta_ns) : std::string("--m:--s"));
+  return fmt::format(
+      "Jobs: {} (f={}): [{}][{}][{}][{} IOPS][elapsed {}][eta {}]", s.running_threads,
+      s.running_threads, s.modes,
+      s.eta_known ? fmt::format("{:.1f}%", s.percent) : std::string("-.-%"), bw, iops,
+      clock_str(s.elapsed_ns),
+      s.eta_known ? clock_str(s.eta_ns) : std::string("--m:--s"));
 }
 
 void TerminalProgress::update(const ProgressSnapshot& s) {

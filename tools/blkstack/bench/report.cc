@@ -1,12 +1,12 @@
 #include "report.h"
 
-#include "blkstack/pow2_histogram.h"
-
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
 #include <map>
+
+#include "blkstack/pow2_histogram.h"
 
 namespace blkstack::bench {
 
@@ -34,13 +34,15 @@ std::string bytes2str(double v, bool iec) {
     ++u;
   }
   const char* unit = iec ? kIec[u] : kSi[u];
-  if (u == 0 || v >= 100) return fmt::format("{}{}", static_cast<uint64_t>(std::llround(v)), unit);
+  if (u == 0 || v >= 100)
+    return fmt::format("{}{}", static_cast<uint64_t>(std::llround(v)), unit);
   return fmt::format("{:.{}f}{}", v, v < 10 ? 2 : 1, unit);
 }
 
 std::string ns2str(double ns) { return format_duration_ns(ns); }
 
-std::string pow2_histogram(const LatencyHistogram& h, std::string_view indent, bool bars) {
+std::string pow2_histogram(const LatencyHistogram& h, std::string_view indent,
+                           bool bars) {
   const auto counts = h.pow2_counts();
   return format_pow2_histogram(counts, indent, bars);
 }

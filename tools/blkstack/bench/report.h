@@ -19,7 +19,8 @@ namespace blkstack::bench {
 // (g=0): rw=randread, bs=(R) 4096B-4096B, ...").
 std::string format_header(const BenchConfig& cfg, std::string_view version);
 std::string format_normal(const RunResult& run, const BenchConfig& cfg);
-std::string format_json(const RunResult& run, const BenchConfig& cfg, std::string_view version);
+std::string format_json(const RunResult& run, const BenchConfig& cfg,
+                        std::string_view version);
 
 // All jobs as one (summed; the runtime is the sum over groups of each
 // group's longest job).

@@ -21,7 +21,8 @@ double per_sec(uint64_t v, uint64_t ns) {
   return ns ? static_cast<double>(v) * 1e9 / static_cast<double>(ns) : 0.0;
 }
 
-json lat_json(const LatencyStat& s, const LatencyHistogram* h, std::span<const double> list) {
+json lat_json(const LatencyStat& s, const LatencyHistogram* h,
+              std::span<const double> list) {
   json j;
   j["min"] = s.min();
   j["max"] = s.max();
@@ -67,7 +68,8 @@ void sample_fields(json& j, const std::vector<double>& xs, const char* prefix, d
   }
   j[fmt::format("{}_min", prefix)] = static_cast<uint64_t>(mn / div);
   j[fmt::format("{}_max", prefix)] = static_cast<uint64_t>(mx / div);
-  if (group_total >= 0) j["bw_agg"] = group_total > 0 ? std::min(100.0, 100.0 * mean / group_total) : 0.0;
+  if (group_total >= 0)
+    j["bw_agg"] = group_total > 0 ? std::min(100.0, 100.0 * mean / group_total) : 0.0;
   j[fmt::format("{}_mean", prefix)] = mean / div;
   j[fmt::format("{}_{}", prefix, dev_name)] = dev / div;
   j[fmt::format("{}_samples", prefix)] = xs.size();
@@ -75,8 +77,9 @@ void sample_fields(json& j, const std::vector<double>& xs, const char* prefix, d
 
 json dir_json(const JobResult& r, int d, double group_bw) {
   const DirStats& s = r.sum.dir[d];
-  const auto list = r.job.percentile_list.empty() ? default_percentiles()
-                                                  : std::span<const double>(r.job.percentile_list);
+  const auto list = r.job.percentile_list.empty()
+                        ? default_percentiles()
+                        : std::span<const double>(r.job.percentile_list);
   json j;
   const double bw = per_sec(s.bytes, r.runtime_ns);
   j["io_bytes"] = s.bytes;
@@ -111,12 +114,17 @@ json lat_buckets(const LatencyHistogram& h, int group) {
   const size_t n = group == 2 ? std::size(kMs) : std::size(kNs);
   uint64_t prev = h.count_below(group == 0 ? 0 : static_cast<uint64_t>(scale));
   for (size_t i = 0; i < n; ++i) {
-    const uint64_t below = h.count_below(static_cast<uint64_t>(static_cast<double>(b[i]) * scale));
-    j[fmt::format("{}", b[i])] = total ? 100.0 * static_cast<double>(below - prev) / static_cast<double>(total) : 0.0;
+    const uint64_t below =
+        h.count_below(static_cast<uint64_t>(static_cast<double>(b[i]) * scale));
+    j[fmt::format("{}", b[i])] =
+        total ? 100.0 * static_cast<double>(below - prev) / static_cast<double>(total)
+              : 0.0;
     prev = below;
   }
   if (group == 2) {
-    j[">=2000"] = total ? 100.0 * static_cast<double>(total - prev) / static_cast<double>(total) : 0.0;
+    j[">=2000"] =
+        total ? 100.0 * static_cast<double>(total - prev) / static_cast<double>(total)
+              : 0.0;
   }
   return j;
 }
@@ -128,7 +136,8 @@ json job_json(const JobResult& r, double group_bw[kDirs], bool with_options) {
   j["groupid"] = r.group;
   j["error"] = s.error;
   if (s.error) j["error_message"] = s.error_message;
-  j["elapsed"] = static_cast<uint64_t>(std::llround(static_cast<double>(r.elapsed_ns) * 1e-9));
+  j["elapsed"] =
+      static_cast<uint64_t>(std::llround(static_cast<double>(r.elapsed_ns) * 1e-9));
   if (with_options) {
     json o = json::object();
     o["name"] = r.job.name;
@@ -156,7 +165,8 @@ json job_json(const JobResult& r, double group_bw[kDirs], bool with_options) {
   for (uint64_t c : s.depth) dt += c;
   json depth = json::object();
   for (int i = 0; i < kDepthBuckets; ++i) {
-    depth[kDepth[i]] = dt ? 100.0 * static_cast<double>(s.depth[i]) / static_cast<double>(dt) : 0.0;
+    depth[kDepth[i]] =
+        dt ? 100.0 * static_cast<double>(s.depth[i]) / static_cast<double>(dt) : 0.0;
   }
   j["iodepth_level"] = depth;
   LatencyHistogram lat;
@@ -168,7 +178,8 @@ json job_json(const JobResult& r, double group_bw[kDirs], bool with_options) {
     const VerifyStats& v = s.verify;
     json kinds = json::object();
     for (int k = 1; k < kVerifyFailureKinds; ++k) {
-      kinds[std::string(verify_failure_name(static_cast<VerifyFailure>(k)))] = v.failures[k];
+      kinds[std::string(verify_failure_name(static_cast<VerifyFailure>(k)))] =
+          v.failures[k];
     }
     json first = json::array();
     for (const VerifyResult& f : v.first) {
@@ -190,7 +201,8 @@ json job_json(const JobResult& r, double group_bw[kDirs], bool with_options) {
 
 }  // namespace
 
-std::string format_json(const RunResult& run, const BenchConfig& cfg, std::string_view version) {
+std::string format_json(const RunResult& run, const BenchConfig& cfg,
+                        std::string_view version) {
   (void)cfg;
   json root;
   root["blkstack version"] = std::string(version);
@@ -225,17 +237,19 @@ std::string format_json(const RunResult& run, const BenchConfig& cfg, std::strin
   root["total"] = tj;
   json disks = json::array();
   for (const DiskUtil& u : run.disks) {
-    disks.push_back({{"name", u.name},
-                     {"read_ios", u.ios[0]},
-                     {"write_ios", u.ios[1]},
-                     {"read_merges", u.merges[0]},
-                     {"write_merges", u.merges[1]},
-                     {"read_ticks", u.ticks_ms[0]},
-                     {"write_ticks", u.ticks_ms[1]},
-                     {"in_queue", u.in_queue_ms},
-                     {"util", u.elapsed_ms ? std::min(100.0, 100.0 * static_cast<double>(u.io_ticks_ms) /
-                                                                  static_cast<double>(u.elapsed_ms))
-                                           : 0.0}});
+    disks.push_back(
+        {{"name", u.name},
+         {"read_ios", u.ios[0]},
+         {"write_ios", u.ios[1]},
+         {"read_merges", u.merges[0]},
+         {"write_merges", u.merges[1]},
+         {"read_ticks", u.ticks_ms[0]},
+         {"write_ticks", u.ticks_ms[1]},
+         {"in_queue", u.in_queue_ms},
+         {"util", u.elapsed_ms
+                      ? std::min(100.0, 100.0 * static_cast<double>(u.io_ticks_ms) /
+                                            static_cast<double>(u.elapsed_ms))
+                      : 0.0}});
   }
   root["disk_util"] = disks;
   if (run.interrupted) root["interrupted"] = true;

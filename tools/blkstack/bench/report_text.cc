@@ -15,7 +15,9 @@ namespace {
 constexpr const char* kDirName[kDirs] = {"read", "write"};
 constexpr const char* kDirUpper[kDirs] = {"READ", "WRITE"};
 
-bool dir_used(const JobOptions& j, int d) { return d == kDirRead ? rw_reads(j.rw) : rw_writes(j.rw); }
+bool dir_used(const JobOptions& j, int d) {
+  return d == kDirRead ? rw_reads(j.rw) : rw_writes(j.rw);
+}
 
 std::string bs_range(const JobOptions& j, int d) {
   uint32_t lo = j.bs[d], hi = j.bs[d];
@@ -48,8 +50,9 @@ void lat_line(std::string& out, std::string_view name, const LatencyStat& s) {
     base = "usec";
     div = 1e3;
   }
-  out += fmt::format("    {} ({}): min={}, max={}, avg={:.2f}, stdev={:.2f}\n", name, base,
-                     num2str(min / div, 6), num2str(max / div, 6), mean / div, dev / div);
+  out +=
+      fmt::format("    {} ({}): min={}, max={}, avg={:.2f}, stdev={:.2f}\n", name, base,
+                  num2str(min / div, 6), num2str(max / div, 6), mean / div, dev / div);
 }
 
 void percentile_lines(std::string& out, std::string_view name, const LatencyHistogram& h,
@@ -71,7 +74,8 @@ void percentile_lines(std::string& out, std::string_view name, const LatencyHist
     for (int i = 0; i < scale; ++i) x = (x + 999) / 1000;
   }
   const uint64_t top = *std::max_element(v.begin(), v.end());
-  const int width = std::max(5, static_cast<int>(std::log10(std::max<double>(1, static_cast<double>(top)))) + 1);
+  const int width = std::max(
+      5, static_cast<int>(std::log10(std::max<double>(1, static_cast<double>(top)))) + 1);
   out += fmt::format("    {} percentiles ({}):\n     |", name, unit);
   for (size_t j = 0; j < v.size(); ++j) {
     if (j != 0 && j % 4 == 0) out += "     |";
@@ -107,13 +111,15 @@ void dir_block(std::string& out, const JobResult& j, int d, double group_bw) {
   const DirStats& s = j.sum.dir[d];
   const double bw = per_sec(s.bytes, j.runtime_ns);
   out += fmt::format("  {}: IOPS={}, BW={}/s ({}/s)({}/{}msec)\n", kDirName[d],
-                     num2str(per_sec(s.ios, j.runtime_ns)), bytes2str(bw, true), bytes2str(bw, false),
-                     bytes2str(static_cast<double>(s.bytes), true), j.runtime_ns / 1'000'000);
+                     num2str(per_sec(s.ios, j.runtime_ns)), bytes2str(bw, true),
+                     bytes2str(bw, false), bytes2str(static_cast<double>(s.bytes), true),
+                     j.runtime_ns / 1'000'000);
   lat_line(out, "slat", s.slat);
   lat_line(out, "clat", s.clat);
   lat_line(out, " lat", s.lat);
-  const auto list = j.job.percentile_list.empty() ? default_percentiles()
-                                                  : std::span<const double>(j.job.percentile_list);
+  const auto list = j.job.percentile_list.empty()
+                        ? default_percentiles()
+                        : std::span<const double>(j.job.percentile_list);
   if (j.job.slat_percentiles) percentile_lines(out, "slat", s.slat_hist, s.slat, list);
   if (j.job.clat_percentiles) percentile_lines(out, "clat", s.clat_hist, s.clat, list);
   if (j.job.lat_percentiles) percentile_lines(out, " lat", s.lat_hist, s.lat, list);
@@ -130,11 +136,15 @@ void dir_block(std::string& out, const JobResult& j, int d, double group_bw) {
       unit = "MiB/s";
     }
     const double per = group_bw > 0 ? 100.0 * b.mean / group_bw : 100.0;
-    out += fmt::format("   bw ({:>7}): min={:>5.0f}, max={:>5.0f}, per={:.2f}%, avg={:.2f}, stdev={:.2f}, samples={}\n",
-                       unit, b.min / div, b.max / div, std::min(per, 100.0), b.mean / div, b.dev / div, b.n);
+    out += fmt::format(
+        "   bw ({:>7}): min={:>5.0f}, max={:>5.0f}, per={:.2f}%, avg={:.2f}, "
+        "stdev={:.2f}, samples={}\n",
+        unit, b.min / div, b.max / div, std::min(per, 100.0), b.mean / div, b.dev / div,
+        b.n);
     const SampleStats io = sample_stats(j.iops_samples[d]);
-    out += fmt::format("   iops        : min={:.0f}, max={:.0f}, avg={:.2f}, stdev={:.2f}, samples={}\n",
-                       io.min, io.max, io.mean, io.dev, io.n);
+    out += fmt::format(
+        "   iops        : min={:.0f}, max={:.0f}, avg={:.2f}, stdev={:.2f}, samples={}\n",
+        io.min, io.max, io.mean, io.dev, io.n);
   }
   if (s.clat.count() > 0) {
     out += "    clat histogram (aio-stress style, I/Os per power-of-two bucket):\n";
@@ -160,12 +170,15 @@ void lat_distribution(std::string& out, const JobResult& j) {
     const uint64_t n = below - prev_below;
     prev_below = below;
     if (n == 0) continue;
-    const double pct = std::max(0.01, 100.0 * static_cast<double>(n) / static_cast<double>(total));
+    const double pct =
+        std::max(0.01, 100.0 * static_cast<double>(n) / static_cast<double>(total));
     const uint64_t b = i < bounds.size() ? bounds[i] : bounds.back();
     const int li = b <= 1000 ? 0 : b <= 1'000'000 ? 1 : 2;
-    const std::string label = i < bounds.size()
-                                  ? fmt::format("{}", static_cast<uint64_t>(static_cast<double>(b) / lines[li].div))
-                                  : fmt::format(">={}", static_cast<uint64_t>(static_cast<double>(b) / 1e6));
+    const std::string label =
+        i < bounds.size()
+            ? fmt::format("{}",
+                          static_cast<uint64_t>(static_cast<double>(b) / lines[li].div))
+            : fmt::format(">={}", static_cast<uint64_t>(static_cast<double>(b) / 1e6));
     lines[li].items.push_back(fmt::format("{}={:.2f}%", label, pct));
   }
   for (const Line& l : lines) {
@@ -187,20 +200,25 @@ std::string pct_list(const std::array<uint64_t, kDepthBuckets>& depth) {
   std::string out;
   for (int i = 0; i < kDepthBuckets; ++i) {
     if (i) out += ", ";
-    out += fmt::format("{}={:.1f}%", kLabels[i], total ? 100.0 * static_cast<double>(depth[i]) / static_cast<double>(total) : 0.0);
+    out += fmt::format(
+        "{}={:.1f}%", kLabels[i],
+        total ? 100.0 * static_cast<double>(depth[i]) / static_cast<double>(total) : 0.0);
   }
   return out;
 }
 
-void job_block(std::string& out, const JobResult& j, const std::map<unsigned, double> (&group_bw)[kDirs]) {
+void job_block(std::string& out, const JobResult& j,
+               const std::map<unsigned, double> (&group_bw)[kDirs]) {
   const ThreadResult& s = j.sum;
   std::string err = s.error ? fmt::format("{} ({})", s.error, s.error_message) : "0";
-  out += fmt::format("{}: (groupid={}, jobs={}): err= {}: {} ({}), region {}+{}\n", j.job.name,
-                     j.group, j.threads, err, j.disk_name, j.job.filename, j.region_start,
-                     j.region_len);
-  if (!j.job.description.empty()) out += fmt::format("  Description  : [{}]\n", j.job.description);
+  out += fmt::format("{}: (groupid={}, jobs={}): err= {}: {} ({}), region {}+{}\n",
+                     j.job.name, j.group, j.threads, err, j.disk_name, j.job.filename,
+                     j.region_start, j.region_len);
+  if (!j.job.description.empty())
+    out += fmt::format("  Description  : [{}]\n", j.job.description);
   for (int d = 0; d < kDirs; ++d) {
-    if (dir_used(j.job, d) && (s.dir[d].ios > 0 || s.dir[d].errors > 0 || j.runtime_ns > 0)) {
+    if (dir_used(j.job, d) &&
+        (s.dir[d].ios > 0 || s.dir[d].errors > 0 || j.runtime_ns > 0)) {
       dir_block(out, j, d, group_bw[d].count(j.group) ? group_bw[d].at(j.group) : 0);
     }
   }
@@ -212,31 +230,37 @@ void job_block(std::string& out, const JobResult& j, const std::map<unsigned, do
   }
   lat_distribution(out, j);
   const double wall = static_cast<double>(j.elapsed_ns) * j.threads;
-  out += fmt::format("  cpu          : usr={:.2f}%, sys={:.2f}%, ctx={}, majf={}, minf={}\n",
-                     wall > 0 ? 100.0 * static_cast<double>(s.usr_ns) / wall : 0.0,
-                     wall > 0 ? 100.0 * static_cast<double>(s.sys_ns) / wall : 0.0, s.ctx_switches,
-                     s.majflt, s.minflt);
+  out +=
+      fmt::format("  cpu          : usr={:.2f}%, sys={:.2f}%, ctx={}, majf={}, minf={}\n",
+                  wall > 0 ? 100.0 * static_cast<double>(s.usr_ns) / wall : 0.0,
+                  wall > 0 ? 100.0 * static_cast<double>(s.sys_ns) / wall : 0.0,
+                  s.ctx_switches, s.majflt, s.minflt);
   out += fmt::format("  IO depths    : {}\n", pct_list(s.depth));
-  out += fmt::format("     issued rwts: total={},{},0,{} short={},{},0,0 dropped=0,0,0,0\n",
-                     s.dir[0].ios, s.dir[1].ios, s.sync_ios, s.dir[0].short_ios, s.dir[1].short_ios);
+  out += fmt::format(
+      "     issued rwts: total={},{},0,{} short={},{},0,0 dropped=0,0,0,0\n",
+      s.dir[0].ios, s.dir[1].ios, s.sync_ios, s.dir[0].short_ios, s.dir[1].short_ios);
   if (j.job.verify != VerifyAlgo::kNone) {
     const VerifyStats& v = s.verify;
-    std::string rb = v.readback_blocks
-                         ? fmt::format(", {} of them read back in {:.2f}s", v.readback_blocks,
-                                       static_cast<double>(v.readback_ns) * 1e-9)
-                         : "";
+    std::string rb =
+        v.readback_blocks
+            ? fmt::format(", {} of them read back in {:.2f}s", v.readback_blocks,
+                          static_cast<double>(v.readback_ns) * 1e-9)
+            : "";
     out += fmt::format("  verify       : {}, {}-byte blocks: {} checked{}, {} failed\n",
-                       verify_algo_name(j.job.verify), j.job.verify_block(), v.checked, rb, v.failed());
+                       verify_algo_name(j.job.verify), j.job.verify_block(), v.checked,
+                       rb, v.failed());
     if (v.failed() > 0) {
       std::string kinds;
       for (int k = 1; k < kVerifyFailureKinds; ++k) {
         if (v.failures[k] == 0) continue;
         if (!kinds.empty()) kinds += ", ";
-        kinds += fmt::format("{}={}", verify_failure_name(static_cast<VerifyFailure>(k)), v.failures[k]);
+        kinds += fmt::format("{}={}", verify_failure_name(static_cast<VerifyFailure>(k)),
+                             v.failures[k]);
       }
       out += fmt::format("     failures  : {}\n", kinds);
       for (const VerifyResult& r : v.first) out += fmt::format("       {}\n", r.message);
-      if (v.failed() > v.first.size()) out += fmt::format("       ... and {} more\n", v.failed() - v.first.size());
+      if (v.failed() > v.first.size())
+        out += fmt::format("       ... and {} more\n", v.failed() - v.first.size());
     }
   }
   out += '\n';
@@ -262,10 +286,12 @@ void group_lines(std::string& out, const RunResult& run, unsigned g) {
     if (!any) continue;
     const double bw = per_sec(bytes, run_max);
     out += fmt::format(
-        "{:>7}: bw={}/s ({}/s), {}/s-{}/s ({}/s-{}/s), io={} ({}), run={}-{}msec\n", kDirUpper[d],
-        bytes2str(bw, true), bytes2str(bw, false), bytes2str(bw_min, true), bytes2str(bw_max, true),
-        bytes2str(bw_min, false), bytes2str(bw_max, false), bytes2str(static_cast<double>(bytes), true),
-        bytes2str(static_cast<double>(bytes), false), rt_min / 1'000'000, rt_max / 1'000'000);
+        "{:>7}: bw={}/s ({}/s), {}/s-{}/s ({}/s-{}/s), io={} ({}), run={}-{}msec\n",
+        kDirUpper[d], bytes2str(bw, true), bytes2str(bw, false), bytes2str(bw_min, true),
+        bytes2str(bw_max, true), bytes2str(bw_min, false), bytes2str(bw_max, false),
+        bytes2str(static_cast<double>(bytes), true),
+        bytes2str(static_cast<double>(bytes), false), rt_min / 1'000'000,
+        rt_max / 1'000'000);
   }
 }
 
@@ -278,7 +304,8 @@ void stage_lines(std::string& out, const RunResult& run) {
       "verification {}\n",
       static_cast<double>(f.region_len) / (1 << 20), f.job.max_bs() / 1024, f.job.iodepth,
       f.job.numjobs, f.job.verify != VerifyAlgo::kNone ? "on" : "off");
-  auto ms_line = [&](std::string_view name, const LatencyStat& s, const LatencyHistogram& h) {
+  auto ms_line = [&](std::string_view name, const LatencyStat& s,
+                     const LatencyHistogram& h) {
     out += fmt::format("{} min {:.2f} avg {:.2f} max {:.2f} (ms)\n", name,
                        static_cast<double>(s.min()) / 1e6, s.mean() / 1e6,
                        static_cast<double>(s.max()) / 1e6);
@@ -289,12 +316,14 @@ void stage_lines(std::string& out, const RunResult& run) {
     const DirStats& s = j.sum.dir[d];
     const double mb = static_cast<double>(s.bytes) / (1 << 20);
     const double secs = static_cast<double>(j.runtime_ns) * 1e-9;
-    out += fmt::format("{} on {} ({:.2f} MB/s) {:.2f} MB in {:.2f}s\n", j.job.name, j.disk_name,
-                       secs > 0 ? mb / secs : 0.0, mb, secs);
+    out += fmt::format("{} on {} ({:.2f} MB/s) {:.2f} MB in {:.2f}s\n", j.job.name,
+                       j.disk_name, secs > 0 ? mb / secs : 0.0, mb, secs);
     ms_line("latency", s.slat, s.slat_hist);
     ms_line("completion latency", s.clat, s.clat_hist);
-    if (j.sum.error) out += fmt::format("1 errors on oper, last {}\n", j.sum.error_message);
-    if (j.sum.verify.failed()) out += fmt::format("{} verify failures\n", j.sum.verify.failed());
+    if (j.sum.error)
+      out += fmt::format("1 errors on oper, last {}\n", j.sum.error_message);
+    if (j.sum.verify.failed())
+      out += fmt::format("{} verify failures\n", j.sum.verify.failed());
   }
 }
 
@@ -307,10 +336,12 @@ std::string format_header(const BenchConfig& cfg, std::string_view version) {
     const JobOptions& j = cfg.jobs[i];
     if (j.stonewall && i > 0) ++group;
     threads += j.numjobs;
-    out += fmt::format("{}: (g={}): rw={}, bs=(R) {}, (W) {}, ioengine=blkstack, iodepth={}\n", j.name,
-                       group, rw_name(j.rw), bs_range(j, kDirRead), bs_range(j, kDirWrite), j.iodepth);
+    out += fmt::format(
+        "{}: (g={}): rw={}, bs=(R) {}, (W) {}, ioengine=blkstack, iodepth={}\n", j.name,
+        group, rw_name(j.rw), bs_range(j, kDirRead), bs_range(j, kDirWrite), j.iodepth);
   }
-  out += fmt::format("blkstack bench {}\nStarting {} thread{}\n", version, threads, threads == 1 ? "" : "s");
+  out += fmt::format("blkstack bench {}\nStarting {} thread{}\n", version, threads,
+                     threads == 1 ? "" : "s");
   return out;
 }
 
@@ -340,23 +371,30 @@ std::string format_normal(const RunResult& run, const BenchConfig& cfg) {
       const double bw = per_sec(t.sum.dir[d].bytes, t.runtime_ns);
       if (!parts.empty()) parts += "; ";
       parts += fmt::format("{}: IOPS={}, BW={}/s ({}/s)", kDirName[d],
-                           num2str(per_sec(t.sum.dir[d].ios, t.runtime_ns)), bytes2str(bw, true),
-                           bytes2str(bw, false));
+                           num2str(per_sec(t.sum.dir[d].ios, t.runtime_ns)),
+                           bytes2str(bw, true), bytes2str(bw, false));
     }
-    out += fmt::format("\nAll jobs ({} jobs, {} threads, {:.2f}s measured): {}\n", run.jobs.size(),
-                       t.threads, static_cast<double>(t.runtime_ns) * 1e-9, parts.empty() ? "no I/O" : parts);
+    out +=
+        fmt::format("\nAll jobs ({} jobs, {} threads, {:.2f}s measured): {}\n",
+                    run.jobs.size(), t.threads, static_cast<double>(t.runtime_ns) * 1e-9,
+                    parts.empty() ? "no I/O" : parts);
   }
   if (!run.disks.empty()) {
     out += "\nDisk stats (read/write):\n";
     for (const DiskUtil& u : run.disks) {
-      const double util = u.elapsed_ms ? std::min(100.0, 100.0 * static_cast<double>(u.io_ticks_ms) / static_cast<double>(u.elapsed_ms)) : 0;
-      out += fmt::format("  {}: ios={}/{}, merge={}/{}, ticks={}/{}, in_queue={}, util={:.2f}%\n",
-                         u.name, u.ios[0], u.ios[1], u.merges[0], u.merges[1], u.ticks_ms[0],
-                         u.ticks_ms[1], u.in_queue_ms, util);
+      const double util =
+          u.elapsed_ms ? std::min(100.0, 100.0 * static_cast<double>(u.io_ticks_ms) /
+                                             static_cast<double>(u.elapsed_ms))
+                       : 0;
+      out += fmt::format(
+          "  {}: ios={}/{}, merge={}/{}, ticks={}/{}, in_queue={}, util={:.2f}%\n",
+          u.name, u.ios[0], u.ios[1], u.merges[0], u.merges[1], u.ticks_ms[0],
+          u.ticks_ms[1], u.in_queue_ms, util);
     }
   }
   if (cfg.stages) stage_lines(out, run);
-  if (run.interrupted) out += "\n(interrupted: the figures cover the time until the stop)\n";
+  if (run.interrupted)
+    out += "\n(interrupted: the figures cover the time until the stop)\n";
   return out;
 }
 

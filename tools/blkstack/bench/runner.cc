@@ -44,17 +44,24 @@ struct JobState {
 
 char mode_letter(const JobOptions& j) {
   switch (j.rw) {
-    case RwMode::kRead: return 'R';
-    case RwMode::kRandRead: return 'r';
-    case RwMode::kWrite: return 'W';
-    case RwMode::kRandWrite: return 'w';
-    case RwMode::kReadWrite: return 'M';
-    case RwMode::kRandRW: return 'm';
+    case RwMode::kRead:
+      return 'R';
+    case RwMode::kRandRead:
+      return 'r';
+    case RwMode::kWrite:
+      return 'W';
+    case RwMode::kRandWrite:
+      return 'w';
+    case RwMode::kReadWrite:
+      return 'M';
+    case RwMode::kRandRW:
+      return 'm';
   }
   return '?';
 }
 
-DiskUtil disk_delta(const Disk& d, const DiskStats& a, const DiskStats& b, uint64_t elapsed_ns) {
+DiskUtil disk_delta(const Disk& d, const DiskStats& a, const DiskStats& b,
+                    uint64_t elapsed_ns) {
   DiskUtil u;
   u.name = d.name();
   for (int i = 0; i < 2; ++i) {
@@ -71,7 +78,8 @@ DiskUtil disk_delta(const Disk& d, const DiskStats& a, const DiskStats& b, uint6
 }
 
 // The job's region, checked against the disk.
-void resolve_region(const JobOptions& j, const Disk& disk, uint64_t& start, uint64_t& len) {
+void resolve_region(const JobOptions& j, const Disk& disk, uint64_t& start,
+                    uint64_t& len) {
   const uint64_t dev = disk.size_bytes();
   const uint32_t lbs = disk.limits().logical_block_size;
   auto fail = [&](const std::string& why) {
@@ -84,8 +92,8 @@ void resolve_region(const JobOptions& j, const Disk& disk, uint64_t& start, uint
   }
   len = j.size.given ? j.size.resolve(dev) : dev - start;
   if (len > dev - start) {
-    fail(fmt::format("offset {} + size {} goes beyond the end of {} ({} bytes)", start, len,
-                     disk.name(), dev));
+    fail(fmt::format("offset {} + size {} goes beyond the end of {} ({} bytes)", start,
+                     len, disk.name(), dev));
   }
   const uint32_t min_bs = j.min_bs(), max_bs = j.max_bs();
   if (start % lbs != 0) {
@@ -94,23 +102,26 @@ void resolve_region(const JobOptions& j, const Disk& disk, uint64_t& start, uint
   }
   for (uint32_t bs : {min_bs, max_bs}) {
     if (bs % lbs != 0) {
-      fail(fmt::format("block size {} is not a multiple of {}'s logical block size {}", bs,
-                       disk.name(), lbs));
+      fail(fmt::format("block size {} is not a multiple of {}'s logical block size {}",
+                       bs, disk.name(), lbs));
     }
   }
   len = len / min_bs * min_bs;
   if (len < max_bs) {
-    fail(fmt::format("the region ({} bytes) is smaller than the block size {}", len, max_bs));
+    fail(fmt::format("the region ({} bytes) is smaller than the block size {}", len,
+                     max_bs));
   }
 }
 
 }  // namespace
 
-RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry, const RunOptions& opts) {
+RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry,
+                    const RunOptions& opts) {
   RunResult run;
-  run.start_unix_ms = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                std::chrono::system_clock::now().time_since_epoch())
-                                                .count());
+  run.start_unix_ms =
+      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count());
   run.jobs.resize(cfg.jobs.size());
   std::vector<JobState> states(cfg.jobs.size());
 
@@ -151,19 +162,24 @@ RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry, const RunOpt
   {
     std::map<Disk*, std::vector<size_t>> by_disk;
     for (size_t i = 0; i < cfg.jobs.size(); ++i) {
-      if (cfg.jobs[i].verify != VerifyAlgo::kNone) by_disk[states[i].disk.get()].push_back(i);
+      if (cfg.jobs[i].verify != VerifyAlgo::kNone)
+        by_disk[states[i].disk.get()].push_back(i);
     }
     for (auto& [disk, idx] : by_disk) {
       const JobOptions& a = cfg.jobs[idx[0]];
       uint64_t lo = UINT64_MAX, hi = 0;
       for (size_t i : idx) {
         const JobOptions& b = cfg.jobs[i];
-        if (b.verify != a.verify || b.verify_block() != a.verify_block() || b.randseed != a.randseed) {
-          throw Error(fmt::format(
-              "jobs '{}' and '{}' verify {} with different settings (verify={} and {}, block "
-              "{} and {}, randseed {} and {}): they would read each other's blocks as bad",
-              a.name, b.name, disk->name(), verify_algo_name(a.verify), verify_algo_name(b.verify),
-              a.verify_block(), b.verify_block(), a.randseed, b.randseed));
+        if (b.verify != a.verify || b.verify_block() != a.verify_block() ||
+            b.randseed != a.randseed) {
+          throw Error(
+              fmt::format("jobs '{}' and '{}' verify {} with different settings "
+                          "(verify={} and {}, block "
+                          "{} and {}, randseed {} and {}): they would read each other's "
+                          "blocks as bad",
+                          a.name, b.name, disk->name(), verify_algo_name(a.verify),
+                          verify_algo_name(b.verify), a.verify_block(), b.verify_block(),
+                          a.randseed, b.randseed));
         }
         lo = std::min(lo, run.jobs[i].region_start);
         hi = std::max(hi, run.jobs[i].region_start + run.jobs[i].region_len);
@@ -185,9 +201,10 @@ RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry, const RunOpt
     if (st.verifier && j.numjobs > 1) {
       slice = r.region_len / j.numjobs / j.min_bs() * j.min_bs();
       if (slice < j.max_bs()) {
-        throw Error(fmt::format("job '{}': with verify each of the {} threads needs its own "
-                                "slice of the region, and {} bytes is too small for that",
-                                j.name, j.numjobs, r.region_len));
+        throw Error(
+            fmt::format("job '{}': with verify each of the {} threads needs its own "
+                        "slice of the region, and {} bytes is too small for that",
+                        j.name, j.numjobs, r.region_len));
       }
     }
     st.threads.resize(j.numjobs);
@@ -243,7 +260,9 @@ RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry, const RunOpt
         }
         if (states[i].end_ns == 0) {
           bool done = std::all_of(states[i].threads.begin(), states[i].threads.end(),
-                                  [](const ThreadSlot& ts) { return ts.live->done.load(std::memory_order_acquire); });
+                                  [](const ThreadSlot& ts) {
+                                    return ts.live->done.load(std::memory_order_acquire);
+                                  });
           if (done) states[i].end_ns = clock_ns();
         }
       }
@@ -252,7 +271,8 @@ RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry, const RunOpt
       // Sleep in short steps so a finished group is noticed quickly.
       const uint64_t now0 = clock_ns();
       if (now0 < wake) {
-        std::this_thread::sleep_for(std::chrono::nanoseconds(std::min<uint64_t>(wake - now0, 20'000'000)));
+        std::this_thread::sleep_for(
+            std::chrono::nanoseconds(std::min<uint64_t>(wake - now0, 20'000'000)));
         continue;
       }
       const uint64_t now = clock_ns();
@@ -284,8 +304,10 @@ RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry, const RunOpt
         if (st.was_measuring && measuring && done == st.done_before && done < j.numjobs) {
           for (int d = 0; d < kDirs; ++d) {
             if (!(d == kDirRead ? rw_reads(j.rw) : rw_writes(j.rw))) continue;
-            st.result->bw_samples[d].push_back(static_cast<double>(bytes[d] - st.last_bytes[d]) / secs);
-            st.result->iops_samples[d].push_back(static_cast<double>(ios[d] - st.last_ios[d]) / secs);
+            st.result->bw_samples[d].push_back(
+                static_cast<double>(bytes[d] - st.last_bytes[d]) / secs);
+            st.result->iops_samples[d].push_back(
+                static_cast<double>(ios[d] - st.last_ios[d]) / secs);
           }
         }
         st.was_measuring = measuring;
@@ -302,15 +324,21 @@ RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry, const RunOpt
         const uint64_t planned = j.runtime_ns ? j.ramp_ns + j.runtime_ns : 0;
         double frac = 0;
         if (!j.time_based) {
-          const double target = static_cast<double>(j.io_size ? j.io_size : st.threads[0].region_len) *
-                                j.loops * j.numjobs;
+          const double target =
+              static_cast<double>(j.io_size ? j.io_size : st.threads[0].region_len) *
+              j.loops * j.numjobs;
           frac = static_cast<double>(bytes[0] + bytes[1]) / target;
-          if (j.number_ios) frac = std::max(frac, static_cast<double>(ios[0] + ios[1]) / (static_cast<double>(j.number_ios) * j.numjobs));
+          if (j.number_ios)
+            frac = std::max(frac, static_cast<double>(ios[0] + ios[1]) /
+                                      (static_cast<double>(j.number_ios) * j.numjobs));
         }
-        if (planned) frac = std::max(frac, static_cast<double>(elapsed) / static_cast<double>(planned));
+        if (planned)
+          frac =
+              std::max(frac, static_cast<double>(elapsed) / static_cast<double>(planned));
         frac = std::min(frac, 1.0);
         if (frac > 0) {
-          eta = std::max(eta, static_cast<uint64_t>(static_cast<double>(elapsed) * (1 - frac) / frac));
+          eta = std::max(eta, static_cast<uint64_t>(static_cast<double>(elapsed) *
+                                                    (1 - frac) / frac));
         } else {
           eta_known = false;
         }
@@ -319,8 +347,10 @@ RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry, const RunOpt
       for (size_t i = 0; i < states.size(); ++i) {
         if (run.jobs[i].group <= g) continue;
         const JobOptions& j = run.jobs[i].job;
-        if (j.time_based) eta += j.ramp_ns + j.runtime_ns;
-        else eta_known = false;
+        if (j.time_based)
+          eta += j.ramp_ns + j.runtime_ns;
+        else
+          eta_known = false;
       }
       for (int d = 0; d < kDirs; ++d) {
         snap.iops[d] = static_cast<double>(tot[d][0] - last_prog[d][0]) / secs;
@@ -349,7 +379,8 @@ RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry, const RunOpt
   if (opts.progress) opts.progress->finish();
   const uint64_t run_ns = clock_ns() - run_start;
   for (size_t i = 0; i < disk_order.size(); ++i) {
-    run.disks.push_back(disk_delta(*disk_order[i], disk_before[i], disk_order[i]->stats(), run_ns));
+    run.disks.push_back(
+        disk_delta(*disk_order[i], disk_before[i], disk_order[i]->stats(), run_ns));
   }
   run.interrupted = opts.stop && opts.stop->load();
   return run;

@@ -20,9 +20,9 @@ namespace blkstack::bench {
 // What the progress line shows, about twice a second.
 struct ProgressSnapshot {
   unsigned running_threads = 0;
-  std::string modes;          // fio's "r(1),W(2)": a letter per job, threads in brackets
-  double percent = 0;         // of the whole run, as far as it can be told
-  double bw[kDirs] = {};      // bytes/s over the last interval
+  std::string modes;      // fio's "r(1),W(2)": a letter per job, threads in brackets
+  double percent = 0;     // of the whole run, as far as it can be told
+  double bw[kDirs] = {};  // bytes/s over the last interval
   double iops[kDirs] = {};
   uint64_t elapsed_ns = 0;
   uint64_t eta_ns = 0;
@@ -39,13 +39,14 @@ class ProgressSink {
 struct RunOptions {
   const std::atomic<bool>* stop = nullptr;  // ^C: jobs end early and results still print
   ProgressSink* progress = nullptr;         // nullptr: no progress line
-  uint64_t sample_ns = 500'000'000;         // bandwidth/IOPS sample interval (fio's 500 ms)
+  uint64_t sample_ns = 500'000'000;  // bandwidth/IOPS sample interval (fio's 500 ms)
 };
 
 // Runs every job of `cfg` on disks created in `registry` (one disk per
 // distinct filename spec). Throws Error for setup mistakes (bad spec, a
 // region beyond the device, misaligned sizes); I/O errors and verify
 // failures are in the result.
-RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry, const RunOptions& opts);
+RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry,
+                    const RunOptions& opts);
 
 }  // namespace blkstack::bench

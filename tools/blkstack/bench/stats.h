@@ -56,10 +56,11 @@ struct ThreadResult {
   uint64_t sync_ios = 0;
   LatencyStat sync_lat;
   VerifyStats verify;
-  uint64_t runtime_ns = 0;  // the measured window: after ramp_time, to the last completion
+  uint64_t runtime_ns =
+      0;  // the measured window: after ramp_time, to the last completion
   uint64_t usr_ns = 0, sys_ns = 0, ctx_switches = 0, minflt = 0, majflt = 0;
   std::array<uint64_t, kDepthBuckets> depth{};
-  int error = 0;             // first errno (positive), 0 if none
+  int error = 0;              // first errno (positive), 0 if none
   std::string error_message;  // "read at offset 4096 (4096 bytes): Input/output error"
 
   void merge(const ThreadResult& o);
@@ -76,12 +77,12 @@ struct JobResult {
   std::string disk_name;
   uint64_t disk_bytes = 0;
   uint64_t region_start = 0, region_len = 0;
-  unsigned group = 0;      // jobs separated by stonewall run in later groups
+  unsigned group = 0;  // jobs separated by stonewall run in later groups
   unsigned threads = 0;
-  ThreadResult sum;        // all threads merged
-  uint64_t runtime_ns = 0;  // the longest thread's measured window
-  uint64_t elapsed_ns = 0;  // wall time of the job, ramp included
-  std::vector<double> bw_samples[kDirs];    // bytes/s per 500 ms interval
+  ThreadResult sum;                       // all threads merged
+  uint64_t runtime_ns = 0;                // the longest thread's measured window
+  uint64_t elapsed_ns = 0;                // wall time of the job, ramp included
+  std::vector<double> bw_samples[kDirs];  // bytes/s per 500 ms interval
   std::vector<double> iops_samples[kDirs];
 };
 

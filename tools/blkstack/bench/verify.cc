@@ -34,23 +34,34 @@ BlockHeader load_header(const std::byte* block) {
 
 std::string_view verify_algo_name(VerifyAlgo a) {
   switch (a) {
-    case VerifyAlgo::kNone: return "none";
-    case VerifyAlgo::kCrc32c: return "crc32c";
-    case VerifyAlgo::kXxh64: return "xxh64";
+    case VerifyAlgo::kNone:
+      return "none";
+    case VerifyAlgo::kCrc32c:
+      return "crc32c";
+    case VerifyAlgo::kXxh64:
+      return "xxh64";
   }
   return "?";
 }
 
 std::string_view verify_failure_name(VerifyFailure f) {
   switch (f) {
-    case VerifyFailure::kNone: return "ok";
-    case VerifyFailure::kBadMagic: return "bad_magic";
-    case VerifyFailure::kBadLength: return "bad_length";
-    case VerifyFailure::kCorrupt: return "corrupt";
-    case VerifyFailure::kMisplaced: return "misplaced";
-    case VerifyFailure::kForeign: return "foreign";
-    case VerifyFailure::kStale: return "stale";
-    case VerifyFailure::kNewer: return "newer";
+    case VerifyFailure::kNone:
+      return "ok";
+    case VerifyFailure::kBadMagic:
+      return "bad_magic";
+    case VerifyFailure::kBadLength:
+      return "bad_length";
+    case VerifyFailure::kCorrupt:
+      return "corrupt";
+    case VerifyFailure::kMisplaced:
+      return "misplaced";
+    case VerifyFailure::kForeign:
+      return "foreign";
+    case VerifyFailure::kStale:
+      return "stale";
+    case VerifyFailure::kNewer:
+      return "newer";
   }
   return "?";
 }
@@ -71,8 +82,10 @@ uint64_t Verifier::checksum(const std::byte* block) const {
   return crc32c_extend(crc32c(block, kChecksumAt), payload, plen);
 }
 
-void Verifier::fill_payload(std::byte* block, uint64_t offset, uint64_t generation) const {
-  uint64_t state = seed_ ^ (offset * 0x9e3779b97f4a7c15ull) ^ (generation << 48) ^ generation;
+void Verifier::fill_payload(std::byte* block, uint64_t offset,
+                            uint64_t generation) const {
+  uint64_t state =
+      seed_ ^ (offset * 0x9e3779b97f4a7c15ull) ^ (generation << 48) ^ generation;
   std::byte* p = block + sizeof(BlockHeader);
   std::byte* end = block + block_size_;
   for (; p + 8 <= end; p += 8) {
@@ -117,8 +130,9 @@ std::string Verifier::describe_corruption(const std::byte* block, uint64_t offse
     }
   }
   if (bad == 0) return "";  // only the checksum field itself differs
-  return fmt::format("; {} of {} sectors differ from generation {}'s data, first at byte {}",
-                     bad, sectors, generation, first_byte);
+  return fmt::format(
+      "; {} of {} sectors differ from generation {}'s data, first at byte {}", bad,
+      sectors, generation, first_byte);
 }
 
 VerifyResult Verifier::check(const std::byte* block, uint64_t offset,
@@ -145,9 +159,10 @@ VerifyResult Verifier::check(const std::byte* block, uint64_t offset,
     // Describe against the generation the block should have, or the one it
     // claims when we do not know.
     const uint64_t gen = expected_generation ? expected_generation : h.generation;
-    return fail(VerifyFailure::kCorrupt,
-                fmt::format("checksum mismatch (torn/corrupt): stored 0x{:x}, computed 0x{:x}{}",
-                            h.checksum, sum, describe_corruption(block, offset, gen)));
+    return fail(
+        VerifyFailure::kCorrupt,
+        fmt::format("checksum mismatch (torn/corrupt): stored 0x{:x}, computed 0x{:x}{}",
+                    h.checksum, sum, describe_corruption(block, offset, gen)));
   }
   // An intact block: is it the right one?
   if (h.offset != offset) {
@@ -156,8 +171,8 @@ VerifyResult Verifier::check(const std::byte* block, uint64_t offset,
   }
   if (h.seed != seed_) {
     return fail(VerifyFailure::kForeign,
-                fmt::format("seed 0x{:x}, expected 0x{:x} (written by another run)", h.seed,
-                            seed_));
+                fmt::format("seed 0x{:x}, expected 0x{:x} (written by another run)",
+                            h.seed, seed_));
   }
   if (expected_generation != 0 && h.generation < expected_generation) {
     return fail(VerifyFailure::kStale, fmt::format("generation {}, expected {} (stale)",

@@ -42,7 +42,7 @@ struct BlockHeader {
   uint32_t length;      // the verify block size
   uint8_t algo;         // VerifyAlgo
   uint8_t reserved[3];
-  uint64_t checksum;    // over the header before this field and the payload
+  uint64_t checksum;  // over the header before this field and the payload
 };
 static_assert(sizeof(BlockHeader) == 48);
 

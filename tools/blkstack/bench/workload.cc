@@ -47,12 +47,14 @@ double Zipf::zeta(uint64_t n, double theta) {
   constexpr uint64_t kExact = 10'000'000;  // fio's ZIPF_MAX_GEN
   const uint64_t m = std::min(n, kExact);
   double z = 0;
-  for (uint64_t i = m; i >= 1; --i) z += std::pow(static_cast<double>(i), -theta);  // small first
+  for (uint64_t i = m; i >= 1; --i)
+    z += std::pow(static_cast<double>(i), -theta);  // small first
   if (n > m) {
     // The tail sum_{m+1..n} i^-theta by Euler-Maclaurin: the integral plus
     // the end corrections.
     const double a = static_cast<double>(m), b = static_cast<double>(n);
-    const double integral = (std::pow(b, 1 - theta) - std::pow(a, 1 - theta)) / (1 - theta);
+    const double integral =
+        (std::pow(b, 1 - theta) - std::pow(a, 1 - theta)) / (1 - theta);
     z += integral + (std::pow(b, -theta) - std::pow(a, -theta)) / 2 +
          theta / 12 * (std::pow(a, -theta - 1) - std::pow(b, -theta - 1));
   }
@@ -64,7 +66,8 @@ Zipf::Zipf(uint64_t n, double theta) : n_(n == 0 ? 1 : n), theta_(theta) {
   const double zeta2 = 1.0 + std::pow(0.5, theta_);
   half_pow_theta_ = std::pow(0.5, theta_);
   alpha_ = 1.0 / (1.0 - theta_);
-  eta_ = (1.0 - std::pow(2.0 / static_cast<double>(n_), 1.0 - theta_)) / (1.0 - zeta2 / zetan_);
+  eta_ = (1.0 - std::pow(2.0 / static_cast<double>(n_), 1.0 - theta_)) /
+         (1.0 - zeta2 / zetan_);
 }
 
 uint64_t Zipf::next(Rng& rng) const {
@@ -84,7 +87,8 @@ uint64_t Zipf::next(Rng& rng) const {
   return std::min(val - 1, n_ - 1);
 }
 
-Pareto::Pareto(uint64_t n, double h) : n_(n == 0 ? 1 : n), pow_(std::log(h) / std::log(1.0 - h)) {}
+Pareto::Pareto(uint64_t n, double h)
+    : n_(n == 0 ? 1 : n), pow_(std::log(h) / std::log(1.0 - h)) {}
 
 uint64_t Pareto::next(Rng& rng) const {
   // fio's pareto_next: rank = (n - 1) * u^(log h / log(1 - h)).
@@ -110,9 +114,12 @@ OffsetGenerator::OffsetGenerator(const JobOptions& job, uint64_t start, uint64_t
 
 uint64_t OffsetGenerator::next_block() {
   switch (dist_) {
-    case Distribution::kZipf: return perm_(zipf_.next(rng_));
-    case Distribution::kPareto: return perm_(pareto_.next(rng_));
-    case Distribution::kRandom: break;
+    case Distribution::kZipf:
+      return perm_(zipf_.next(rng_));
+    case Distribution::kPareto:
+      return perm_(pareto_.next(rng_));
+    case Distribution::kRandom:
+      break;
   }
   if (!randommap_) return rng_.below(blocks_);
   // Every block once per pass, a new order each pass.
@@ -138,7 +145,9 @@ uint64_t OffsetGenerator::next(Dir dir, uint32_t len) {
 }
 
 SizePicker::SizePicker(const JobOptions& job, uint64_t seed)
-    : fixed_dir_(!rw_writes(job.rw) ? kDirRead : !rw_reads(job.rw) ? kDirWrite : -1),
+    : fixed_dir_(!rw_writes(job.rw)  ? kDirRead
+                 : !rw_reads(job.rw) ? kDirWrite
+                                     : -1),
       rwmixread_(job.rwmixread),
       rng_(seed ^ 0x2545f4914f6cdd1dull) {
   for (int d = 0; d < kDirs; ++d) {
