@@ -24,6 +24,7 @@
 #include "blkstack/disk_registry.h"
 #include "blkstack/error.h"
 #include "blkstack/submit.h"
+#include "test_util.h"
 
 namespace blkstack {
 namespace {

@@ -17,6 +17,8 @@
 #include <thread>
 #include <vector>
 
+#include "test_util.h"
+
 namespace blkstack {
 namespace {
 
