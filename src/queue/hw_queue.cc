@@ -162,6 +162,13 @@ void HwQueue::dispatch_all() {
   }
 }
 
+void HwQueue::put_back_for_dispatch(RequestList& batch) {
+  std::lock_guard lock(dispatch_lock_);
+  dispatch_.splice_front(batch);
+  dispatch_count_.store(static_cast<uint32_t>(dispatch_.size()),
+                        std::memory_order_release);
+}
+
 bool HwQueue::dispatch_list(RequestList& batch) {
   bool owe_commit = false;               // a request went with last == false
   const uint64_t now = Plug::time_ns();  // one clock read stamps the batch
@@ -174,12 +181,7 @@ bool HwQueue::dispatch_list(RequestList& batch) {
       rq->tag_ = get_driver_tag();
       if (rq->tag_ < 0) {
         batch.push_front(rq);
-        {
-          std::lock_guard lock(dispatch_lock_);
-          dispatch_.splice_front(batch);
-          dispatch_count_.store(static_cast<uint32_t>(dispatch_.size()),
-                                std::memory_order_release);
-        }
+        put_back_for_dispatch(batch);
         if (owe_commit) queue_.driver().commit_rqs(*this);
         return false;  // a freed driver tag runs us
       }
@@ -192,12 +194,7 @@ bool HwQueue::dispatch_list(RequestList& batch) {
     }
     // The driver took no more: this one and the rest wait, in order.
     batch.push_front(rq);
-    {
-      std::lock_guard lock(dispatch_lock_);
-      dispatch_.splice_front(batch);
-      dispatch_count_.store(static_cast<uint32_t>(dispatch_.size()),
-                            std::memory_order_release);
-    }
+    put_back_for_dispatch(batch);
     if (owe_commit) queue_.driver().commit_rqs(*this);
     after_refusal(r);
     return false;

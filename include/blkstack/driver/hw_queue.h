@@ -66,6 +66,9 @@ class alignas(64) HwQueue {
   // (kRequeue), or run if the driver restarted the queue already (kBusy).
   void after_refusal(IssueResult why);
   void add_to_dispatch(Request& rq, bool at_head);
+  // Puts what is left of a batch back at the front of the dispatch list,
+  // in order (the driver or the driver tags took no more).
+  void put_back_for_dispatch(RequestList& batch);
   // Stops the queue after the driver refused a request with
   // kDeviceResource, unless the driver called start() since `starts` was
   // read (before queue_rq): room freed on another thread between its busy
