@@ -2,8 +2,8 @@
 //
 // The data lives in a RamStore (src/mm/ram_store.h): 2 MiB chunks of
 // anonymous memory mapped on first write, 4 KiB pages tracked by a bitmap,
-// discard handing pages back, full chunks moved into huge pages by a
-// thread of the store's own. The driver is written once for both queue
+// discard handing pages back, and a 2 MiB huge page for the chunks a
+// first write is about to fill (huge=auto). The driver is written once for both queue
 // modes (driver/transfer.h): it copies each bio of a command to or from
 // the store.
 #include <fmt/format.h>
@@ -77,8 +77,7 @@ class RamReports final : public DiskReports {
   explicit RamReports(std::shared_ptr<const RamStore> store) : store_(std::move(store)) {}
   std::string describe() const override {
     return fmt::format("allocated={} huge_chunks={}",
-                       format_size(store_->allocated_bytes()),
-                       store_->collapsed_chunks());
+                       format_size(store_->allocated_bytes()), store_->huge_chunks());
   }
   Extent extent_at(uint64_t offset, uint64_t max_length) const override {
     const RamStore::Run run = store_->extent_at(offset, max_length);
@@ -104,9 +103,11 @@ constexpr OptionDef kOptions[] = {
            kMinBlockSize, kMaxBlockSize),
     ranged({"max_sectors", OptionKind::kUint, "2560", "largest I/O in 512-byte sectors"},
            1, kMaxSectorsLimit),
-    {"huge", OptionKind::kBool, "0",
-     "back every written chunk with 2 MiB transparent huge pages, not only full "
-     "ones (faster large I/O, 2 MiB per chunk touched)"},
+    {"huge", OptionKind::kChoice, "auto",
+     "2 MiB transparent huge pages for a chunk: auto (the chunks a first write "
+     "is about to fill: half of it, or a stream from the full chunk before), "
+     "always (every chunk touched: 2 MiB each), never (4 KiB pages)",
+     "auto|always|never"},
 };
 
 std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
@@ -120,7 +121,11 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
   lim.discard_granularity = std::max<uint32_t>(lim.logical_block_size, kPageSize);
   const uint64_t size = device_size_option(o, lim.logical_block_size);
   const QueueMode qm = queue_mode(o);
-  auto store = std::make_shared<RamStore>(size, o.flag("huge"));
+  const std::string& huge = o.str("huge");
+  const HugePages policy = huge == "always"  ? HugePages::kAlways
+                           : huge == "never" ? HugePages::kNever
+                                             : HugePages::kAuto;
+  auto store = std::make_shared<RamStore>(size, policy);
   return make_disk<RamDriver>(name, size >> kSectorShift, lim, qm,
                               std::make_unique<RamReports>(store), store);
 }

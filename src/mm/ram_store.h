@@ -15,38 +15,40 @@
 // which is what the block layer already allows for requests that are not
 // ordered.
 //
-// Huge pages: a chunk is mapped at a 2 MiB boundary but kept out of
-// transparent huge pages while it has holes: one 4 KiB write must not take
-// 2 MiB. Once every page of a chunk holds data it costs nothing more as one
-// huge page, and copies from it miss the TLB far less (1 MiB reads through
-// `blkstack serve` ~25% faster, 4 KiB random reads ~7% less CPU on the
-// development VM). So a write that fills a chunk, or a discard that makes
-// a hole in a full one, hands the chunk to a thread of the store's own,
-// the only one that changes its advice: a full chunk is collapsed into a
-// huge page (MADV_COLLAPSE, Linux 6.1; a huge page allocation and a 2 MiB
-// copy are not for a submitting thread), one with holes is advised out of
-// huge pages again so that khugepaged does not refill them. Data is safe
-// throughout: the kernel unmaps the chunk while it copies, so a write
-// meanwhile waits and lands in the huge page. What a discard in a huge
-// chunk frees comes back when the kernel splits the page (under memory
-// pressure), and a collapse stalls I/O to that one chunk for its copy.
-// With huge_pages every chunk asks for huge pages from its first write
-// instead (where /sys/kernel/mm/transparent_hugepage allows): 2 MiB per
-// chunk touched.
-//
+// Huge pages. A chunk is mapped at a 2 MiB boundary, so one transparent
+// huge page can back it, and whether it does is decided once, by its first
+// write, and never changed while it holds data: nothing ever moves a
+// chunk's pages, so no I/O waits behind huge-page work done for another.
+// Under HugePages::kAuto a chunk gets a huge page when it is about to be
+// filled: its first write covers at least half of it (so it never holds
+// more than twice the memory its data needs), or starts at its first page
+// while the chunk before it is full (a sequential stream crossing into
+// it). Every other chunk gets 4 KiB pages: one 4 KiB write costs 4 KiB.
+// The page faults are the cost of a first write: on the development VM a
+// 4 KiB fault costs ~13 us and a 2 MiB fault ~250 us, so a fresh store
+// takes sequential writes at ~300 MiB/s in 4 KiB pages and ~8 GiB/s in
+// huge ones (docs/bench.md, "Cold devices"). A write that reaches several
+// missing 4 KiB pages has them populated in one call rather than a fault
+// each. A discard that makes a hole in a huge chunk gives the chunk back
+// to 4 KiB pages (the freed memory returns when the kernel splits the
+// page), so khugepaged never fills its holes again.
 // Every range passed in must lie inside [0, size()); any number of threads
 // may call read, write, discard and the queries at once.
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
-#include <deque>
-#include <mutex>
-#include <thread>
 
 namespace blkstack {
+
+// Which chunks a RamStore backs with 2 MiB transparent huge pages (where
+// /sys/kernel/mm/transparent_hugepage allows them at all).
+enum class HugePages : uint8_t {
+  kAuto,    // the chunks a first write is about to fill (see above)
+  kAlways,  // every chunk written: 2 MiB per chunk touched
+  kNever,   // none: 4 KiB pages only
+};
 
 class RamStore {
  public:
@@ -60,7 +62,7 @@ class RamStore {
 
   // `bytes` up to kMaxBytes. Throws Error if the chunk table's address
   // space cannot be had.
-  RamStore(uint64_t bytes, bool huge_pages);
+  RamStore(uint64_t bytes, HugePages huge_pages);
   ~RamStore();
   RamStore(const RamStore&) = delete;
   RamStore& operator=(const RamStore&) = delete;
@@ -88,39 +90,31 @@ class RamStore {
   Run extent_at(uint64_t off, uint64_t max_len) const;
   // Pages holding data, in bytes.
   uint64_t allocated_bytes() const;
-  // Chunks the advice thread moved into huge pages, over the store's life.
-  uint64_t collapsed_chunks() const { return collapsed_.load(std::memory_order_relaxed); }
+  // Chunks mapped for huge pages by their first write, over the store's
+  // life (the kernel may still have backed some with 4 KiB pages).
+  uint64_t huge_chunks() const { return huge_chunks_.load(std::memory_order_relaxed); }
 
  private:
   struct Chunk;
 
   template <class Fn>
   void for_each_run(uint64_t off, uint64_t len, Fn&& fn) const;
-  Chunk* chunk_for_write(uint64_t c);
+  Chunk* chunk_for_write(uint64_t c, uint64_t in_chunk, uint64_t len);
+  bool wants_huge_page(uint64_t c, uint64_t in_chunk, uint64_t len) const;
   static void* map_aligned_chunk();
-  void queue_advice(Chunk* chunk);
-  void advice_loop();
-  void advise(Chunk* chunk);
   // Chunk c's entry in the table, null until its first write.
   std::atomic_ref<Chunk*> slot(uint64_t c) const {
     return std::atomic_ref<Chunk*>(chunks_[c]);
   }
 
   uint64_t bytes_;
-  bool huge_pages_;
+  HugePages huge_pages_;
   uint64_t nr_chunks_;
   size_t table_bytes_;
   Chunk** chunks_;                     // nr_chunks_ entries, mapped (see the constructor)
   std::atomic<Chunk*> made_{nullptr};  // every chunk in the table, to free them
   std::atomic<int64_t> allocated_pages_{0};
-
-  // The advice thread (started by the first full chunk) and its queue.
-  std::mutex advice_mu_;
-  std::condition_variable advice_cv_;
-  std::deque<Chunk*> advice_todo_;
-  bool advice_stop_ = false;
-  std::thread advice_thread_;
-  std::atomic<uint64_t> collapsed_{0};  // chunks moved into huge pages
+  std::atomic<uint64_t> huge_chunks_{0};
 };
 
 }  // namespace blkstack

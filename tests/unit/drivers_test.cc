@@ -428,30 +428,21 @@ TEST(RamDriver, ConcurrentWriteDiscardAndRead) {
   EXPECT_EQ(ram.allocated(), kPages * kPage);
 }
 
-// The ram device's count of chunks moved into huge pages, from describe().
+// The ram device's count of chunks given huge pages, from describe().
 uint64_t huge_chunks(RamDisk& ram) {
   const std::string d = ram.disk->describe();
   const size_t at = d.find("huge_chunks=");
   return at == std::string::npos ? ~uint64_t{0} : std::stoull(d.substr(at + 12));
 }
 
-// Polls for up to 5 s until the device has collapsed `n` chunks.
-bool wait_huge_chunks(RamDisk& ram, uint64_t n) {
-  for (int i = 0; i < 500 && huge_chunks(ram) < n; ++i) std::this_thread::sleep_for(10ms);
-  return huge_chunks(ram) == n;
-}
-
-// A chunk whose every page holds data is moved into a huge page in the
-// background; reads, discards and writes go on as before.
-TEST(RamDriver, FullChunksBecomeHugePagesAndKeepTheirData) {
-  if (!testing_util::HaveHugePages()) GTEST_SKIP() << "no transparent huge pages here";
+// huge=auto: chunks a stream fills get huge pages from their first write,
+// a chunk of one page does not; reads, discards and writes go on as before.
+TEST(RamDriver, StreamedChunksAreHugeAndKeepTheirData) {
   RamDisk ram("ram:8M");
   EXPECT_EQ(huge_chunks(ram), 0u);
   ram.write(4 << 20, kPage, 0x72);  // chunk 2: one page, stays small
-  ram.write(0, 4 << 20, 0x71);      // chunks 0 and 1, full
-  EXPECT_TRUE(wait_huge_chunks(ram, 2)) << ram.disk->describe();
-  std::this_thread::sleep_for(50ms);
-  EXPECT_EQ(huge_chunks(ram), 2u) << "a chunk with holes was collapsed";
+  ram.write(0, 4 << 20, 0x71);      // chunks 0 and 1, streamed
+  EXPECT_EQ(huge_chunks(ram), 2u) << ram.disk->describe();
   EXPECT_TRUE(AllAre(ram.read(0, 4 << 20).data(), 4 << 20, 0x71));
   EXPECT_EQ(ram.allocated(), (4u << 20) + kPage);
   // A hole in a huge chunk reads zeroes, its neighbours keep their data.
@@ -461,30 +452,33 @@ TEST(RamDriver, FullChunksBecomeHugePagesAndKeepTheirData) {
   EXPECT_TRUE(AllAre(head.data() + kPage, kPage, 0));
   EXPECT_TRUE(AllAre(head.data() + 2 * kPage, kPage, 0x71));
   EXPECT_EQ(ram.allocated(), 4u << 20);
-  ram.write(kPage, kPage, 0x73);  // full again: collapsed again
-  EXPECT_TRUE(wait_huge_chunks(ram, 3)) << ram.disk->describe();
+  ram.write(kPage, kPage, 0x73);
   EXPECT_TRUE(AllAre(ram.read(kPage, kPage).data(), kPage, 0x73));
-  EXPECT_TRUE(AllAre(ram.read(2 * kPage, (4 << 20) - 2 * kPage).data(),
-                     (4 << 20) - 2 * kPage, 0x71));
+  EXPECT_EQ(huge_chunks(ram), 2u);
 }
 
-// huge=1 changes where the memory comes from, not what the disk says.
+// huge=always and huge=never change where the memory comes from, not what
+// the disk says.
 TEST(RamDriver, HugePagesKeepTheSameSemantics) {
-  RamDisk ram("ram:8M,huge=1");
-  ram.write(kPage, 2 * kPage, 0x61);
-  EXPECT_EQ(ram.allocated(), 2 * kPage) << "pages holding data are counted, not memory";
-  std::vector<std::byte> all = ram.read(0, 4 * kPage);
-  EXPECT_TRUE(AllAre(all.data(), kPage, 0));
-  EXPECT_TRUE(AllAre(all.data() + kPage, 2 * kPage, 0x61));
-  EXPECT_TRUE(AllAre(all.data() + 3 * kPage, kPage, 0));
-  EXPECT_FALSE(ram.extent(0, kPage).allocated);
-  EXPECT_TRUE(ram.extent(kPage, 2 * kPage).allocated);
-  ASSERT_EQ(ram.h.discard(kPage, kPage), Status::kOk);
-  EXPECT_EQ(ram.allocated(), kPage);
-  EXPECT_TRUE(AllAre(ram.read(kPage, kPage).data(), kPage, 0));
-  EXPECT_TRUE(AllAre(ram.read(2 * kPage, kPage).data(), kPage, 0x61));
+  for (const char* spec : {"ram:8M,huge=always", "ram:8M,huge=never"}) {
+    SCOPED_TRACE(spec);
+    RamDisk ram(spec);
+    ram.write(kPage, 2 * kPage, 0x61);
+    EXPECT_EQ(ram.allocated(), 2 * kPage) << "pages holding data are counted, not memory";
+    std::vector<std::byte> all = ram.read(0, 4 * kPage);
+    EXPECT_TRUE(AllAre(all.data(), kPage, 0));
+    EXPECT_TRUE(AllAre(all.data() + kPage, 2 * kPage, 0x61));
+    EXPECT_TRUE(AllAre(all.data() + 3 * kPage, kPage, 0));
+    EXPECT_FALSE(ram.extent(0, kPage).allocated);
+    EXPECT_TRUE(ram.extent(kPage, 2 * kPage).allocated);
+    ASSERT_EQ(ram.h.discard(kPage, kPage), Status::kOk);
+    EXPECT_EQ(ram.allocated(), kPage);
+    EXPECT_TRUE(AllAre(ram.read(kPage, kPage).data(), kPage, 0));
+    EXPECT_TRUE(AllAre(ram.read(2 * kPage, kPage).data(), kPage, 0x61));
+  }
   DiskRegistry r;
   EXPECT_THROW(r.create("ram:8M,huge=maybe"), Error);
+  EXPECT_THROW(r.create("ram:8M,huge=1"), Error);
 }
 
 TEST(RamDriver, FourKiBBlocks) {
