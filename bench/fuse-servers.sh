@@ -7,9 +7,11 @@
 #   nbdfuse    nbdfuse over nbdkit --threads=1 memory 1G (unix socket)
 #   qsd        qemu-storage-daemon's FUSE export of a 1 GiB /dev/shm file
 #              (aio=io_uring, cache.direct=off)
-# Each file is prefilled once (1 MiB writes, depth 8); then the jobs run
-# time based (RUNTIME s), RUNS times, alternating the servers within each
-# run; medians. Server CPU per I/O: utime+stime of the server processes
+# First the cold rows, on each server's fresh file, once: 1 MiB sequential
+# writes at depth 8 over its first half, then 4 KiB random writes at depth
+# 32 over its second half (neither touched before). The file is then
+# prefilled (1 MiB writes, depth 8); the warm jobs run time based (RUNTIME
+# s), RUNS times, alternating the servers within each run; medians. Server CPU per I/O: utime+stime of the server processes
 # (nbdfuse and nbdkit together) from /proc/PID/stat around each job.
 #
 # Jobs: 4 KiB random read and write at depth 32, 1 MiB sequential read and
@@ -98,6 +100,13 @@ CASES=(
 
 for s in "${SERVERS[@]}"; do
   start "$s"
+  fio --name=cold-seq --ioengine=io_uring --direct=1 --filename="${FILES[$s]}" --rw=write \
+    --bs=1M --iodepth=8 --size=512M --output-format=json >"$tmp/$s-coldseq.json" 2>&1 ||
+    bench_fail "cold sequential writes on $s failed" "$tmp/$s-coldseq.json"
+  fio --name=cold-rand --ioengine=io_uring --direct=1 --filename="${FILES[$s]}" \
+    --rw=randwrite --bs=4k --iodepth=32 --offset=512M --size=512M \
+    --output-format=json >"$tmp/$s-coldrand.json" 2>&1 ||
+    bench_fail "cold random writes on $s failed" "$tmp/$s-coldrand.json"
   fio --name=prefill --ioengine=io_uring --direct=1 --filename="${FILES[$s]}" --rw=write \
     --bs=1M --iodepth=8 --output-format=json >"$tmp/prefill-$s.json" 2>&1 ||
     bench_fail "prefill of $s failed" "$tmp/prefill-$s.json"
@@ -134,6 +143,22 @@ def load(s, t, name, i):
     d = job["read"] if job["read"]["total_ios"] > 0 else job["write"]
     ticks, hz = (int(x) for x in open(base + ".cpu").read().split())
     return d["iops"], d["bw_bytes"], ticks / hz * 1e6 / max(1, d["total_ios"])
+
+def load_cold(s, key):
+    text = open(f"{tmp}/{s}-{key}.json").read()
+    return json.loads(text[text.index("{"):])["jobs"][0]["write"]
+
+print()
+print("Cold: each server's fresh file, once (not medians): 1 MiB sequential writes at depth 8")
+print("over its first half, 4 KiB random writes at depth 32 over its second half.")
+print(f"{'job':<14} {'server':<9} {'IOPS':>9} {'MiB/s':>7} {'vs qsd':>7}")
+for key, job in (("coldseq", "cold seqw 1M"), ("coldrand", "cold randw 4k")):
+    cold = {s: load_cold(s, key) for s in servers}
+    for s in servers:
+        w = cold[s]
+        print(f"{job:<14} {s:<9} {w['iops']:>9,.0f} {w['bw_bytes'] / 2**20:>7,.0f}"
+              f" {w['iops'] / cold['qsd']['iops']:>7.2f}")
+    print()
 
 res = {}
 for t in targets:

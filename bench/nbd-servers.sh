@@ -8,9 +8,12 @@
 #   qsd             qemu-storage-daemon, null-co with read-zeroes=off (no
 #                   copy at all: an upper bound for qemu's NBD server)
 #   nbd-server      nbd-server on a 1 GiB file in /dev/shm
-# Each export is prefilled once (--rw=write --bs=1M --iodepth=8), then the
-# jobs run time based (RUNTIME s), RUNS times, alternating the servers
-# within each run; medians. Server CPU per I/O: utime+stime (+ reaped
+# First the cold rows, on fresh exports, once per server: 4 KiB random
+# writes at depth 32 over 512 MiB of a fresh export, then (on another fresh
+# export) the prefill, 1 MiB sequential writes at depth 8 over the whole
+# export, which is the cold sequential row. Then the warm jobs run time
+# based (RUNTIME s), RUNS times, alternating the servers within each run;
+# medians. Server CPU per I/O: utime+stime (+ reaped
 # children, for nbd-server's per-connection processes) from /proc/PID/stat
 # before and after each job, over the I/Os fio did.
 #
@@ -55,6 +58,21 @@ stop_servers() {
 }
 trap stop_servers EXIT
 
+# stop NAME: stops server NAME and waits for it, so that a fresh one can
+# take its place.
+stop() {
+  local pid=${PIDS[$1]}
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do
+    [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) =~ ^[^Z]$ ]] || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  [ "$1" = blkstack ] && wait "$pid" 2>/dev/null
+  unset "PIDS[$1]"
+  rm -f "$tmp/$1.sock" "$tmp/$1.pid"
+}
+
 # blkstack: built here (Release); missing if that fails or has no serve.
 BLKSTACK=missing
 echo "nbd-servers: building $BUILD (Release): blkstack_cli"
@@ -90,6 +108,7 @@ start() {
         --pidfile "$pid" --daemonize >"$log" 2>&1 || bench_fail "qemu-storage-daemon did not start" "$log"
       URIS[$name]="nbd+unix:///null0?socket=$sock" ;;
     nbd-server)
+      rm -f "$SHM_IMG"
       truncate -s 1G "$SHM_IMG"
       printf '[generic]\nunixsock = %s\n[mem]\nexportname = %s\n' "$sock" "$SHM_IMG" >"$tmp/nbd-server.conf"
       nbd-server -C "$tmp/nbd-server.conf" -p "$pid" >"$log" 2>&1 ||
@@ -114,9 +133,14 @@ CASES=(
 
 for s in "${SERVERS[@]}"; do
   start "$s"
+  fio --name=cold-rand --ioengine=nbd --uri="${URIS[$s]}" --rw=randwrite --bs=4k \
+    --iodepth=32 --size=512M --output-format=json >"$tmp/$s-coldrand.json" 2>&1 ||
+    bench_fail "cold random writes on $s failed" "$tmp/$s-coldrand.json"
+  stop "$s"
+  start "$s"
   fio --name=prefill --ioengine=nbd --uri="${URIS[$s]}" --rw=write --bs=1M --iodepth=8 \
-    --output-format=json >"$tmp/prefill-$s.json" 2>&1 ||
-    bench_fail "prefill of $s failed" "$tmp/prefill-$s.json"
+    --output-format=json >"$tmp/$s-coldseq.json" 2>&1 ||
+    bench_fail "prefill of $s failed" "$tmp/$s-coldseq.json"
 done
 
 echo "nbd-servers: ${#CASES[@]} jobs x ${#SERVERS[@]} servers, $RUNS runs of ${RUNTIME}s;" \
@@ -158,6 +182,27 @@ for name in cases:
         res[name, s] = {"iops": med(f[0] for f in fs), "bw": med(f[1] for f in fs),
                         "cpu": med(f[2] for f in fs),
                         "min": min(f[0] for f in fs), "max": max(f[0] for f in fs)}
+
+def load_cold(s, key):
+    with open(f"{tmp}/{s}-{key}.json") as f:
+        text = f.read()
+    return json.loads(text[text.index("{"):])["jobs"][0]["write"]
+
+print()
+print("Cold: fresh exports, one of each per server (not medians): sequential 1 MiB writes at")
+print("depth 8 over the whole export (the prefill), random 4 KiB writes at depth 32 over 512 MiB.")
+print(f"{'job':<14} {'server':<11} {'IOPS':>9} {'MiB/s':>7} {'vs nbdkit':>9}")
+for key, job in (("coldseq", "cold seqw 1M"), ("coldrand", "cold randw 4k")):
+    cold = {s: load_cold(s, key) for s in servers}
+    ref = max(cold[s]["iops"] for s in ("nbdkit", "nbdkit-t1") if s in cold)
+    for s in ALL:
+        if s not in servers:
+            print(f"{job:<14} {s:<11} {'missing':>9}")
+            continue
+        w = cold[s]
+        print(f"{job:<14} {s:<11} {w['iops']:>9,.0f} {w['bw_bytes'] / 2**20:>7,.0f}"
+              f" {w['iops'] / ref:>9.2f}")
+    print()
 
 def best_nbdkit(name):
     return max(("nbdkit", "nbdkit-t1"), key=lambda s: res[name, s]["iops"])

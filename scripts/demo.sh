@@ -89,8 +89,14 @@ src=/usr/share/doc
 [[ -d $src ]] || src=/usr/include
 files=$(find "$src" -type f 2>/dev/null | wc -l)
 note "$src: $files files, $(du -sh "$src" 2>/dev/null | cut -f1)"
+# The cold path: the first writes a fresh disk takes, timed.
+t0=$(date +%s%N)
 run cp -a "$src" "$fsdir/tree"
 run sync
+t1=$(date +%s%N)
+bytes=$(du -sb "$fsdir/tree" 2>/dev/null | cut -f1)
+note "copied and synced in $(( (t1 - t0) / 1000000 )) ms: $(( bytes / 1048576 )) MiB of files, the" \
+  "fresh disk's first writes (~$(( bytes * 1000 / 1048576 / ((t1 - t0) / 1000000 + 1) )) MiB/s)"
 umount "$fsdir"
 mounted=0
 note "unmounted: the page cache of this file system is gone; the data lives in blkstack's RAM"
