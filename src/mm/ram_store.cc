@@ -209,6 +209,9 @@ bool RamStore::wants_huge_page(uint64_t c, uint64_t in_chunk, uint64_t len) cons
     case HugePages::kAuto:
       break;
   }
+  // A short last chunk holds only its part inside the store: at most that
+  // much is ever written to it.
+  if (bytes_ - c * kChunkBytes < kChunkBytes / 2) return false;
   if (len >= kChunkBytes / 2) return true;
   if (in_chunk != 0 || c == 0) return false;
   const Chunk* before = slot(c - 1).load(std::memory_order_acquire);

@@ -23,7 +23,8 @@
 // filled: its first write covers at least half of it (so it never holds
 // more than twice the memory its data needs), or starts at its first page
 // while the chunk before it is full (a sequential stream crossing into
-// it). Every other chunk gets 4 KiB pages: one 4 KiB write costs 4 KiB.
+// it); a short last chunk, only if half of it lies inside the store.
+// Every other chunk gets 4 KiB pages: one 4 KiB write costs 4 KiB.
 // The page faults are the cost of a first write: on the development VM a
 // 4 KiB fault costs ~13 us and a 2 MiB fault ~250 us, so a fresh store
 // takes sequential writes at ~300 MiB/s in 4 KiB pages and ~8 GiB/s in

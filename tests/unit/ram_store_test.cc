@@ -197,6 +197,24 @@ TEST(RamStore, ChunksAreHugeOnlyWhereAFirstWriteIsAboutToFillThem) {
         << c;
 }
 
+// The last chunk of a store whose size is not a whole number of chunks
+// holds only what lies inside the store: a stream into it (or a write
+// covering all of it) gets a huge page only if that part is at least half
+// a chunk, so it never holds more than twice the memory its data needs.
+TEST(RamStore, AShortLastChunkIsHugeOnlyIfHalfOfItIsInTheStore) {
+  const auto data = Filled(kChunk, 0x3c);
+  RamStore tiny(kChunk + 4 * kPage, HugePages::kAuto);
+  ASSERT_TRUE(tiny.write(0, data.data(), kChunk));
+  ASSERT_EQ(tiny.huge_chunks(), 1u);
+  ASSERT_TRUE(tiny.write(kChunk, data.data(), 4 * kPage));  // a stream, all of chunk 1
+  EXPECT_EQ(tiny.huge_chunks(), 1u) << "2 MiB for 16 KiB";
+  EXPECT_TRUE(AllAre(Read(tiny, kChunk, 4 * kPage), 0, 4 * kPage, 0x3c));
+  RamStore half(kChunk + kChunk / 2, HugePages::kAuto);
+  ASSERT_TRUE(half.write(0, data.data(), kChunk));
+  ASSERT_TRUE(half.write(kChunk, data.data(), kPage));
+  EXPECT_EQ(half.huge_chunks(), 2u);
+}
+
 TEST(RamStore, AlwaysAndNeverDecideEveryChunk) {
   const auto data = Filled(kChunk, 1);
   RamStore always(4 * kChunk, HugePages::kAlways);
