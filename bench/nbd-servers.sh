@@ -68,7 +68,8 @@ stop() {
     sleep 0.1
   done
   kill -KILL "$pid" 2>/dev/null || true
-  [ "$1" = blkstack ] && wait "$pid" 2>/dev/null
+  # (Its status is SIGKILL's if it took too long: no reason to stop here.)
+  if [ "$1" = blkstack ]; then wait "$pid" 2>/dev/null || true; fi
   unset "PIDS[$1]"
   rm -f "$tmp/$1.sock" "$tmp/$1.pid"
 }
