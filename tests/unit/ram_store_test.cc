@@ -286,6 +286,44 @@ TEST(RamStore, AWriteAcrossHolesAndDataKeepsBoth) {
   EXPECT_EQ(s.allocated_bytes(), 5 * kPage);
 }
 
+// Discards racing the writes that make chunks (and decide their pages),
+// populate missing pages and turn huge chunks small: whatever the order,
+// the count of pages holding data matches the bitmap once all are done, and
+// a page written last by a write, after every discard, holds its data.
+TEST(RamStore, DiscardsRacingFirstWritesKeepTheCount) {
+  constexpr uint64_t kChunks = 16;
+  for (HugePages policy : {HugePages::kAuto, HugePages::kNever}) {
+    RamStore s(kChunks * kChunk, policy);
+    std::atomic<bool> stop{false};
+    std::thread discarder([&] {
+      for (uint64_t i = 0; !stop.load(); ++i) {
+        const uint64_t c = i % kChunks;
+        s.discard(c * kChunk + (i * 37 % 500) * kPage, (1 + i % 7) * kPage + 100);
+      }
+    });
+    const auto data = Filled(kChunk, 0x6b);
+    for (uint64_t c = 0; c < kChunks; ++c) {
+      // A stream over even chunks (huge under auto), 8 KiB pieces on odd
+      // ones (populated in 4 KiB pages), both under the discards.
+      if (c % 2 == 0) {
+        ASSERT_TRUE(s.write(c * kChunk, data.data(), kChunk));
+      } else {
+        for (uint64_t off = 0; off < kChunk; off += 2 * kPage)
+          ASSERT_TRUE(s.write(c * kChunk + off, data.data(), 2 * kPage));
+      }
+    }
+    stop = true;
+    discarder.join();
+    uint64_t present = 0;
+    for (uint64_t p = 0; p < kChunks * RamStore::kPagesPerChunk; ++p)
+      present += s.page_present(p);
+    EXPECT_EQ(s.allocated_bytes(), present * kPage);
+    ASSERT_TRUE(s.write(3 * kChunk + kPage, data.data(), 3 * kPage));
+    EXPECT_EQ(Read(s, 3 * kChunk + kPage, 3 * kPage),
+              std::vector<std::byte>(data.begin(), data.begin() + 3 * kPage));
+  }
+}
+
 // The bound. The only huge-page work left is the kernel's fault that gives
 // a fresh chunk its huge page, in the thread whose write touches it first;
 // nothing moves a chunk's pages later, so no write waits on work done for

@@ -47,7 +47,7 @@ inline ::testing::AssertionResult Contains(const std::string& text,
 }
 
 // Whether the kernel gives transparent huge pages at all (tests of the ram
-// store's collapse skip without them).
+// store's huge pages skip without them).
 inline bool HaveHugePages() {
   std::FILE* thp = std::fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
   if (!thp) return false;
