@@ -189,7 +189,7 @@ TEST(RamStore, ChunksAreHugeOnlyWhereAFirstWriteIsAboutToFillThem) {
   ASSERT_TRUE(s.write(9 * kChunk, data.data(), kPage));  // chunk 8 missing
   ASSERT_TRUE(s.write(2 * kChunk + kChunk / 2, data.data(), kChunk / 2));
   ASSERT_TRUE(s.write(2 * kChunk + kChunk / 2 - kPage, data.data(), kPage));  // 2 full
-  ASSERT_TRUE(s.write(1 * kChunk, data.data(), kPage));                       // 0 missing
+  ASSERT_TRUE(s.write(8 * kChunk, data.data(), kPage));  // 7 not full
   EXPECT_EQ(s.huge_chunks(), 2u);
   for (uint64_t c : {2, 4, 5})
     EXPECT_TRUE(AllAre(Read(s, c * kChunk, c == 5 ? kPage : kChunk), 0,
