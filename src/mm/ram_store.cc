@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <bit>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <new>
 #include <utility>
@@ -50,11 +51,18 @@ struct RamStore::Chunk {
     return true;
   }
   bool full() const { return all_present(0, kPagesPerChunk - 1); }
+  bool empty() const {
+    for (const auto& w : bits)
+      if (w.load(std::memory_order_acquire) != 0) return false;
+    return true;
+  }
 
   std::byte* const base;  // kChunkBytes, mapped
   std::atomic<uint64_t> bits[kPagesPerChunk / 64] = {};
   // Mapped for a huge page, until a discard makes a hole in it.
   std::atomic<bool> huge{false};
+  // Emptied by a discard: the next write decides its pages afresh.
+  std::atomic<bool> undecided{false};
   Chunk* next_made = nullptr;  // the list of every chunk made (made_)
 };
 
@@ -81,10 +89,29 @@ void RamStore::for_each_run(uint64_t off, uint64_t len, Fn&& fn) const {
   }
 }
 
+namespace {
+
+// Whether the kernel gives transparent huge pages to memory advised for
+// them. Where it does not, no chunk is marked huge (which would skip the
+// populate of its 4 KiB pages) or counted as such.
+bool transparent_huge_pages() {
+  static const bool available = [] {
+    std::FILE* f = std::fopen("/sys/kernel/mm/transparent_hugepage/enabled", "re");
+    if (!f) return false;
+    char mode[128] = {};
+    const bool read = std::fgets(mode, sizeof mode, f) != nullptr;
+    std::fclose(f);
+    return read && std::strstr(mode, "[never]") == nullptr;
+  }();
+  return available;
+}
+
+}  // namespace
+
 RamStore::RamStore(uint64_t bytes, HugePages huge_pages)
     // Rounded up without overflow: sizes near 2^64 must not wrap to 0.
     : bytes_(bytes),
-      huge_pages_(huge_pages),
+      huge_pages_(transparent_huge_pages() ? huge_pages : HugePages::kNever),
       nr_chunks_(bytes / kChunkBytes + (bytes % kChunkBytes != 0)),
       table_bytes_(nr_chunks_ * sizeof(Chunk*)) {
   // Anonymous memory reads as zeroes (null pointers) without being
@@ -169,6 +196,12 @@ void RamStore::discard(uint64_t off, uint64_t len) {
     // memory), they must still read as zeroes.
     if (::madvise(whole, whole_bytes, MADV_DONTNEED) != 0)
       std::memset(whole, 0, whole_bytes);
+    // Emptied (a whole-device discard, mkfs on a used disk, fstrim): a
+    // stream refilling it may have a huge page again. (A write racing in
+    // between may leave it with 4 KiB pages advised huge, which khugepaged
+    // could collapse once; its data is safe either way.)
+    if (removed != 0 && chunk->empty())
+      chunk->undecided.store(true, std::memory_order_relaxed);
     return true;
   });
 }
@@ -220,7 +253,16 @@ bool RamStore::wants_huge_page(uint64_t c, uint64_t in_chunk, uint64_t len) cons
 
 RamStore::Chunk* RamStore::chunk_for_write(uint64_t c, uint64_t in_chunk, uint64_t len) {
   Chunk* chunk = slot(c).load(std::memory_order_acquire);
-  if (chunk) return chunk;
+  if (chunk) {
+    if (chunk->undecided.load(std::memory_order_relaxed) &&
+        chunk->undecided.exchange(false, std::memory_order_relaxed) &&
+        wants_huge_page(c, in_chunk, len)) {
+      ::madvise(chunk->base, kChunkBytes, MADV_HUGEPAGE);
+      chunk->huge.store(true, std::memory_order_relaxed);
+      huge_chunks_.fetch_add(1, std::memory_order_relaxed);
+    }
+    return chunk;
+  }
   void* mem = map_aligned_chunk();
   if (!mem) return nullptr;
   const bool huge = wants_huge_page(c, in_chunk, len);

@@ -16,23 +16,26 @@
 // ordered.
 //
 // Huge pages. A chunk is mapped at a 2 MiB boundary, so one transparent
-// huge page can back it, and whether it does is decided once, by its first
-// write, and never changed while it holds data: nothing ever moves a
-// chunk's pages, so no I/O waits behind huge-page work done for another.
-// Under HugePages::kAuto a chunk gets a huge page when it is about to be
-// filled: its first write covers at least half of it (so it never holds
-// more than twice the memory its data needs), or starts at its first page
-// while the chunk before it is full (a sequential stream crossing into
-// it); a short last chunk, only if half of it lies inside the store.
-// Every other chunk gets 4 KiB pages: one 4 KiB write costs 4 KiB.
-// The page faults are the cost of a first write: on the development VM a
-// 4 KiB fault costs ~13 us and a 2 MiB fault ~250 us, so a fresh store
-// takes sequential writes at ~300 MiB/s in 4 KiB pages and ~8 GiB/s in
-// huge ones (docs/bench.md, "Cold devices"). A write that reaches several
-// missing 4 KiB pages has them populated in one call rather than a fault
-// each. A discard that makes a hole in a huge chunk gives the chunk back
-// to 4 KiB pages (the freed memory returns when the kernel splits the
+// huge page can back it, and whether it does is decided by its first write
+// (and again by the first write after a discard empties it), never while
+// it holds data: nothing moves a chunk's pages, so no I/O waits behind
+// huge-page work done for another. Under HugePages::kAuto a chunk gets a
+// huge page when it is about to be filled: its first write covers at least
+// half of it (so it never holds more than twice the memory its data
+// needs), or starts at its first page while the chunk before it is full (a
+// sequential stream crossing into it); a short last chunk, only if half of
+// it lies inside the store. Every other chunk gets 4 KiB pages: one 4 KiB
+// write costs 4 KiB. A discard that makes a hole in a huge chunk gives it
+// back to 4 KiB pages (the freed memory returns when the kernel splits the
 // page), so khugepaged never fills its holes again.
+//
+// Page faults are the cost of a first write. On the development VM (a PVM
+// guest, where every page-table entry is shadowed by the host) a 4 KiB
+// fault costs 12-18 us, so 4 KiB pages fill at 200-330 MiB/s; a write
+// reaching several missing 4 KiB pages has them populated in one call
+// (~7 us a page). A huge page needs one entry but 2 MiB of zeroing: ~0.3
+// ms where the host backs the memory (5-8 GiB/s), 4-17 ms where the host
+// took it back while the machine idled (docs/bench.md, "Cold devices").
 // Every range passed in must lie inside [0, size()); any number of threads
 // may call read, write, discard and the queries at once.
 #pragma once

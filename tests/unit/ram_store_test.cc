@@ -421,5 +421,29 @@ TEST(RamStore, NoWriteWaitsLongOnHugePageWork) {
   }
 }
 
+// A chunk a discard empties is decided again by its next write: a stream
+// refilling it after a whole-device discard (mkfs on a used disk) gets a
+// huge page, a 4 KiB write does not.
+TEST(RamStore, AnEmptiedChunkIsDecidedAgain) {
+  RamStore s(4 * kChunk, HugePages::kAuto);
+  const auto data = Filled(kChunk, 0x66);
+  for (uint64_t c = 0; c < 2; ++c)
+    for (uint64_t p = 0; p < RamStore::kPagesPerChunk; p += 2)  // small, half full
+      ASSERT_TRUE(s.write(c * kChunk + p * kPage, data.data(), kPage));
+  ASSERT_EQ(s.huge_chunks(), 0u);
+  s.discard(0, 2 * kChunk);
+  ASSERT_EQ(s.allocated_bytes(), 0u);
+  ASSERT_TRUE(s.write(kChunk + kPage, data.data(), kPage));  // chunk 1: small again
+  ASSERT_TRUE(s.write(0, data.data(), kChunk));              // chunk 0: streamed
+  EXPECT_EQ(s.huge_chunks(), 1u);
+  ASSERT_TRUE(s.write(kChunk, data.data(), kChunk));  // chunk 1 was decided: stays small
+  EXPECT_EQ(s.huge_chunks(), 1u);
+  // A huge chunk emptied and streamed again is huge again.
+  s.discard(0, kChunk);
+  ASSERT_TRUE(s.write(0, data.data(), kChunk));
+  EXPECT_EQ(s.huge_chunks(), 2u);
+  EXPECT_EQ(Read(s, 0, 2 * kChunk), Filled(2 * kChunk, 0x66));
+}
+
 }  // namespace
 }  // namespace blkstack
