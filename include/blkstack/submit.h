@@ -19,4 +19,11 @@ namespace blkstack {
 
 void submit_bio(Bio& bio);
 
+// For a bio's owner, from its completion callback, when the bio ended with
+// a busy status (status_is_busy): restarts it from `start` (Bio::start(),
+// saved before the first submit_bio) and submits it again after
+// BioDriver::kBusyRetryNs, from the busy timer's thread. Busy is
+// back-pressure, never an error a client sees (DESIGN.md invariant 3).
+void resubmit_busy(Bio& bio, const BioStart& start);
+
 }  // namespace blkstack
