@@ -2,14 +2,31 @@
 # Busy bio-based devices behind the NBD export (seed 000, docs/drivers.md
 # "When the driver is full"): fio's nbd engine at depth 128 against RAM
 # disks that take 1, 2 and 64 bios at a time (bio_depth=), the rest parked
-# in order by the core. A verified random write (every block read back
-# and checked) and a mixed job with an fsync every 16 writes: no job may
-# see an error; busy is back-pressure, never an error.
+# in order by the core, and a pass-through stack 4 deep over one that
+# takes 2. A verified random write (every block read back and checked) and
+# a mixed job with an fsync every 16 writes: no job may see an error; busy
+# is back-pressure, never an error.
 source "$(dirname "$0")/nbd_lib.sh" "$@"
 nbd_require fio python3
 
-for depth in 1 2 64; do
-  nbd_start "d$depth" disk="ram:64M,bio_depth=$depth"
+# The stack: busy0 under pt0..pt3, the top one exported as "disk".
+STACK=$NBD_TMP/stack.toml
+{
+  printf '[[device]]\nname = "busy0"\nspec = "ram:64M,bio_depth=2"\n'
+  below=busy0
+  for i in 0 1 2 3; do
+    printf '[[device]]\nname = "pt%s"\nspec = "passthrough:lower=%s"\n' "$i" "$below"
+    below=pt$i
+  done
+  printf '[[export]]\nname = "disk"\ndevice = "pt3"\n'
+} >"$STACK"
+
+for depth in 1 2 64 stacked; do
+  if [[ $depth == stacked ]]; then
+    nbd_start "d$depth" -- --config "$STACK"
+  else
+    nbd_start "d$depth" disk="ram:64M,bio_depth=$depth"
+  fi
   URI=$(nbd_uri disk)
   check "depth $depth: verified randwrite at QD128" \
     fio --ioengine=nbd --uri="$URI" --output-format=json --name=v --rw=randwrite \
