@@ -4,7 +4,9 @@
 // the logical block size, op supported) and fails it with a clear Status
 // otherwise; strips PREFLUSH/FUA on a disk without a volatile write cache
 // (completing an empty flush at once); accounts it in the disk's statistics;
-// splits it to the disk's limits; and hands the pieces to the driver.
+// splits it to the disk's limits; and hands the pieces to the driver, or,
+// when the driver is full (BioDriver::busy, a bio depth), parks them in
+// order until it has room (src/core/bio_gate.h).
 //
 // Recursion is flattened (submit_bio_noacct): a bio submitted from inside a
 // driver's submit() is queued on the thread's bio list and dispatched when

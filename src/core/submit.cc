@@ -121,11 +121,11 @@ const Disk* run_job() {
   // Plugged bios, one batch per disk, in the order they were gathered.
   BioList all;
   all.splice_back(tls_plugged);
-  const Disk* disk = all.front()->disk();
+  Disk* disk = all.front()->disk();
   BioList mine, rest;
   while (Bio* b = all.pop_front()) (b->disk() == disk ? mine : rest).push_back(b);
   tls_plugged.splice_back(rest);
-  const_cast<Disk*>(disk)->bio_gate().submit_batch(mine);
+  disk->bio_gate().submit_batch(mine);
   return disk;
 }
 
