@@ -94,8 +94,14 @@ Status zero_partial(File& f, std::byte* bounce, uint64_t offset, uint32_t len) {
 // blkdev_issue_zeroout with NOUNMAP): zeroout() picks write-zeroes or
 // zero data.
 Status zero_blocks(File& f, Op op, uint64_t offset, uint64_t len) {
-  if (op == Op::kWriteZeroes)
-    return zeroout(f.disk.get(), offset >> kSectorShift, len, ZeroFlag::kNoUnmap);
+  if (op == Op::kWriteZeroes) {
+    // Busy is back-pressure here too: wait and zero the range again.
+    Status s;
+    while (status_is_busy(
+        s = zeroout(f.disk.get(), offset >> kSectorShift, len, ZeroFlag::kNoUnmap)))
+      std::this_thread::sleep_for(std::chrono::nanoseconds(BioDriver::kBusyRetryNs));
+    return s;
+  }
   // One bio carries at most 1 GiB here (its size field is 32 bits).
   constexpr uint64_t kMaxBio = uint64_t{1} << 30;
   while (len > 0) {
