@@ -111,6 +111,14 @@ struct BioChunk {
   uint32_t offset;  // offset inside that segment
 };
 
+// Where a bio starts, saved by its owner before submit_bio() so that it can
+// send the bio again from there (Bio::restart, resubmit_busy in submit.h).
+struct BioStart {
+  BlockDevice* bdev = nullptr;
+  BioIter iter;
+  BioFlag flags = BioFlag::kNone;
+};
+
 class Bio {
  public:
   using EndIo = void (*)(Bio& bio);
@@ -199,6 +207,12 @@ class Bio {
   void copy_from(const std::byte* src, uint32_t bytes) const;
   void zero_fill() const;
 
+  // The start to save before submitting; restart() makes a completed bio
+  // as it was then (status, chaining and accounting cleared; callback,
+  // context and segments kept), for its owner to submit again.
+  BioStart start() const { return {bdev_, iter_, flags_}; }
+  void restart(const BioStart& s);
+
   // --- completion --------------------------------------------------------
   Status status() const { return status_.load(std::memory_order_acquire); }
   // Records an error; the first error wins, later ones are dropped.
@@ -255,6 +269,7 @@ class Bio {
 
  private:
   friend class BioSet;
+  friend class BioGate;
   static void chain_endio(Bio& bio);
   // Returns the parent to complete next, if any (keeps deep chains iterative).
   Bio* finish_one();
@@ -275,7 +290,10 @@ class Bio {
   std::atomic<bool> completed_{false};
   std::atomic<uint32_t> remaining_{1};
   std::atomic<bool> chained_{false};  // has or had chained children
-  uint16_t ioprio_ = 0;               // in the padding after chained_: Bio does not grow
+  // Counted against its disk's bio depth while in the driver (BioGate); in
+  // the padding after chained_.
+  bool gate_counted_ = false;
+  uint16_t ioprio_ = 0;  // in the padding after chained_: Bio does not grow
   std::atomic<uint32_t> refs_{1};
   IssuerId issuer_ = 0;  // in the padding after refs_
   BlockDevice* bdev_ = nullptr;
@@ -315,6 +333,11 @@ class BioList {
       head_ = other.head_;
     tail_ = other.tail_;
     other.head_ = other.tail_ = nullptr;
+  }
+  void push_front(Bio* b) {
+    b->next = head_;
+    head_ = b;
+    if (!tail_) tail_ = b;
   }
   Bio* front() const { return head_; }
   // Unlinks `b` if it is on the list (a scan: for rare paths like cancel).

@@ -26,6 +26,7 @@
 namespace blkstack {
 
 class BioDriver;
+class BioGate;
 class DiskReports;
 class IoStats;
 class PercpuRef;
@@ -50,6 +51,12 @@ struct DiskStats {
   uint64_t in_flight = 0;              // I/Os started and not completed
   uint64_t io_ticks_ms = 0;            // time with at least one I/O in flight
   uint64_t time_in_queue_ms = 0;       // sum of all I/O durations (weighted)
+  // Back-pressure of a bio-based driver (BioDriver::busy, bio depth): times
+  // it said busy, bios parked for room, the longest one waited.
+  unsigned bio_depth = 0;  // declared (BioQueueConfig::depth), 0: none
+  uint64_t busy = 0;
+  uint64_t bios_parked = 0;
+  uint64_t longest_park_ns = 0;
   // Completion latency, power-of-two buckets (pow2_histogram.h); the last
   // bucket holds everything from 2^(kLatencyBuckets-2) ns (about 70 s) on.
   static constexpr unsigned kLatencyBuckets = 38;
@@ -107,6 +114,10 @@ class Disk {
 
   BioDriver& driver() { return *driver_; }
   const BioDriver& driver() const { return *driver_; }
+  // Whether bios go through the disk's BioGate (src/core/bio_gate.h) rather
+  // than straight to the driver: a bio depth, batches, or bios parked.
+  bool gated() const { return gated_.load(std::memory_order_relaxed); }
+  BioGate& bio_gate() { return *gate_; }
   // What the driver reports (its DiskReports): one line about its
   // configuration, for `blkstack disk`; the allocation state of the bytes
   // at `offset` as one run of at most `max_length` bytes; the bytes of
@@ -238,7 +249,9 @@ class Disk {
   bool claims_closed_ = false;  // being removed: no new claims (claim lock)
   BioSet split_set_;
   std::unique_ptr<DiskReports> reports_;  // never null
-  std::unique_ptr<BioDriver> driver_;     // last member: destroyed first
+  std::atomic<bool> gated_{false};
+  std::unique_ptr<BioGate> gate_;      // after the driver's other users
+  std::unique_ptr<BioDriver> driver_;  // last member: destroyed first
 };
 
 }  // namespace blkstack

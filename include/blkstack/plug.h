@@ -10,15 +10,19 @@
 // when the plug is finished, when 32 have gathered, or when the thread is
 // about to wait (Completion::wait and the other blocking waits flush it
 // first, as schedule() does in Linux). Plugs nest: only the outermost one
-// collects.
+// collects. Bios for a bio-based driver that takes batches
+// (BioQueueConfig::batches) are held the same way and reach it as one
+// batch per disk, the last one marked.
 #pragma once
 
 #include <cstdint>
 
+#include "blkstack/bio.h"
 #include "blkstack/driver/request.h"
 
 namespace blkstack {
 
+class BioGate;
 class Queue;
 struct Tags;
 
@@ -47,9 +51,11 @@ class Plug {
 
  private:
   friend class Queue;
+  friend class BioGate;
   static constexpr unsigned kTagBatch = 8;
 
   void add(Request& rq);
+  void add_bio(Bio& bio);
   // The most recent request held for `q`, for merging.
   Request* last_for(const Queue& q) const;
   // A tag from the plug's batch for `tags` (taking a new batch when empty),
@@ -60,6 +66,7 @@ class Plug {
 
   bool active_;  // false for a nested plug
   RequestList list_;
+  BioList bios_;  // for gated bio-based disks, in submission order
   unsigned count_ = 0;
   uint64_t time_ns_ = 0;  // 0: not read yet
   Tags* tag_tags_ = nullptr;

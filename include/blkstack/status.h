@@ -49,4 +49,11 @@ std::string_view status_description(Status s);
 
 inline bool ok(Status s) { return s == Status::kOk; }
 
+// Out of room, not broken (DESIGN.md invariant 3): the exports and
+// IoContext send such a bio again (resubmit_busy, submit.h) and never
+// report these to a client.
+inline bool status_is_busy(Status s) {
+  return s == Status::kResource || s == Status::kDeviceResource;
+}
+
 }  // namespace blkstack

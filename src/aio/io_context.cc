@@ -33,6 +33,7 @@ struct Kiocb {
   Kiocb* prev = nullptr;             // the context's in-flight list
   Kiocb* next = nullptr;
   Bio bio;
+  BioStart start;  // to send the bio again when the device is busy
   Segment segs[kInlineSegments];
   std::unique_ptr<Segment[]> more_segs;  // only for iovecs longer than 8
 };
@@ -46,6 +47,11 @@ void set_error(Kiocb& k, int err) {
 
 void bio_done(Bio& bio) {
   Kiocb& k = *static_cast<Kiocb*>(bio.context());
+  // Busy is back-pressure, not an error for the event: again, later.
+  if (status_is_busy(bio.status())) [[unlikely]] {
+    resubmit_busy(bio, k.start);
+    return;
+  }
   if (bio.status() != Status::kOk) set_error(k, status_to_errno(bio.status()));
   k.ctx->put_kiocb(k);
 }
@@ -216,6 +222,7 @@ int IoContext::submit_one(Iocb& cb) {
   if (cb.flags & kIocbIoprio) k.bio.set_ioprio(cb.reqprio);
   k.bio.set_issuer(issuer_);
   k.started.store(true, std::memory_order_release);
+  k.start = k.bio.start();
   submit_bio(k.bio);
   put_kiocb(k);  // the submitting side lets go; the event may post now
   return 0;

@@ -6,6 +6,7 @@
 #include "blkstack/bioset.h"
 #include "blkstack/debug/submit_context.h"
 #include "blkstack/disk.h"
+#include "core/bio_gate.h"
 
 namespace blkstack {
 
@@ -44,6 +45,7 @@ void Bio::reset(BlockDevice* bdev, Disk* disk, Op op, uint64_t sector, EndIo end
   completed_.store(false, std::memory_order_relaxed);
   remaining_.store(1, std::memory_order_relaxed);
   chained_.store(false, std::memory_order_relaxed);
+  gate_counted_ = false;
   ioprio_ = 0;
   issuer_ = 0;
   refs_.store(1, std::memory_order_relaxed);
@@ -51,6 +53,25 @@ void Bio::reset(BlockDevice* bdev, Disk* disk, Op op, uint64_t sector, EndIo end
   disk_ = disk;
   end_io_ = end_io;
   context_ = context;
+  next = nullptr;
+  start_ns = 0;
+  acct_disk = nullptr;
+  acct_part = nullptr;
+  acct_sectors = 0;
+  driver_data = 0;
+}
+
+void Bio::restart(const BioStart& s) {
+  // Segments, priority, issuer, references and callback stay the owner's.
+  iter_ = s.iter;
+  flags_ = s.flags;
+  bdev_ = s.bdev;
+  disk_ = s.bdev ? &s.bdev->disk() : nullptr;
+  status_.store(Status::kOk, std::memory_order_relaxed);
+  completed_.store(false, std::memory_order_relaxed);
+  remaining_.store(1, std::memory_order_relaxed);
+  chained_.store(false, std::memory_order_relaxed);
+  gate_counted_ = false;
   next = nullptr;
   start_ns = 0;
   acct_disk = nullptr;
@@ -97,7 +118,9 @@ void Bio::init_nodata(BlockDevice* bdev, Op op, uint64_t sector, uint32_t bytes,
 
 void Bio::set_dev(BlockDevice& bdev, uint64_t sector) {
   // Done here as far as the device it leaves is concerned: its in-flight
-  // count drops, and submit_bio() starts the new device's.
+  // count (and its bio depth) drops, and submit_bio() starts the new one's.
+  if (gate_counted_) [[unlikely]]
+    BioGate::release(*this);
   if (acct_disk) acct_disk->end_io(*this);
   bdev_ = &bdev;
   disk_ = &bdev.disk();
@@ -171,6 +194,9 @@ Bio* Bio::finish_one() {
     }
   }
   if (completed_.exchange(true, std::memory_order_acq_rel)) fatal_completed_twice();
+  // Its slot first, while the accounting still holds the disk.
+  if (gate_counted_) [[unlikely]]
+    BioGate::release(*this);
   if (acct_disk) acct_disk->end_io(*this);
   if (end_io_ == &Bio::chain_endio) {
     Bio* parent = static_cast<Bio*>(context_);

@@ -3,6 +3,7 @@
 #include "blkstack/debug/submit_context.h"
 #include "blkstack/disk.h"
 #include "blkstack/driver/bio_driver.h"
+#include "core/bio_gate.h"
 
 namespace blkstack {
 namespace {
@@ -10,6 +11,11 @@ namespace {
 // The bios submitted by the driver call running on this thread, or null when
 // no submit_bio() is active (the kernel's current->bio_list).
 thread_local BioList* tls_bio_list = nullptr;
+// Work for this thread's submit loop besides bios, run when its list is
+// empty: gates to drain (linked through next_pending) and bios a plug
+// gathered for gated disks. Never nested inside a driver call.
+thread_local BioGate* tls_gates = nullptr;
+thread_local BioList tls_plugged;
 
 constexpr BioFlag kCacheFlags = BioFlag::kPreflush | BioFlag::kFua;
 
@@ -96,35 +102,90 @@ void submit_one(Bio& bio) {
     tls_bio_list->push_back(&bio);
     disk->split_set().mempool().disown(front);
   }
-  disk->driver().submit(*front);
+  // One predictable branch for the plain path: a disk that declared
+  // nothing and is not busy has no gate in the way.
+  if (disk->gated()) [[unlikely]]
+    disk->bio_gate().submit(*front);
+  else
+    disk->driver().submit(*front);
+}
+
+// Runs one piece of work queued for the loop; returns the disk it was for.
+const Disk* run_job() {
+  if (BioGate* g = tls_gates) {
+    tls_gates = g->next_pending;
+    g->next_pending = nullptr;
+    g->drain();
+    return &g->disk();
+  }
+  // Plugged bios, one batch per disk, in the order they were gathered.
+  BioList all;
+  all.splice_back(tls_plugged);
+  Disk* disk = all.front()->disk();
+  BioList mine, rest;
+  while (Bio* b = all.pop_front()) (b->disk() == disk ? mine : rest).push_back(b);
+  tls_plugged.splice_back(rest);
+  disk->bio_gate().submit_batch(mine);
+  return disk;
+}
+
+bool have_jobs() { return tls_gates != nullptr || !tls_plugged.empty(); }
+
+// Lower devices first, then `disk`'s own, then the older siblings.
+void order_new(BioList (&on_stack)[2], const Disk* disk) {
+  BioList lower, same;
+  while (Bio* b = on_stack[0].pop_front()) {
+    (b->disk() == disk ? same : lower).push_back(b);
+  }
+  on_stack[0].splice_back(lower);
+  on_stack[0].splice_back(same);
+  on_stack[0].splice_back(on_stack[1]);
+}
+
+// The submit loop of a thread: `next` (may be null) and then whatever the
+// driver calls queue, bios or jobs, until nothing is left.
+void submit_loop(Bio* next) {
+  BioList on_stack[2];
+  tls_bio_list = &on_stack[0];
+  for (;;) {
+    while (next != nullptr) {
+      const Disk* disk = next->disk();
+      // A fresh list for what this bio's driver submits; earlier work waits.
+      on_stack[1] = on_stack[0];
+      on_stack[0] = BioList();
+      submit_one(*next);
+      order_new(on_stack, disk);
+      next = on_stack[0].pop_front();
+    }
+    // Checked once the list is empty: nothing on the plain path per bio.
+    if (!have_jobs()) [[likely]]
+      break;
+    on_stack[1] = BioList();
+    order_new(on_stack, run_job());
+    next = on_stack[0].pop_front();
+  }
+  tls_bio_list = nullptr;
 }
 
 }  // namespace
+
+void schedule_gate_drain(BioGate& gate) {
+  gate.next_pending = tls_gates;
+  tls_gates = &gate;
+  if (tls_bio_list == nullptr) submit_loop(nullptr);
+}
+
+void submit_plugged_bios(BioList& bios) {
+  tls_plugged.splice_back(bios);
+  if (tls_bio_list == nullptr) submit_loop(nullptr);
+}
 
 void submit_bio(Bio& bio) {
   if (tls_bio_list != nullptr) {  // inside a driver's submit: queue it
     tls_bio_list->push_back(&bio);
     return;
   }
-  BioList on_stack[2];
-  tls_bio_list = &on_stack[0];
-  Bio* next = &bio;
-  do {
-    const Disk* disk = next->disk();
-    // A fresh list for what this bio's driver submits; earlier work waits.
-    on_stack[1] = on_stack[0];
-    on_stack[0] = BioList();
-    submit_one(*next);
-    // Lower devices first, then this device's own, then the older siblings.
-    BioList lower, same;
-    while (Bio* b = on_stack[0].pop_front()) {
-      (b->disk() == disk ? same : lower).push_back(b);
-    }
-    on_stack[0].splice_back(lower);
-    on_stack[0].splice_back(same);
-    on_stack[0].splice_back(on_stack[1]);
-  } while ((next = on_stack[0].pop_front()) != nullptr);
-  tls_bio_list = nullptr;
+  submit_loop(&bio);
 }
 
 }  // namespace blkstack

@@ -10,6 +10,7 @@
 #include "blkstack/error.h"
 #include "blkstack/pow2_histogram.h"
 #include "blkstack/submit.h"
+#include "core/bio_gate.h"
 #include "core/clock.h"
 #include "core/percpu.h"
 #include "core/percpu_ref.h"
@@ -45,6 +46,8 @@ Disk::Disk(std::string name, uint64_t capacity, QueueLimits limits,
                     name_, capacity << kSectorShift, limits_.logical_block_size));
   }
   per_bio_stats_ = !driver_->accounts_requests();
+  driver_->disk_ = this;
+  gate_ = std::make_unique<BioGate>(*this, *driver_, driver_->bio_queue_config(), gated_);
   driver_->attach(*this);
 }
 
@@ -124,6 +127,11 @@ uint64_t Disk::in_flight() const { return usage_->count(); }
 DiskStats Disk::stats() const {
   DiskStats out = stats_->sum();
   out.in_flight = in_flight();
+  const BioGateStats g = gate_->stats();
+  out.bio_depth = gate_->depth();
+  out.busy = g.busy;
+  out.bios_parked = g.parked;
+  out.longest_park_ns = g.longest_park_ns;
   return out;
 }
 
@@ -244,6 +252,7 @@ bool Disk::cancel(Bio& bio) {
     found = frozen_bios_.remove(&bio);
   }
   if (!found) found = split_set_.unpark(bio);
+  if (!found) found = gate_->cancel(bio);
   if (!found) found = driver_->cancel(bio);
   if (found) bio.complete(Status::kCancelled);
   return found;
@@ -277,6 +286,7 @@ void Disk::shutdown() {
     parked.splice_back(frozen_bios_);
   }
   while (Bio* b = parked.pop_front()) b->complete(Status::kOffline);
+  gate_->shutdown();  // bios parked for room in the driver fail too
   driver_->shutdown();
   const std::string what = "removal of disk '" + name_ + "'";
   if (driver_->can_poll() && usage_->count() != 0) {
@@ -379,6 +389,11 @@ std::string Disk::stats_report() const {
     out += fmt::format("  {:<8} {:>12} {:>10} {:>14} {:>12} {:>10}\n", kGroupName[g],
                        st.ios[g], st.merges[g], st.sectors[g], st.nsecs[g] / 1'000'000,
                        st.ios[g] ? format_duration_ns(mean) : "-");
+  }
+  if (st.bio_depth != 0 || st.busy != 0 || st.bios_parked != 0) {
+    out += fmt::format("  bio depth {}: busy {} times, {} bios parked, longest park {}\n",
+                       st.bio_depth ? std::to_string(st.bio_depth) : "-", st.busy,
+                       st.bios_parked, format_duration_ns(double(st.longest_park_ns)));
   }
   for (int g = 0; g < kStatGroups; ++g) {
     if (st.ios[g] == 0) continue;

@@ -52,6 +52,9 @@ constexpr OptionDef kOptions[] = {
     ranged(
         {"nomerges", OptionKind::kUint, "0", "mq: 0 all merges, 1 one-hit only, 2 none"},
         0, 2),
+    ranged({"bio_depth", OptionKind::kUint, "0",
+            "bio: bios the driver takes at a time, the rest wait in order (0: no limit)"},
+           0, kMaxQueueDepth),
 };
 }  // namespace
 
@@ -68,6 +71,7 @@ QueueMode queue_mode(const DeviceOptions& o) {
   m.tags.timeout_ns = o.duration_ns("timeout");
   m.sched = o.str("sched");
   m.nomerges = static_cast<unsigned>(o.uint("nomerges"));
+  m.bio_depth = static_cast<unsigned>(o.uint("bio_depth"));
   check_total_tags(o, m.tags);
   return m;
 }

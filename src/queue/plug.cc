@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "blkstack/driver/queue.h"
+#include "core/bio_gate.h"
 #include "core/clock.h"
 #include "core/wait.h"
 #include "queue/software_queue.h"
@@ -71,6 +72,11 @@ void Plug::add(Request& rq) {
   if (++count_ >= kMaxRequests) flush();
 }
 
+void Plug::add_bio(Bio& bio) {
+  bios_.push_back(&bio);
+  if (++count_ >= kMaxRequests) flush();
+}
+
 Request* Plug::last_for(const Queue& q) const {
   for (Request* rq = list_.back(); rq != nullptr; rq = rq->prev) {
     if (&rq->queue() == &q) return rq;
@@ -84,6 +90,8 @@ void Plug::flush() {
   // half-issued.
   RequestList all;
   all.splice_back(list_);
+  BioList bios;
+  bios.splice_back(bios_);
   count_ = 0;
   return_tags();
   while (!all.empty()) {
@@ -92,6 +100,8 @@ void Plug::flush() {
         all.extract_if([&](const Request& rq) { return &rq.queue() == &q; });
     q.issue_plugged(mine);
   }
+  // From a submit path, they go when this thread's submit loop is free.
+  if (!bios.empty()) submit_plugged_bios(bios);
   time_ns_ = 0;  // the next batch reads the clock again
 }
 

@@ -10,6 +10,18 @@ namespace blkstack {
 
 class Disk;
 
+// What a bio-based driver asks of the block core, read once when its disk
+// is made (BioDriver::bio_queue_config).
+struct BioQueueConfig {
+  // Bios the driver takes at a time (its tags, its ring); 0: no limit. The
+  // core counts the bios inside the driver, as a tag set counts requests,
+  // and parks the rest in order until one completes.
+  unsigned depth = 0;
+  // Bios gathered under a Plug reach submit_batch() as one batch, `last`
+  // set on the final one (bd->last): a driver rings its doorbell once.
+  bool batches = false;
+};
+
 // A bio-based driver (block_device_operations::submit_bio, once
 // make_request_fn). submit() starts the bio and returns without blocking
 // (DESIGN.md invariant 2); the bio is finished, now or later and on any
@@ -21,6 +33,13 @@ class BioDriver {
  public:
   virtual ~BioDriver() = default;
   virtual void submit(Bio& bio) = 0;
+  // A bio of a batch (BioQueueConfig::batches): gathered under a Plug, or
+  // parked bios going out again. `last`: no more follow in this batch.
+  virtual void submit_batch(Bio& bio, bool last) {
+    (void)last;
+    submit(bio);
+  }
+  virtual BioQueueConfig bio_queue_config() const { return {}; }
   // Called once by the Disk that owns this driver, from its constructor.
   virtual void attach(Disk& disk) { (void)disk; }
   // True for a request queue (blk-mq): it accounts requests and merges in
@@ -46,6 +65,24 @@ class BioDriver {
     (void)wait_ns;
     return 0;
   }
+
+  // Busy is not an error (DESIGN.md invariant 3, seed 000). From submit()
+  // or submit_batch() only, and then return: refuses `bio` because the
+  // device is out of room. The core parks it, and every later bio for this
+  // disk behind it, in order (no flush passes a write or is passed), and
+  // submits them again once resume() is called, after kBusyRetryNs as a
+  // safety net, or (with a BioQueueConfig::depth) when a counted bio
+  // completes. The submitter does not wait. The bio-based twin of
+  // blk_mq_stop_hw_queue() and of returning BLK_STS_RESOURCE.
+  void busy(Bio& bio);
+  // Room again (blk_mq_start_stopped_hw_queues): sends what is parked.
+  // From any thread, also from inside submit() or a completion.
+  void resume();
+  static constexpr uint64_t kBusyRetryNs = 1'000'000;  // 1 ms
+
+ private:
+  friend class Disk;
+  Disk* disk_ = nullptr;  // set before attach()
 };
 
 }  // namespace blkstack

@@ -1,6 +1,6 @@
 // Options and construction shared by drivers that run either bio-based or
 // multi-queue (null_blk's queue_mode): queue_mode, hw_queues, depth,
-// shared_tags, timeout, sched and nomerges. DriverType::queue_modes adds
+// shared_tags, timeout, sched, nomerges and bio_depth. DriverType::queue_modes adds
 // these options to a driver's table.
 #pragma once
 
@@ -31,6 +31,9 @@ struct QueueMode {
   TagSetConfig tags;
   std::string sched = "none";
   unsigned nomerges = 0;
+  // Bio-based: bios the driver takes at a time, the rest parked by the
+  // core (BioQueueConfig::depth); 0: no limit.
+  unsigned bio_depth = 0;
 
   // The hardware queues a driver sees commands on (IoCmd::queue_index).
   unsigned nr_queues() const { return mq ? tags.nr_queues() : 1; }
@@ -63,9 +66,10 @@ std::shared_ptr<Disk> make_disk(const std::string& name, uint64_t capacity_secto
                                 std::unique_ptr<DiskReports> reports, Args&&... args) {
   static_assert(std::is_final_v<D>, "a final class: its queue_cmd is then a direct call");
   if (!mode.mq) {
-    return make_disk(name, capacity_sectors, limits, mode,
-                     std::make_unique<BioTransfer<D>>(std::forward<Args>(args)...),
-                     nullptr, std::move(reports));
+    auto driver = std::make_unique<BioTransfer<D>>(std::forward<Args>(args)...);
+    driver->set_bio_depth(mode.bio_depth);
+    return make_disk(name, capacity_sectors, limits, mode, std::move(driver), nullptr,
+                     std::move(reports));
   }
   mode.tags.cmd_size = IoCmd::kPduBytes;  // IoCmd::driver_data()
   return make_disk(name, capacity_sectors, limits, mode, nullptr,

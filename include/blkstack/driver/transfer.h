@@ -151,9 +151,13 @@ class BioTransfer final : public BioDriver {
   template <class... Args>
   explicit BioTransfer(Args&&... args) : driver_(std::forward<Args>(args)...) {}
   void submit(Bio& bio) override { driver_.queue_cmd(IoCmd(&bio)); }
+  // Before the disk is made: the core counts this many bios (bio_depth=).
+  void set_bio_depth(unsigned depth) { depth_ = depth; }
+  BioQueueConfig bio_queue_config() const override { return {depth_, false}; }
 
  private:
   D driver_;
+  unsigned depth_ = 0;
 };
 
 // What make_disk() puts under a Queue for a TransferDriver D, held in

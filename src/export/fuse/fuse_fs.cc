@@ -8,10 +8,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "blkstack/completion.h"
 #include "blkstack/disk.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/submit.h"
 #include "blkstack/zeroout.h"
 #include "export/export_table.h"
@@ -28,8 +31,22 @@ constexpr double kAttrTimeout = 3600.0;
 
 FuseFs& fs_of(fuse_req_t req) { return *static_cast<FuseFs*>(fuse_req_userdata(req)); }
 
-int write_errno(Status s) {
-  return s == Status::kOutOfRange ? ENOSPC : status_to_errno(s);
+}  // namespace
+
+int status_errno(Status s, bool write) {
+  return write && s == Status::kOutOfRange ? ENOSPC : status_to_errno(s);
+}
+
+namespace {
+
+int write_errno(Status s) { return status_errno(s, true); }
+
+// Busy is back-pressure, not an error for the client: the bio goes again.
+bool again_if_busy(Bio& bio) {
+  if (!status_is_busy(bio.status())) [[likely]]
+    return false;
+  resubmit_busy(bio, static_cast<Slot*>(bio.context())->start);
+  return true;
 }
 
 // --- synchronous bios, for the rare paths (partial blocks, fallocate) ------
@@ -44,8 +61,17 @@ Status run_bio(Disk* disk, Op op, uint64_t offset, std::span<Segment> segs,
     bio.init(disk, op, offset >> kSectorShift, segs, wake, &done);
   else
     bio.init_nodata(disk, op, offset >> kSectorShift, nodata_len, wake, &done);
+  const BioStart start = bio.start();
   submit_bio(bio);
   done.wait("FUSE export I/O");
+  // Busy is back-pressure: wait and send it again (a rare, waiting path).
+  while (status_is_busy(bio.status())) {
+    done.reinit();
+    std::this_thread::sleep_for(std::chrono::nanoseconds(BioDriver::kBusyRetryNs));
+    bio.restart(start);
+    submit_bio(bio);
+    done.wait("FUSE export I/O");
+  }
   return bio.status();
 }
 
@@ -68,8 +94,14 @@ Status zero_partial(File& f, std::byte* bounce, uint64_t offset, uint32_t len) {
 // blkdev_issue_zeroout with NOUNMAP): zeroout() picks write-zeroes or
 // zero data.
 Status zero_blocks(File& f, Op op, uint64_t offset, uint64_t len) {
-  if (op == Op::kWriteZeroes)
-    return zeroout(f.disk.get(), offset >> kSectorShift, len, ZeroFlag::kNoUnmap);
+  if (op == Op::kWriteZeroes) {
+    // Busy is back-pressure here too: wait and zero the range again.
+    Status s;
+    while (status_is_busy(
+        s = zeroout(f.disk.get(), offset >> kSectorShift, len, ZeroFlag::kNoUnmap)))
+      std::this_thread::sleep_for(std::chrono::nanoseconds(BioDriver::kBusyRetryNs));
+    return s;
+  }
   // One bio carries at most 1 GiB here (its size field is 32 bits).
   constexpr uint64_t kMaxBio = uint64_t{1} << 30;
   while (len > 0) {
@@ -86,16 +118,18 @@ Status zero_blocks(File& f, Op op, uint64_t offset, uint64_t len) {
 // --- completions -------------------------------------------------------------
 
 void read_done(Bio& bio) {
+  if (again_if_busy(bio)) return;
   Slot* s = static_cast<Slot*>(bio.context());
   if (ok(bio.status()))
     fuse_reply_buf(s->req, reinterpret_cast<const char*>(s->buf) + s->reply_off,
                    s->reply_len);
   else
-    fuse_reply_err(s->req, status_to_errno(bio.status()));
+    fuse_reply_err(s->req, status_errno(bio.status(), false));
   Worker::put_slot(s);
 }
 
 void write_done(Bio& bio) {
+  if (again_if_busy(bio)) return;
   Slot* s = static_cast<Slot*>(bio.context());
   if (ok(bio.status()))
     fuse_reply_write(s->req, s->reply_len);
@@ -105,8 +139,9 @@ void write_done(Bio& bio) {
 }
 
 void flush_done(Bio& bio) {
+  if (again_if_busy(bio)) return;
   Slot* s = static_cast<Slot*>(bio.context());
-  fuse_reply_err(s->req, status_to_errno(bio.status()));
+  fuse_reply_err(s->req, status_errno(bio.status(), false));
   Worker::put_slot(s);
 }
 
@@ -241,6 +276,7 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
   s->segs[0] = Segment(s->buf, bytes);
   s->bio.init(f->disk.get(), Op::kRead, r.block_start >> kSectorShift, {s->segs, 1},
               read_done, s);
+  s->start = s->bio.start();
   submit_bio(s->bio);
 }
 
@@ -317,6 +353,7 @@ void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_
   }
   s->bio.init(f->disk.get(), Op::kWrite, r.offset >> kSectorShift, {s->segs, 1},
               write_done, s);
+  s->start = s->bio.start();
   submit_bio(s->bio);
 }
 
@@ -326,6 +363,7 @@ void flush_file(fuse_req_t req, File* f) {
   s->file = f;
   s->bio.init_nodata(f->disk.get(), Op::kFlush, 0, 0, flush_done, s);
   s->bio.set_flags(BioFlag::kPreflush);
+  s->start = s->bio.start();
   submit_bio(s->bio);
 }
 

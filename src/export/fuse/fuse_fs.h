@@ -31,12 +31,18 @@
 #include <string>
 #include <vector>
 
+#include "blkstack/status.h"
+
 namespace blkstack {
 class Disk;
 class ExportTable;
 }  // namespace blkstack
 
 namespace blkstack::fuse {
+
+// The errno a reply carries for a block-layer status (0 for kOk). Busy
+// ones never get here: the bio goes again (status_is_busy).
+int status_errno(Status s, bool write);
 
 struct File {
   std::string name;

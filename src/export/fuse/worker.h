@@ -47,6 +47,7 @@ struct Slot {
   fuse_req_t req = nullptr;
   File* file = nullptr;
   Bio bio;
+  BioStart start;  // to send the bio again when the device is busy
   Segment segs[3];
   std::byte* buf = nullptr;  // 4096-aligned: read data, partial blocks
   uint32_t cap = 0;

@@ -48,7 +48,10 @@ uint32_t block_status_bytes(uint16_t flags) {
 uint32_t buffer_size(uint32_t bytes) { return (bytes + 4095) & ~uint32_t{4095}; }
 std::atomic<uint64_t> next_id{1};
 
-// The NBD error for a block-layer status.
+}  // namespace
+
+// The NBD error for a block-layer status. Busy ones never get here:
+// bio_done() sends their bio again (status_is_busy).
 uint32_t nbd_error(Status s, bool write) {
   switch (s) {
     case Status::kOk:
@@ -69,6 +72,8 @@ uint32_t nbd_error(Status s, bool write) {
       return kEio;
   }
 }
+
+namespace {
 
 int clamp_to_int(uint64_t n) {
   return static_cast<int>(std::min<uint64_t>(n, std::numeric_limits<int>::max()));
@@ -392,12 +397,19 @@ bool Connection::send_queued(uint32_t max_replies) {
 
 void Connection::bio_done(Bio& bio) {
   auto* s = static_cast<RequestSlot*>(bio.context());
+  // Busy is back-pressure, not an error for the client: again, later. A
+  // write-zeroes goes again whole (it may be several bios).
+  if (status_is_busy(bio.status())) [[unlikely]] {
+    if (s->type != kCmdWriteZeroes) return resubmit_busy(bio, s->start);
+  }
   Connection* c = s->conn;
   if (c->reactor_.on_reactor_thread()) return c->complete(s);
   c->reactor_.post(s);  // not c afterwards: it may be gone once s is answered
 }
 
 void Connection::complete(RequestSlot* s) {
+  if (status_is_busy(s->bio.status())) [[unlikely]]
+    return submit(s);  // a write-zeroes, whole again (see bio_done)
   set_reply(s, nbd_error(s->bio.status(), is_write_type(s->type)));
   queue_reply(s);
   // Answering a large request at once frees its buffer while it is still
@@ -684,6 +696,7 @@ void Connection::submit(RequestSlot* s) {
       return reply_now(s, kEinval);
   }
   if ((s->flags & kCmdFlagFua) && s->type != kCmdRead) bio.set_flags(BioFlag::kFua);
+  s->start = bio.start();
   submit_bio(bio);
 }
 

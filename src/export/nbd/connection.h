@@ -50,6 +50,9 @@
 
 namespace blkstack::nbd {
 
+// The NBD error a reply carries for a block-layer status (0 for kOk).
+uint32_t nbd_error(Status s, bool write);
+
 class Connection;
 struct RequestSlot;
 
@@ -82,6 +85,7 @@ struct ConnectionLimits {
 struct RequestSlot {
   Connection* conn = nullptr;
   Bio bio;
+  BioStart start;            // to send the bio again when the device is busy
   Segment seg;               // the whole buffer, for READ and WRITE
   std::byte* buf = nullptr;  // 4096-aligned, `cap` bytes
   uint32_t cap = 0;
