@@ -24,23 +24,32 @@
 
 #include <fuse_lowlevel.h>
 
+#include <atomic>
 #include <cstdint>
 #include <ctime>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace blkstack {
 class Disk;
 class ExportTable;
+struct Export;
 }  // namespace blkstack
 
 namespace blkstack::fuse {
 
+// One worker's share of a file's counts, on a cache line of its own.
+struct alignas(64) FileCounts {
+  std::atomic<int64_t> busy{0};  // operations using the disk now
+  std::atomic<uint64_t> requests{0};
+};
+
 struct File {
   std::string name;
-  std::shared_ptr<Disk> disk;
+  std::shared_ptr<Disk> disk;  // released once removed and drained
   fuse_ino_t ino = 0;
   uint64_t size = 0;  // bytes
   uint32_t lbs = 512;
@@ -48,23 +57,61 @@ struct File {
   // Serialises read-modify-write of partial blocks, so two unaligned writes
   // into the same block do not undo each other.
   std::mutex rmw;
+  // A reload dropped the export: operations find it set and fail with EIO.
+  std::atomic<bool> removed{false};
+  std::atomic<uint32_t> open_handles{0};  // open()s not yet released
+  std::unique_ptr<FileCounts[]> counts;   // one per worker
+  unsigned workers = 0;
+
+  // Operations that reach the disk are bracketed by FuseFs::enter() and
+  // leave(worker), the index of the worker that entered.
+  void leave(unsigned worker) { counts[worker].busy.fetch_sub(1); }
+  uint64_t requests() const;
 };
 
 class FuseFs {
  public:
   // Files for the exports whose names can be file names (others are logged
-  // and left out).
-  explicit FuseFs(const ExportTable& exports);
+  // and left out); `workers`: how many workers will serve them.
+  FuseFs(const ExportTable& exports, unsigned workers);
 
   static const fuse_lowlevel_ops& ops();
-  File* file(fuse_ino_t ino);
-  File* find(const char* name);
-  const std::vector<std::unique_ptr<File>>& files() const { return files_; }
+  // The file with inode `ino`, removed or not; null if none. Lock-free.
+  File* file(fuse_ino_t ino) const;
+  // The live file called `name`; null if none.
+  File* find(std::string_view name) const;
+  // The live files, by inode.
+  std::vector<File*> files() const;
+
+  // On a worker: the file `ino`, counted as busy until leave(), for an
+  // operation that reaches its disk; null with *err set (ENOENT, EISDIR, or
+  // EIO once removed).
+  File* enter(fuse_ino_t ino, int* err) const;
+
+  // Makes the file set match `exports`: a file whose export is new, or now
+  // has another disk, is added (a new inode); files whose export is gone or
+  // changed are marked removed and returned, for the caller to tell the
+  // kernel and drain(). Unchanged files stay as they are.
+  std::vector<File*> update(const ExportTable& exports);
+  // Waits until no operation uses `f`'s disk, then releases the disk.
+  static void drain(File* f);
 
   void fill_attr(fuse_ino_t ino, struct stat* st) const;
 
  private:
-  std::vector<std::unique_ptr<File>> files_;
+  // Inodes are never reused: a removed file's inode stays (removed) for
+  // handles still open on it. The table is two levels of chunks published
+  // with release stores, so lookups on the I/O path take no lock.
+  static constexpr size_t kChunk = 1024;
+  static constexpr size_t kChunks = 1024;
+  void add(const Export& e);  // under mu_
+
+  unsigned workers_;
+  std::atomic<std::atomic<File*>*> chunks_[kChunks] = {};
+  mutable std::mutex mu_;                   // adding and removing; the name space below
+  std::vector<std::unique_ptr<File>> all_;  // every file made
+  std::vector<std::unique_ptr<std::atomic<File*>[]>> mem_;  // the chunks
+  fuse_ino_t next_ino_;
   time_t mtime_;
 };
 
