@@ -25,6 +25,8 @@
 #endif
 #include "export/log.h"
 #include "export/nbd/server.h"
+#include "serve/control_server.h"
+#include "serve/control_verbs.h"
 
 namespace blkstack {
 
@@ -417,6 +419,22 @@ void Service::start() {
 #endif
   apply(config, /*starting=*/true);
   start_servers();
+  if (!config_.control.empty()) {
+    serve::ControlServerOptions co;
+    co.path = config_.control;
+    co.mode = static_cast<mode_t>(config_.control_mode);
+    try {
+      control_ =
+          std::make_unique<serve::ControlServer>(co, serve::make_control_handler(*this));
+    } catch (const Error&) {
+#if BLKSTACK_WITH_FUSE
+      if (fuse_) fuse_->stop();
+#endif
+      if (nbd_) nbd_->stop();
+      throw;
+    }
+    serve_log(fmt::format("control socket {} (mode {:04o})", co.path, co.mode));
+  }
   started_ = true;
   if (!options_.pidfile.empty()) write_pidfile(options_.pidfile);
 }
@@ -461,6 +479,9 @@ ReloadResult Service::reload() {
 }
 
 void Service::stop() {
+  // First, and without our lock: a control request being answered may be
+  // waiting for it, and ControlServer::stop() waits for that request.
+  if (control_) control_->stop();
   std::lock_guard lock(mu_);
   if (!started_ || stopped_) return;
   stopped_ = true;
@@ -516,6 +537,8 @@ int Service::run() {
     return 0;
   }
 }
+
+std::string Service::control_path() const { return control_ ? control_->path() : ""; }
 
 std::vector<Service::DeviceInfo> Service::devices() const {
   std::lock_guard lock(mu_);

@@ -48,6 +48,9 @@ class Server;
 namespace fuse {
 class FuseExport;
 }
+namespace serve {
+class ControlServer;
+}
 
 // No such device or export (the control protocol's "not_found").
 class NotFoundError : public Error {
@@ -139,6 +142,8 @@ class Service {
   DiskRegistry& registry() { return registry_; }
   nbd::Server* nbd() { return nbd_.get(); }
   fuse::FuseExport* fuse() { return fuse_.get(); }
+  // The control socket's path; empty without one.
+  std::string control_path() const;
   // The statistics SIGUSR1 logs: each device's, then the NBD loops'.
   std::string stats_report() const;
 
@@ -160,6 +165,7 @@ class Service {
   DiskRegistry registry_;
   std::unique_ptr<nbd::Server> nbd_;
   std::unique_ptr<fuse::FuseExport> fuse_;
+  std::unique_ptr<serve::ControlServer> control_;  // its handler calls us
   bool started_ = false;
   bool stopped_ = false;
 };
