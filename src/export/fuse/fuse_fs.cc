@@ -169,14 +169,19 @@ void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fil
   std::vector<char> buf(size);
   size_t used = 0;
   const auto& files = fs.files();
-  // Entry i is ".", "..", then the files; `off` is the next entry's index.
-  for (size_t i = static_cast<size_t>(off); i < files.size() + 2; ++i) {
+  // Entry i is ".", "..", the files, then sys/; `off` is the next entry's
+  // index.
+  for (size_t i = static_cast<size_t>(off); i < files.size() + 3; ++i) {
     struct stat st {};
     const char* name;
     if (i < 2) {
       st.st_ino = FUSE_ROOT_ID;
       st.st_mode = S_IFDIR;
       name = i == 0 ? "." : "..";
+    } else if (i == files.size() + 2) {
+      st.st_ino = SysfsTree::kSysIno;
+      st.st_mode = S_IFDIR;
+      name = SysfsTree::kName;
     } else {
       st.st_ino = files[i - 2]->ino;
       st.st_mode = S_IFREG;
@@ -415,12 +420,13 @@ fuse_lowlevel_ops make_ops() {
   o.release = op_release;
   o.statfs = op_statfs;
   o.fallocate = op_fallocate;
+  SysfsTree::install(o, [](fuse_req_t req) -> SysfsTree& { return fs_of(req).sysfs(); });
   return o;
 }
 
 bool valid_file_name(const std::string& n) {
-  return !n.empty() && n != "." && n != ".." && n.size() <= 255 &&
-         n.find('/') == std::string::npos;
+  return !n.empty() && n != "." && n != ".." && n != SysfsTree::kName &&
+         n.size() <= 255 && n.find('/') == std::string::npos;
 }
 
 }  // namespace
@@ -429,7 +435,8 @@ FuseFs::FuseFs(const ExportTable& exports) : mtime_(time(nullptr)) {
   fuse_ino_t ino = kFirstFileIno;
   for (const Export& e : exports.list()) {
     if (!valid_file_name(e.name)) {
-      serve_log(fmt::format("fuse: export '{}' left out: not a file name", e.name));
+      serve_log(fmt::format("fuse: export '{}' left out: not a file name (or '{}')",
+                            e.name, SysfsTree::kName));
       continue;
     }
     auto f = std::make_unique<File>();
@@ -441,6 +448,15 @@ FuseFs::FuseFs(const ExportTable& exports) : mtime_(time(nullptr)) {
     f->read_only = e.disk->read_only();
     files_.push_back(std::move(f));
   }
+  sysfs_ = std::make_unique<SysfsTree>([this] { return disks(); });
+}
+
+std::vector<std::shared_ptr<Disk>> FuseFs::disks() const {
+  std::vector<std::shared_ptr<Disk>> out;
+  for (const auto& f : files_) {
+    if (std::find(out.begin(), out.end(), f->disk) == out.end()) out.push_back(f->disk);
+  }
+  return out;
 }
 
 const fuse_lowlevel_ops& FuseFs::ops() {

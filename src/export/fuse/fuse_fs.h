@@ -31,6 +31,8 @@
 #include <string>
 #include <vector>
 
+#include "export/fuse/sysfs_tree.h"
+
 namespace blkstack {
 class Disk;
 class ExportTable;
@@ -63,9 +65,15 @@ class FuseFs {
 
   void fill_attr(fuse_ino_t ino, struct stat* st) const;
 
+  // The sys/block tree beside the files (sysfs_tree.h), over the disks of
+  // the exported files, each once.
+  SysfsTree& sysfs() { return *sysfs_; }
+  std::vector<std::shared_ptr<Disk>> disks() const;
+
  private:
   std::vector<std::unique_ptr<File>> files_;
   time_t mtime_;
+  std::unique_ptr<SysfsTree> sysfs_;
 };
 
 }  // namespace blkstack::fuse
