@@ -80,7 +80,7 @@ class ServeFuseReloadTest : public ::testing::Test {
     DIR* d = opendir(mnt_.c_str());
     if (!d) return names;
     while (dirent* e = readdir(d))
-      if (e->d_name[0] != '.') names.insert(e->d_name);
+      if (e->d_type == DT_REG) names.insert(e->d_name);  // not sys/
     closedir(d);
     return names;
   }
@@ -159,6 +159,7 @@ TEST_F(ServeFuseReloadTest, AddRemoveChangeAndKeepInOneReloadWhileTheKeptOneWork
   EXPECT_EQ(errno, ENOENT);
   EXPECT_EQ(Size("chg"), 12 << 20);
   EXPECT_EQ(Size("new"), 2 << 20);
+  EXPECT_EQ(::access((mnt_ + "/sys/block/new/size").c_str(), R_OK), 0);
   // Handles on the removed and the replaced file: errors, not the new disk.
   char buf[4096];
   EXPECT_EQ(::pread(gone, buf, sizeof buf, 0), -1);

@@ -211,9 +211,10 @@ void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fil
   if (ino != FUSE_ROOT_ID) return (void)fuse_reply_err(req, ENOTDIR);
   std::vector<char> buf(size);
   size_t used = 0;
-  // ".", "..", then the files by inode. An entry's offset is where the
-  // next starts: 1 and 2 for the dots, a file's inode + 1 for a file, so a
-  // reload between two calls neither repeats nor skips a file that stays.
+  // ".", "..", sys/, then the files by inode. An entry's offset is where
+  // the next starts: 1, 2 and 3 for the first three, a file's inode + 3 for
+  // a file, so a reload between two calls neither repeats nor skips a file
+  // that stays.
   const auto add = [&](const char* name, fuse_ino_t entry_ino, mode_t mode, off_t next) {
     struct stat st {};
     st.st_ino = entry_ino;
@@ -227,10 +228,12 @@ void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fil
   bool room = true;
   if (off < 1) room = add(".", FUSE_ROOT_ID, S_IFDIR, 1);
   if (room && off < 2) room = add("..", FUSE_ROOT_ID, S_IFDIR, 2);
+  if (room && off < 3) room = add(SysfsTree::kName, SysfsTree::kSysIno, S_IFDIR, 3);
   for (File* f : fs.files()) {
     if (!room) break;
-    if (static_cast<off_t>(f->ino) < off) continue;
-    room = add(f->name.c_str(), f->ino, S_IFREG, static_cast<off_t>(f->ino + 1));
+    const off_t pos = static_cast<off_t>(f->ino + 2);
+    if (pos < off) continue;
+    room = add(f->name.c_str(), f->ino, S_IFREG, pos + 1);
   }
   fuse_reply_buf(req, buf.data(), used);
 }
@@ -470,12 +473,13 @@ fuse_lowlevel_ops make_ops() {
   o.release = op_release;
   o.statfs = op_statfs;
   o.fallocate = op_fallocate;
+  SysfsTree::install(o, [](fuse_req_t req) -> SysfsTree& { return fs_of(req).sysfs(); });
   return o;
 }
 
 bool valid_file_name(const std::string& n) {
-  return !n.empty() && n != "." && n != ".." && n.size() <= 255 &&
-         n.find('/') == std::string::npos;
+  return !n.empty() && n != "." && n != ".." && n != SysfsTree::kName &&
+         n.size() <= 255 && n.find('/') == std::string::npos;
 }
 
 }  // namespace
@@ -490,6 +494,17 @@ uint64_t File::requests() const {
 FuseFs::FuseFs(const ExportTable& exports, unsigned workers)
     : workers_(std::max(1u, workers)), next_ino_(kFirstFileIno), mtime_(time(nullptr)) {
   update(exports);
+  sysfs_ = std::make_unique<SysfsTree>([this] { return disks(); });
+}
+
+std::vector<std::shared_ptr<Disk>> FuseFs::disks() const {
+  std::lock_guard lock(mu_);  // a removed file's disk is released without it
+  std::vector<std::shared_ptr<Disk>> out;
+  for (const auto& f : all_) {
+    if (f->removed.load(std::memory_order_relaxed)) continue;
+    if (std::find(out.begin(), out.end(), f->disk) == out.end()) out.push_back(f->disk);
+  }
+  return out;
 }
 
 void FuseFs::add(const Export& e) {
@@ -530,7 +545,8 @@ std::vector<File*> FuseFs::update(const ExportTable& exports) {
   }
   for (const Export& e : exports.list()) {
     if (!valid_file_name(e.name)) {
-      serve_log(fmt::format("fuse: export '{}' left out: not a file name", e.name));
+      serve_log(fmt::format("fuse: export '{}' left out: not a file name (or '{}')",
+                            e.name, SysfsTree::kName));
       continue;
     }
     bool live = false;

@@ -33,6 +33,8 @@
 #include <string_view>
 #include <vector>
 
+#include "export/fuse/sysfs_tree.h"
+
 namespace blkstack {
 class Disk;
 class ExportTable;
@@ -98,6 +100,11 @@ class FuseFs {
 
   void fill_attr(fuse_ino_t ino, struct stat* st) const;
 
+  // The sys/block tree beside the files (sysfs_tree.h), over the disks of
+  // the exported files, each once.
+  SysfsTree& sysfs() { return *sysfs_; }
+  std::vector<std::shared_ptr<Disk>> disks() const;
+
  private:
   // Inodes are never reused: a removed file's inode stays (removed) for
   // handles still open on it. The table is two levels of chunks published
@@ -113,6 +120,7 @@ class FuseFs {
   std::vector<std::unique_ptr<std::atomic<File*>[]>> mem_;  // the chunks
   fuse_ino_t next_ino_;
   time_t mtime_;
+  std::unique_ptr<SysfsTree> sysfs_;
 };
 
 }  // namespace blkstack::fuse
