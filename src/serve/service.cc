@@ -195,10 +195,13 @@ Service::Plan Service::plan(const ServeConfig& next) const {
     const ExportConfig* old = find_export(config_.exports, e);
     if (!old) {
       note(p.result.added, e.name);
-    } else if (old->device != e.device || old->description != e.description ||
-               changed_device(e.device)) {
+    } else if (old->device != e.device || changed_device(e.device)) {
       note(p.result.changed, e.name);
       p.dropped.push_back(*old);
+    } else if (old->description != e.description) {
+      // New clients see the new description; the disk, and so the
+      // connections, stay.
+      note(p.result.changed, e.name);
     } else {
       note(p.result.unchanged, e.name);
     }

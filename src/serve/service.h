@@ -16,9 +16,9 @@
 // clients' I/O in flight is answered, their connections close (the FUSE
 // file disappears; a handle still open gets EIO), then the device goes; a
 // device whose spec changed is recreated after its users drained, and its
-// exports come back on the new disk; an export whose device, type and
-// description are the same and whose device is unchanged is not touched
-// (same Disk, no reconnect). With [server] reload_disconnects = false a
+// exports come back on the new disk; an export on the same, unchanged
+// device is not touched (same Disk, no reconnect; a new description is
+// for new clients). With [server] reload_disconnects = false a
 // reload that would close an export in use is refused, naming it. A reload
 // whose config has a mistake changes nothing: its ConfigError names the
 // file, the line and the key. Listeners, threads, the mount point and the

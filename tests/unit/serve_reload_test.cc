@@ -216,6 +216,20 @@ TEST_F(ServeReloadTest, AddRemoveChangeAndKeepInOneReloadWhileTheKeptOneWorks) {
   EXPECT_GE(service_->nbd()->export_counts("keep").requests, 2 * work.rounds());
 }
 
+TEST_F(ServeReloadTest, NewDescriptionKeepsTheConnections) {
+  Start(kBefore);
+  auto keep = Open("keep");
+  std::string described = kBefore;
+  described.replace(described.find("device = \"keep\"\n"), 16,
+                    "device = \"keep\"\ndescription = \"now described\"");
+  Rewrite(described);
+  const ReloadResult r = service_->reload();
+  EXPECT_EQ(r.changed, std::vector<std::string>{"keep"});
+  EXPECT_EQ(keep->io(nbd::kCmdWrite, 0, 4096, pattern(4096, 2)), 0u);
+  EXPECT_EQ(service_->nbd()->exports()->find("keep")->description, "now described");
+  EXPECT_EQ(service_->nbd()->export_counts("keep").connections, 1u);
+}
+
 TEST_F(ServeReloadTest, InvalidConfigChangesNothingAndSaysFileLineAndKey) {
   Start(kBefore);
   const std::shared_ptr<Disk> gone_disk = service_->device("gone");
