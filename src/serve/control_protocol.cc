@@ -68,7 +68,7 @@ std::optional<ControlError> parse_control_request(std::string_view line,
   try {
     // Strict: no comments, and the lexer refuses invalid UTF-8 in strings.
     doc = json::parse(line.begin(), line.end());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range (1e999)
     return bad(fmt::format("malformed JSON: {}", e.what()));
   }
   if (!doc.is_object()) return bad("a request is a JSON object");

@@ -45,6 +45,7 @@ TEST(ControlProtocol, MalformedJsonIsABadRequest) {
   EXPECT_EQ(CodeOf(R"({"verb":"hello"} trailing)"), "bad_request");
   EXPECT_EQ(CodeOf(R"({"verb":"hello"}{"verb":"hello"})"), "bad_request");
   EXPECT_EQ(CodeOf(R"({"verb":'hello'})"), "bad_request");
+  EXPECT_EQ(CodeOf(R"({"verb":"x","args":{"n":1e999}})"), "bad_request");  // overflow
   EXPECT_EQ(CodeOf(std::string("{\"verb\":\"he\0llo\"}", 17)), "bad_request");
 }
 

@@ -183,10 +183,12 @@ void print_list(const json& r) {
 
 void print_describe(const json& r) {
   for (auto& [key, value] : r.items()) {
-    if (key != "attributes")
-      fmt::print("{}: {}\n", key,
-                 key == "size" ? size_cell(value) + " (" + cell(value) + " bytes)"
-                               : cell(value));
+    if (key == "attributes") continue;
+    if (key == "size") {
+      fmt::print("size: {} ({} bytes)\n", size_cell(value), cell(value));
+    } else {
+      fmt::print("{}: {}\n", key, cell(value));
+    }
   }
   std::vector<std::vector<std::string>> rows;
   for (auto& [name, value] : field(r, "attributes").items()) {
