@@ -494,7 +494,7 @@ void Service::stop() {
   if (nbd_) nbd_->stop();
   if (!options_.pidfile.empty()) ::unlink(options_.pidfile.c_str());
   serve_log("statistics:");
-  log_lines(stats_report());
+  log_lines(stats_report_locked());
 }
 
 int Service::run() {
@@ -558,6 +558,10 @@ std::shared_ptr<Disk> Service::device(std::string_view name) const {
 
 std::vector<Service::ExportInfo> Service::exports() const {
   std::lock_guard lock(mu_);
+  return exports_locked();
+}
+
+std::vector<Service::ExportInfo> Service::exports_locked() const {
   std::vector<ExportInfo> out;
   for (const ExportConfig& e : config_.exports) {
     ExportInfo x{e.name, e.device, e.type, e.description};
@@ -578,8 +582,17 @@ std::vector<Service::ExportInfo> Service::exports() const {
 }
 
 std::string Service::stats_report() const {
+  std::lock_guard lock(mu_);
+  return stats_report_locked();
+}
+
+std::string Service::stats_report_locked() const {
   std::string out;
   for (const auto& disk : registry_.list()) out += disk->stats_report();
+  for (const ExportInfo& e : exports_locked())
+    out += fmt::format("export {} ({}): {} {}, {} request{}\n", e.name, e.type,
+                       e.connections, e.type == "nbd" ? "connections" : "open files",
+                       e.requests, e.requests == 1 ? "" : "s");
   if (nbd_) out += nbd_->stats_report();
   return out;
 }

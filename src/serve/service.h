@@ -144,7 +144,8 @@ class Service {
   fuse::FuseExport* fuse() { return fuse_.get(); }
   // The control socket's path; empty without one.
   std::string control_path() const;
-  // The statistics SIGUSR1 logs: each device's, then the NBD loops'.
+  // The statistics SIGUSR1 logs: each device's (diskstats fields, latency
+  // histograms), each export's clients and requests, the NBD loops' waits.
   std::string stats_report() const;
 
  private:
@@ -157,6 +158,8 @@ class Service {
       const std::vector<ExportConfig>& exports, std::string_view type,
       const std::map<std::string, DeviceInfo, std::less<>>& devices) const;
   void start_servers();
+  std::vector<ExportInfo> exports_locked() const;
+  std::string stats_report_locked() const;
 
   ServiceOptions options_;
   mutable std::mutex mu_;  // one change at a time; the state below
