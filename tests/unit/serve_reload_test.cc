@@ -27,6 +27,7 @@ using nbd::testing::option;
 using nbd::testing::put32;
 using testing_util::Contains;
 using testing_util::ScratchDir;
+using testing_util::Workload;
 
 constexpr const char* kBefore = R"(
 [[device]]
@@ -128,50 +129,6 @@ class ServeReloadTest : public ::testing::Test {
 
   ScratchDir dir_;
   std::unique_ptr<Service> service_;
-};
-
-// A verified workload: write a block, read it back, compare; until told to
-// stop. Counts the requests that failed or read back wrong.
-class Workload {
- public:
-  explicit Workload(std::unique_ptr<Client> c) : c_(std::move(c)) {
-    thread_ = std::thread([this] { run(); });
-  }
-  ~Workload() { finish(); }
-  void finish() {
-    stop_ = true;
-    if (thread_.joinable()) thread_.join();
-  }
-  uint64_t rounds() const { return rounds_.load(); }
-  uint64_t errors() const { return errors_.load(); }
-  Client& client() { return *c_; }
-  // Waits until at least `n` more rounds are done.
-  void await_rounds(uint64_t n) {
-    const uint64_t until = rounds() + n;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (rounds() < until && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-
- private:
-  void run() {
-    for (uint32_t i = 0; !stop_; ++i) {
-      const uint64_t off = uint64_t{i % 256} * 4096;
-      const std::string data = pattern(4096, i);
-      std::string back;
-      if (c_->io(nbd::kCmdWrite, off, 4096, data) != 0 ||
-          c_->io(nbd::kCmdRead, off, 4096, {}, 0, &back) != 0 || back != data) {
-        errors_.fetch_add(1);
-        return;  // the connection is off the rails: say so, stop
-      }
-      rounds_.fetch_add(1);
-    }
-  }
-  std::unique_ptr<Client> c_;
-  std::thread thread_;
-  std::atomic<bool> stop_{false};
-  std::atomic<uint64_t> rounds_{0};
-  std::atomic<uint64_t> errors_{0};
 };
 
 TEST_F(ServeReloadTest, AddRemoveChangeAndKeepInOneReloadWhileTheKeptOneWorks) {

@@ -24,6 +24,7 @@ using nlohmann::json;
 using serve::ControlReply;
 using testing_util::Contains;
 using testing_util::ScratchDir;
+using testing_util::Workload;
 
 constexpr const char* kConfig = R"(
 [[device]]
@@ -289,6 +290,60 @@ device = "plain"
   dir_.write("serve.toml", "[[device]]\nname = 1\n");
   EXPECT_EQ(client_->error("reload"), "invalid_argument");
   EXPECT_EQ(OpenNbd("p")->size(), 4u << 20);
+}
+
+// Raw bytes to the control socket; returns what came back before the
+// server closed or `n` lines arrived.
+std::string Exchange(const std::string& path, const std::string& bytes, int lines) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  std::strncpy(sa.sun_path, path.c_str(), sizeof sa.sun_path - 1);
+  EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  [[maybe_unused]] ssize_t w = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+  std::string in;
+  char c;
+  while (lines > 0 && ::recv(fd, &c, 1, 0) == 1) {
+    in += c;
+    if (c == '\n') --lines;
+  }
+  ::close(fd);
+  return in;
+}
+
+TEST_F(ServeVerbsTest, BadRequestsLeaveTheServerServingIo) {
+  Workload work(OpenNbd("mq"));
+  const std::string path = dir_.path("ctl");
+  EXPECT_TRUE(Contains(Exchange(path, "{not json\n", 1), "bad_request"));
+  EXPECT_TRUE(Contains(Exchange(path, "[1,2]\n", 1), "bad_request"));
+  EXPECT_TRUE(
+      Contains(Exchange(path, "{\"id\":1,\"verb\":\"nope\"}\n", 1), "unknown_verb"));
+  EXPECT_TRUE(Contains(Exchange(path,
+                                "{\"id\":2,\"verb\":\"get\",\"args\":{\"device\":\"mq\","
+                                "\"attribute\":\"x\"}}\n",
+                                1),
+                       "not_found"));
+  EXPECT_TRUE(Contains(
+      Exchange(path,
+               "{\"id\":3,\"verb\":\"set\",\"args\":{\"device\":\"mq\",\"attribute\":"
+               "\"queue/nr_requests\",\"value\":\"99999999\"}}\n",
+               1),
+      "invalid_argument"));
+  EXPECT_TRUE(
+      Contains(Exchange(path, std::string(100 * 1024, 'x') + "\n", 1), "too_long"));
+  Exchange(path, "{\"id\":4,\"verb\":\"li", 0);  // gone mid-request
+  {
+    std::vector<std::unique_ptr<ControlClient>> many;
+    for (int i = 0; i < 20; ++i) many.push_back(std::make_unique<ControlClient>(path));
+    for (auto& c : many) EXPECT_EQ(c->ok("hello").at("protocol"), 1);
+  }
+  EXPECT_EQ(client_->ok("list").at("devices").size(), 2u);  // still answering
+  work.await_rounds(20);
+  work.finish();
+  EXPECT_EQ(work.errors(), 0u);
+  EXPECT_GT(work.rounds(), 20u);
 }
 
 }  // namespace
