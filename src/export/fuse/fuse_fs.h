@@ -2,6 +2,13 @@
 // regular file per exported device — and the handlers that turn FUSE
 // requests on those files into bios.
 //
+// The set of files changes with reloads (update()): a file is never
+// freed while mounted, only marked removed, so a request that names its
+// inode finds it without a lock. Every operation that reaches a disk is
+// counted on its file by the worker that runs it (enter()/leave(), one
+// cache line per worker), which is how drain() knows when a removed file's
+// disk is no longer used.
+//
 //   READ   -> clamp at the end of the device, widen to whole logical blocks
 //             -> one read bio into the slot's buffer -> fuse_reply_buf of the
 //             part asked for (no copy: the reply is a writev of that buffer)
