@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <thread>
 
@@ -170,6 +171,12 @@ TEST_F(ServeReloadTest, AddRemoveChangeAndKeepInOneReloadWhileTheKeptOneWorks) {
   EXPECT_EQ(work.errors(), 0u);
   EXPECT_EQ(service_->device("keep"), keep_disk);
   EXPECT_EQ(service_->nbd()->export_counts("keep").connections, 1u);
+  // The loop counts a round's requests after the round, when the last
+  // reply may already be with the client: wait for the count to catch up.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (service_->nbd()->export_counts("keep").requests < 2 * work.rounds() &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   EXPECT_GE(service_->nbd()->export_counts("keep").requests, 2 * work.rounds());
 }
 
