@@ -22,6 +22,7 @@
 #include "export/export_table.h"
 #if BLKSTACK_WITH_FUSE
 #include "export/fuse/fuse_export.h"
+#include "export/fuse/fuse_fs.h"
 #endif
 #include "export/log.h"
 #include "export/nbd/server.h"
@@ -139,7 +140,15 @@ ServeConfig Service::make_config() const {
   for (const std::string& e : a.exports) {
     add_cli_export(c, e);
     // With a mount point every --export is a file there too, on the same
-    // disk.
+    // disk, when its name can be one.
+#if BLKSTACK_WITH_FUSE
+    if (!c.fuse_mountpoint.empty() &&
+        !fuse::FuseFs::valid_file_name(c.exports.back().name)) {
+      serve_log(fmt::format("fuse: export '{}' left out: not a file name (or '{}')",
+                            c.exports.back().name, fuse::SysfsTree::kName));
+      continue;
+    }
+#endif
     if (!c.fuse_mountpoint.empty()) {
       ExportConfig twin = c.exports.back();
       twin.type = "fuse";
@@ -192,6 +201,14 @@ Service::Plan Service::plan(const ServeConfig& next) const {
           "{}: export '{}' has type \"fuse\": serve started without a FUSE mount "
           "(restart it with one)",
           e.where, e.name));
+#if BLKSTACK_WITH_FUSE
+    // Refused here rather than left out of the mount with a log line.
+    if (e.type == "fuse" && !fuse::FuseFs::valid_file_name(e.name))
+      throw ConfigError(fmt::format(
+          "{}: export '{}' has type \"fuse\" and its name is not a file name there "
+          "(1 to 255 bytes, no '/', not \".\", \"..\" or \"{}\")",
+          e.where, e.name, fuse::SysfsTree::kName));
+#endif
     const ExportConfig* old = find_export(config_.exports, e);
     if (!old) {
       note(p.result.added, e.name);

@@ -198,6 +198,33 @@ TEST_F(ServeFuseReloadTest, InvalidConfigChangesNothing) {
   EXPECT_EQ(work.errors(), 0u);
 }
 
+// A FUSE export whose name cannot be a file there ("sys" is the sys/block
+// tree's) is refused with the reason, not taken and left without a file.
+TEST_F(ServeFuseReloadTest, ExportThatCannotBeAFileIsRefused) {
+  Start(devices_and_files({{"a", "ram:4M"}}));
+  for (const std::string& name :
+       std::vector<std::string>{"sys", "x/y", "..", std::string(256, 'n')}) {
+    try {
+      service_->add_export(name, "a", "fuse", "");
+      ADD_FAILURE() << name << ": taken";
+    } catch (const ConfigError& e) {
+      EXPECT_TRUE(Contains(e.what(), "file name")) << e.what();
+    }
+  }
+  const std::string path = Write(devices_and_files({{"a", "ram:4M"}}) +
+                                 "[[export]]\nname = \"sys\"\ndevice = \"a\"\n"
+                                 "type = \"fuse\"\n");
+  try {
+    service_->reload();
+    ADD_FAILURE() << "reload took";
+  } catch (const ConfigError& e) {
+    EXPECT_TRUE(Contains(e.what(), path + ":")) << e.what();
+    EXPECT_TRUE(Contains(e.what(), "'sys'")) << e.what();
+  }
+  EXPECT_EQ(service_->exports().size(), 1u);
+  EXPECT_EQ(Listing(), std::set<std::string>{"a"});
+}
+
 TEST_F(ServeFuseReloadTest, RefusedNamingTheFileInUseWhenTheConfigSaysNotToDisconnect) {
   const std::string no = "reload_disconnects = false\n";
   ServiceOptions o;

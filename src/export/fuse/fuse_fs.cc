@@ -477,12 +477,12 @@ fuse_lowlevel_ops make_ops() {
   return o;
 }
 
-bool valid_file_name(const std::string& n) {
-  return !n.empty() && n != "." && n != ".." && n != SysfsTree::kName &&
-         n.size() <= 255 && n.find('/') == std::string::npos;
-}
-
 }  // namespace
+
+bool FuseFs::valid_file_name(std::string_view n) {
+  return !n.empty() && n != "." && n != ".." && n != SysfsTree::kName &&
+         n.size() <= 255 && n.find('/') == std::string_view::npos;
+}
 
 uint64_t File::requests() const {
   uint64_t n = 0;

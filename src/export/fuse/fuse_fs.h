@@ -85,6 +85,10 @@ class FuseFs {
   FuseFs(const ExportTable& exports, unsigned workers);
 
   static const fuse_lowlevel_ops& ops();
+  // Whether an export called `name` can be a file in the mount's root: a
+  // file name (1 to 255 bytes, no '/', not "." or "..") other than the
+  // sys/ tree's.
+  static bool valid_file_name(std::string_view name);
   // The file with inode `ino`, removed or not; null if none. Lock-free.
   File* file(fuse_ino_t ino) const;
   // The live file called `name`; null if none.
