@@ -90,6 +90,25 @@ class Disk {
     capacity_.store(sectors, std::memory_order_relaxed);
   }
   const QueueLimits& limits() const { return limits_; }
+  // What the control plane changes live (/sys/block/*/queue/ attributes).
+  // The write cache in use (queue/write_cache): the device's volatile cache
+  // unless turned off ("write through"), which makes PREFLUSH and FUA mean
+  // nothing, as without a cache. Turning on throws Error on a device that
+  // has no volatile cache.
+  bool write_cache() const {
+    return limits_.volatile_write_cache &&
+           write_cache_on_.load(std::memory_order_relaxed);
+  }
+  void set_write_cache(bool on);
+  // queue/rotational: a hint for schedulers; starts as the driver's limit.
+  bool rotational() const { return rotational_.load(std::memory_order_relaxed); }
+  void set_rotational(bool r) { rotational_.store(r, std::memory_order_relaxed); }
+  // queue/max_sectors_kb: the largest read or write, in sectors. Freezes
+  // the disk to change it: I/O reads the limit only while it is accounted,
+  // so no I/O sees it change. Throws Error outside one logical block (and
+  // at least 4 KiB, as Linux) to max_hw_sectors, or not a multiple of the
+  // logical block size. Not from a submit path.
+  void set_max_sectors(uint32_t sectors);
   bool read_only() const { return read_only_.load(std::memory_order_relaxed); }
   void set_read_only(bool ro) { read_only_.store(ro, std::memory_order_relaxed); }
   // The whole disk as a block device (the kernel's bdev_whole / part0).
@@ -228,6 +247,9 @@ class Disk {
   std::atomic<uint64_t> capacity_;
   QueueLimits limits_;
   std::atomic<bool> read_only_;
+  std::atomic<bool> write_cache_on_{true};
+  std::atomic<bool> rotational_;
+  std::mutex limits_lock_;  // one set_max_sectors at a time
   bool per_bio_stats_;
   std::atomic<bool> dying_{false};
   std::unique_ptr<PercpuRef> usage_;    // bios between start_io and end_io

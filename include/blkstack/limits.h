@@ -28,6 +28,7 @@ struct QueueLimits {
   bool discard_zeroes_data = false;
   bool volatile_write_cache = false;  // writes need a flush to be durable
   bool fua = false;                   // the device honours FUA itself
+  bool rotational = false;            // seeks cost (a spinning disk): queue/rotational
   bool read_only = false;
 
   // The effective limit on reads and writes: min(max_sectors, max_hw_sectors).

@@ -66,15 +66,14 @@ void submit_one(Bio& bio) {
   }
   // Without a volatile cache every completed write is already durable:
   // PREFLUSH and FUA mean nothing, and an empty flush is done at once.
-  if (!disk->limits().volatile_write_cache && any(bio.flags() & kCacheFlags)) {
+  if (!disk->write_cache() && any(bio.flags() & kCacheFlags)) {
     bio.clear_flags(kCacheFlags);
   }
   // Nobody would complete a polled bio on a disk that cannot be polled.
   if (bio.has_flag(BioFlag::kPolled) && !disk->driver().can_poll()) {
     bio.clear_flags(BioFlag::kPolled);
   }
-  if (bio.size() == 0 &&
-      (bio.op() != Op::kFlush || !disk->limits().volatile_write_cache)) {
+  if (bio.size() == 0 && (bio.op() != Op::kFlush || !disk->write_cache())) {
     bio.complete(Status::kOk);
     return;
   }

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <thread>
 
 #include "blkstack/debug/submit_context.h"
@@ -30,6 +31,7 @@ Disk::Disk(std::string name, uint64_t capacity, QueueLimits limits,
       capacity_(capacity),
       limits_(limits),
       read_only_(limits.read_only),
+      rotational_(limits.rotational),
       usage_(std::make_unique<PercpuRef>()),
       pollers_(std::make_unique<PercpuRef>()),
       stats_(std::make_unique<IoStats>()),
@@ -49,6 +51,28 @@ Disk::Disk(std::string name, uint64_t capacity, QueueLimits limits,
   driver_->disk_ = this;
   gate_ = std::make_unique<BioGate>(*this, *driver_, driver_->bio_queue_config(), gated_);
   driver_->attach(*this);
+}
+
+void Disk::set_write_cache(bool on) {
+  if (on && !limits_.volatile_write_cache) {
+    throw Error(fmt::format("disk '{}' has no volatile write cache to turn on", name_));
+  }
+  write_cache_on_.store(on, std::memory_order_relaxed);
+}
+
+void Disk::set_max_sectors(uint32_t sectors) {
+  std::lock_guard lock(limits_lock_);
+  const uint32_t lbs_sectors = limits_.logical_block_size >> kSectorShift;
+  const uint32_t min = std::max<uint32_t>(lbs_sectors, 8);
+  if (sectors < min || sectors > limits_.max_hw_sectors || sectors % lbs_sectors != 0) {
+    throw Error(
+        fmt::format("disk '{}': max_sectors must be {} to {} sectors, a multiple of {}",
+                    name_, min, limits_.max_hw_sectors, lbs_sectors));
+  }
+  if (sectors == limits_.max_sectors) return;
+  freeze();
+  limits_.max_sectors = sectors;
+  unfreeze();
 }
 
 Disk::~Disk() {

@@ -49,6 +49,23 @@ unsigned get_uint(const std::string& source, const toml::node& n, std::string_vi
   return static_cast<unsigned>(i->get());
 }
 
+// An octal permission string such as "0660" (a string: TOML has no octal
+// that reads like chmod's).
+unsigned get_mode(const std::string& source, const toml::node& n, std::string_view key) {
+  const std::string s = get_string(source, n, key);
+  unsigned mode = 0;
+  bool okay = !s.empty() && s.size() <= 4;
+  for (char ch : s) {
+    okay &= ch >= '0' && ch <= '7';
+    mode = mode * 8 + static_cast<unsigned>(ch - '0');
+  }
+  if (!okay || (mode & 0600) != 0600)
+    fail(source, n, key,
+         "expected octal permission bits as a string, at least owner read-write, "
+         "e.g. \"0600\" or \"0660\"");
+  return mode;
+}
+
 void parse_server(const std::string& source, const toml::table& t, ServeConfig& c) {
   for (auto&& [k, v] : t) {
     const std::string key = "server." + std::string(k.str());
@@ -64,10 +81,19 @@ void parse_server(const std::string& source, const toml::table& t, ServeConfig& 
       c.fuse_mountpoint = get_string(source, v, key);
     } else if (k == "fuse_threads") {
       c.fuse_threads = get_uint(source, v, key, 1, 256);
+    } else if (k == "reload_disconnects") {
+      const auto* b = v.as_boolean();
+      if (!b) fail(source, v, key, "expected true or false");
+      c.reload_disconnects = b->get();
+    } else if (k == "control") {
+      c.control = get_string(source, v, key);
+      if (c.control.empty()) fail(source, v, key, "expected a socket path");
+    } else if (k == "control_mode") {
+      c.control_mode = get_mode(source, v, key);
     } else {
       fail(source, v, key,
            "unknown key (known: sockets, listen, threads, coalesce_us, fuse, "
-           "fuse_threads)");
+           "fuse_threads, reload_disconnects, control, control_mode)");
     }
   }
 }

@@ -8,6 +8,10 @@
 //   coalesce_us = 100                    # longest batching sleep; 0: off
 //   fuse = "/mnt/blkstack"               # FUSE mount point (type = "fuse" exports)
 //   fuse_threads = 2                     # FUSE workers
+//   reload_disconnects = true            # false: refuse reloads that would
+//                                        #   close an export in use
+//   control = "/run/blkstack.ctl"        # the control socket (docs/serve.md)
+//   control_mode = "0600"                # its permission bits
 //
 //   [[device]]
 //   name = "ram0"
@@ -71,6 +75,13 @@ struct ServeConfig {
   // the exports of type "fuse" appear as files in DIR.
   std::string fuse_mountpoint;
   unsigned fuse_threads = 0;  // 0: not set
+  // A reload that drops or replaces an export with clients: closes their
+  // connections after their I/O drained (true), or is refused naming the
+  // export (false).
+  bool reload_disconnects = true;
+  // The control socket's path (empty: none) and permission bits.
+  std::string control;
+  unsigned control_mode = 0600;
   std::vector<DeviceConfig> devices;
   std::vector<ExportConfig> exports;
 };

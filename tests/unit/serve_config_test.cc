@@ -123,6 +123,29 @@ TEST(ServeConfig, ErrorsNameFileLineAndKey) {
   EXPECT_TRUE(Contains(e, "0 to 10000")) << e;
 }
 
+TEST(ServeConfig, ServiceKeys) {
+  ServeConfig c = parse_serve_config("", "empty.toml");
+  EXPECT_TRUE(c.reload_disconnects);
+  EXPECT_EQ(c.control, "");
+  EXPECT_EQ(c.control_mode, 0600u);
+  c = parse_serve_config(
+      "[server]\nreload_disconnects = false\ncontrol = \"/tmp/x.ctl\"\n"
+      "control_mode = \"0660\"\n",
+      "s.toml");
+  EXPECT_FALSE(c.reload_disconnects);
+  EXPECT_EQ(c.control, "/tmp/x.ctl");
+  EXPECT_EQ(c.control_mode, 0660u);
+  std::string e = config_error("[server]\nreload_disconnects = 1\n");
+  EXPECT_TRUE(Contains(e, "bad.toml:2")) << e;
+  EXPECT_TRUE(Contains(e, "server.reload_disconnects")) << e;
+  e = config_error("[server]\ncontrol_mode = \"0400\"\n");  // owner cannot write
+  EXPECT_TRUE(Contains(e, "server.control_mode")) << e;
+  e = config_error("[server]\ncontrol_mode = \"0x60\"\n");
+  EXPECT_TRUE(Contains(e, "server.control_mode")) << e;
+  e = config_error("[server]\ncontrol = \"\"\n");
+  EXPECT_TRUE(Contains(e, "server.control")) << e;
+}
+
 TEST(ServeConfig, BuildErrorsNameTheEntry) {
   DiskRegistry reg;
   ServeConfig c = parse_serve_config(

@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
       "  blkstack serve --fuse /tmp/mnt --export disk=ram:1G          file "
       "/tmp/mnt/disk\n"
       "  blkstack attach /tmp/mnt/disk                                prints /dev/loopN\n"
+      "  blkstack attr disk queue/scheduler          a running server's attribute\n"
       "  blkstack --module ./tinyram.so disk tinyram:64M               a driver from a "
       "module\n"
       "Run 'blkstack SUBCOMMAND --help' for each subcommand's options.");
@@ -57,6 +58,7 @@ int main(int argc, char** argv) {
   blkstack::cli::add_serve_command(app);
   blkstack::cli::add_attach_command(app);
   blkstack::cli::add_detach_command(app);
+  blkstack::cli::add_control_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

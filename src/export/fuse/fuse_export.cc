@@ -53,14 +53,50 @@ FuseExport::~FuseExport() { stop(); }
 std::vector<std::string> FuseExport::files() const {
   std::vector<std::string> names;
   if (fs_)
-    for (const auto& f : fs_->files()) names.push_back(f->name);
+    for (const File* f : fs_->files()) names.push_back(f->name);
   return names;
+}
+
+uint64_t FuseExport::open_handles(std::string_view name) const {
+  const File* f = fs_ ? fs_->find(name) : nullptr;
+  return f ? f->open_handles.load(std::memory_order_relaxed) : 0;
+}
+
+uint64_t FuseExport::requests(std::string_view name) const {
+  const File* f = fs_ ? fs_->find(name) : nullptr;
+  return f ? f->requests() : 0;
+}
+
+std::shared_ptr<const ExportTable> FuseExport::exports() const {
+  std::lock_guard lock(mu_);
+  return exports_;
+}
+
+void FuseExport::set_exports(std::shared_ptr<const ExportTable> exports) {
+  std::lock_guard lock(mu_);
+  exports_ = std::move(exports);
+  if (!fs_ || stopped_) return;
+  const std::vector<File*> gone = fs_->update(*exports_);
+  // The kernel keeps names and attributes for an hour (kAttrTimeout): tell
+  // it they changed, so a dropped file goes from the directory now and a
+  // replaced one is looked up afresh (a new inode, maybe a new size).
+  for (const File* f : gone) {
+    fuse_lowlevel_notify_inval_entry(se_, FUSE_ROOT_ID, f->name.c_str(), f->name.size());
+    fuse_lowlevel_notify_inval_inode(se_, f->ino, 0, 0);
+  }
+  fuse_lowlevel_notify_inval_inode(se_, FUSE_ROOT_ID, 0, 0);
+  for (File* f : gone) {
+    FuseFs::drain(f);
+    serve_log(fmt::format("fuse: {}: removed", f->name));
+  }
 }
 
 void FuseExport::start() {
   const std::string& mnt = options_.mountpoint;
   prepare_mountpoint(mnt);
-  fs_ = std::make_unique<FuseFs>(*exports_);
+  unsigned n = options_.threads ? options_.threads : std::thread::hardware_concurrency();
+  if (n == 0) n = 1;
+  fs_ = std::make_unique<FuseFs>(*exports(), n);
   if (fs_->files().empty())
     throw Error(fmt::format("--fuse '{}': no export can be a file there", mnt));
 
@@ -91,8 +127,6 @@ void FuseExport::start() {
   mounted_ = true;
 
   Worker::install_interrupt_handler();
-  unsigned n = options_.threads ? options_.threads : std::thread::hardware_concurrency();
-  if (n == 0) n = 1;
   for (unsigned i = 0; i < n; ++i) {
     workers_.push_back(std::make_unique<Worker>(se_, i));
     workers_.back()->start();
@@ -146,7 +180,7 @@ void FuseExport::stop() {
   for (auto& w : workers_)
     while (w->outstanding() != 0)
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  for (const auto& f : fs_->files()) {
+  for (const File* f : fs_->files()) {
     if (f->read_only) continue;
     if (Status s = BlockHandle(f->disk).flush(); !ok(s))
       serve_log(fmt::format("fuse: flushing {}: {}", f->name, status_description(s)));

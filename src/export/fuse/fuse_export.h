@@ -12,7 +12,9 @@
 
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "export/export_table.h"
@@ -46,13 +48,28 @@ class FuseExport {
   // `grace`), waits for the I/O in flight, flushes every device. Idempotent.
   void stop();
 
+  // A reload: makes the files match `exports`. New exports appear as files;
+  // a file whose export is gone, or now has another disk, disappears from
+  // the directory (the kernel is told to forget it), its operations in
+  // flight finish, and the handles still open on it then get EIO; its disk
+  // is flushed and released before this returns. A file whose export
+  // stays with the same disk is not touched. Before start(): replaces the
+  // table start() mounts.
+  void set_exports(std::shared_ptr<const ExportTable> exports);
+  std::shared_ptr<const ExportTable> exports() const;
+
   const std::string& mountpoint() const { return options_.mountpoint; }
   // The exported file names, in order.
   std::vector<std::string> files() const;
+  // The handles open on the file `name` now, and the operations that
+  // reached its disk since it appeared; zero for an unknown name.
+  uint64_t open_handles(std::string_view name) const;
+  uint64_t requests(std::string_view name) const;
   unsigned threads() const { return static_cast<unsigned>(workers_.size()); }
 
  private:
   FuseOptions options_;
+  mutable std::mutex mu_;  // exports_; set_exports() one at a time
   std::shared_ptr<const ExportTable> exports_;
   std::unique_ptr<FuseFs> fs_;
   fuse_session* se_ = nullptr;

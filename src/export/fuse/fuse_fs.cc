@@ -10,11 +10,15 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <thread>
+#include <utility>
 
+#include "blkstack/block_handle.h"
 #include "blkstack/completion.h"
 #include "blkstack/disk.h"
 #include "blkstack/driver/bio_driver.h"
+#include "blkstack/error.h"
 #include "blkstack/submit.h"
 #include "blkstack/zeroout.h"
 #include "export/export_table.h"
@@ -48,6 +52,41 @@ bool again_if_busy(Bio& bio) {
   resubmit_busy(bio, static_cast<Slot*>(bio.context())->start);
   return true;
 }
+
+// An operation's hold on a file (FuseFs::enter). An asynchronous one hands
+// it to its slot with release(); the bio's completion then leaves.
+class Entered {
+ public:
+  Entered(File* f, unsigned worker) : f_(f), worker_(worker) {}
+  ~Entered() {
+    if (f_) f_->leave(worker_);
+  }
+  Entered(const Entered&) = delete;
+  Entered& operator=(const Entered&) = delete;
+  File* operator->() const { return f_; }
+  File& operator*() const { return *f_; }
+  File* release() { return std::exchange(f_, nullptr); }
+
+ private:
+  File* f_;
+  unsigned worker_;
+};
+
+// Enters `ino` for an operation on the current worker (FuseFs::enter), or
+// answers the request with the error and returns false.
+bool enter(fuse_req_t req, fuse_ino_t ino, std::optional<Entered>* out) {
+  int err = 0;
+  File* f = fs_of(req).enter(ino, &err);
+  if (!f) {
+    fuse_reply_err(req, err);
+    return false;
+  }
+  out->emplace(f, Worker::current()->index());
+  return true;
+}
+
+// The completion of a slot's bio: its file is no longer used by it.
+void leave_slot(Slot* s) { s->file->leave(s->owner->index()); }
 
 // --- synchronous bios, for the rare paths (partial blocks, fallocate) ------
 
@@ -125,6 +164,7 @@ void read_done(Bio& bio) {
                    s->reply_len);
   else
     fuse_reply_err(s->req, status_errno(bio.status(), false));
+  leave_slot(s);
   Worker::put_slot(s);
 }
 
@@ -135,6 +175,7 @@ void write_done(Bio& bio) {
     fuse_reply_write(s->req, s->reply_len);
   else
     fuse_reply_err(s->req, write_errno(bio.status()));
+  leave_slot(s);
   Worker::put_slot(s);
 }
 
@@ -142,6 +183,7 @@ void flush_done(Bio& bio) {
   if (again_if_busy(bio)) return;
   Slot* s = static_cast<Slot*>(bio.context());
   fuse_reply_err(s->req, status_errno(bio.status(), false));
+  leave_slot(s);
   Worker::put_slot(s);
 }
 
@@ -203,31 +245,37 @@ void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_fil
   if (ino != FUSE_ROOT_ID) return (void)fuse_reply_err(req, ENOTDIR);
   std::vector<char> buf(size);
   size_t used = 0;
-  const auto& files = fs.files();
-  // Entry i is ".", "..", then the files; `off` is the next entry's index.
-  for (size_t i = static_cast<size_t>(off); i < files.size() + 2; ++i) {
+  // ".", "..", sys/, then the files by inode. An entry's offset is where
+  // the next starts: 1, 2 and 3 for the first three, a file's inode + 3 for
+  // a file, so a reload between two calls neither repeats nor skips a file
+  // that stays.
+  const auto add = [&](const char* name, fuse_ino_t entry_ino, mode_t mode, off_t next) {
     struct stat st {};
-    const char* name;
-    if (i < 2) {
-      st.st_ino = FUSE_ROOT_ID;
-      st.st_mode = S_IFDIR;
-      name = i == 0 ? "." : "..";
-    } else {
-      st.st_ino = files[i - 2]->ino;
-      st.st_mode = S_IFREG;
-      name = files[i - 2]->name.c_str();
-    }
-    const size_t n = fuse_add_direntry(req, buf.data() + used, size - used, name, &st,
-                                       static_cast<off_t>(i + 1));
-    if (n > size - used) break;
+    st.st_ino = entry_ino;
+    st.st_mode = mode;
+    const size_t n =
+        fuse_add_direntry(req, buf.data() + used, size - used, name, &st, next);
+    if (n > size - used) return false;
     used += n;
+    return true;
+  };
+  bool room = true;
+  if (off < 1) room = add(".", FUSE_ROOT_ID, S_IFDIR, 1);
+  if (room && off < 2) room = add("..", FUSE_ROOT_ID, S_IFDIR, 2);
+  if (room && off < 3) room = add(SysfsTree::kName, SysfsTree::kSysIno, S_IFDIR, 3);
+  for (File* f : fs.files()) {
+    if (!room) break;
+    const off_t pos = static_cast<off_t>(f->ino + 2);
+    if (pos < off) continue;
+    room = add(f->name.c_str(), f->ino, S_IFREG, pos + 1);
   }
   fuse_reply_buf(req, buf.data(), used);
 }
 
 void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   File* f = fs_of(req).file(ino);
-  if (!f) return (void)fuse_reply_err(req, ino == FUSE_ROOT_ID ? EISDIR : ENOENT);
+  if (!f || f->removed.load())
+    return (void)fuse_reply_err(req, ino == FUSE_ROOT_ID ? EISDIR : ENOENT);
   const bool writable = (fi->flags & O_ACCMODE) != O_RDONLY;
   if (writable && f->read_only) return (void)fuse_reply_err(req, EROFS);
   fi->direct_io = 1;
@@ -238,6 +286,7 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   fi->parallel_direct_writes = 1;
 #endif
   fi->fh = writable ? 1 : 0;  // FLUSH (each close) skips read-only handles
+  f->open_handles.fetch_add(1, std::memory_order_relaxed);
   fuse_reply_open(req, fi);
 }
 
@@ -245,11 +294,12 @@ void op_statfs(fuse_req_t req, fuse_ino_t) {
   FuseFs& fs = fs_of(req);
   struct statvfs sv {};
   uint64_t bytes = 0;
-  for (const auto& f : fs.files()) bytes += f->size;
+  const std::vector<File*> files = fs.files();
+  for (const File* f : files) bytes += f->size;
   sv.f_bsize = 4096;
   sv.f_frsize = 4096;
   sv.f_blocks = bytes / 4096;
-  sv.f_files = fs.files().size() + 1;
+  sv.f_files = files.size() + 1;
   sv.f_namemax = 255;
   fuse_reply_statfs(req, &sv);
 }
@@ -257,10 +307,10 @@ void op_statfs(fuse_req_t req, fuse_ino_t) {
 // --- I/O ---------------------------------------------------------------------
 
 void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
-  File* f = fs_of(req).file(ino);
-  if (!f) return (void)fuse_reply_err(req, ino == FUSE_ROOT_ID ? EISDIR : ENOENT);
+  std::optional<Entered> f;
+  if (!enter(req, ino, &f)) return;
   if (off < 0) return (void)fuse_reply_err(req, EINVAL);
-  const IoRange r = clamp_io(static_cast<uint64_t>(off), size, f->size, f->lbs);
+  const IoRange r = clamp_io(static_cast<uint64_t>(off), size, (*f)->size, (*f)->lbs);
   if (r.len == 0) return (void)fuse_reply_buf(req, nullptr, 0);  // at or past EOF
   Slot* s = Worker::current()->get_slot();
   // Unaligned reads read the whole blocks and answer from inside them.
@@ -270,11 +320,11 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
     return (void)fuse_reply_err(req, ENOMEM);
   }
   s->req = req;
-  s->file = f;
+  s->file = f->release();
   s->reply_off = r.head;
   s->reply_len = r.len;
   s->segs[0] = Segment(s->buf, bytes);
-  s->bio.init(f->disk.get(), Op::kRead, r.block_start >> kSectorShift, {s->segs, 1},
+  s->bio.init(s->file->disk.get(), Op::kRead, r.block_start >> kSectorShift, {s->segs, 1},
               read_done, s);
   s->start = s->bio.start();
   submit_bio(s->bio);
@@ -325,8 +375,9 @@ void write_unaligned(fuse_req_t req, File& f, const std::byte* data, const IoRan
 
 void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
               fuse_file_info*) {
-  File* f = fs_of(req).file(ino);
-  if (!f) return (void)fuse_reply_err(req, ino == FUSE_ROOT_ID ? EISDIR : ENOENT);
+  std::optional<Entered> entered;
+  if (!enter(req, ino, &entered)) return;
+  File* f = &**entered;
   if (f->read_only) return (void)fuse_reply_err(req, EROFS);
   if (off < 0) return (void)fuse_reply_err(req, EINVAL);
   if (size == 0) return (void)fuse_reply_write(req, 0);
@@ -339,7 +390,7 @@ void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_
   Worker* w = Worker::current();
   Slot* s = w->get_slot();
   s->req = req;
-  s->file = f;
+  s->file = entered->release();
   s->reply_len = r.len;
   if (w->lend_receive_buffer(s, buf)) {
     s->segs[0] = Segment(const_cast<std::byte*>(data), static_cast<uint32_t>(r.len));
@@ -357,11 +408,12 @@ void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_
   submit_bio(s->bio);
 }
 
-void flush_file(fuse_req_t req, File* f) {
+// Takes over `f`'s hold: the flush's completion leaves.
+void flush_file(fuse_req_t req, Entered& f) {
   Slot* s = Worker::current()->get_slot();
   s->req = req;
-  s->file = f;
-  s->bio.init_nodata(f->disk.get(), Op::kFlush, 0, 0, flush_done, s);
+  s->file = f.release();
+  s->bio.init_nodata(s->file->disk.get(), Op::kFlush, 0, 0, flush_done, s);
   s->bio.set_flags(BioFlag::kPreflush);
   s->start = s->bio.start();
   submit_bio(s->bio);
@@ -370,25 +422,30 @@ void flush_file(fuse_req_t req, File* f) {
 // FLUSH comes with every close(): the data written through this handle is
 // made durable then, as a file system's close-to-open guarantee would.
 void op_flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  File* f = fs_of(req).file(ino);
-  if (!f) return (void)fuse_reply_err(req, ENOENT);
-  if (fi->fh == 0 || f->read_only) return (void)fuse_reply_err(req, 0);
-  flush_file(req, f);
+  std::optional<Entered> f;
+  if (!enter(req, ino, &f)) return;
+  if (fi->fh == 0 || (*f)->read_only) return (void)fuse_reply_err(req, 0);
+  flush_file(req, *f);
 }
 
 void op_fsync(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info*) {
-  File* f = fs_of(req).file(ino);
-  if (!f) return (void)fuse_reply_err(req, ENOENT);
-  if (f->read_only) return (void)fuse_reply_err(req, 0);
-  flush_file(req, f);
+  std::optional<Entered> f;
+  if (!enter(req, ino, &f)) return;
+  if ((*f)->read_only) return (void)fuse_reply_err(req, 0);
+  flush_file(req, *f);
 }
 
-void op_release(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+void op_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  if (File* f = fs_of(req).file(ino))
+    f->open_handles.fetch_sub(1, std::memory_order_relaxed);
+  fuse_reply_err(req, 0);
+}
 
 void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
                   fuse_file_info*) {
-  File* f = fs_of(req).file(ino);
-  if (!f) return (void)fuse_reply_err(req, ENOENT);
+  std::optional<Entered> entered;
+  if (!enter(req, ino, &entered)) return;
+  File* f = &**entered;
   Op op;
   if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE))
     op = Op::kDiscard;
@@ -453,32 +510,121 @@ fuse_lowlevel_ops make_ops() {
   o.release = op_release;
   o.statfs = op_statfs;
   o.fallocate = op_fallocate;
+  SysfsTree::install(o, [](fuse_req_t req) -> SysfsTree& { return fs_of(req).sysfs(); });
   return o;
-}
-
-bool valid_file_name(const std::string& n) {
-  return !n.empty() && n != "." && n != ".." && n.size() <= 255 &&
-         n.find('/') == std::string::npos;
 }
 
 }  // namespace
 
-FuseFs::FuseFs(const ExportTable& exports) : mtime_(time(nullptr)) {
-  fuse_ino_t ino = kFirstFileIno;
+bool FuseFs::valid_file_name(std::string_view n) {
+  return !n.empty() && n != "." && n != ".." && n != SysfsTree::kName &&
+         n.size() <= 255 && n.find('/') == std::string_view::npos;
+}
+
+uint64_t File::requests() const {
+  uint64_t n = 0;
+  for (unsigned i = 0; i < workers; ++i)
+    n += counts[i].requests.load(std::memory_order_relaxed);
+  return n;
+}
+
+FuseFs::FuseFs(const ExportTable& exports, unsigned workers)
+    : workers_(std::max(1u, workers)), next_ino_(kFirstFileIno), mtime_(time(nullptr)) {
+  update(exports);
+  sysfs_ = std::make_unique<SysfsTree>([this] { return disks(); });
+}
+
+std::vector<std::shared_ptr<Disk>> FuseFs::disks() const {
+  std::lock_guard lock(mu_);  // a removed file's disk is released without it
+  std::vector<std::shared_ptr<Disk>> out;
+  for (const auto& f : all_) {
+    if (f->removed.load(std::memory_order_relaxed)) continue;
+    if (std::find(out.begin(), out.end(), f->disk) == out.end()) out.push_back(f->disk);
+  }
+  return out;
+}
+
+void FuseFs::add(const Export& e) {
+  const size_t i = next_ino_ - kFirstFileIno;
+  if (i >= kChunk * kChunks)
+    throw Error(fmt::format("fuse: export '{}': no inode left ({} files were made)",
+                            e.name, kChunk * kChunks));
+  if (!chunks_[i / kChunk].load(std::memory_order_relaxed)) {
+    mem_.push_back(std::make_unique<std::atomic<File*>[]>(kChunk));
+    chunks_[i / kChunk].store(mem_.back().get(), std::memory_order_release);
+  }
+  auto f = std::make_unique<File>();
+  f->name = e.name;
+  f->disk = e.disk;
+  f->ino = next_ino_++;
+  f->size = e.disk->size_bytes();
+  f->lbs = e.disk->limits().logical_block_size;
+  f->read_only = e.disk->read_only();
+  f->counts = std::make_unique<FileCounts[]>(workers_);
+  f->workers = workers_;
+  chunks_[i / kChunk].load(std::memory_order_relaxed)[i % kChunk].store(
+      f.get(), std::memory_order_release);
+  all_.push_back(std::move(f));
+}
+
+std::vector<File*> FuseFs::update(const ExportTable& exports) {
+  std::lock_guard lock(mu_);
+  std::vector<File*> gone;
+  for (auto& f : all_) {
+    if (f->removed.load(std::memory_order_relaxed)) continue;
+    const Export* x = exports.find(f->name);
+    if (x && x->name == f->name && x->disk == f->disk) continue;
+    // Ordered against enter()'s count and check (both sequentially
+    // consistent): an operation either counted itself before this (drain()
+    // waits for it) or sees the mark.
+    f->removed.store(true);
+    gone.push_back(f.get());
+  }
   for (const Export& e : exports.list()) {
     if (!valid_file_name(e.name)) {
-      serve_log(fmt::format("fuse: export '{}' left out: not a file name", e.name));
+      serve_log(fmt::format("fuse: export '{}' left out: not a file name (or '{}')",
+                            e.name, SysfsTree::kName));
       continue;
     }
-    auto f = std::make_unique<File>();
-    f->name = e.name;
-    f->disk = e.disk;
-    f->ino = ino++;
-    f->size = e.disk->size_bytes();
-    f->lbs = e.disk->limits().logical_block_size;
-    f->read_only = e.disk->read_only();
-    files_.push_back(std::move(f));
+    bool live = false;
+    for (auto& f : all_)
+      live |= !f->removed.load(std::memory_order_relaxed) && f->name == e.name;
+    if (!live) add(e);
   }
+  return gone;
+}
+
+void FuseFs::drain(File* f) {
+  const auto busy = [f] {
+    int64_t n = 0;
+    for (unsigned i = 0; i < f->workers; ++i) n += f->counts[i].busy.load();
+    return n != 0;
+  };
+  while (busy()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  if (!f->read_only) {
+    if (Status s = BlockHandle(f->disk).flush(); !ok(s))
+      serve_log(fmt::format("fuse: flushing {}: {}", f->name, status_description(s)));
+  }
+  f->disk.reset();  // no operation reaches it any more
+}
+
+File* FuseFs::enter(fuse_ino_t ino, int* err) const {
+  File* f = file(ino);
+  if (!f) {
+    *err = ino == FUSE_ROOT_ID ? EISDIR : ENOENT;
+    return nullptr;
+  }
+  FileCounts& c = f->counts[Worker::current()->index()];
+  c.busy.fetch_add(1);
+  if (f->removed.load()) {
+    c.busy.fetch_sub(1);
+    *err = EIO;
+    return nullptr;
+  }
+  // This worker's own count: a plain increment, no locked instruction.
+  c.requests.store(c.requests.load(std::memory_order_relaxed) + 1,
+                   std::memory_order_relaxed);
+  return f;
 }
 
 const fuse_lowlevel_ops& FuseFs::ops() {
@@ -486,15 +632,27 @@ const fuse_lowlevel_ops& FuseFs::ops() {
   return o;
 }
 
-File* FuseFs::file(fuse_ino_t ino) {
-  if (ino < kFirstFileIno || ino - kFirstFileIno >= files_.size()) return nullptr;
-  return files_[ino - kFirstFileIno].get();
+File* FuseFs::file(fuse_ino_t ino) const {
+  if (ino < kFirstFileIno) return nullptr;
+  const size_t i = ino - kFirstFileIno;
+  if (i >= kChunk * kChunks) return nullptr;
+  std::atomic<File*>* chunk = chunks_[i / kChunk].load(std::memory_order_acquire);
+  return chunk ? chunk[i % kChunk].load(std::memory_order_acquire) : nullptr;
 }
 
-File* FuseFs::find(const char* name) {
-  for (auto& f : files_)
-    if (f->name == name) return f.get();
+File* FuseFs::find(std::string_view name) const {
+  std::lock_guard lock(mu_);
+  for (auto& f : all_)
+    if (!f->removed.load(std::memory_order_relaxed) && f->name == name) return f.get();
   return nullptr;
+}
+
+std::vector<File*> FuseFs::files() const {
+  std::lock_guard lock(mu_);
+  std::vector<File*> live;
+  for (auto& f : all_)
+    if (!f->removed.load(std::memory_order_relaxed)) live.push_back(f.get());
+  return live;  // all_ is in inode order
 }
 
 void FuseFs::fill_attr(fuse_ino_t ino, struct stat* st) const {
@@ -509,7 +667,7 @@ void FuseFs::fill_attr(fuse_ino_t ino, struct stat* st) const {
     st->st_blksize = 4096;
     return;
   }
-  const File& f = *files_[ino - kFirstFileIno];
+  const File& f = *file(ino);
   st->st_mode = S_IFREG | (f.read_only ? 0400 : 0600);
   st->st_nlink = 1;
   st->st_size = static_cast<off_t>(f.size);

@@ -2,6 +2,13 @@
 // regular file per exported device — and the handlers that turn FUSE
 // requests on those files into bios.
 //
+// The set of files changes with reloads (update()): a file is never
+// freed while mounted, only marked removed, so a request that names its
+// inode finds it without a lock. Every operation that reaches a disk is
+// counted on its file by the worker that runs it (enter()/leave(), one
+// cache line per worker), which is how drain() knows when a removed file's
+// disk is no longer used.
+//
 //   READ   -> clamp at the end of the device, widen to whole logical blocks
 //             -> one read bio into the slot's buffer -> fuse_reply_buf of the
 //             part asked for (no copy: the reply is a writev of that buffer)
@@ -24,18 +31,22 @@
 
 #include <fuse_lowlevel.h>
 
+#include <atomic>
 #include <cstdint>
 #include <ctime>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "blkstack/status.h"
+#include "export/fuse/sysfs_tree.h"
 
 namespace blkstack {
 class Disk;
 class ExportTable;
+struct Export;
 }  // namespace blkstack
 
 namespace blkstack::fuse {
@@ -44,9 +55,15 @@ namespace blkstack::fuse {
 // ones never get here: the bio goes again (status_is_busy).
 int status_errno(Status s, bool write);
 
+// One worker's share of a file's counts, on a cache line of its own.
+struct alignas(64) FileCounts {
+  std::atomic<int64_t> busy{0};  // operations using the disk now
+  std::atomic<uint64_t> requests{0};
+};
+
 struct File {
   std::string name;
-  std::shared_ptr<Disk> disk;
+  std::shared_ptr<Disk> disk;  // released once removed and drained
   fuse_ino_t ino = 0;
   uint64_t size = 0;  // bytes
   uint32_t lbs = 512;
@@ -54,24 +71,72 @@ struct File {
   // Serialises read-modify-write of partial blocks, so two unaligned writes
   // into the same block do not undo each other.
   std::mutex rmw;
+  // A reload dropped the export: operations find it set and fail with EIO.
+  std::atomic<bool> removed{false};
+  std::atomic<uint32_t> open_handles{0};  // open()s not yet released
+  std::unique_ptr<FileCounts[]> counts;   // one per worker
+  unsigned workers = 0;
+
+  // Operations that reach the disk are bracketed by FuseFs::enter() and
+  // leave(worker), the index of the worker that entered.
+  void leave(unsigned worker) { counts[worker].busy.fetch_sub(1); }
+  uint64_t requests() const;
 };
 
 class FuseFs {
  public:
   // Files for the exports whose names can be file names (others are logged
-  // and left out).
-  explicit FuseFs(const ExportTable& exports);
+  // and left out); `workers`: how many workers will serve them.
+  FuseFs(const ExportTable& exports, unsigned workers);
 
   static const fuse_lowlevel_ops& ops();
-  File* file(fuse_ino_t ino);
-  File* find(const char* name);
-  const std::vector<std::unique_ptr<File>>& files() const { return files_; }
+  // Whether an export called `name` can be a file in the mount's root: a
+  // file name (1 to 255 bytes, no '/', not "." or "..") other than the
+  // sys/ tree's.
+  static bool valid_file_name(std::string_view name);
+  // The file with inode `ino`, removed or not; null if none. Lock-free.
+  File* file(fuse_ino_t ino) const;
+  // The live file called `name`; null if none.
+  File* find(std::string_view name) const;
+  // The live files, by inode.
+  std::vector<File*> files() const;
+
+  // On a worker: the file `ino`, counted as busy until leave(), for an
+  // operation that reaches its disk; null with *err set (ENOENT, EISDIR, or
+  // EIO once removed).
+  File* enter(fuse_ino_t ino, int* err) const;
+
+  // Makes the file set match `exports`: a file whose export is new, or now
+  // has another disk, is added (a new inode); files whose export is gone or
+  // changed are marked removed and returned, for the caller to tell the
+  // kernel and drain(). Unchanged files stay as they are.
+  std::vector<File*> update(const ExportTable& exports);
+  // Waits until no operation uses `f`'s disk, then releases the disk.
+  static void drain(File* f);
 
   void fill_attr(fuse_ino_t ino, struct stat* st) const;
 
+  // The sys/block tree beside the files (sysfs_tree.h), over the disks of
+  // the exported files, each once.
+  SysfsTree& sysfs() { return *sysfs_; }
+  std::vector<std::shared_ptr<Disk>> disks() const;
+
  private:
-  std::vector<std::unique_ptr<File>> files_;
+  // Inodes are never reused: a removed file's inode stays (removed) for
+  // handles still open on it. The table is two levels of chunks published
+  // with release stores, so lookups on the I/O path take no lock.
+  static constexpr size_t kChunk = 1024;
+  static constexpr size_t kChunks = 1024;
+  void add(const Export& e);  // under mu_
+
+  unsigned workers_;
+  std::atomic<std::atomic<File*>*> chunks_[kChunks] = {};
+  mutable std::mutex mu_;                   // adding and removing; the name space below
+  std::vector<std::unique_ptr<File>> all_;  // every file made
+  std::vector<std::unique_ptr<std::atomic<File*>[]>> mem_;  // the chunks
+  fuse_ino_t next_ino_;
   time_t mtime_;
+  std::unique_ptr<SysfsTree> sysfs_;
 };
 
 }  // namespace blkstack::fuse

@@ -68,6 +68,7 @@ class Worker {
   Worker& operator=(const Worker&) = delete;
 
   void start();
+  unsigned index() const { return index_; }
   // True once the thread has left its loop (the connection ended, or stop).
   bool finished() const { return finished_.load(std::memory_order_acquire); }
   // Asks the thread to leave its loop and interrupts its read (SIGUSR2).

@@ -516,6 +516,7 @@ bool Connection::process_staged() {
     log(fmt::format("export chosen ({} bytes{}{})", size_,
                     nego_.structured_replies ? ", structured replies" : "",
                     nego_.base_allocation ? ", base:allocation" : ""));
+    reactor_.export_chosen(*this);
   }
   while (true) {
     const size_t avail = wpos_ - rpos_;

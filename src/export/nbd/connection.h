@@ -71,6 +71,10 @@ class Reactor {
   // shrank by `delta` bytes; on the reactor thread. For the server's count
   // of the memory its clients make it hold.
   virtual void buffers_changed(int64_t delta) { (void)delta; }
+  // The connection chose its export and is about to answer the client's
+  // GO; on the reactor thread. The reactor may begin_shutdown() it here
+  // (its export was dropped meanwhile): nothing has been submitted yet.
+  virtual void export_chosen(Connection& c) { (void)c; }
 };
 
 struct ConnectionLimits {
@@ -152,8 +156,12 @@ class Connection {
   std::optional<Backlog> backlog_at_last_send() const { return backlog_at_send_; }
   // Name for the log ("conn 3").
   const std::string& name() const { return name_; }
-  // The export chosen (empty during the handshake).
+  // The export chosen (empty during the handshake), and its disk (null
+  // until chosen).
   const std::string& export_name() const { return nego_.export_name; }
+  const Disk* disk() const { return nego_.disk.get(); }
+  // The table the handshake chooses from (taken when the connection came).
+  const ExportTable* table() const { return exports_.get(); }
 
  private:
   enum class State { kHandshake, kTransmission, kDraining, kClosed };

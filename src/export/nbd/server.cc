@@ -17,9 +17,11 @@
 
 #include <cerrno>
 #include <cstring>
+#include <map>
 #include <optional>
 #include <set>
 #include <thread>
+#include <utility>
 
 #include "blkstack/block_handle.h"
 #include "blkstack/disk.h"
@@ -125,6 +127,13 @@ int listen_tcp(const std::string& addr, std::string* bound) {
 
 // --- EventLoop -----------------------------------------------------------------
 
+// One loop's counts for one export (Server::export_counts); written by the
+// loop's thread only.
+struct ExportCounter {
+  std::atomic<uint64_t> connections{0};
+  std::atomic<uint64_t> requests{0};
+};
+
 // What an epoll event points at.
 struct LoopEntry {
   enum Kind { kWake, kCompletions, kListener, kConn } kind;
@@ -133,6 +142,9 @@ struct LoopEntry {
   uint32_t events = 0;  // registered with epoll
   std::chrono::steady_clock::time_point handshake_deadline;
   bool dirty = false;  // on the list of connections to run/update
+  // Set once the connection chose its export.
+  ExportCounter* counter = nullptr;
+  bool retiring = false;  // its export was dropped: draining to close
 };
 
 class EventLoop final : public Reactor {
@@ -212,6 +224,25 @@ class EventLoop final : public Reactor {
       stop_ = true;
     }
     kick();
+  }
+
+  // retire_exports(): close the connections to exports the server's table
+  // no longer has, then call server_.retire_done().
+  void request_retire(std::chrono::steady_clock::time_point deadline) {
+    {
+      std::lock_guard lock(mu_);
+      retire_requested_ = true;
+      retire_deadline_ = deadline;
+    }
+    kick();
+  }
+
+  Server::ExportCounts export_counts(std::string_view name) const {
+    std::lock_guard lock(counters_mu_);
+    auto it = counters_.find(name);
+    if (it == counters_.end()) return {};
+    return {it->second->connections.load(std::memory_order_relaxed),
+            it->second->requests.load(std::memory_order_relaxed)};
   }
 
   void buffers_changed(int64_t delta) override {
@@ -389,6 +420,7 @@ class EventLoop final : public Reactor {
       const uint64_t payload_reads = c.payload_reads();
       c.set_split_sends(measure_backlog_ || policy_.coalescing());
       c.run();
+      if (e->counter) count(e->counter->requests, c.requests_seen() - seen);
       if (measure_backlog_ && c.requests_seen() != seen) {
         if (const std::optional<Backlog> b = c.backlog_at_last_send())
           backlog_ = backlog_ ? std::min(*backlog_, *b) : *b;
@@ -408,8 +440,83 @@ class EventLoop final : public Reactor {
       if (!e->conn->finished()) return false;
       ::epoll_ctl(epfd_, EPOLL_CTL_DEL, e->fd, nullptr);
       server_.connection_closed();
+      if (e->counter) count(e->counter->connections, ~uint64_t{0});  // minus one
+      if (e->retiring) --retiring_;
       return true;  // the Connection closes the socket
     });
+  }
+
+  // True when the export `c` chose is not in the server's table now with
+  // the same disk (a reload dropped or replaced it).
+  static bool stale(const Connection& c, const ExportTable& table) {
+    const Export* x = table.find(c.export_name());
+    return !x || x->name != c.export_name() || x->disk.get() != c.disk();
+  }
+
+  void retire(LoopEntry* e) {
+    if (!e->retiring) {
+      e->retiring = true;
+      ++retiring_;
+    }
+    e->conn->begin_shutdown();
+    mark(e);
+  }
+
+  // The connection just chose its export: count it (before the client hears
+  // of it), and close it if a reload retired that export meanwhile (it
+  // negotiated with an old table). Once per connection: the lock is not on
+  // the I/O path.
+  void export_chosen(Connection& c) override {
+    auto* e = static_cast<LoopEntry*>(c.reactor_data);
+    const std::string& name = e->conn->export_name();
+    {
+      std::lock_guard lock(counters_mu_);
+      auto& slot = counters_[name];
+      if (!slot) slot = std::make_unique<ExportCounter>();
+      e->counter = slot.get();
+    }
+    count(e->counter->connections);
+    if (stale(*e->conn, *server_.exports())) {
+      retire(e);
+    } else if (e->retiring) {  // negotiated through a reload, chose what stays
+      e->retiring = false;
+      --retiring_;
+    }
+  }
+
+  // Connections to dropped exports drain and close. Connections still
+  // negotiating with an older table are waited for too: the run() that
+  // completes a handshake may already submit requests, and those must land
+  // before the caller removes a dropped export's disk.
+  void begin_retire() {
+    const std::shared_ptr<const ExportTable> table = server_.exports();
+    for (auto& e : conns_) {
+      if (e->counter) {
+        if (stale(*e->conn, *table)) retire(e.get());
+      } else if (e->conn->in_handshake() && e->conn->table() != table.get() &&
+                 !e->retiring) {
+        e->retiring = true;
+        ++retiring_;
+      }
+    }
+    retire_ack_ = true;
+  }
+
+  // Answers retire_exports() once the retired connections are gone; past
+  // the deadline, closes them forcibly.
+  void settle_retire() {
+    if (!retire_ack_) return;
+    if (retiring_ != 0 && std::chrono::steady_clock::now() >= retire_deadline_) {
+      for (auto& e : conns_) {
+        if (!e->retiring) continue;
+        e->conn->begin_shutdown(/*force=*/true);
+        mark(e.get());
+      }
+      settle();
+    }
+    if (retiring_ != 0) return;
+    retire_ack_ = false;
+    server_.retire_done();
   }
 
   // Closes connections still negotiating past their deadline. Scans at
@@ -510,10 +617,10 @@ class EventLoop final : public Reactor {
       for (LoopEntry* e : again_) mark(e);
       maybe_resume_listeners();
       // Wake once a second while someone is negotiating, for the timeout.
-      const int timeout = !again_.empty()                  ? 0
-                          : stopping_ || listeners_paused_ ? 50
-                          : negotiating_                   ? 1000
-                                                           : -1;
+      const int timeout = !again_.empty()                                 ? 0
+                          : stopping_ || listeners_paused_ || retire_ack_ ? 50
+                          : negotiating_                                  ? 1000
+                                                                          : -1;
       again_.clear();
       const int n = wait(events, timeout);
       for (int i = 0; i < n; ++i) {
@@ -522,14 +629,16 @@ class EventLoop final : public Reactor {
           case LoopEntry::kWake: {
             uint64_t v;
             [[maybe_unused]] ssize_t r = ::read(evfd_, &v, sizeof v);
-            bool stop;
+            bool stop, retire;
             {
               std::lock_guard lock(mu_);
               stop = stop_;
+              retire = std::exchange(retire_requested_, false);
             }
             if (stop && !stopping_) begin_stop();
             take_pending();
             take_remote();
+            if (retire) begin_retire();
             break;
           }
           case LoopEntry::kCompletions:
@@ -549,6 +658,7 @@ class EventLoop final : public Reactor {
       take_remote();
       settle();
       expire_handshakes();
+      settle_retire();
       if (stopping_) {
         if (!forced_ && std::chrono::steady_clock::now() >= deadline_) {
           forced_ = true;
@@ -560,6 +670,12 @@ class EventLoop final : public Reactor {
         }
         if (conns_.empty()) break;
       }
+    }
+    if (std::exchange(retire_ack_, false)) server_.retire_done();
+    {
+      std::lock_guard lock(mu_);
+      // Asked after the last round: nothing is left to retire.
+      if (std::exchange(retire_requested_, false)) server_.retire_done();
     }
     await_completion_wakes();
     tls_loop = nullptr;
@@ -583,9 +699,15 @@ class EventLoop final : public Reactor {
   WaitPolicy policy_;
   std::atomic<RequestSlot*> remote_{nullptr};
   std::thread thread_;
-  std::mutex mu_;  // pending_, stop_, deadline_: not on the I/O path
+  std::mutex mu_;  // pending_, stop_, deadline_, retire_*: not on the I/O path
   std::vector<int> pending_;
   bool stop_ = false;
+  bool retire_requested_ = false;
+  std::chrono::steady_clock::time_point retire_deadline_;
+  bool retire_ack_ = false;         // loop thread only: retire_done() owed
+  size_t retiring_ = 0;             // connections with `retiring` set
+  mutable std::mutex counters_mu_;  // counters_'s map, not the counts
+  std::map<std::string, std::unique_ptr<ExportCounter>, std::less<>> counters_;
   std::chrono::steady_clock::time_point deadline_;
   bool stopping_ = false;  // loop thread only
   bool forced_ = false;
@@ -668,6 +790,43 @@ void Server::set_exports(std::shared_ptr<const ExportTable> exports) {
   seen_.push_back(exports_);
 }
 
+void Server::retire_exports(std::shared_ptr<const ExportTable> exports,
+                            std::chrono::milliseconds grace) {
+  std::lock_guard one_at_a_time(retire_mu_);
+  set_exports(std::move(exports));
+  if (!started_ || stopped_) return;
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  {
+    std::lock_guard lock(retire_wait_mu_);
+    retire_pending_ = loops_.size();
+  }
+  for (auto& l : loops_) l->request_retire(deadline);
+  {
+    std::unique_lock lock(retire_wait_mu_);
+    retire_cv_.wait(lock, [&] { return retire_pending_ == 0; });
+  }
+  // The connections that used older tables' dropped disks are gone: stop()
+  // need not flush those disks (they may be gone too).
+  std::lock_guard lock(exports_mu_);
+  seen_.assign(1, exports_);
+}
+
+void Server::retire_done() {
+  std::lock_guard lock(retire_wait_mu_);
+  if (retire_pending_ > 0 && --retire_pending_ == 0) retire_cv_.notify_all();
+}
+
+Server::ExportCounts Server::export_counts(std::string_view name) const {
+  ExportCounts sum;
+  std::lock_guard lock(loops_mu_);  // the loops stay while we read them
+  for (const auto& l : loops_) {
+    const ExportCounts c = l->export_counts(name);
+    sum.connections += c.connections;
+    sum.requests += c.requests;
+  }
+  return sum;
+}
+
 std::shared_ptr<const ExportTable> Server::exports() const {
   std::lock_guard lock(exports_mu_);
   return exports_;
@@ -715,7 +874,10 @@ void Server::stop(std::chrono::milliseconds grace) {
   for (auto& l : loops_) l->request_stop(deadline);
   for (auto& l : loops_) l->join();
   final_stats_ = loop_stats();
-  loops_.clear();  // closes the listening sockets
+  {
+    std::lock_guard lock(loops_mu_);
+    loops_.clear();  // closes the listening sockets
+  }
   listen_fds_.clear();
   for (const std::string& path : options_.unix_sockets) ::unlink(path.c_str());
   // Writes were acknowledged; make them durable before we go.

@@ -10,10 +10,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "export/export_table.h"
@@ -85,6 +87,15 @@ class Server {
   // Connections that start negotiating from now on see `exports` (SIGHUP).
   void set_exports(std::shared_ptr<const ExportTable> exports);
   std::shared_ptr<const ExportTable> exports() const;
+  // A reload that drops exports: publishes `exports` as set_exports() does,
+  // then closes every connection whose export is not in it with the same
+  // disk — it answers what is in flight, refuses what arrives meanwhile
+  // (ESHUTDOWN), and disconnects, forcibly after `grace` — and returns once
+  // they are all closed. A connection still negotiating that picks such an
+  // export from the old table is closed as it chooses. Connections to the
+  // exports that stay never notice.
+  void retire_exports(std::shared_ptr<const ExportTable> exports,
+                      std::chrono::milliseconds grace = std::chrono::seconds(10));
 
   // Refuses new clients, lets each connection answer what is in flight,
   // closes them (forcibly after `grace`, for clients that stopped reading),
@@ -95,6 +106,14 @@ class Server {
   // Connections open now, over all loops, including sockets accepted and
   // not yet taken up by their loop: what max_connections limits.
   size_t connections() const;
+  // Per export name: the connections open on it now (past their
+  // handshake), and the requests they have read since the export was first
+  // chosen. Each loop counts its own; this sums them.
+  struct ExportCounts {
+    uint64_t connections = 0;
+    uint64_t requests = 0;
+  };
+  ExportCounts export_counts(std::string_view name) const;
   // How each event loop waited (see wait_policy.h); after stop(), as it
   // was then. stats_report() says it in a line per loop, for the log.
   std::vector<LoopStats> loop_stats() const;
@@ -112,6 +131,7 @@ class Server {
   // Counts a connection against max_connections; false when at the limit.
   bool reserve_connection();
   void connection_closed();  // a counted socket was closed
+  void retire_done();        // a loop closed its connections to retired exports
 
   ServerOptions options_;
   mutable std::mutex exports_mu_;
@@ -126,6 +146,12 @@ class Server {
   bool stopped_ = false;
   std::vector<LoopStats> final_stats_;
   ServerTestHooks hooks_;
+  // retire_exports(): one at a time; the loops yet to answer.
+  std::mutex retire_mu_;
+  std::mutex retire_wait_mu_;
+  std::condition_variable retire_cv_;
+  size_t retire_pending_ = 0;
+  mutable std::mutex loops_mu_;  // export_counts() against stop() clearing loops_
 };
 
 }  // namespace blkstack::nbd
