@@ -37,13 +37,7 @@ SHM_FILE=/dev/shm/blkstack-cold-ram.img
 PID=
 stop_server() {
   [ -n "$PID" ] || return 0
-  kill -TERM "$PID" 2>/dev/null || true
-  for _ in $(seq 100); do
-    [[ $(awk '{print $3}' "/proc/$PID/stat" 2>/dev/null) =~ ^[^Z]$ ]] || break
-    sleep 0.1
-  done
-  kill -KILL "$PID" 2>/dev/null || true
-  wait 2>/dev/null || true
+  bench_stop "$PID"
   PID=
 }
 trap 'stop_server; rm -rf "$tmp" "$SHM_FILE"' EXIT

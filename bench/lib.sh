@@ -4,6 +4,7 @@
 #   bench_build TARGET...      builds the targets in $BUILD (Release)
 #   bench_fail MESSAGE [LOG]   prints LOG (if any) and MESSAGE, exits 1
 #   bench_wait WHAT LOG TEST...  waits up to 10 s for TEST to succeed, else fails
+#   bench_stop PID...          SIGTERM, up to 10 s to exit, then SIGKILL
 #   cpu_ticks PID...           CPU clock ticks the processes used so far
 #   measure_job DESC OUT "PID..." SETTLE FIO_ARG...
 #                              one time-based fio job (RUNTIME s): JSON in
@@ -47,6 +48,22 @@ bench_wait() {
     sleep 0.1
   done
   bench_fail "$what did not come up within 10 s" "$log"
+}
+
+bench_stop() {
+  local p
+  for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
+  # Freeing a full 1 GiB export takes a moment: 10 s, then SIGKILL.
+  for p in "$@"; do
+    for _ in $(seq 100); do
+      # (A child of ours that has exited stays a zombie until waited.)
+      [[ $(awk '{print $3}' "/proc/$p/stat" 2>/dev/null) =~ ^[^Z]$ ]] || break
+      sleep 0.1
+    done
+    kill -KILL "$p" 2>/dev/null || true
+    # (Its status is SIGKILL's if it took too long: no reason to stop here.)
+    wait "$p" 2>/dev/null || true
+  done
 }
 
 # utime+stime+cutime+cstime from /proc/PID/stat (reaped children count: a

@@ -40,20 +40,7 @@ bench_setup nbd-servers cmake ninja fio python3 nbdkit qemu-storage-daemon nbd-s
 SHM_IMG=/dev/shm/blkstack-nbd-servers.img
 declare -A PIDS=() URIS=()
 stop_servers() {
-  local s
-  for s in "${!PIDS[@]}"; do
-    kill -TERM "${PIDS[$s]}" 2>/dev/null || true
-  done
-  # Freeing a full 1 GiB export takes a moment: 10 s, then SIGKILL.
-  for s in "${!PIDS[@]}"; do
-    for _ in $(seq 100); do
-      # (blkstack is our child: once it exits it stays a zombie until waited.)
-      [[ $(awk '{print $3}' "/proc/${PIDS[$s]}/stat" 2>/dev/null) =~ ^[^Z]$ ]] || break
-      sleep 0.1
-    done
-    kill -KILL "${PIDS[$s]}" 2>/dev/null || true
-  done
-  wait 2>/dev/null || true
+  bench_stop "${PIDS[@]}"
   rm -rf "$tmp" "$SHM_IMG"
 }
 trap stop_servers EXIT
@@ -61,15 +48,7 @@ trap stop_servers EXIT
 # stop NAME: stops server NAME and waits for it, so that a fresh one can
 # take its place.
 stop() {
-  local pid=${PIDS[$1]}
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do
-    [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) =~ ^[^Z]$ ]] || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  # (Its status is SIGKILL's if it took too long: no reason to stop here.)
-  if [ "$1" = blkstack ]; then wait "$pid" 2>/dev/null || true; fi
+  bench_stop "${PIDS[$1]}"
   unset "PIDS[$1]"
   rm -f "$tmp/$1.sock" "$tmp/$1.pid"
 }
