@@ -9,8 +9,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "blkstack/error.h"
 
@@ -113,6 +115,7 @@ ControlServer::ControlServer(ControlServerOptions options, ControlHandler handle
     }
     sock_dev_ = st.st_dev;
     sock_ino_ = st.st_ino;
+    sock_gid_ = st.st_gid;
     if (listen(listen_fd_, 64) != 0) fail("listen");
     epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
     if (epoll_fd_ < 0) fail("epoll_create1");
@@ -184,7 +187,20 @@ bool ControlServer::peer_allowed(int fd) const {
   socklen_t len = sizeof(cred);
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return false;
   if (cred.uid == 0 || cred.uid == geteuid()) return true;
-  return (options_.mode & 0020) != 0 && cred.gid == getegid();
+  if ((options_.mode & 0020) == 0) return false;
+  // The socket file's group (the server's, or its directory's with setgid),
+  // as the peer's primary group or one of its supplementary ones: what the
+  // kernel's check of the mode counted.
+  if (cred.gid == sock_gid_) return true;
+  std::vector<gid_t> groups(64);
+  for (;;) {
+    len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) == 0) break;
+    if (errno != ERANGE || len <= groups.size() * sizeof(gid_t)) return false;
+    groups.resize(len / sizeof(gid_t));
+  }
+  groups.resize(len / sizeof(gid_t));
+  return std::find(groups.begin(), groups.end(), sock_gid_) != groups.end();
 }
 
 void ControlServer::accept_clients() {

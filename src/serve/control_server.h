@@ -5,8 +5,9 @@
 // Who may connect: the socket is made with `mode` (0600 by default), and
 // each client's credentials (SO_PEERCRED) are checked too, since bind()
 // makes the socket before chmod() narrows it: root and the server's own user
-// may talk to it, and members of the server's group when `mode` lets the
-// group write. Anyone else gets an error reply and is closed.
+// may talk to it, and members of the socket file's group (primary or
+// supplementary) when `mode` lets the group write. Anyone else gets an
+// error reply and is closed.
 //
 // Bounds: a request line of kMaxControlLine bytes at most (a longer one gets
 // "too_long" and the connection is closed); max_clients connections (one
@@ -79,6 +80,7 @@ class ControlServer {
   int wake_fd_ = -1;  // eventfd: stop()
   dev_t sock_dev_ = 0;
   ino_t sock_ino_ = 0;
+  gid_t sock_gid_ = 0;  // the socket file's group: who the mode's group bits admit
   std::atomic<size_t> clients_{0};
   std::atomic<bool> stopped_{false};
   std::unordered_map<int, std::unique_ptr<Client>> table_;  // by fd; the thread's

@@ -5,6 +5,7 @@
 #include "serve/control_server.h"
 
 #include <fmt/format.h>
+#include <grp.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -16,6 +17,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -334,14 +336,18 @@ TEST_F(ControlServerTest, StaleSocketIsReplacedLiveOneAndFilesAreNot) {
 // Forks a child that becomes `nobody` and tries the socket; returns what it
 // saw: "connect-refused", "denied" (an error reply, then closed) or
 // "served".
-std::string TryAsNobody(const std::string& path) {
+// With `groups`, those are its supplementary groups; without, it keeps
+// ours.
+std::string TryAsNobody(const std::string& path,
+                        std::optional<std::vector<gid_t>> groups = std::nullopt) {
   int pipefd[2];
   if (pipe(pipefd) != 0) return "pipe";
   const pid_t pid = fork();
   if (pid == 0) {
     close(pipefd[0]);
     std::string what = "setuid-failed";
-    if (setgid(65534) == 0 && setuid(65534) == 0) {
+    if ((!groups || setgroups(groups->size(), groups->data()) == 0) &&
+        setgid(65534) == 0 && setuid(65534) == 0) {
       Client c(path);
       if (c.fd < 0) {
         what = errno == EACCES ? "connect-refused" : "connect-error";
@@ -378,6 +384,19 @@ TEST_F(ControlServerTest, AnotherUserIsRefused) {
   EXPECT_EQ(Client(path_).ErrorCode(R"({"verb":"hello"})"
                                     "\n"),
             "");
+}
+
+// control_mode = "0660": the socket's group may use it, whether that is
+// a member's primary group or one of its supplementary groups (as the
+// kernel's own check on the socket file counts them).
+TEST_F(ControlServerTest, GroupMembersMayUseAGroupWritableSocket) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to become another user";
+  Start([](ControlServerOptions& o) { o.mode = 0660; });
+  struct stat st;
+  ASSERT_EQ(stat(path_.c_str(), &st), 0);
+  EXPECT_EQ(TryAsNobody(path_, std::vector<gid_t>{st.st_gid}), "served");
+  // Not a member: the mode keeps it out.
+  EXPECT_EQ(TryAsNobody(path_, std::vector<gid_t>{}), "connect-refused");
 }
 
 }  // namespace
