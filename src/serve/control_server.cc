@@ -105,9 +105,12 @@ ControlServer::ControlServer(ControlServerOptions options, ControlHandler handle
     if (bind(listen_fd_, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
       fail(fmt::format("cannot bind '{}'", options_.path));
     }
+    // Not following a symlink: in a directory others may write, one could
+    // have replaced the socket since bind() and have us chmod its target.
     struct stat st;
-    if (chmod(options_.path.c_str(), options_.mode) != 0 ||
-        stat(options_.path.c_str(), &st) != 0) {
+    if (fchmodat(AT_FDCWD, options_.path.c_str(), options_.mode, AT_SYMLINK_NOFOLLOW) !=
+            0 ||
+        lstat(options_.path.c_str(), &st) != 0) {
       const int err = errno;
       unlink(options_.path.c_str());
       errno = err;
