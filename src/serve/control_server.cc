@@ -28,6 +28,8 @@ struct ControlServer::Client {
 namespace {
 
 constexpr size_t kReadChunk = 4096;  // per client per wake-up: turns for all
+// How long accepting pauses when there is no descriptor for a client.
+constexpr int kAcceptRetryMs = 100;
 
 [[noreturn]] void fail(const std::string& what) {
   throw Error(fmt::format("control socket: {}: {}", what, std::strerror(errno)));
@@ -160,11 +162,12 @@ void ControlServer::stop() {
 void ControlServer::run() {
   epoll_event events[32];
   for (;;) {
-    const int n = epoll_wait(epoll_fd_, events, 32, -1);
+    const int n = epoll_wait(epoll_fd_, events, 32, accept_paused_ ? kAcceptRetryMs : -1);
     if (n < 0) {
       if (errno == EINTR) continue;
       return;
     }
+    if (n == 0 && accept_paused_) resume_accepting();
     for (int i = 0; i < n; ++i) {
       const int fd = events[i].data.fd;
       if (fd == wake_fd_) return;
@@ -209,7 +212,16 @@ bool ControlServer::peer_allowed(int fd) const {
 void ControlServer::accept_clients() {
   for (;;) {
     const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) return;  // EAGAIN, or a client gone already
+    if (fd < 0) {
+      // Out of descriptors or memory, the client stays queued and the
+      // listening socket readable: stop watching it for a while rather
+      // than spin. Else EAGAIN, or a client gone already.
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        epoll_mod(epoll_fd_, listen_fd_, 0);
+        accept_paused_ = true;
+      }
+      return;
+    }
     if (!peer_allowed(fd)) {
       send_and_close(fd, format_control_error(
                              nullptr, ControlError(control_code::kFailed,
@@ -310,6 +322,12 @@ void ControlServer::close_client(int fd) {
   close(fd);
   table_.erase(fd);
   clients_.store(table_.size(), std::memory_order_relaxed);
+  if (accept_paused_) resume_accepting();  // a descriptor is free now
+}
+
+void ControlServer::resume_accepting() {
+  accept_paused_ = false;
+  epoll_mod(epoll_fd_, listen_fd_, EPOLLIN);
 }
 
 }  // namespace blkstack::serve

@@ -13,7 +13,8 @@
 // "too_long" and the connection is closed); max_clients connections (one
 // more gets "busy" and is closed); max_output bytes of replies waiting for a
 // client that does not read them (then it is cut off). So no client can make
-// the server grow without bound or block.
+// the server grow without bound or block. Out of descriptors, it stops
+// accepting for a moment (until one is freed) rather than spin.
 //
 // Requests run one at a time on the server's thread, in the order they
 // arrive: a slow handler delays the others by its own call, no more. The
@@ -71,6 +72,7 @@ class ControlServer {
   bool flush(Client& c);
   void answer(Client& c, std::string_view line);
   void close_client(int fd);
+  void resume_accepting();  // after a pause for want of descriptors
   bool peer_allowed(int fd) const;
 
   ControlServerOptions options_;
@@ -81,6 +83,7 @@ class ControlServer {
   dev_t sock_dev_ = 0;
   ino_t sock_ino_ = 0;
   gid_t sock_gid_ = 0;  // the socket file's group: who the mode's group bits admit
+  bool accept_paused_ = false;  // the thread's: listen_fd_ not watched
   std::atomic<size_t> clients_{0};
   std::atomic<bool> stopped_{false};
   std::unordered_map<int, std::unique_ptr<Client>> table_;  // by fd; the thread's
