@@ -451,6 +451,8 @@ void Service::start() {
     fuse::FuseOptions fo;
     fo.mountpoint = config.fuse_mountpoint;
     fo.threads = config.fuse_threads;
+    // sys/block shows every device, as /sys/block every disk.
+    fo.sysfs_disks = [this] { return registry_.list(); };
     fuse_ = std::make_unique<fuse::FuseExport>(fo, std::make_shared<const ExportTable>());
   }
 #endif

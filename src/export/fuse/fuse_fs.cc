@@ -491,10 +491,12 @@ uint64_t File::requests() const {
   return n;
 }
 
-FuseFs::FuseFs(const ExportTable& exports, unsigned workers)
+FuseFs::FuseFs(const ExportTable& exports, unsigned workers,
+               SysfsTree::DiskList sysfs_disks)
     : workers_(std::max(1u, workers)), next_ino_(kFirstFileIno), mtime_(time(nullptr)) {
   update(exports);
-  sysfs_ = std::make_unique<SysfsTree>([this] { return disks(); });
+  if (!sysfs_disks) sysfs_disks = [this] { return disks(); };
+  sysfs_ = std::make_unique<SysfsTree>(std::move(sysfs_disks));
 }
 
 std::vector<std::shared_ptr<Disk>> FuseFs::disks() const {
