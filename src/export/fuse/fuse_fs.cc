@@ -253,7 +253,9 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 #endif
   fi->fh = writable ? 1 : 0;  // FLUSH (each close) skips read-only handles
   f->open_handles.fetch_add(1, std::memory_order_relaxed);
-  fuse_reply_open(req, fi);
+  // An open interrupted meanwhile fails here, and no RELEASE will come.
+  if (fuse_reply_open(req, fi) != 0)
+    f->open_handles.fetch_sub(1, std::memory_order_relaxed);
 }
 
 void op_statfs(fuse_req_t req, fuse_ino_t) {
