@@ -264,9 +264,13 @@ Service::Plan Service::plan(const ServeConfig& next) const {
   // Devices that go must not hold up the reload halfway.
   std::vector<std::string> going = p.remove_devices;
   for (const DeviceConfig* d : p.change_devices) going.push_back(d->name);
+  // A holder that goes as well is removed first (step 3 of apply()).
+  std::set<std::string> going_disks;
+  for (const std::string& name : going)
+    going_disks.insert(devices_.at(name).disk->name());
   for (const std::string& name : going) {
     const std::string holder = devices_.at(name).disk->part0().holder();
-    if (!holder.empty())
+    if (!holder.empty() && !going_disks.count(holder))
       throw BusyError(fmt::format(
           "device '{}' is held by {}: remove or change that first", name, holder));
   }
@@ -364,12 +368,29 @@ ReloadResult Service::apply(const ServeConfig& next, bool starting) {
 #endif
   }
 
-  // 3. Devices that go or change: nothing uses them any more.
+  // 3. Devices that go or change: nothing uses them any more. Stacked
+  // ones before those under them (plan() let only such holders through):
+  // each round removes the ones nothing holds now.
   std::vector<std::string> going = p.remove_devices;
   for (const DeviceConfig* d : p.change_devices) going.push_back(d->name);
-  for (auto it = going.rbegin(); it != going.rend(); ++it) {
-    remove_disk(registry_, devices.at(*it).disk);
-    devices.erase(*it);
+  while (!going.empty()) {
+    std::vector<std::string> held;
+    for (const std::string& name : going) {
+      if (!devices.at(name).disk->part0().holder().empty()) {
+        held.push_back(name);
+        continue;
+      }
+      remove_disk(registry_, devices.at(name).disk);
+      devices.erase(name);
+    }
+    if (held.size() == going.size()) {  // not expected: remove_disk() logs why
+      for (const std::string& name : held) {
+        remove_disk(registry_, devices.at(name).disk);
+        devices.erase(name);
+      }
+      break;
+    }
+    going = std::move(held);
   }
 
   // 4. Changed devices made again from their new spec.
