@@ -9,8 +9,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "blkstack/error.h"
 
@@ -26,6 +28,8 @@ struct ControlServer::Client {
 namespace {
 
 constexpr size_t kReadChunk = 4096;  // per client per wake-up: turns for all
+// How long accepting pauses when there is no descriptor for a client.
+constexpr int kAcceptRetryMs = 100;
 
 [[noreturn]] void fail(const std::string& what) {
   throw Error(fmt::format("control socket: {}: {}", what, std::strerror(errno)));
@@ -103,9 +107,12 @@ ControlServer::ControlServer(ControlServerOptions options, ControlHandler handle
     if (bind(listen_fd_, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
       fail(fmt::format("cannot bind '{}'", options_.path));
     }
+    // Not following a symlink: in a directory others may write, one could
+    // have replaced the socket since bind() and have us chmod its target.
     struct stat st;
-    if (chmod(options_.path.c_str(), options_.mode) != 0 ||
-        stat(options_.path.c_str(), &st) != 0) {
+    if (fchmodat(AT_FDCWD, options_.path.c_str(), options_.mode, AT_SYMLINK_NOFOLLOW) !=
+            0 ||
+        lstat(options_.path.c_str(), &st) != 0) {
       const int err = errno;
       unlink(options_.path.c_str());
       errno = err;
@@ -113,6 +120,7 @@ ControlServer::ControlServer(ControlServerOptions options, ControlHandler handle
     }
     sock_dev_ = st.st_dev;
     sock_ino_ = st.st_ino;
+    sock_gid_ = st.st_gid;
     if (listen(listen_fd_, 64) != 0) fail("listen");
     epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
     if (epoll_fd_ < 0) fail("epoll_create1");
@@ -154,11 +162,12 @@ void ControlServer::stop() {
 void ControlServer::run() {
   epoll_event events[32];
   for (;;) {
-    const int n = epoll_wait(epoll_fd_, events, 32, -1);
+    const int n = epoll_wait(epoll_fd_, events, 32, accept_paused_ ? kAcceptRetryMs : -1);
     if (n < 0) {
       if (errno == EINTR) continue;
       return;
     }
+    if (n == 0 && accept_paused_) resume_accepting();
     for (int i = 0; i < n; ++i) {
       const int fd = events[i].data.fd;
       if (fd == wake_fd_) return;
@@ -184,13 +193,35 @@ bool ControlServer::peer_allowed(int fd) const {
   socklen_t len = sizeof(cred);
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return false;
   if (cred.uid == 0 || cred.uid == geteuid()) return true;
-  return (options_.mode & 0020) != 0 && cred.gid == getegid();
+  if ((options_.mode & 0020) == 0) return false;
+  // The socket file's group (the server's, or its directory's with setgid),
+  // as the peer's primary group or one of its supplementary ones: what the
+  // kernel's check of the mode counted.
+  if (cred.gid == sock_gid_) return true;
+  std::vector<gid_t> groups(64);
+  for (;;) {
+    len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) == 0) break;
+    if (errno != ERANGE || len <= groups.size() * sizeof(gid_t)) return false;
+    groups.resize(len / sizeof(gid_t));
+  }
+  groups.resize(len / sizeof(gid_t));
+  return std::find(groups.begin(), groups.end(), sock_gid_) != groups.end();
 }
 
 void ControlServer::accept_clients() {
   for (;;) {
     const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) return;  // EAGAIN, or a client gone already
+    if (fd < 0) {
+      // Out of descriptors or memory, the client stays queued and the
+      // listening socket readable: stop watching it for a while rather
+      // than spin. Else EAGAIN, or a client gone already.
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        epoll_mod(epoll_fd_, listen_fd_, 0);
+        accept_paused_ = true;
+      }
+      return;
+    }
     if (!peer_allowed(fd)) {
       send_and_close(fd, format_control_error(
                              nullptr, ControlError(control_code::kFailed,
@@ -291,6 +322,12 @@ void ControlServer::close_client(int fd) {
   close(fd);
   table_.erase(fd);
   clients_.store(table_.size(), std::memory_order_relaxed);
+  if (accept_paused_) resume_accepting();  // a descriptor is free now
+}
+
+void ControlServer::resume_accepting() {
+  accept_paused_ = false;
+  epoll_mod(epoll_fd_, listen_fd_, EPOLLIN);
 }
 
 }  // namespace blkstack::serve

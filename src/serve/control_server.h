@@ -5,14 +5,16 @@
 // Who may connect: the socket is made with `mode` (0600 by default), and
 // each client's credentials (SO_PEERCRED) are checked too, since bind()
 // makes the socket before chmod() narrows it: root and the server's own user
-// may talk to it, and members of the server's group when `mode` lets the
-// group write. Anyone else gets an error reply and is closed.
+// may talk to it, and members of the socket file's group (primary or
+// supplementary) when `mode` lets the group write. Anyone else gets an
+// error reply and is closed.
 //
 // Bounds: a request line of kMaxControlLine bytes at most (a longer one gets
 // "too_long" and the connection is closed); max_clients connections (one
 // more gets "busy" and is closed); max_output bytes of replies waiting for a
 // client that does not read them (then it is cut off). So no client can make
-// the server grow without bound or block.
+// the server grow without bound or block. Out of descriptors, it stops
+// accepting for a moment (until one is freed) rather than spin.
 //
 // Requests run one at a time on the server's thread, in the order they
 // arrive: a slow handler delays the others by its own call, no more. The
@@ -70,6 +72,7 @@ class ControlServer {
   bool flush(Client& c);
   void answer(Client& c, std::string_view line);
   void close_client(int fd);
+  void resume_accepting();  // after a pause for want of descriptors
   bool peer_allowed(int fd) const;
 
   ControlServerOptions options_;
@@ -79,6 +82,8 @@ class ControlServer {
   int wake_fd_ = -1;  // eventfd: stop()
   dev_t sock_dev_ = 0;
   ino_t sock_ino_ = 0;
+  gid_t sock_gid_ = 0;  // the socket file's group: who the mode's group bits admit
+  bool accept_paused_ = false;  // the thread's: listen_fd_ not watched
   std::atomic<size_t> clients_{0};
   std::atomic<bool> stopped_{false};
   std::unordered_map<int, std::unique_ptr<Client>> table_;  // by fd; the thread's

@@ -93,6 +93,11 @@ void check_spec(const std::string& text) {
   DeviceOptions options(spec, table);  // throws naming a bad option
 }
 
+// NBD is served without a FUSE mount, and with one only where asked.
+bool serves_nbd(const ServeConfig& c) {
+  return c.fuse_mountpoint.empty() || !c.sockets.empty() || !c.listen.empty();
+}
+
 // An export is known by its type and name: "disk" may be both an NBD
 // export and a FUSE file.
 bool same_export(const ExportConfig& a, const ExportConfig& b) {
@@ -137,23 +142,30 @@ ServeConfig Service::make_config() const {
   if (!a.fuse.empty()) c.fuse_mountpoint = a.fuse;
   if (a.fuse_threads) c.fuse_threads = a.fuse_threads;
   if (!a.control.empty()) c.control = a.control;
+  // Once started, what start() made; before, what it will make.
+  const bool nbd_on = started_ ? nbd_ != nullptr : serves_nbd(c);
   for (const std::string& e : a.exports) {
     add_cli_export(c, e);
+    if (c.fuse_mountpoint.empty()) continue;
     // With a mount point every --export is a file there too, on the same
-    // disk, when its name can be one.
+    // disk, when its name can be one (and only that when NBD is not
+    // served; a name that cannot be a file then stays an NBD export, which
+    // plan() refuses, saying why).
+    ExportConfig& x = c.exports.back();
 #if BLKSTACK_WITH_FUSE
-    if (!c.fuse_mountpoint.empty() &&
-        !fuse::FuseFs::valid_file_name(c.exports.back().name)) {
+    if (!fuse::FuseFs::valid_file_name(x.name)) {
       serve_log(fmt::format("fuse: export '{}' left out: not a file name (or '{}')",
-                            c.exports.back().name, fuse::SysfsTree::kName));
+                            x.name, fuse::SysfsTree::kName));
       continue;
     }
 #endif
-    if (!c.fuse_mountpoint.empty()) {
-      ExportConfig twin = c.exports.back();
-      twin.type = "fuse";
-      c.exports.push_back(std::move(twin));
+    if (!nbd_on) {
+      x.type = "fuse";
+      continue;
     }
+    ExportConfig twin = x;
+    twin.type = "fuse";
+    c.exports.push_back(std::move(twin));
   }
   return c;
 }
@@ -195,6 +207,12 @@ Service::Plan Service::plan(const ServeConfig& next) const {
     if (e.type == "fuse" && next.fuse_mountpoint.empty())
       throw ConfigError(fmt::format(
           "{}: export '{}' has type \"fuse\": give --fuse DIR or [server] fuse = \"DIR\"",
+          e.where, e.name));
+    if (e.type == "nbd" && !nbd_)
+      throw ConfigError(fmt::format(
+          "{}: export '{}' has type \"nbd\" (the default), and with a FUSE mount NBD "
+          "is served only on [server] sockets or listen (--socket, --listen): give "
+          "one, or type = \"fuse\"",
           e.where, e.name));
     if (e.type == "fuse" && started_ && !fuse_)
       throw ConfigError(fmt::format(
@@ -246,9 +264,13 @@ Service::Plan Service::plan(const ServeConfig& next) const {
   // Devices that go must not hold up the reload halfway.
   std::vector<std::string> going = p.remove_devices;
   for (const DeviceConfig* d : p.change_devices) going.push_back(d->name);
+  // A holder that goes as well is removed first (step 3 of apply()).
+  std::set<std::string> going_disks;
+  for (const std::string& name : going)
+    going_disks.insert(devices_.at(name).disk->name());
   for (const std::string& name : going) {
     const std::string holder = devices_.at(name).disk->part0().holder();
-    if (!holder.empty())
+    if (!holder.empty() && !going_disks.count(holder))
       throw BusyError(fmt::format(
           "device '{}' is held by {}: remove or change that first", name, holder));
   }
@@ -346,12 +368,29 @@ ReloadResult Service::apply(const ServeConfig& next, bool starting) {
 #endif
   }
 
-  // 3. Devices that go or change: nothing uses them any more.
+  // 3. Devices that go or change: nothing uses them any more. Stacked
+  // ones before those under them (plan() let only such holders through):
+  // each round removes the ones nothing holds now.
   std::vector<std::string> going = p.remove_devices;
   for (const DeviceConfig* d : p.change_devices) going.push_back(d->name);
-  for (auto it = going.rbegin(); it != going.rend(); ++it) {
-    remove_disk(registry_, devices.at(*it).disk);
-    devices.erase(*it);
+  while (!going.empty()) {
+    std::vector<std::string> held;
+    for (const std::string& name : going) {
+      if (!devices.at(name).disk->part0().holder().empty()) {
+        held.push_back(name);
+        continue;
+      }
+      remove_disk(registry_, devices.at(name).disk);
+      devices.erase(name);
+    }
+    if (held.size() == going.size()) {  // not expected: remove_disk() logs why
+      for (const std::string& name : held) {
+        remove_disk(registry_, devices.at(name).disk);
+        devices.erase(name);
+      }
+      break;
+    }
+    going = std::move(held);
   }
 
   // 4. Changed devices made again from their new spec.
@@ -416,8 +455,7 @@ void Service::start() {
         "-DBLKSTACK_WITH_FUSE=ON)");
 #endif
   // With a FUSE mount, NBD is served only where asked.
-  const bool nbd_on = !fuse_on || !config.sockets.empty() || !config.listen.empty();
-  if (nbd_on) {
+  if (serves_nbd(config)) {
     nbd::ServerOptions opts;
     opts.unix_sockets = config.sockets;
     opts.tcp = config.listen;
@@ -434,6 +472,8 @@ void Service::start() {
     fuse::FuseOptions fo;
     fo.mountpoint = config.fuse_mountpoint;
     fo.threads = config.fuse_threads;
+    // sys/block shows every device, as /sys/block every disk.
+    fo.sysfs_disks = [this] { return registry_.list(); };
     fuse_ = std::make_unique<fuse::FuseExport>(fo, std::make_shared<const ExportTable>());
   }
 #endif

@@ -103,8 +103,8 @@ class Service {
   int run();
   // Reads the config file again and applies the difference (see above).
   // Throws ConfigError (nothing changed) or BusyError (refused: an export
-  // in use with reload_disconnects = false, or a device a stacked disk
-  // holds; nothing changed).
+  // in use with reload_disconnects = false, or a device held by a stacked
+  // disk that stays; nothing changed).
   ReloadResult reload();
   // Refuses new clients, answers what is in flight, closes every export,
   // flushes, removes the pidfile and logs statistics. Idempotent.

@@ -125,8 +125,9 @@ grep -q "No such file" "$OUT" || { fail "attach of a missing file: no 'No such f
 fuse_stop
 check "the server logged its mount" grep -q "blkstack serve: mounted $MNT" "$LOG"
 
-# The config file: [server] fuse = DIR and an [[export]] of type "fuse"; an
-# export of type "nbd" is not a file (and no NBD server runs: no socket).
+# The config file: [server] fuse = DIR and an [[export]] of type "fuse". An
+# export of type "nbd" where no NBD server runs (no socket, no address) is a
+# config error naming it, not an export served nowhere.
 cat >"$TMP/serve.toml" <<EOF2
 [server]
 fuse = "$MNT"
@@ -141,13 +142,13 @@ spec = "ram:16M"
 name = "fromconfig"
 device = "d0"
 type = "fuse"
-[[export]]
-name = "nbdonly"
-device = "d1"
 EOF2
+cp "$TMP/serve.toml" "$TMP/nbdonly.toml"
+printf '[[export]]\nname = "nbdonly"\ndevice = "d1"\n' >>"$TMP/nbdonly.toml"
+check_fails "an NBD export without NBD is refused" timeout 30 "$BLKSTACK" serve --config "$TMP/nbdonly.toml"
+grep -q "export 'nbdonly' has type \"nbd\"" "$OUT" || { fail "no error naming 'nbdonly'"; _show_out; }
 fuse_start -- --config "$TMP/serve.toml"
 check "the type = \"fuse\" export is a file" test "$(stat -c %s "$MNT/fromconfig")" -eq $((32 << 20))
-check_fails "the NBD-only export is not" test -e "$MNT/nbdonly"
 check "1 FUSE thread as configured" grep -q "FUSE, 1 thread;" "$LOG"
 fuse_stop
 finish

@@ -5,17 +5,21 @@
 #include "serve/control_server.h"
 
 #include <fmt/format.h>
+#include <grp.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -277,6 +281,53 @@ TEST_F(ControlServerTest, ClientThatNeverReadsIsCutOff) {
             "");
 }
 
+// CPU time this process has used, in ms.
+double CpuMs() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
+         (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
+}
+
+// Out of descriptors, a waiting client cannot be accepted: the server
+// waits for one to free up instead of spinning on the listening socket,
+// and then serves it.
+TEST_F(ControlServerTest, OutOfDescriptorsTheServerWaitsAndThenAccepts) {
+  rlimit old{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+  const int probe = dup(0);
+  ASSERT_GE(probe, 0);
+  close(probe);
+  const int client_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(client_fd, 0);
+  // Every descriptor from here to the new limit taken.
+  rlimit low = old;
+  low.rlim_cur = static_cast<rlim_t>(std::max(probe, client_fd) + 8);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  std::vector<int> hogs;
+  for (int fd; (fd = dup(0)) >= 0;) hogs.push_back(fd);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
+  ASSERT_EQ(connect(client_fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  const double before = CpuMs();
+  usleep(300000);
+  const double spent = CpuMs() - before;
+  for (int fd : hogs) close(fd);
+  setrlimit(RLIMIT_NOFILE, &old);
+  EXPECT_LT(spent, 50.0) << "the server spun while it could not accept";
+  // With descriptors back, the client is served.
+  timeval tv{10, 0};
+  setsockopt(client_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  Send(client_fd, R"({"id":7,"verb":"hello"})"
+                  "\n");
+  std::string buf;
+  const std::string line = ReadLine(client_fd, buf);
+  close(client_fd);
+  ASSERT_FALSE(line.empty());
+  EXPECT_FALSE(parse_control_reply(line).error);
+}
+
 TEST_F(ControlServerTest, ManyClientsAtOnce) {
   constexpr int kClients = 32, kRequests = 50;
   std::atomic<int> good{0};
@@ -334,14 +385,18 @@ TEST_F(ControlServerTest, StaleSocketIsReplacedLiveOneAndFilesAreNot) {
 // Forks a child that becomes `nobody` and tries the socket; returns what it
 // saw: "connect-refused", "denied" (an error reply, then closed) or
 // "served".
-std::string TryAsNobody(const std::string& path) {
+// With `groups`, those are its supplementary groups; without, it keeps
+// ours.
+std::string TryAsNobody(const std::string& path,
+                        std::optional<std::vector<gid_t>> groups = std::nullopt) {
   int pipefd[2];
   if (pipe(pipefd) != 0) return "pipe";
   const pid_t pid = fork();
   if (pid == 0) {
     close(pipefd[0]);
     std::string what = "setuid-failed";
-    if (setgid(65534) == 0 && setuid(65534) == 0) {
+    if ((!groups || setgroups(groups->size(), groups->data()) == 0) &&
+        setgid(65534) == 0 && setuid(65534) == 0) {
       Client c(path);
       if (c.fd < 0) {
         what = errno == EACCES ? "connect-refused" : "connect-error";
@@ -378,6 +433,19 @@ TEST_F(ControlServerTest, AnotherUserIsRefused) {
   EXPECT_EQ(Client(path_).ErrorCode(R"({"verb":"hello"})"
                                     "\n"),
             "");
+}
+
+// control_mode = "0660": the socket's group may use it, whether that is
+// a member's primary group or one of its supplementary groups (as the
+// kernel's own check on the socket file counts them).
+TEST_F(ControlServerTest, GroupMembersMayUseAGroupWritableSocket) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to become another user";
+  Start([](ControlServerOptions& o) { o.mode = 0660; });
+  struct stat st;
+  ASSERT_EQ(stat(path_.c_str(), &st), 0);
+  EXPECT_EQ(TryAsNobody(path_, std::vector<gid_t>{st.st_gid}), "served");
+  // Not a member: the mode keeps it out.
+  EXPECT_EQ(TryAsNobody(path_, std::vector<gid_t>{}), "connect-refused");
 }
 
 }  // namespace

@@ -225,6 +225,54 @@ TEST_F(ServeFuseReloadTest, ExportThatCannotBeAFileIsRefused) {
   EXPECT_EQ(Listing(), std::set<std::string>{"a"});
 }
 
+// With a mount and no socket or address, NBD is not served: an NBD export
+// (the default type) is refused, naming it, rather than taken and served
+// nowhere.
+TEST_F(ServeFuseReloadTest, NbdExportWithoutNbdIsRefused) {
+  const std::string nbd_export = "[[export]]\nname = \"n\"\ndevice = \"a\"\n";
+  {
+    ServiceOptions o;
+    o.config = Write(devices_and_files({{"a", "ram:4M"}}) + nbd_export);
+    o.default_listen = "";
+    Service s(o);
+    try {
+      s.start();
+      ADD_FAILURE() << "started";
+    } catch (const ConfigError& e) {
+      EXPECT_TRUE(Contains(e.what(), "'n'")) << e.what();
+    }
+  }
+  Start(devices_and_files({{"a", "ram:4M"}}));
+  const std::string path = Write(devices_and_files({{"a", "ram:4M"}}) + nbd_export);
+  try {
+    service_->reload();
+    ADD_FAILURE() << "reload took";
+  } catch (const ConfigError& e) {
+    EXPECT_TRUE(Contains(e.what(), path + ":")) << e.what();
+    EXPECT_TRUE(Contains(e.what(), "'n'")) << e.what();
+  }
+  EXPECT_EQ(service_->exports().size(), 1u);
+}
+
+// sys/block holds every device serve has, as /sys/block holds every disk:
+// one exported over NBD only, one not exported, one added by a reload.
+TEST_F(ServeFuseReloadTest, SysBlockHoldsEveryDevice) {
+  ServiceOptions o;
+  o.config = Write(devices_and_files({{"a", "ram:4M"}}) +
+                   "[[device]]\nname = \"quiet\"\nspec = \"ram:1M\"\n");
+  o.default_listen = "";
+  o.sockets = {dir_.path("nbd.sock")};
+  service_ = std::make_unique<Service>(o);
+  service_->start();
+  service_->add_export("n", "quiet", "nbd", "");
+  service_->add_device("later", "ram:2M");
+  for (const char* dev : {"a", "quiet", "later"})
+    EXPECT_EQ(::access((mnt_ + "/sys/block/" + dev + "/size").c_str(), R_OK), 0) << dev;
+  EXPECT_EQ(Listing(), std::set<std::string>{"a"});
+  service_->remove_device("later");
+  EXPECT_NE(::access((mnt_ + "/sys/block/later").c_str(), F_OK), 0);
+}
+
 TEST_F(ServeFuseReloadTest, RefusedNamingTheFileInUseWhenTheConfigSaysNotToDisconnect) {
   const std::string no = "reload_disconnects = false\n";
   ServiceOptions o;

@@ -323,5 +323,31 @@ device = "top"
   EXPECT_EQ(Open("top")->io(nbd::kCmdRead, 0, 4096), 0u);
 }
 
+// A stacked disk and the device under it, both dropped in one reload
+// (listed in either order): the upper one goes first, then the lower.
+TEST_F(ServeReloadTest, StackedDiskAndItsLowerDeviceGoTogether) {
+  const std::string keep =
+      "[[device]]\nname = \"keep\"\nspec = \"ram:8M\"\n"
+      "[[export]]\nname = \"keep\"\ndevice = \"keep\"\n";
+  // "a_top" sorts before "z_base": removal must not follow the names.
+  Start(keep +
+        "[[device]]\nname = \"z_base\"\nspec = \"ram:4M\"\n"
+        "[[device]]\nname = \"a_top\"\nspec = \"passthrough:lower=z_base\"\n"
+        "[[export]]\nname = \"top\"\ndevice = \"a_top\"\n");
+  auto top = Open("top");
+  Rewrite(keep);
+  const ReloadResult r = service_->reload();
+  EXPECT_EQ(r.removed, std::vector<std::string>{"top"});
+  EXPECT_TRUE(top->closed_by_server());
+  EXPECT_EQ(service_->device("a_top"), nullptr);
+  EXPECT_EQ(service_->device("z_base"), nullptr);
+  EXPECT_EQ(service_->registry().find("a_top"), nullptr);
+  EXPECT_EQ(service_->registry().find("z_base"), nullptr);
+  // Both names are free again.
+  Rewrite(keep + "[[device]]\nname = \"z_base\"\nspec = \"ram:4M\"\n");
+  service_->reload();
+  EXPECT_NE(service_->registry().find("z_base"), nullptr);
+}
+
 }  // namespace
 }  // namespace blkstack

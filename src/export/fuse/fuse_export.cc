@@ -96,7 +96,7 @@ void FuseExport::start() {
   prepare_mountpoint(mnt);
   unsigned n = options_.threads ? options_.threads : std::thread::hardware_concurrency();
   if (n == 0) n = 1;
-  fs_ = std::make_unique<FuseFs>(*exports(), n);
+  fs_ = std::make_unique<FuseFs>(*exports(), n, options_.sysfs_disks);
   if (fs_->files().empty())
     throw Error(fmt::format("--fuse '{}': no export can be a file there", mnt));
 

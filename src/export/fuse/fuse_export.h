@@ -11,6 +11,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -32,6 +33,10 @@ struct FuseOptions {
   // How long stop() lets open files (a loop device still attached) keep the
   // mount alive before it cuts the connection.
   std::chrono::milliseconds grace = std::chrono::seconds(5);
+  // The disks MNT/sys/block/ shows, asked for at each lookup; unset: those
+  // of the exported files. blkstack serve gives all of its devices, as
+  // /sys/block holds every disk, exported or not.
+  std::function<std::vector<std::shared_ptr<Disk>>()> sysfs_disks;
 };
 
 class FuseExport {

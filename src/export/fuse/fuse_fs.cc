@@ -287,7 +287,9 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 #endif
   fi->fh = writable ? 1 : 0;  // FLUSH (each close) skips read-only handles
   f->open_handles.fetch_add(1, std::memory_order_relaxed);
-  fuse_reply_open(req, fi);
+  // An open interrupted meanwhile fails here, and no RELEASE will come.
+  if (fuse_reply_open(req, fi) != 0)
+    f->open_handles.fetch_sub(1, std::memory_order_relaxed);
 }
 
 void op_statfs(fuse_req_t req, fuse_ino_t) {
@@ -528,10 +530,12 @@ uint64_t File::requests() const {
   return n;
 }
 
-FuseFs::FuseFs(const ExportTable& exports, unsigned workers)
+FuseFs::FuseFs(const ExportTable& exports, unsigned workers,
+               SysfsTree::DiskList sysfs_disks)
     : workers_(std::max(1u, workers)), next_ino_(kFirstFileIno), mtime_(time(nullptr)) {
   update(exports);
-  sysfs_ = std::make_unique<SysfsTree>([this] { return disks(); });
+  if (!sysfs_disks) sysfs_disks = [this] { return disks(); };
+  sysfs_ = std::make_unique<SysfsTree>(std::move(sysfs_disks));
 }
 
 std::vector<std::shared_ptr<Disk>> FuseFs::disks() const {

@@ -86,8 +86,10 @@ struct File {
 class FuseFs {
  public:
   // Files for the exports whose names can be file names (others are logged
-  // and left out); `workers`: how many workers will serve them.
-  FuseFs(const ExportTable& exports, unsigned workers);
+  // and left out); `workers`: how many workers will serve them;
+  // `sysfs_disks`: what sys/block shows (unset: the files' disks).
+  FuseFs(const ExportTable& exports, unsigned workers,
+         SysfsTree::DiskList sysfs_disks = nullptr);
 
   static const fuse_lowlevel_ops& ops();
   // Whether an export called `name` can be a file in the mount's root: a
@@ -116,8 +118,8 @@ class FuseFs {
 
   void fill_attr(fuse_ino_t ino, struct stat* st) const;
 
-  // The sys/block tree beside the files (sysfs_tree.h), over the disks of
-  // the exported files, each once.
+  // The sys/block tree beside the files (sysfs_tree.h), over the disks
+  // given at construction, else those of the exported files, each once.
   SysfsTree& sysfs() { return *sysfs_; }
   std::vector<std::shared_ptr<Disk>> disks() const;
 

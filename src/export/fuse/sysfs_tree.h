@@ -1,10 +1,11 @@
 // SysfsTree: the sys/block/DEV/ tree of the FUSE mount, beside the exported
 // files — what /sys/block/DEV/ holds (size, stat, inflight, ro, queue/*,
-// queue/iosched/*), for the disks of the exports, read and written through
-// serve/disk_attributes.h so that it shows what the control socket shows:
+// queue/iosched/*), for the disks it is given (serve: all of them), read
+// and written through serve/disk_attributes.h so that it shows what the
+// control socket shows:
 //
-//   cat MNT/sys/block/disk0/queue/scheduler         [none] mq-deadline
-//   echo mq-deadline > MNT/sys/block/disk0/queue/scheduler
+//   cat MNT/sys/block/disk0/queue/scheduler         [none]
+//   echo 512 > MNT/sys/block/disk0/queue/max_sectors_kb
 //
 // The tree is not stored: a node is a path ("block/disk0/queue"), and
 // whether it exists, and what a directory holds, is asked of the disk's

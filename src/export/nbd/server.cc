@@ -128,8 +128,9 @@ int listen_tcp(const std::string& addr, std::string* bound) {
 // --- EventLoop -----------------------------------------------------------------
 
 // One loop's counts for one export (Server::export_counts); written by the
-// loop's thread only.
-struct ExportCounter {
+// loop's thread only, on a cache line of its own (another loop's counter
+// for the same export is written as often).
+struct alignas(64) ExportCounter {
   std::atomic<uint64_t> connections{0};
   std::atomic<uint64_t> requests{0};
 };
