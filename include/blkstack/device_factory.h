@@ -19,4 +19,9 @@ class DiskRegistry;
 // registry and every device as they were.
 std::shared_ptr<Disk> create_device(DiskRegistry& registry, std::string_view spec);
 
+// What create_device() checks before it makes anything: the syntax, the
+// driver type and its options. Throws the same Error. (The device may still
+// fail to open, e.g. a file that is not there.)
+void check_device_spec(std::string_view spec);
+
 }  // namespace blkstack

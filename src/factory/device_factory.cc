@@ -31,22 +31,44 @@ std::shared_ptr<BlockDevice> OpenContext::open_lower(std::string_view name) {
   return bdev;
 }
 
-std::shared_ptr<Disk> create_device(DiskRegistry& registry, std::string_view text) {
-  DeviceSpec spec = parse_device_spec(text);
-  const DriverType* type = find_driver_type(spec.type);
-  if (!type) {
+namespace {
+
+// A spec parsed, its driver type found, and the options that type takes.
+struct TypedSpec {
+  DeviceSpec spec;
+  const DriverType* type;
+  std::vector<OptionDef> table;
+};
+
+TypedSpec type_spec(std::string_view text) {
+  TypedSpec t{parse_device_spec(text), nullptr, {}};
+  t.type = find_driver_type(t.spec.type);
+  if (!t.type) {
     std::string known;
-    for (const DriverType* t : driver_types())
-      known += (known.empty() ? "" : ", ") + std::string(t->name);
+    for (const DriverType* d : driver_types())
+      known += (known.empty() ? "" : ", ") + std::string(d->name);
     throw Error(fmt::format("device spec '{}': unknown device type '{}' (known: {})",
-                            text, spec.type, known));
+                            text, t.spec.type, known));
   }
-  std::vector<OptionDef> table(type->options.begin(), type->options.end());
-  if (type->queue_modes) {
-    for (const OptionDef& d : queue_mode_options()) table.push_back(d);
+  t.table.assign(t.type->options.begin(), t.type->options.end());
+  if (t.type->queue_modes) {
+    for (const OptionDef& d : queue_mode_options()) t.table.push_back(d);
   }
-  for (const OptionDef& d : common_device_options()) table.push_back(d);
-  DeviceOptions options(spec, table);
+  for (const OptionDef& d : common_device_options()) t.table.push_back(d);
+  return t;
+}
+
+}  // namespace
+
+void check_device_spec(std::string_view text) {
+  const TypedSpec t = type_spec(text);
+  DeviceOptions options(t.spec, t.table);  // throws naming a bad option
+}
+
+std::shared_ptr<Disk> create_device(DiskRegistry& registry, std::string_view text) {
+  const TypedSpec t = type_spec(text);
+  const DriverType* type = t.type;
+  DeviceOptions options(t.spec, t.table);
   const std::string name =
       options.given("name") ? options.str("name") : registry.unused_name(type->name);
   if (registry.find(name)) {

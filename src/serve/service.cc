@@ -14,10 +14,9 @@
 
 #include "blkstack/block_device.h"
 #include "blkstack/block_handle.h"
+#include "blkstack/device_factory.h"
 #include "blkstack/device_spec.h"
 #include "blkstack/disk.h"
-#include "blkstack/driver/driver_type.h"
-#include "blkstack/driver/queue_mode.h"
 #include "blkstack/error.h"
 #include "export/export_table.h"
 #if BLKSTACK_WITH_FUSE
@@ -70,27 +69,6 @@ void write_pidfile(const std::string& path) {
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     throw Error(fmt::format("pidfile '{}': cannot rename into place", path));
   }
-}
-
-// What create_device() checks before it makes anything: the syntax, the
-// type and its options. So a reload with a bad spec fails before it
-// changes anything (the device itself may still fail to open, e.g. a file
-// that is not there).
-void check_spec(const std::string& text) {
-  const DeviceSpec spec = parse_device_spec(text);
-  const DriverType* type = find_driver_type(spec.type);
-  if (!type) {
-    std::string known;
-    for (const DriverType* t : driver_types())
-      known += (known.empty() ? "" : ", ") + std::string(t->name);
-    throw Error(fmt::format("device spec '{}': unknown device type '{}' (known: {})",
-                            text, spec.type, known));
-  }
-  std::vector<OptionDef> table(type->options.begin(), type->options.end());
-  if (type->queue_modes)
-    for (const OptionDef& d : queue_mode_options()) table.push_back(d);
-  for (const OptionDef& d : common_device_options()) table.push_back(d);
-  DeviceOptions options(spec, table);  // throws naming a bad option
 }
 
 // NBD is served without a FUSE mount, and with one only where asked.
@@ -179,7 +157,7 @@ Service::Plan Service::plan(const ServeConfig& next) const {
     auto old = devices_.find(d.name);
     if (old != devices_.end() && old->second.spec == d.spec) continue;
     try {
-      check_spec(d.spec);
+      check_device_spec(d.spec);
     } catch (const Error& e) {
       throw ConfigError(fmt::format("{}: device '{}': {}", d.where, d.name, e.what()));
     }
