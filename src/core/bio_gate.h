@@ -108,6 +108,10 @@ class BioGate {
 // and waits for a retry() in progress on that gate to return.
 void arm_busy_timer(BioGate& gate, uint64_t delay_ns);
 void disarm_busy_timer(BioGate& gate);
+// For an owner that sends busy work again its own way (an export's
+// write-zeroes, issued anew whole): calls fn(arg) once, from the timer's
+// thread, BioDriver::kBusyRetryNs from now. `arg` must live until then.
+void call_after_busy_retry(void (*fn)(void*), void* arg);
 
 // In submit.cc: runs gate.drain() from the submit loop of this thread
 // (after the driver call in progress returns, if there is one).
