@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "blkstack/block_handle.h"
 #include "blkstack/completion.h"
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
@@ -425,6 +426,23 @@ TEST(BusyStatus, IoContextSendsBusyAgainAndReportsEveryOtherStatus) {
       EXPECT_EQ(ev.res, 512);
     else
       EXPECT_EQ(ev.res, -status_to_errno(s));
+  }
+}
+
+// BlockHandle is what tools and the exports' final flush (NBD and FUSE
+// stop) use: a busy status must not reach them as an error either.
+TEST(BusyStatus, BlockHandleSendsBusyAgainAndReportsEveryOtherStatus) {
+  for (int i = 1; i < kStatusCount; ++i) {
+    const auto s = static_cast<Status>(i);
+    SCOPED_TRACE(std::string(status_name(s)));
+    QueueLimits lim;
+    lim.volatile_write_cache = true;  // the flush reaches the driver
+    auto disk = std::make_shared<Disk>("st0", kDiskSectors, lim,
+                                       std::make_unique<FailOnceDriver>(s));
+    BlockHandle h(disk);
+    std::vector<std::byte> buf(512);
+    EXPECT_EQ(h.pwrite(buf.data(), 512, 0), status_is_busy(s) ? Status::kOk : s);
+    EXPECT_EQ(h.flush(), status_is_busy(s) ? Status::kOk : s);
   }
 }
 
