@@ -446,5 +446,36 @@ TEST(BusyStatus, BlockHandleSendsBusyAgainAndReportsEveryOtherStatus) {
   }
 }
 
+// Completes every bio busy: a device that will never have room again.
+class AlwaysBusyDriver final : public BioDriver {
+ public:
+  void submit(Bio& bio) override {
+    ++attempts;
+    bio.complete(Status::kResource);
+  }
+  std::atomic<int> attempts{0};
+};
+
+// Busy is retried, every kBusyRetryNs, for as long as the disk lives (as
+// the kernel requeues BLK_STS_RESOURCE): what ends it is the driver failing
+// the bio with a real error, or removal, which fails it kOffline.
+TEST(BusyStatus, RetriesOfADeviceThatStaysBusyEndWhenTheDiskGoes) {
+  QueueLimits lim;
+  auto disk = std::make_shared<Disk>("stuck1", kDiskSectors, lim,
+                                     std::make_unique<AlwaysBusyDriver>());
+  auto& drv = static_cast<AlwaysBusyDriver&>(disk->driver());
+  IoContext ctx(1);
+  std::vector<std::byte> buf(512);
+  Iocb cb = Iocb::pwrite(disk.get(), buf.data(), 512, 0);
+  Iocb* p = &cb;
+  ASSERT_EQ(ctx.submit({&p, 1}), 1);
+  MustHappen([&] { return drv.attempts.load() >= 3; }, "busy bio sent again");
+  IoEvent ev;
+  EXPECT_EQ(ctx.get_events(0, {&ev, 1}), 0) << "busy is not reported";
+  disk->shutdown();
+  ASSERT_EQ(ctx.get_events(1, {&ev, 1}), 1);
+  EXPECT_EQ(ev.res, -status_to_errno(Status::kOffline));
+}
+
 }  // namespace
 }  // namespace blkstack
