@@ -11,7 +11,8 @@
 // one is parked every later bio queues behind it, so no bio passes a parked
 // flush and no flush passes a parked write. One thread at a time sends them
 // out again (draining_), always from a submit context and never nested
-// inside another driver call (submit.cc runs drains from its loop). The
+// inside another driver's submit() (submit.cc runs drains from its loop;
+// a thread outside one, resume() from a completion, runs it at once). The
 // submitter never waits: a bio that cannot go parks and its thread moves on.
 #pragma once
 

@@ -76,7 +76,10 @@ class BioDriver {
   // blk_mq_stop_hw_queue() and of returning BLK_STS_RESOURCE.
   void busy(Bio& bio);
   // Room again (blk_mq_start_stopped_hw_queues): sends what is parked.
-  // From any thread, also from inside submit() or a completion.
+  // From any thread, also from inside submit() or a completion. Inside
+  // submit() they go once it returns; elsewhere submit() is called for
+  // them on this thread before resume() returns (so is it from the
+  // complete() of a counted bio): hold no lock that submit() takes.
   void resume();
   static constexpr uint64_t kBusyRetryNs = 1'000'000;  // 1 ms
 
