@@ -363,6 +363,35 @@ TEST(BioBatch, ADepthCutsTheBatchAndMarksTheLastThatFits) {
   EXPECT_EQ(c.done.load(), 6u);
 }
 
+// As a request queue does when no tag is free (MqBasics.NowaitBiosGet...):
+// a NOWAIT bio that would have to wait for room fails kAgain at once.
+TEST(BioBusyNowait, ANowaitBioThatWouldParkGetsAgain) {
+  QueueLimits lim;
+  auto disk = std::make_shared<Disk>("nowait0", kDiskSectors, lim,
+                                     std::make_unique<BatchDriver>(1));
+  auto& drv = static_cast<BatchDriver&>(disk->driver());
+  std::vector<std::byte> buf(512);
+  Segment seg(buf.data(), 512);
+  Bio a, nowait, waiting;
+  Counts ca, cn, cw;
+  a.init(disk.get(), Op::kWrite, 0, {&seg, 1}, count_done, &ca);
+  submit_bio(a);
+  ASSERT_EQ(drv.held.size(), 1u);
+  nowait.init(disk.get(), Op::kWrite, 1, {&seg, 1}, count_done, &cn);
+  nowait.set_flags(BioFlag::kNowait);
+  submit_bio(nowait);
+  ASSERT_TRUE(nowait.completed()) << "NOWAIT does not wait for room";
+  EXPECT_EQ(nowait.status(), Status::kAgain);
+  waiting.init(disk.get(), Op::kWrite, 2, {&seg, 1}, count_done, &cw);
+  submit_bio(waiting);
+  EXPECT_FALSE(waiting.completed()) << "without NOWAIT the bio waits";
+  drv.complete_all();  // a's slot goes to `waiting`
+  ASSERT_EQ(drv.held.size(), 1u);
+  drv.complete_all();
+  EXPECT_EQ(waiting.status(), Status::kOk);
+  EXPECT_EQ(ca.done.load() + cn.done.load() + cw.done.load(), 3u);
+}
+
 TEST(BioBusyRemoval, ParkedBiosFailOfflineWhenTheDiskGoes) {
   QueueLimits lim;
   auto disk = std::make_shared<Disk>("gone0", kDiskSectors, lim,

@@ -72,7 +72,8 @@ class BioDriver {
   // disk behind it, in order (no flush passes a write or is passed), and
   // submits them again once resume() is called, after kBusyRetryNs as a
   // safety net, or (with a BioQueueConfig::depth) when a counted bio
-  // completes. The submitter does not wait. The bio-based twin of
+  // completes. The submitter does not wait (a later kNowait bio fails
+  // with kAgain rather than park). The bio-based twin of
   // blk_mq_stop_hw_queue() and of returning BLK_STS_RESOURCE.
   void busy(Bio& bio);
   // Room again (blk_mq_start_stopped_hw_queues): sends what is parked.
