@@ -1,10 +1,12 @@
 // BlockHandle: a small synchronous API over a disk, for tools and tests.
 //
 // Each call builds bios on its own stack, submits them and waits for their
-// completion. Large requests are cut into bios of at most 1 GiB. Calls are
-// thread-safe (each waits for its own bios). Do not call these from inside
-// a driver's submit path: that wait could never end, and the submit-context
-// check aborts with a message naming the device instead.
+// completion; one the device completes busy (status_is_busy) goes again
+// after BioDriver::kBusyRetryNs, never returned as an error. Large
+// requests are cut into bios of at most 1 GiB. Calls are thread-safe (each
+// waits for its own bios). Do not call these from inside a driver's submit
+// path: that wait could never end, and the submit-context check aborts
+// with a message naming the device instead.
 #pragma once
 
 #include <cstddef>

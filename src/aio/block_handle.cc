@@ -1,8 +1,12 @@
 #include "blkstack/block_handle.h"
 
+#include <chrono>
+#include <thread>
+
 #include "blkstack/completion.h"
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/submit.h"
 
 namespace blkstack {
@@ -37,8 +41,18 @@ Status BlockHandle::submit_and_wait(Op op, void* buf, uint64_t len, uint64_t off
                     wake_waiter, &done);
   }
   bio.set_flags(flags);
+  const BioStart start = bio.start();
   submit_bio(bio);
   done.wait("synchronous I/O");
+  // Busy is back-pressure, not an error (DESIGN.md invariant 3): wait as
+  // the asynchronous paths do (resubmit_busy) and send it again.
+  while (status_is_busy(bio.status())) {
+    done.reinit();
+    std::this_thread::sleep_for(std::chrono::nanoseconds(BioDriver::kBusyRetryNs));
+    bio.restart(start);
+    submit_bio(bio);
+    done.wait("synchronous I/O");
+  }
   return bio.status();
 }
 

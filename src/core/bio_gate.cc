@@ -80,6 +80,11 @@ void BioGate::submit_batch(BioList& bios) {
 }
 
 void BioGate::park(Bio& bio) {
+  // NOWAIT I/O does not wait for room, as for a tag (Queue::park_for_tag).
+  if (bio.has_flag(BioFlag::kNowait)) [[unlikely]] {
+    bio.complete(Status::kAgain);
+    return;
+  }
   bool start = false;
   bool dead;
   {

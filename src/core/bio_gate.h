@@ -11,7 +11,8 @@
 // one is parked every later bio queues behind it, so no bio passes a parked
 // flush and no flush passes a parked write. One thread at a time sends them
 // out again (draining_), always from a submit context and never nested
-// inside another driver call (submit.cc runs drains from its loop). The
+// inside another driver's submit() (submit.cc runs drains from its loop;
+// a thread outside one, resume() from a completion, runs it at once). The
 // submitter never waits: a bio that cannot go parks and its thread moves on.
 #pragma once
 
@@ -108,6 +109,10 @@ class BioGate {
 // and waits for a retry() in progress on that gate to return.
 void arm_busy_timer(BioGate& gate, uint64_t delay_ns);
 void disarm_busy_timer(BioGate& gate);
+// For an owner that sends busy work again its own way (an export's
+// write-zeroes, issued anew whole): calls fn(arg) once, from the timer's
+// thread, BioDriver::kBusyRetryNs from now. `arg` must live until then.
+void call_after_busy_retry(void (*fn)(void*), void* arg);
 
 // In submit.cc: runs gate.drain() from the submit loop of this thread
 // (after the driver call in progress returns, if there is one).

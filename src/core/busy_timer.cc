@@ -19,9 +19,19 @@ namespace {
 
 class BusyTimer {
  public:
-  void arm(BioGate* gate, Bio* bio, uint64_t delay_ns) {
+  // One of gate, bio and fn is set.
+  struct Entry {
+    BioGate* gate = nullptr;      // retry() this gate, or
+    Bio* bio = nullptr;           // submit_bio() this bio, or
+    void (*fn)(void*) = nullptr;  // call fn(arg)
+    void* arg = nullptr;
+    uint64_t deadline_ns = 0;
+  };
+
+  void arm(const Entry& e, uint64_t delay_ns) {
     std::lock_guard lock(lock_);
-    armed_.push_back({gate, bio, now_ns() + delay_ns});
+    armed_.push_back(e);
+    armed_.back().deadline_ns = now_ns() + delay_ns;
     if (!started_) {
       std::thread([this] { run(); }).detach();
       started_ = true;
@@ -37,12 +47,6 @@ class BusyTimer {
   }
 
  private:
-  struct Entry {
-    BioGate* gate;  // retry() this gate, or
-    Bio* bio;       // submit_bio() this bio
-    uint64_t deadline_ns;
-  };
-
   void run() {
     prctl(PR_SET_NAME, "blkstack-busy", 0, 0, 0);
     std::unique_lock lock(lock_);
@@ -60,15 +64,17 @@ class BusyTimer {
         cv_.wait_for(lock, std::chrono::nanoseconds(earliest->deadline_ns - now));
         continue;
       }
-      BioGate* gate = earliest->gate;
-      Bio* bio = earliest->bio;
+      const Entry e = *earliest;
       armed_.erase(earliest);
-      running_ = gate;
+      running_ = e.gate;
       lock.unlock();
-      if (gate)
-        gate->retry();  // may arm again: without the lock
+      // Each may arm again: without the lock.
+      if (e.gate)
+        e.gate->retry();
+      else if (e.bio)
+        submit_bio(*e.bio);
       else
-        submit_bio(*bio);
+        e.fn(e.arg);
       lock.lock();
       running_ = nullptr;
       idle_.notify_all();
@@ -92,12 +98,16 @@ BusyTimer& timer() {
 }  // namespace
 
 void arm_busy_timer(BioGate& gate, uint64_t delay_ns) {
-  timer().arm(&gate, nullptr, delay_ns);
+  timer().arm({.gate = &gate}, delay_ns);
 }
 
 void resubmit_busy(Bio& bio, const BioStart& start) {
   bio.restart(start);
-  timer().arm(nullptr, &bio, BioDriver::kBusyRetryNs);
+  timer().arm({.bio = &bio}, BioDriver::kBusyRetryNs);
+}
+
+void call_after_busy_retry(void (*fn)(void*), void* arg) {
+  timer().arm({.fn = fn, .arg = arg}, BioDriver::kBusyRetryNs);
 }
 
 void disarm_busy_timer(BioGate& gate) { timer().disarm(gate); }

@@ -53,8 +53,9 @@ constexpr unsigned kMaxSegments = 128;
 // reruns a queue that ran out of resources after 3 ms). The host waits it
 // out (HostIo::delay_ns), so the reaper thread goes on completing the rest
 // of its ring meanwhile. After kMaxTransientRetries in a row, about 0.75 s
-// of waiting, the request fails: kResource for a host short of memory or
-// of room (errno ENOMEM), kIoError for a call that keeps being interrupted.
+// of waiting, the request fails with kIoError: not kResource, which IoContext,
+// BlockHandle and the exports take for back-pressure and send again forever
+// (status_is_busy), so that this bound would never reach anyone.
 constexpr unsigned kMaxTransientRetries = 24;
 constexpr uint64_t kFirstBackoffNs = 100'000;
 constexpr uint64_t kMaxBackoffNs = 50'000'000;
@@ -193,7 +194,7 @@ class FileDriver final : public RequestDriver {
       }
       if (c.transient_retries == kMaxTransientRetries) {
         // The host stayed short: fail rather than spin on the reaper.
-        rq.end_request_all(res == -EINTR ? Status::kIoError : Status::kResource);
+        rq.end_request_all(Status::kIoError);
         return;
       }
       c.op.delay_ns = transient_backoff_ns(c.transient_retries++);

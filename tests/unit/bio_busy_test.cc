@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "blkstack/block_handle.h"
 #include "blkstack/completion.h"
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
@@ -362,6 +363,35 @@ TEST(BioBatch, ADepthCutsTheBatchAndMarksTheLastThatFits) {
   EXPECT_EQ(c.done.load(), 6u);
 }
 
+// As a request queue does when no tag is free (MqBasics.NowaitBiosGet...):
+// a NOWAIT bio that would have to wait for room fails kAgain at once.
+TEST(BioBusyNowait, ANowaitBioThatWouldParkGetsAgain) {
+  QueueLimits lim;
+  auto disk = std::make_shared<Disk>("nowait0", kDiskSectors, lim,
+                                     std::make_unique<BatchDriver>(1));
+  auto& drv = static_cast<BatchDriver&>(disk->driver());
+  std::vector<std::byte> buf(512);
+  Segment seg(buf.data(), 512);
+  Bio a, nowait, waiting;
+  Counts ca, cn, cw;
+  a.init(disk.get(), Op::kWrite, 0, {&seg, 1}, count_done, &ca);
+  submit_bio(a);
+  ASSERT_EQ(drv.held.size(), 1u);
+  nowait.init(disk.get(), Op::kWrite, 1, {&seg, 1}, count_done, &cn);
+  nowait.set_flags(BioFlag::kNowait);
+  submit_bio(nowait);
+  ASSERT_TRUE(nowait.completed()) << "NOWAIT does not wait for room";
+  EXPECT_EQ(nowait.status(), Status::kAgain);
+  waiting.init(disk.get(), Op::kWrite, 2, {&seg, 1}, count_done, &cw);
+  submit_bio(waiting);
+  EXPECT_FALSE(waiting.completed()) << "without NOWAIT the bio waits";
+  drv.complete_all();  // a's slot goes to `waiting`
+  ASSERT_EQ(drv.held.size(), 1u);
+  drv.complete_all();
+  EXPECT_EQ(waiting.status(), Status::kOk);
+  EXPECT_EQ(ca.done.load() + cn.done.load() + cw.done.load(), 3u);
+}
+
 TEST(BioBusyRemoval, ParkedBiosFailOfflineWhenTheDiskGoes) {
   QueueLimits lim;
   auto disk = std::make_shared<Disk>("gone0", kDiskSectors, lim,
@@ -426,6 +456,54 @@ TEST(BusyStatus, IoContextSendsBusyAgainAndReportsEveryOtherStatus) {
     else
       EXPECT_EQ(ev.res, -status_to_errno(s));
   }
+}
+
+// BlockHandle is what tools and the exports' final flush (NBD and FUSE
+// stop) use: a busy status must not reach them as an error either.
+TEST(BusyStatus, BlockHandleSendsBusyAgainAndReportsEveryOtherStatus) {
+  for (int i = 1; i < kStatusCount; ++i) {
+    const auto s = static_cast<Status>(i);
+    SCOPED_TRACE(std::string(status_name(s)));
+    QueueLimits lim;
+    lim.volatile_write_cache = true;  // the flush reaches the driver
+    auto disk = std::make_shared<Disk>("st0", kDiskSectors, lim,
+                                       std::make_unique<FailOnceDriver>(s));
+    BlockHandle h(disk);
+    std::vector<std::byte> buf(512);
+    EXPECT_EQ(h.pwrite(buf.data(), 512, 0), status_is_busy(s) ? Status::kOk : s);
+    EXPECT_EQ(h.flush(), status_is_busy(s) ? Status::kOk : s);
+  }
+}
+
+// Completes every bio busy: a device that will never have room again.
+class AlwaysBusyDriver final : public BioDriver {
+ public:
+  void submit(Bio& bio) override {
+    ++attempts;
+    bio.complete(Status::kResource);
+  }
+  std::atomic<int> attempts{0};
+};
+
+// Busy is retried, every kBusyRetryNs, for as long as the disk lives (as
+// the kernel requeues BLK_STS_RESOURCE): what ends it is the driver failing
+// the bio with a real error, or removal, which fails it kOffline.
+TEST(BusyStatus, RetriesOfADeviceThatStaysBusyEndWhenTheDiskGoes) {
+  QueueLimits lim;
+  auto disk = std::make_shared<Disk>("stuck1", kDiskSectors, lim,
+                                     std::make_unique<AlwaysBusyDriver>());
+  auto& drv = static_cast<AlwaysBusyDriver&>(disk->driver());
+  IoContext ctx(1);
+  std::vector<std::byte> buf(512);
+  Iocb cb = Iocb::pwrite(disk.get(), buf.data(), 512, 0);
+  Iocb* p = &cb;
+  ASSERT_EQ(ctx.submit({&p, 1}), 1);
+  MustHappen([&] { return drv.attempts.load() >= 3; }, "busy bio sent again");
+  IoEvent ev;
+  EXPECT_EQ(ctx.get_events(0, {&ev, 1}), 0) << "busy is not reported";
+  disk->shutdown();
+  ASSERT_EQ(ctx.get_events(1, {&ev, 1}), 1);
+  EXPECT_EQ(ev.res, -status_to_errno(Status::kOffline));
 }
 
 }  // namespace

@@ -315,7 +315,7 @@ TEST_F(FileHostIo, TransientErrorsAreRetriedAndNotSeen) {
 // the ring's only reaper.
 TEST_F(FileHostIo, TransientErrorsThatPersistBackOffThenFail) {
   for (auto [err, status] :
-       {std::pair{-ENOMEM, Status::kResource}, std::pair{-EAGAIN, Status::kResource},
+       {std::pair{-ENOMEM, Status::kIoError}, std::pair{-EAGAIN, Status::kIoError},
         std::pair{-EINTR, Status::kIoError}}) {
     SCOPED_TRACE(strerror(-err));
     disk_.reset();

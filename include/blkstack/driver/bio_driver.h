@@ -72,11 +72,15 @@ class BioDriver {
   // disk behind it, in order (no flush passes a write or is passed), and
   // submits them again once resume() is called, after kBusyRetryNs as a
   // safety net, or (with a BioQueueConfig::depth) when a counted bio
-  // completes. The submitter does not wait. The bio-based twin of
+  // completes. The submitter does not wait (a later kNowait bio fails
+  // with kAgain rather than park). The bio-based twin of
   // blk_mq_stop_hw_queue() and of returning BLK_STS_RESOURCE.
   void busy(Bio& bio);
   // Room again (blk_mq_start_stopped_hw_queues): sends what is parked.
-  // From any thread, also from inside submit() or a completion.
+  // From any thread, also from inside submit() or a completion. Inside
+  // submit() they go once it returns; elsewhere submit() is called for
+  // them on this thread before resume() returns (so is it from the
+  // complete() of a counted bio): hold no lock that submit() takes.
   void resume();
   static constexpr uint64_t kBusyRetryNs = 1'000'000;  // 1 ms
 

@@ -16,6 +16,7 @@
 #include "blkstack/disk.h"
 #include "blkstack/submit.h"
 #include "blkstack/zeroout.h"
+#include "core/bio_gate.h"
 #include "export/log.h"
 #include "export/nbd/protocol.h"
 
@@ -397,14 +398,21 @@ bool Connection::send_queued(uint32_t max_replies) {
 
 void Connection::bio_done(Bio& bio) {
   auto* s = static_cast<RequestSlot*>(bio.context());
-  // Busy is back-pressure, not an error for the client: again, later. A
-  // write-zeroes goes again whole (it may be several bios).
+  // Busy is back-pressure, not an error for the client: again, after the
+  // retry delay. A write-zeroes is issued anew whole (issue_zeroout picks
+  // its bio), by the event loop once the delay has passed (complete()).
   if (status_is_busy(bio.status())) [[unlikely]] {
     if (s->type != kCmdWriteZeroes) return resubmit_busy(bio, s->start);
+    return call_after_busy_retry(&Connection::post_slot, s);
   }
   Connection* c = s->conn;
   if (c->reactor_.on_reactor_thread()) return c->complete(s);
   c->reactor_.post(s);  // not c afterwards: it may be gone once s is answered
+}
+
+void Connection::post_slot(void* slot) {
+  auto* s = static_cast<RequestSlot*>(slot);
+  s->conn->reactor_.post(s);
 }
 
 void Connection::complete(RequestSlot* s) {

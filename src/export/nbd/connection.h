@@ -168,6 +168,8 @@ class Connection {
   enum class Input { kHeader, kPayload, kDiscard };
 
   static void bio_done(Bio& bio);
+  // From the busy timer: a busy write-zeroes back to its event loop.
+  static void post_slot(void* slot);
   void read_input();
   bool process_staged();  // false: stop reading for now
   bool handle_request(const Request& rq);
