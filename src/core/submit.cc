@@ -143,7 +143,7 @@ void order_new(BioList (&on_stack)[2], const Disk* disk) {
 
 // The submit loop of a thread: `next` (may be null) and then whatever the
 // driver calls queue, bios or jobs, until nothing is left.
-void submit_loop(Bio* next) {
+[[gnu::always_inline]] inline void submit_loop(Bio* next) {
   BioList on_stack[2];
   tls_bio_list = &on_stack[0];
   for (;;) {
