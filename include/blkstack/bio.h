@@ -273,6 +273,7 @@ class Bio {
   static void chain_endio(Bio& bio);
   // Returns the parent to complete next, if any (keeps deep chains iterative).
   Bio* finish_one();
+  void clear_progress();
   [[noreturn]] void fatal_completed_twice() const;
   void reset(BlockDevice* bdev, Disk* disk, Op op, uint64_t sector, EndIo end_io,
              void* context);

@@ -34,25 +34,14 @@ std::string_view op_name(Op op) {
 static_assert(sizeof(Bio) <= 144,
               "Bio grew: measure bench/core-null.sh before raising this");
 
-void Bio::reset(BlockDevice* bdev, Disk* disk, Op op, uint64_t sector, EndIo end_io,
-                void* context) {
-  iter_ = BioIter{sector, 0, 0, 0};
-  segs_ = nullptr;
-  nr_segs_ = 0;
-  op_ = op;
-  flags_ = BioFlag::kNone;
+// What a bio's trip through the layers leaves behind: cleared before it is
+// submitted, fresh (reset) or again (restart).
+inline void Bio::clear_progress() {
   status_.store(Status::kOk, std::memory_order_relaxed);
   completed_.store(false, std::memory_order_relaxed);
   remaining_.store(1, std::memory_order_relaxed);
   chained_.store(false, std::memory_order_relaxed);
   gate_counted_ = false;
-  ioprio_ = 0;
-  issuer_ = 0;
-  refs_.store(1, std::memory_order_relaxed);
-  bdev_ = bdev;
-  disk_ = disk;
-  end_io_ = end_io;
-  context_ = context;
   next = nullptr;
   start_ns = 0;
   acct_disk = nullptr;
@@ -61,23 +50,30 @@ void Bio::reset(BlockDevice* bdev, Disk* disk, Op op, uint64_t sector, EndIo end
   driver_data = 0;
 }
 
+void Bio::reset(BlockDevice* bdev, Disk* disk, Op op, uint64_t sector, EndIo end_io,
+                void* context) {
+  iter_ = BioIter{sector, 0, 0, 0};
+  segs_ = nullptr;
+  nr_segs_ = 0;
+  op_ = op;
+  flags_ = BioFlag::kNone;
+  ioprio_ = 0;
+  issuer_ = 0;
+  refs_.store(1, std::memory_order_relaxed);
+  bdev_ = bdev;
+  disk_ = disk;
+  end_io_ = end_io;
+  context_ = context;
+  clear_progress();
+}
+
 void Bio::restart(const BioStart& s) {
   // Segments, priority, issuer, references and callback stay the owner's.
   iter_ = s.iter;
   flags_ = s.flags;
   bdev_ = s.bdev;
   disk_ = s.bdev ? &s.bdev->disk() : nullptr;
-  status_.store(Status::kOk, std::memory_order_relaxed);
-  completed_.store(false, std::memory_order_relaxed);
-  remaining_.store(1, std::memory_order_relaxed);
-  chained_.store(false, std::memory_order_relaxed);
-  gate_counted_ = false;
-  next = nullptr;
-  start_ns = 0;
-  acct_disk = nullptr;
-  acct_part = nullptr;
-  acct_sectors = 0;
-  driver_data = 0;
+  clear_progress();
 }
 
 void Bio::init(Disk* disk, Op op, uint64_t sector, std::span<Segment> segs, EndIo end_io,
