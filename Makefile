@@ -29,8 +29,10 @@ BUILD_FUZZ := build-fuzz
 
 # $(call phase,TITLE): a visible header for each step of `make test`.
 phase = @printf '\n==== %s\n' "$(1)"
-# $(call configure_build,DIR,CMAKE ARGS): configure (Ninja) and build DIR.
-configure_build = cmake -S . -B $(1) $(CMAKE_COMMON) $(2) && cmake --build $(1) -j $(JOBS)
+# $(call configure_build,DIR,CMAKE ARGS[,TARGET]): configure (Ninja) and build
+# DIR (everything, or TARGET).
+configure_build = cmake -S . -B $(1) $(CMAKE_COMMON) $(2) && \
+                  cmake --build $(1) -j $(JOBS) $(if $(3),--target $(3))
 # $(call ctest,DIR,ARGS): runs ctest, keeping its output for the summary.
 ctest = ctest --test-dir $(1) --output-on-failure --no-tests=error --parallel $(JOBS) $(2) \
           2>&1 | tee $(1)/ctest.log
@@ -76,7 +78,7 @@ test-asan:
 	$(call phase,[2/3] ASan + UBSan build and unit tests in $(BUILD_ASAN)/ (optional modules off))
 	@$(call timed,$(BUILD_ASAN),\
 	   $(call configure_build,$(BUILD_ASAN),-DBLKSTACK_SANITIZE=ON -DBLKSTACK_BENCH=OFF \
-	                                        $(MODULES_OFF)) && \
+	                                        $(MODULES_OFF),unit_tests blkstack_cli) && \
 	   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	   $(call ctest,$(BUILD_ASAN),-L unit))
 
