@@ -15,7 +15,8 @@
 // Mutations (for the tests that prove a checker bites): `early_fdatasync`
 // answers an fdatasync before doing it (its data reaches the durable image
 // only with the next one), `ignore_dsync` treats RWF_DSYNC as a plain write.
-// Faults: transient EAGAIN, short transfers, and EIO on writes.
+// Faults: transient EAGAIN, short transfers, EIO on writes, a full ring
+// (back-pressure) and stalls (past the request timeout).
 //
 // Each hardware queue has a completion thread that takes the queued
 // operations in random order (the host need not keep submission order).
@@ -25,6 +26,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -48,6 +50,9 @@ class CrashHost {
     double short_io = 0;   // a read or write moves only part of its bytes
     double write_eio = 0;  // a write fails with -EIO (none of it lands)
     double writeback = 0;  // per operation: one dirty sector is written back
+    double ring_full = 0;  // queue() refuses (the driver answers kResource)
+    double stall = 0;      // the host sits on an operation for stall_ns
+    uint64_t stall_ns = 2'000'000;
   };
 
   CrashHost(std::vector<std::byte> image, uint64_t seed)
@@ -59,6 +64,9 @@ class CrashHost {
   bool early_fdatasync = false;
   bool ignore_dsync = false;
   Faults faults;
+  // The share of operations done at once by the thread that submits them
+  // (cheaper); the others go to the queue's thread (reordered, stalled).
+  double inline_share = 0;
 
   // The factory to install (ScopedHostIoFactory) while a file disk is made.
   HostIoFactory factory() {
@@ -158,16 +166,45 @@ class CrashHost {
     }
     bool queue(const HostIo& io, void* ctx) override {
       std::lock_guard l(mu_);
+      if (host_.faults.ring_full > 0 &&
+          std::uniform_real_distribution<double>(0, 1)(rng_) < host_.faults.ring_full)
+        return false;
       pending_.push_back({io, ctx});
       return true;
     }
-    void submit() override { cv_.notify_all(); }
+    void submit() override {
+      if (host_.inline_share > 0) run_inline();
+      cv_.notify_all();
+    }
 
    private:
     struct Pending {
       HostIo io;
       void* ctx;
     };
+    // Does the pending operations on this thread, but for those left to the
+    // queue's thread (inline_share). An operation queued by a completion
+    // run here is picked up by the same loop.
+    void run_inline() {
+      static thread_local bool running = false;
+      if (running) return;
+      running = true;
+      std::unique_lock l(mu_);
+      std::bernoulli_distribution here(host_.inline_share);
+      while (!pending_.empty()) {
+        const Pending p = pending_.back();
+        pending_.pop_back();
+        if (!here(rng_)) {
+          deferred_.push_back(p);
+          continue;
+        }
+        l.unlock();
+        cb_(p.ctx, host_.perform(p.io));
+        l.lock();
+      }
+      pending_.swap(deferred_);
+      running = false;
+    }
     void run() {
       std::unique_lock l(mu_);
       for (;;) {
@@ -177,7 +214,12 @@ class CrashHost {
         const Pending p = pending_[i];
         pending_[i] = pending_.back();
         pending_.pop_back();
+        const bool stall =
+            host_.faults.stall > 0 &&
+            std::uniform_real_distribution<double>(0, 1)(rng_) < host_.faults.stall;
         l.unlock();
+        if (stall)
+          std::this_thread::sleep_for(std::chrono::nanoseconds(host_.faults.stall_ns));
         cb_(p.ctx, host_.perform(p.io));
         l.lock();
       }
@@ -189,6 +231,7 @@ class CrashHost {
     std::mutex mu_;
     std::condition_variable cv_;
     std::vector<Pending> pending_;
+    std::vector<Pending> deferred_;  // run_inline(): left to the thread
     bool stop_ = false;
     std::thread thread_;
   };
