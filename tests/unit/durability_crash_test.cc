@@ -226,5 +226,49 @@ TEST_F(DurabilityCrash, WriteThroughOnAVolatileCacheMakesFlushesNoOps) {
   registry_.remove(disk->name());
 }
 
+// Which drivers have a volatile write cache: file always, null when asked
+// (wc=1, FUA with fua=1), ram never (and it cannot be switched on).
+TEST_F(DurabilityCrash, WhichDriversHaveAWriteCache) {
+  auto ram = registry_.create("ram:1M");
+  EXPECT_FALSE(ram->write_cache());
+  EXPECT_ANY_THROW(ram->set_write_cache(true));
+  auto null = registry_.create("null:1M");
+  EXPECT_FALSE(null->write_cache());
+  auto null_wc = registry_.create("null:1M,wc=1,fua=1");
+  EXPECT_TRUE(null_wc->write_cache());
+  EXPECT_TRUE(null_wc->limits().fua);
+  auto file = registry_.create("file:" + path_ + ",size=1M");
+  EXPECT_TRUE(file->write_cache());
+  EXPECT_TRUE(file->limits().fua);
+}
+
+// A stacked passthrough disk has its lower device's cache: flush and FUA
+// through it reach the file's fdatasync and RWF_DSYNC.
+TEST_F(DurabilityCrash, PassthroughPassesFlushAndFuaToTheFile) {
+  CrashHost host(std::vector<std::byte>(kSectors * kSector), 1);
+  std::shared_ptr<Disk> lower;
+  {
+    ScopedHostIoFactory f(host.factory());
+    lower = registry_.create("file:" + path_ + ",size=512K,direct=off,name=low");
+  }
+  auto upper = registry_.create("passthrough:lower=low,offset=64K");
+  EXPECT_TRUE(upper->write_cache());
+  BlockHandle h(upper);
+  std::vector<std::byte> a(kSector), b(kSector), c(kSector);
+  durability::stamp(a.data(), 128, 1);
+  durability::stamp(b.data(), 129, 2);
+  durability::stamp(c.data(), 130, 3);
+  ASSERT_EQ(h.pwrite(a.data(), kSector, 0), Status::kOk);  // lower sector 128
+  ASSERT_EQ(h.flush(), Status::kOk);
+  ASSERT_EQ(h.pwrite(b.data(), kSector, kSector, BioFlag::kFua), Status::kOk);
+  ASSERT_EQ(h.pwrite(c.data(), kSector, 2 * kSector), Status::kOk);
+  const std::vector<std::byte> left = host.crash(0.0);
+  EXPECT_EQ(durability::stamp_id(&left[128 * kSector], 128), 1u);
+  EXPECT_EQ(durability::stamp_id(&left[129 * kSector], 129), 2u);
+  EXPECT_EQ(durability::stamp_id(&left[130 * kSector], 130), 0u);
+  registry_.remove("passthrough0");
+  registry_.remove("low");
+}
+
 }  // namespace
 }  // namespace blkstack
