@@ -158,5 +158,16 @@ TEST_F(DurabilityFuse, ODirectWritesNeedAFlushToBeDurable) {
   close(fd);
 }
 
+// Stopping the export (SIGTERM to blkstack serve) flushes every device,
+// also under a handle still open.
+TEST_F(DurabilityFuse, StoppingTheExportFlushes) {
+  const int fd = open(file_.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(write_sector(fd, 10, 1), static_cast<ssize_t>(kSector));
+  export_->stop();
+  EXPECT_EQ(after_cut(10), 1u);
+  close(fd);
+}
+
 }  // namespace
 }  // namespace blkstack
