@@ -7,7 +7,8 @@
 // read back through it and checked: every acknowledged write is there
 // (the file driver's completed writes are in the host's page cache, which
 // outlives the server; those acknowledged as durable a fortiori), and every
-// sector holds one whole version.
+// sector holds one whole version. Last, a ram disk's flushed write is gone
+// after a kill: its bytes lived in the server.
 //
 //   durability_kill BLKSTACK nbd|fuse KILLS [SEED]
 //
@@ -83,8 +84,11 @@ std::string slurp(const fs::path& p) {
 // One `blkstack serve` process.
 class Server {
  public:
-  Server(std::string blkstack, bool fuse, fs::path dir)
-      : blkstack_(std::move(blkstack)), fuse_(fuse), dir_(std::move(dir)) {}
+  Server(std::string blkstack, bool fuse, fs::path dir, std::string spec)
+      : blkstack_(std::move(blkstack)),
+        fuse_(fuse),
+        dir_(std::move(dir)),
+        spec_(std::move(spec)) {}
   ~Server() { kill(); }
 
   std::string socket() const { return (dir_ / "nbd.sock").string(); }
@@ -100,8 +104,7 @@ class Server {
       fs::remove(socket());
       argv.insert(argv.end(), {"--socket", socket()});
     }
-    argv.insert(argv.end(), {"--export", "disk=file:" + (dir_ / "disk.img").string() +
-                                             ",size=" + std::to_string(kDiskBytes)});
+    argv.insert(argv.end(), {"--export", "disk=" + spec_});
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     const std::string log = (dir_ / "serve.log").string();
@@ -153,6 +156,7 @@ class Server {
   std::string blkstack_;
   bool fuse_;
   fs::path dir_;
+  std::string spec_;
   pid_t pid_ = -1;
 };
 
@@ -204,9 +208,11 @@ struct Totals {
 // own sectors, recorded in the model.
 // A failure before `killed` is the server's fault, not the kill's.
 void workload(const Server& s, bool fuse, unsigned index, uint64_t seed,
-              DurabilityModel& model, Totals& t, const std::atomic<bool>& killed) {
+              DurabilityModel& model, Totals& t, const std::atomic<bool>& killed,
+              std::atomic<unsigned>& connected) {
   Client c(s, fuse);
   if (!c.ok()) die("a client cannot connect: " + c.error());
+  connected.fetch_add(1);  // the kill waits for every client to be in
   std::mt19937_64 rng(seed);
   std::vector<std::byte> buf(kMaxWriteSectors * kSector);
   const uint64_t base = index * kSectorsPerThread;
@@ -249,6 +255,29 @@ void verify(const Server& s, bool fuse, DurabilityModel& model, unsigned kill) {
   model.restart_from(image.data());
 }
 
+// A ram disk keeps nothing once its server is killed, flushed or not.
+void ram_check(const std::string& blkstack, bool fuse, const fs::path& dir) {
+  Server server(blkstack, fuse, dir, "ram:" + std::to_string(kDiskBytes));
+  server.start();
+  std::vector<std::byte> sector(kSector), back(kSector);
+  blkstack::durability::stamp(sector.data(), 0, 1);
+  {
+    Client c(server, fuse);
+    if (!c.ok() || !c.write(sector.data(), kSector, 0, true) || !c.flush())
+      die("ram: writing failed: " + c.error());
+  }
+  server.kill();
+  server.start();
+  {
+    Client c(server, fuse);
+    if (!c.ok() || !c.read(back.data(), kSector, 0))
+      die("ram: reading failed: " + c.error());
+  }
+  server.stop();
+  if (blkstack::durability::stamp_id(back.data(), 0) != 0u)
+    die("ram: a flushed write outlived the killed server");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -276,17 +305,21 @@ int main(int argc, char** argv) {
   Totals t;
   const auto start = std::chrono::steady_clock::now();
   {
-    Server server(blkstack, fuse, dir);
+    Server server(
+        blkstack, fuse, dir,
+        "file:" + (dir / "disk.img").string() + ",size=" + std::to_string(kDiskBytes));
     for (unsigned k = 0; k < kills; ++k) {
       server.start();
       verify(server, fuse, model, k);
       std::atomic<bool> killed{false};
+      std::atomic<unsigned> connected{0};
       std::vector<std::thread> threads;
       for (unsigned i = 0; i < kThreads; ++i) {
         const uint64_t s = rng();
         threads.emplace_back(
-            [&, i, s] { workload(server, fuse, i, s, model, t, killed); });
+            [&, i, s] { workload(server, fuse, i, s, model, t, killed, connected); });
       }
+      while (connected.load() < kThreads) std::this_thread::sleep_for(1ms);
       // The kill comes 5 to 300 ms into the workload.
       std::this_thread::sleep_for(std::chrono::microseconds(5000 + rng() % 295000));
       killed.store(true);
@@ -297,6 +330,7 @@ int main(int argc, char** argv) {
     verify(server, fuse, model, kills);
     server.stop();
   }
+  ram_check(blkstack, fuse, dir);
   if (fuse) umount2((dir / "mnt").c_str(), MNT_DETACH);
   fs::remove_all(dir);
   g_dir.clear();
@@ -304,7 +338,8 @@ int main(int argc, char** argv) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf(
       "RESULT durability.kill_%s: %u kills, %llu writes (%llu FUA), %llu flushes, "
-      "every acknowledged write intact, no torn sector, %.1f s, seed %llu\n",
+      "every acknowledged write intact, no torn sector; ram lost all; %.1f s, seed "
+      "%llu\n",
       argv[2], kills, static_cast<unsigned long long>(t.writes.load()),
       static_cast<unsigned long long>(t.fua.load()),
       static_cast<unsigned long long>(t.flushes.load()), secs,

@@ -6,8 +6,9 @@
 // image left must keep every write acknowledged as durable
 // (durability_model.h). The next round starts from that image.
 //
-// BLKSTACK_CRASH_POINTS sets the number of crash points (default 150; the
-// slow run, durability.crash_long, asks for 2000), BLKSTACK_SEED the seed.
+// BLKSTACK_CRASH_POINTS sets the number of crash points (default 150, 20
+// under a sanitizer; the slow run, durability.crash_long, asks for 2000),
+// BLKSTACK_SEED the seed.
 // The mutation tests make the host answer fdatasync before doing it, or
 // ignore RWF_DSYNC, and require the same check to fail.
 #include <gtest/gtest.h>
@@ -40,6 +41,8 @@ constexpr unsigned kThreads = 4;
 constexpr uint64_t kSectorsPerThread = 256;
 constexpr uint64_t kSectors = kThreads * kSectorsPerThread;
 constexpr unsigned kMaxWriteSectors = 16;
+// Crash points of each mutation test: most of them catch it.
+constexpr uint64_t kMutationRounds = durability::kSanitized ? 12 : 40;
 
 uint64_t env_or(const char* name, uint64_t fallback) {
   const char* v = std::getenv(name);
@@ -148,7 +151,8 @@ class DurabilityCrash : public ScratchDirTest {
 };
 
 TEST_F(DurabilityCrash, EveryWriteAcknowledgedAsDurableSurvivesTheCut) {
-  const uint64_t points = env_or("BLKSTACK_CRASH_POINTS", 150);
+  const uint64_t points =
+      env_or("BLKSTACK_CRASH_POINTS", durability::kSanitized ? 20 : 150);
   const uint64_t seed = env_or("BLKSTACK_SEED", std::random_device{}());
   const auto start = std::chrono::steady_clock::now();
   const Totals t = run(points, seed, {});
@@ -177,7 +181,10 @@ TEST_F(DurabilityCrash, AFlushAnsweredBeforeFdatasyncIsCaught) {
 // The mutation: FUA writes that do not reach the durable image.
 TEST_F(DurabilityCrash, AFuaWriteWithoutDsyncIsCaught) {
   const uint64_t seed = env_or("BLKSTACK_SEED", std::random_device{}());
-  const Totals t = run(40, seed, {.ignore_dsync = true});
+  const Totals t = run(kMutationRounds, seed, {.ignore_dsync = true});
+  std::printf("RWF_DSYNC ignored: %llu of %llu crash points lost a FUA write\n",
+              static_cast<unsigned long long>(t.failed_rounds),
+              static_cast<unsigned long long>(t.rounds));
   EXPECT_GT(t.failed_rounds, 0u)
       << "seed " << seed << ": no crash point lost a FUA write";
 }

@@ -31,6 +31,20 @@
 namespace blkstack::durability {
 
 inline constexpr uint64_t kSector = 512;
+
+// Built with a sanitizer (the ASan run of make test): the default counts
+// of the long-running tests are cut to keep them quick there.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+inline constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+inline constexpr bool kSanitized = true;
+#else
+inline constexpr bool kSanitized = false;
+#endif
+#else
+inline constexpr bool kSanitized = false;
+#endif
 inline constexpr uint64_t kStampMagic = 0x424c4b4455524142;  // "BLKDURAB"
 
 inline uint64_t mix(uint64_t x) {  // splitmix64

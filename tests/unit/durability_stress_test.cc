@@ -12,7 +12,7 @@
 // transfer stops on a sector boundary), which the model keeps as a set of
 // possible contents until a read or a later write settles it.
 //
-// BLKSTACK_STRESS_OPS sets the number of operations (default 10^6, 2*10^5
+// BLKSTACK_STRESS_OPS sets the number of operations (default 10^6, 10^5
 // under a sanitizer; the slow run, durability.stress_long, asks for 10^8),
 // BLKSTACK_SEED the seed; both are printed.
 #include <gtest/gtest.h>
@@ -46,17 +46,7 @@ namespace {
 using durability::kSector;
 using testing_util::CrashHost;
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr uint64_t kDefaultOps = 200'000;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr uint64_t kDefaultOps = 200'000;
-#else
-constexpr uint64_t kDefaultOps = 1'000'000;
-#endif
-#else
-constexpr uint64_t kDefaultOps = 1'000'000;
-#endif
+constexpr uint64_t kDefaultOps = durability::kSanitized ? 100'000 : 1'000'000;
 
 constexpr unsigned kThreads = 8;
 constexpr unsigned kLanes = 8;          // bios in flight per thread
