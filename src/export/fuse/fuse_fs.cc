@@ -93,13 +93,14 @@ void leave_slot(Slot* s) { s->file->leave(s->owner->index()); }
 void wake(Bio& bio) { static_cast<Completion*>(bio.context())->complete(); }
 
 Status run_bio(Disk* disk, Op op, uint64_t offset, std::span<Segment> segs,
-               uint32_t nodata_len = 0) {
+               uint32_t nodata_len = 0, BioFlag flags = BioFlag::kNone) {
   Completion done;
   Bio bio;
   if (op_has_data(op))
     bio.init(disk, op, offset >> kSectorShift, segs, wake, &done);
   else
     bio.init_nodata(disk, op, offset >> kSectorShift, nodata_len, wake, &done);
+  bio.set_flags(flags);
   const BioStart start = bio.start();
   submit_bio(bio);
   done.wait("FUSE export I/O");
@@ -332,10 +333,20 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
   submit_bio(s->bio);
 }
 
+// The flags of a write bio for a FUSE WRITE: FUA when the writer asked for
+// synchronous writes (O_SYNC or O_DSYNC on its file, or RWF_SYNC/RWF_DSYNC
+// on the call: the kernel passes them in the request's flags). With
+// FOPEN_DIRECT_IO the kernel sends no FSYNC after such a write, so the
+// write itself must be durable when answered.
+BioFlag write_flags(const fuse_file_info* fi) {
+  return fi && (fi->flags & O_DSYNC) ? BioFlag::kFua : BioFlag::kNone;
+}
+
 // A write that starts or ends inside a block: the edges are read, patched
 // and written back with the middle (taken in place) in one bio, under the
 // file's rmw lock; synchronous, as this is not the path that matters.
-void write_unaligned(fuse_req_t req, File& f, const std::byte* data, const IoRange& r) {
+void write_unaligned(fuse_req_t req, File& f, const std::byte* data, const IoRange& r,
+                     BioFlag flags) {
   Slot* s = Worker::current()->get_slot();
   const uint32_t lbs = f.lbs;
   const bool one_block = r.block_bytes() == lbs;
@@ -366,7 +377,8 @@ void write_unaligned(fuse_req_t req, File& f, const std::byte* data, const IoRan
       std::memcpy(last, data + (r.block_end - lbs - r.offset), lbs - r.tail);
       s->segs[nseg++] = Segment(last, lbs);
     }
-    if (ok(st)) st = run_bio(f.disk.get(), Op::kWrite, r.block_start, {s->segs, nseg});
+    if (ok(st))
+      st = run_bio(f.disk.get(), Op::kWrite, r.block_start, {s->segs, nseg}, 0, flags);
   }
   Worker::put_slot(s);
   if (ok(st))
@@ -376,7 +388,7 @@ void write_unaligned(fuse_req_t req, File& f, const std::byte* data, const IoRan
 }
 
 void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
-              fuse_file_info*) {
+              fuse_file_info* fi) {
   std::optional<Entered> entered;
   if (!enter(req, ino, &entered)) return;
   File* f = &**entered;
@@ -388,7 +400,7 @@ void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_
   if (static_cast<uint64_t>(off) >= f->size) return (void)fuse_reply_err(req, ENOSPC);
   const IoRange r = clamp_io(static_cast<uint64_t>(off), size, f->size, f->lbs);
   const auto* data = reinterpret_cast<const std::byte*>(buf);
-  if (!r.aligned()) return write_unaligned(req, *f, data, r);
+  if (!r.aligned()) return write_unaligned(req, *f, data, r, write_flags(fi));
   Worker* w = Worker::current();
   Slot* s = w->get_slot();
   s->req = req;
@@ -406,6 +418,7 @@ void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_
   }
   s->bio.init(f->disk.get(), Op::kWrite, r.offset >> kSectorShift, {s->segs, 1},
               write_done, s);
+  s->bio.set_flags(write_flags(fi));
   s->start = s->bio.start();
   submit_bio(s->bio);
 }

@@ -12,7 +12,8 @@
 //   READ   -> clamp at the end of the device, widen to whole logical blocks
 //             -> one read bio into the slot's buffer -> fuse_reply_buf of the
 //             part asked for (no copy: the reply is a writev of that buffer)
-//   WRITE  -> aligned: one write bio straight from the receive buffer (see
+//   WRITE  -> (FUA when the writer asked for O_SYNC/O_DSYNC/RWF_DSYNC)
+//             aligned: one write bio straight from the receive buffer (see
 //             worker.h) -> fuse_reply_write. Unaligned: the partial first and
 //             last blocks are read, patched and written with the aligned
 //             middle in one bio (read-modify-write of the edges only, under
