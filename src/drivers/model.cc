@@ -379,7 +379,7 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
   lim.rotational = p.rotational;
   lim.max_discard_sectors = lim.max_write_zeroes_sectors = UINT32_MAX >> kSectorShift;
   lim.discard_granularity = 4096;
-  const uint64_t size = o.size("size") / 512 * 512;
+  const uint64_t size = device_size_option(o, lim.logical_block_size);
 
   QueueMode qm = queue_mode(o);
   const std::string where = fmt::format("device spec '{}'", o.spec().text);
