@@ -76,15 +76,16 @@ TEST(ModelDevice, RotationalSeeksCostAndStreamsDoNot) {
   }
   const double rnd = MsSince(t);
   EXPECT_GT(rnd, 32.0) << "each scattered read seeks >= 1 ms";
-  EXPECT_LT(seq * 4, rnd) << "seq " << seq << " ms, random " << rnd << " ms";
+  EXPECT_LT(seq * 2, rnd) << "seq " << seq << " ms, random " << rnd << " ms";
 }
 
-// Garbage collection: 2 MiB written with gc every 1 MiB stalls twice.
+// Garbage collection: 2 MiB written with gc every 1 MiB stalls twice (the
+// stall is long so that a loaded machine does not blur it).
 TEST(ModelDevice, FlashGarbageCollectionStallsWrites) {
   DiskRegistry r;
   BlockHandle fast(r.create("model:64M,kind=flash,read_us=1,write_us=1,gc_every_mb=0"));
   BlockHandle gc(
-      r.create("model:64M,kind=flash,read_us=1,write_us=1,gc_every_mb=1,gc_ms=30"));
+      r.create("model:64M,kind=flash,read_us=1,write_us=1,gc_every_mb=1,gc_ms=200"));
   std::vector<std::byte> buf(256 << 10);
   auto write2m = [&](BlockHandle& h) {
     auto t = Clock::now();
@@ -94,8 +95,8 @@ TEST(ModelDevice, FlashGarbageCollectionStallsWrites) {
   };
   const double without = write2m(fast);
   const double with = write2m(gc);
-  EXPECT_GT(with, 60.0);
-  EXPECT_LT(without, with - 40.0) << without << " vs " << with;
+  EXPECT_GT(with, 400.0);
+  EXPECT_LT(without, with - 300.0) << without << " vs " << with;
 }
 
 }  // namespace
