@@ -48,7 +48,9 @@ constexpr OptionDef kOptions[] = {
     ranged({"timeout", OptionKind::kDuration, "30s",
             "mq: a request in the driver longer than this fails"},
            TagSetConfig::kMinTimeoutNs, TagSetConfig::kMaxTimeoutNs),
-    {"sched", OptionKind::kString, "none", "mq: I/O scheduler"},
+    {"sched", OptionKind::kString, "",
+     "mq: I/O scheduler (the elevator= of old); default: mq-deadline on a rotational "
+     "device, none otherwise"},
     ranged(
         {"nomerges", OptionKind::kUint, "0", "mq: 0 all merges, 1 one-hit only, 2 none"},
         0, 2),
@@ -69,7 +71,7 @@ QueueMode queue_mode(const DeviceOptions& o) {
   m.tags.queue_depth = static_cast<unsigned>(o.uint("depth"));
   m.tags.shared_tags = o.flag("shared_tags");
   m.tags.timeout_ns = o.duration_ns("timeout");
-  m.sched = o.str("sched");
+  if (o.given("sched")) m.sched = o.str("sched");
   m.nomerges = static_cast<unsigned>(o.uint("nomerges"));
   m.bio_depth = static_cast<unsigned>(o.uint("bio_depth"));
   check_total_tags(o, m.tags);
@@ -103,7 +105,12 @@ std::shared_ptr<Disk> make_disk(const std::string& name, uint64_t capacity,
       std::make_shared<Disk>(name, capacity, limits, std::move(queue),
                              std::make_unique<QueueReports>(*q, std::move(reports)));
   q->set_nomerges(mode.nomerges);
-  if (mode.sched != "none") q->set_scheduler(mode.sched);
+  // The default per device type, as distributions' udev rules set it:
+  // seeks cost on a rotational device, so deadlines and sector order pay.
+  const std::string& sched = !mode.sched.empty() ? mode.sched
+                             : limits.rotational ? "mq-deadline"
+                                                 : "none";
+  if (sched != "none") q->set_scheduler(sched);
   return disk;
 }
 

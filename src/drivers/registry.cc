@@ -13,6 +13,7 @@
 namespace blkstack {
 
 extern const DriverType kFileDriver;
+extern const DriverType kModelDriver;
 extern const DriverType kNullDriver;
 extern const DriverType kPassthroughDriver;
 extern const DriverType kRamDriver;
@@ -20,10 +21,7 @@ extern const DriverType kRamDriver;
 namespace {
 
 const DriverType* const kBuiltinDrivers[] = {
-    &kFileDriver,
-    &kNullDriver,
-    &kPassthroughDriver,
-    &kRamDriver,
+    &kFileDriver, &kModelDriver, &kNullDriver, &kPassthroughDriver, &kRamDriver,
 };
 
 constexpr OptionDef kCommonOptions[] = {

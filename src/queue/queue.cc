@@ -178,14 +178,15 @@ void Queue::submit_sched(HwQueue& hctx, Bio& bio) {
   // No tag batching through the plug here: spare scheduler tags held by a
   // plug could outlive a scheduler switch.
   Tags& tags = *hctx.sched_tags();
-  const int tag = tags.alloc.try_get();
+  const unsigned limit = sched_->limit_depth(bio);
+  const int tag = limit ? tags.alloc.try_get_below(limit) : tags.alloc.try_get();
   if (tag < 0) [[unlikely]] {
     if (bio.has_flag(BioFlag::kNowait)) {
       bio.complete(Status::kAgain);
       return;
     }
     Plug::flush_current();  // our own plugged requests may hold the tags
-    park_for_tag(hctx, bio, tags);
+    park_for_tag(hctx, bio, tags, limit);
     return;
   }
   Request& rq = tags.requests[tag];
@@ -635,8 +636,10 @@ void Queue::wake_tag_waiters_if_any(Tags& tags) {
   if (tags.nr_waiters.load(std::memory_order_seq_cst) != 0) wake_tag_waiters(tags);
 }
 
-void Queue::park_for_tag(HwQueue& hctx, Bio& bio, Tags& tags) {
-  bio.driver_data = hctx.index();
+void Queue::park_for_tag(HwQueue& hctx, Bio& bio, Tags& tags, unsigned limit) {
+  // The hardware queue, and the scheduler's depth limit for the bio (0:
+  // none) for the waker, which must not call into the scheduler.
+  bio.driver_data = hctx.index() | uint64_t{limit} << 32;
   {
     std::lock_guard lock(tags.wait_lock);
     tags.waiters.push_back(&bio);
@@ -645,6 +648,23 @@ void Queue::park_for_tag(HwQueue& hctx, Bio& bio, Tags& tags) {
   // A tag freed between our failed try and the push saw no waiter: look
   // again now that we are visible (pairs with free_request's check).
   wake_tag_waiters(tags);
+}
+
+Bio* Queue::take_tag_for_waiter(Tags& tags, int& tag) {
+  // Oldest first; a bio limited to the low tags (a scheduler's
+  // limit_depth) that finds none of those lets a later one go ahead, as
+  // the kernel's shallow waiters do: synchronous reads never wait behind
+  // throttled writes.
+  for (Bio* b = tags.waiters.front(); b != nullptr; b = b->next) {
+    const auto limit = static_cast<unsigned>(b->driver_data >> 32);
+    tag = limit ? tags.alloc.try_get_below(limit) : tags.alloc.try_get();
+    if (tag >= 0) {
+      tags.waiters.remove(b);
+      return b;
+    }
+    if (limit == 0) return nullptr;  // no tag at all
+  }
+  return nullptr;
 }
 
 void Queue::wake_tag_waiters(Tags& tags) {
@@ -693,17 +713,16 @@ void Queue::wake_tag_waiters(Tags& tags) {
         if (tls_rewake && tags.hctx_waiters != nullptr) continue;
         break;
       }
-      tag = tags.alloc.try_get();
-      if (tag < 0) {
+      bio = take_tag_for_waiter(tags, tag);
+      if (bio == nullptr) {
         if (tls_rewake && tags.hctx_waiters != nullptr) continue;
         break;
       }
-      bio = tags.waiters.pop_front();
       tags.nr_waiters.fetch_sub(1, std::memory_order_relaxed);
     }
     // With a tag set shared by several queues, the bio names its own.
     Queue& q = static_cast<Queue&>(bio->disk()->driver());
-    HwQueue& hctx = q.hw_queue(static_cast<unsigned>(bio->driver_data));
+    HwQueue& hctx = q.hw_queue(static_cast<uint32_t>(bio->driver_data));
     Request& rq = tags.requests[tag];
     q.init_request(rq, hctx, *bio, Plug::time_ns());
     q.queue_request(hctx, rq, /*allow_plug=*/false);

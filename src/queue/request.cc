@@ -89,6 +89,17 @@ void RequestList::remove(Request* rq) {
   --size_;
 }
 
+void RequestList::insert_before(Request* pos, Request* rq) {
+  rq->next = pos;
+  rq->prev = pos->prev;
+  if (pos->prev)
+    pos->prev->next = rq;
+  else
+    head_ = rq;
+  pos->prev = rq;
+  ++size_;
+}
+
 Request* RequestList::pop_front() {
   Request* rq = head_;
   if (rq) remove(rq);

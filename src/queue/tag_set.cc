@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <bit>
 
 #include "blkstack/driver/queue.h"
@@ -51,6 +52,27 @@ int TagAllocator::try_get() {
         hint.store(tag + 1 >= depth_ ? 0 : tag + 1, std::memory_order_relaxed);
         return static_cast<int>(tag);
       }
+      cur = prev | mask;
+    }
+  }
+  return -1;
+}
+
+int TagAllocator::try_get_below(unsigned limit) {
+  if (limit >= depth_) return try_get();
+  // Rare enough (requests a scheduler limits) to scan from the first word:
+  // no hint, the low tags are the only ones allowed.
+  for (unsigned w = 0; w * bits_per_word_ < limit; ++w) {
+    const unsigned first = w * bits_per_word_;
+    const unsigned allowed = std::min(bits_per_word_, limit - first);
+    const uint64_t usable = allowed >= 64 ? ~uint64_t{0} : (uint64_t{1} << allowed) - 1;
+    std::atomic<uint64_t>& word = words_[w].bits;
+    uint64_t cur = word.load(std::memory_order_relaxed);
+    while ((~cur & usable) != 0) {
+      const unsigned bit = static_cast<unsigned>(std::countr_zero(~cur & usable));
+      const uint64_t mask = uint64_t{1} << bit;
+      const uint64_t prev = word.fetch_or(mask, std::memory_order_acquire);
+      if ((prev & mask) == 0) return static_cast<int>(first + bit);
       cur = prev | mask;
     }
   }

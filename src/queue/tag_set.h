@@ -29,6 +29,9 @@ class TagAllocator {
 
   // A free tag, or -1.
   int try_get();
+  // A free tag below `limit` (the sbitmap's shallow allocation, as a
+  // scheduler's limit_depth asks), or -1.
+  int try_get_below(unsigned limit);
   // Up to `max` free tags from one word with one atomic operation; returns
   // how many were written to `out`.
   unsigned try_get_batch(int* out, unsigned max);

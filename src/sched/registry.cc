@@ -17,11 +17,26 @@ namespace {
 const SchedulerType kNone{"none", "no scheduling: FIFO, direct dispatch when idle",
                           nullptr};
 
+}  // namespace
+
+extern const SchedulerType kKyberScheduler;
+extern const SchedulerType kMqDeadlineScheduler;
+
+namespace {
 struct Registry {
   std::mutex lock;
   // Only grows; readers get copies (registration may reallocate).
-  std::vector<const SchedulerType*> types{&kNone};
+  std::vector<const SchedulerType*> types{&kNone, &kMqDeadlineScheduler,
+                                          &kKyberScheduler};
 };
+
+// The old single-queue elevators' names, which the kernel kept as aliases
+// for a while after blk-mq replaced them (elevator_find's alias).
+struct Alias {
+  std::string_view old_name, name;
+};
+constexpr Alias kAliases[] = {
+    {"noop", "none"}, {"deadline", "mq-deadline"}, {"cfq", "bfq"}};
 
 Registry& registry() {
   static Registry r;
@@ -43,10 +58,20 @@ std::vector<const SchedulerType*> scheduler_types() {
 const SchedulerType& find_scheduler_type(std::string_view name) {
   Registry& r = registry();
   std::lock_guard lock(r.lock);
+  std::string_view alias_of;
+  for (const Alias& a : kAliases) {
+    if (a.old_name == name) alias_of = a.name;
+  }
   std::string known;
   for (const SchedulerType* t : r.types) {
-    if (t->name == name) return *t;
+    if (t->name == name || t->name == alias_of) return *t;
     known += (known.empty() ? "" : ", ") + std::string(t->name);
+  }
+  if (!alias_of.empty()) {
+    throw Error(
+        fmt::format("I/O scheduler '{}' is the old name of '{}', which is not "
+                    "available (known: {})",
+                    name, alias_of, known));
   }
   throw Error(fmt::format("unknown I/O scheduler '{}' (known: {})", name, known));
 }

@@ -498,6 +498,7 @@ TEST(DeviceSpecCreate, EveryNumericOptionIsTakenOrRefusedWithItsRange) {
   const std::map<std::string_view, std::string> base = {
       {"null", "null:1M,{}"},
       {"ram", "ram:1M,{}"},
+      {"model", "model:1M,{}"},
       {"file", "file:" + img + ",size=1M,{}"},
       {"passthrough", "passthrough:lower=ram0,{}"},  // over a ram:1M made first
   };

@@ -183,7 +183,11 @@ class Queue final : public BioDriver {
   void init_request(Request& rq, HwQueue& hctx, Bio& bio, uint64_t now);
   // Steps after a request has its tag: flush sequencing, plug, dispatch.
   void queue_request(HwQueue& hctx, Request& rq, bool allow_plug);
-  void park_for_tag(HwQueue& hctx, Bio& bio, Tags& tags);
+  // `limit`: the scheduler's limit_depth for the bio (0: any tag).
+  void park_for_tag(HwQueue& hctx, Bio& bio, Tags& tags, unsigned limit = 0);
+  // A parked bio that can have a tag now, off the wait list, with the tag
+  // in `tag`; nullptr if none can. Under tags.wait_lock.
+  static Bio* take_tag_for_waiter(Tags& tags, int& tag);
   // submit() with a scheduler: a scheduler tag, not a driver tag.
   void submit_sched(HwQueue& hctx, Bio& bio);
   void free_sched_request(Request& rq);

@@ -29,7 +29,8 @@ inline constexpr uint64_t kMaxTotalTags = 65536;
 struct QueueMode {
   bool mq = false;
   TagSetConfig tags;
-  std::string sched = "none";
+  // The I/O scheduler; empty: the default for the device (make_disk).
+  std::string sched;
   unsigned nomerges = 0;
   // Bio-based: bios the driver takes at a time, the rest parked by the
   // core (BioQueueConfig::depth); 0: no limit.

@@ -170,6 +170,8 @@ class RequestList {
   void push_back(Request* rq);
   void push_front(Request* rq);
   void remove(Request* rq);
+  // Puts `rq` just before `pos`, which is on this list.
+  void insert_before(Request* pos, Request* rq);
   Request* pop_front();
   // Appends all of `other`, leaving it empty; prepend puts them first.
   void splice_back(RequestList& other);

@@ -98,6 +98,19 @@ class Scheduler {
   // holds.
   virtual void requests_merged(Request& rq, Request& next) { (void)rq, (void)next; }
 
+  // --- tag depth ----------------------------------------------------------
+  // How many of the scheduler tags a request for `bio` may use (the
+  // kernel's limit_depth, which sets the allocation's shallow_depth): 0 for
+  // all of them, n for only tags 0..n-1, so that at most n such requests
+  // are held at once and the rest stay free for the others (mq-deadline
+  // and kyber keep some for synchronous reads this way). Called at submit
+  // and, for a parked bio, when it parks: a read of the scheduler's own
+  // settings, no lock, no call back into the queue.
+  virtual unsigned limit_depth(const Bio& bio) const {
+    (void)bio;
+    return 0;
+  }
+
   virtual std::vector<std::pair<std::string, std::string>> tunables() const { return {}; }
   // Throws Error naming the tunable or the bad value.
   virtual void set_tunable(std::string_view name, std::string_view value);
