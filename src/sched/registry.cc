@@ -16,11 +16,16 @@ namespace {
 // and straight to the driver when it is idle.
 const SchedulerType kNone{"none", "no scheduling: FIFO, direct dispatch when idle",
                           nullptr};
+}  // namespace
+
+extern const SchedulerType kBfqScheduler;  // src/sched/bfq.cc
+
+namespace {
 
 struct Registry {
   std::mutex lock;
   // Only grows; readers get copies (registration may reallocate).
-  std::vector<const SchedulerType*> types{&kNone};
+  std::vector<const SchedulerType*> types{&kNone, &kBfqScheduler};
 };
 
 Registry& registry() {
