@@ -1,5 +1,6 @@
 // The request path against the bio path: 4 KiB random reads on null with
-// inline completion, bio-based and multi-queue (none scheduler), keeping
+// inline completion, bio-based and multi-queue (none scheduler, and bfq at
+// depth 32 for the scheduler's cost per I/O), keeping
 // `depth` I/Os per batch (submitted under a plug when depth > 1, as an
 // application submitting a batch would), on 1 or 2 threads.
 // bench/mq-null.sh runs it and prints the table.
@@ -16,20 +17,24 @@
 
 namespace {
 
-blkstack::Disk& disk(bool mq) {
+// mq: 0 bio-based, 1 multi-queue with none, 2 multi-queue with bfq.
+blkstack::Disk& disk(int mq) {
   static blkstack::DiskRegistry registry;
   static auto bio_disk = registry.create("null:1G,completion=inline,name=nullbio");
   // Two hardware queues so that two submitting threads do not share one.
   static auto mq_disk = registry.create(
       "null:1G,completion=inline,queue_mode=mq,hw_queues=2,depth=256,name=nullmq");
-  return mq ? *mq_disk : *bio_disk;
+  static auto bfq_disk = registry.create(
+      "null:1G,completion=inline,queue_mode=mq,hw_queues=2,depth=256,sched=bfq,name="
+      "nullbfq");
+  return mq == 2 ? *bfq_disk : mq ? *mq_disk : *bio_disk;
 }
 
 void count_completion(blkstack::Bio& bio) { ++*static_cast<uint64_t*>(bio.context()); }
 
-// Arguments: {mq (0/1), depth}.
+// Arguments: {mq (0/1/2), depth}.
 void BM_NullRandRead4k(benchmark::State& state) {
-  const bool mq = state.range(0) != 0;
+  const int mq = static_cast<int>(state.range(0));
   const auto depth = static_cast<size_t>(state.range(1));
   blkstack::Disk& d = disk(mq);
   const uint64_t blocks = d.capacity() / 8;
@@ -58,6 +63,7 @@ void Args(benchmark::internal::Benchmark* b) {
   for (int mq : {0, 1}) {
     for (int depth : {1, 32, 128}) b->Args({mq, depth});
   }
+  b->Args({2, 32});  // bfq
   b->ArgNames({"mq", "depth"});
 }
 

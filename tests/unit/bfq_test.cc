@@ -155,7 +155,7 @@ TEST(Bfq, BackloggedIssuersGetServiceInProportionToTheirWeights) {
     next[id] += 64;
   };
   for (int i = 0; i < 4; ++i) refill(11), refill(22);
-  for (int n = 0; n < 3000; ++n) {
+  for (int n = 0; n < 1500; ++n) {
     Advance(100'000);
     ASSERT_TRUE(b.d.driver->complete_next()) << n;
     // Each issuer keeps 4 bios outstanding.
