@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "blkstack/error.h"
+#include "blkstack/plug.h"
 #include "core/clock.h"
 #include "mq_test_util.h"
 #include "queue/tag_set.h"
@@ -266,6 +267,23 @@ TEST(Bfq, AnAsyncQueueIsNotIdledOn) {
   Finish(b, bios);
 }
 
+// strict_guarantees: one request at a time in the device, so that it
+// cannot reorder bfq's schedule; without it the queue fills the device.
+size_t HeldWithStrictGuarantees(const char* strict) {
+  BfqDisk b = MakeBfq(4);
+  b.set("strict_guarantees", strict);
+  TestBios bios;
+  for (int i = 0; i < 4; ++i) Submit(b, bios, 1, Op::kRead, i * 64);
+  const size_t held = b.d.driver->held();
+  Finish(b, bios);
+  return held;
+}
+
+TEST(Bfq, StrictGuaranteesSendsOneRequestAtATime) {
+  EXPECT_EQ(HeldWithStrictGuarantees("1"), 1u);
+  EXPECT_EQ(HeldWithStrictGuarantees("0"), 4u);
+}
+
 // low_latency raises a new (interactive) queue's weight 30 times; off, not.
 TEST(Bfq, LowLatencyRaisesANewInteractiveQueue) {
   BfqDisk b = MakeBfq(1, /*low_latency=*/false);
@@ -337,6 +355,40 @@ TEST(Bfq, BackSeeksCostThePenaltyAndReachOnlyBackSeekMax) {
   EXPECT_EQ(FirstAfterHead("2", "16384"), 11500u);  // 2 x 1008 > 1492
   EXPECT_EQ(FirstAfterHead("1", "16384"), 9000u);   // 1008 < 1492
   EXPECT_EQ(FirstAfterHead("1", "256"), 11500u);    // 512 sectors: out of reach
+}
+
+// Two threads on two hardware queues submit batches of 32 random reads
+// under a plug to a driver that completes inline (the null device's
+// shape): every bio ends exactly once.
+TEST(Bfq, PluggedBatchesOnTwoHardwareQueuesEndOnce) {
+  TagSetConfig config;
+  config.queue_depth = 64;
+  config.nr_hw_queues = 2;
+  MqDisk d = MakeMqDisk(config, TestLimits(), TestDriver::Mode::kInline, kCapacity);
+  d.queue().set_scheduler("bfq");
+  std::atomic<int> bad{0};
+  std::vector<std::thread> threads;
+  for (unsigned t = 0; t < 2; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      for (int round = 0; round < 300; ++round) {
+        TestBios bios;
+        {
+          Plug plug;
+          for (int i = 0; i < 32; ++i) {
+            TestBio& b = AddBio(bios);
+            b.init_data(*d.disk, Op::kRead, (rng() % (kCapacity / 8)) * 8, 8);
+            b.submit();
+          }
+        }
+        for (int spin = 0; !AllDone(bios) && spin < 1000000; ++spin)
+          std::this_thread::yield();
+        for (auto& b : bios) bad += b->calls.load() != 1;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(bad.load(), 0);
 }
 
 // Four threads write and read back, each as its own issuer, while the

@@ -126,7 +126,7 @@ TEST_F(DiskAttributesTest, ValuesAreFormattedAsLinuxPrintsThem) {
   EXPECT_EQ(read_disk_attribute(*disk, "dev"),
             fmt::format("{}:{}", disk->major(), disk->minor()));
   EXPECT_EQ(read_disk_attribute(*disk, "queue/logical_block_size"), "512");
-  EXPECT_EQ(read_disk_attribute(*disk, "queue/scheduler"), "[none] test-tuned");
+  EXPECT_EQ(read_disk_attribute(*disk, "queue/scheduler"), "[none] bfq test-tuned");
   EXPECT_EQ(read_disk_attribute(*disk, "queue/write_cache"), "write through");
   EXPECT_EQ(read_disk_attribute(*disk, "queue/max_hw_sectors_kb"),
             std::to_string(disk->limits().max_hw_sectors / 2));
@@ -158,7 +158,7 @@ TEST_F(DiskAttributesTest, SchedulerSwitchesAndItsTunablesAppear) {
   ASSERT_NE(q, nullptr);
   EXPECT_NE(CodeOf([&] { read_disk_attribute(*disk, "queue/iosched/fifo_batch"); }), "");
   EXPECT_EQ(write_disk_attribute(*disk, "queue/scheduler", "test-tuned\n"),
-            "none [test-tuned]");
+            "none bfq [test-tuned]");
   EXPECT_EQ(q->scheduler_name(), "test-tuned");
   EXPECT_EQ(read_disk_attribute(*disk, "queue/iosched/fifo_batch"), "16");
   EXPECT_EQ(write_disk_attribute(*disk, "queue/iosched/fifo_batch", "4"), "4");
@@ -177,10 +177,10 @@ TEST_F(DiskAttributesTest, SchedulerSwitchesAndItsTunablesAppear) {
   std::vector<char> buf(4096, 'x');
   EXPECT_EQ(h.pwrite(buf.data(), buf.size(), 0), Status::kOk);
   const std::string bad =
-      CodeOf([&] { write_disk_attribute(*disk, "queue/scheduler", "bfq"); });
+      CodeOf([&] { write_disk_attribute(*disk, "queue/scheduler", "nope"); });
   EXPECT_EQ(bad,
-            "invalid_argument: queue/scheduler: 'bfq' is not one of: none [test-tuned]");
-  EXPECT_EQ(write_disk_attribute(*disk, "queue/scheduler", "none"), "[none] test-tuned");
+            "invalid_argument: queue/scheduler: 'nope' is not one of: none bfq [test-tuned]");
+  EXPECT_EQ(write_disk_attribute(*disk, "queue/scheduler", "none"), "[none] bfq test-tuned");
 }
 
 TEST_F(DiskAttributesTest, NrRequestsAndNomerges) {
