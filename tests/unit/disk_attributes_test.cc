@@ -178,9 +178,11 @@ TEST_F(DiskAttributesTest, SchedulerSwitchesAndItsTunablesAppear) {
   EXPECT_EQ(h.pwrite(buf.data(), buf.size(), 0), Status::kOk);
   const std::string bad =
       CodeOf([&] { write_disk_attribute(*disk, "queue/scheduler", "nope"); });
-  EXPECT_EQ(bad,
-            "invalid_argument: queue/scheduler: 'nope' is not one of: none bfq [test-tuned]");
-  EXPECT_EQ(write_disk_attribute(*disk, "queue/scheduler", "none"), "[none] bfq test-tuned");
+  EXPECT_EQ(
+      bad,
+      "invalid_argument: queue/scheduler: 'nope' is not one of: none bfq [test-tuned]");
+  EXPECT_EQ(write_disk_attribute(*disk, "queue/scheduler", "none"),
+            "[none] bfq test-tuned");
 }
 
 TEST_F(DiskAttributesTest, NrRequestsAndNomerges) {

@@ -245,11 +245,22 @@ TEST_F(ServeVerbsTest, AttributesGetAndSetBySysfsNames) {
     if (a.at("name") == "queue/scheduler") scheduler_writable = a.at("writable");
   EXPECT_TRUE(scheduler_writable) << r.dump();
 
-  // (No scheduler but none is built in yet: the tunables are tested with
-  // B's attribute table.)
   EXPECT_EQ(client_->ok("get", {{"device", "mq"}, {"attribute", "queue/scheduler"}})
                 .at("value"),
-            "[none]");
+            "[none] bfq");
+  // bfq's tunables appear under queue/iosched/ once it is chosen.
+  client_->ok("set",
+              {{"device", "mq"}, {"attribute", "queue/scheduler"}, {"value", "bfq"}});
+  EXPECT_EQ(
+      client_->ok("get", {{"device", "mq"}, {"attribute", "queue/iosched/slice_idle"}})
+          .at("value"),
+      "8");
+  EXPECT_EQ(client_->error("set", {{"device", "mq"},
+                                   {"attribute", "queue/iosched/slice_idle"},
+                                   {"value", "5000"}}),
+            "invalid_argument");
+  client_->ok("set",
+              {{"device", "mq"}, {"attribute", "queue/scheduler"}, {"value", "none"}});
   EXPECT_EQ(
       client_->ok("get", {{"device", "mq"}, {"attribute", "queue/nomerges"}}).at("value"),
       "0");
