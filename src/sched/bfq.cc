@@ -90,7 +90,10 @@ void BfqScheduler::rebuild() {
   in_service_ = nullptr;
   waiting_ = stalled_ = false;
   busy_queues_ = wr_busy_queues_ = 0;
-  if (pool_.size() != want) pool_.reset(want);
+  // Every pooled queue too, whatever the size: one left on a tree (the
+  // idle list, in service) would carry links and a weight the new trees
+  // do not know.
+  pool_.reset(want);
 }
 
 void BfqScheduler::init_hctx(HwQueue&) { rebuild(); }
@@ -692,6 +695,11 @@ uint64_t BfqScheduler::expirations(Expire why) const {
 uint64_t BfqScheduler::max_budget() const {
   std::lock_guard lock(mu_);
   return max_budget_;
+}
+
+uint64_t BfqScheduler::weight_sum(IoClass c) const {
+  std::lock_guard lock(mu_);
+  return trees_[c].wsum();
 }
 
 }  // namespace bfq

@@ -82,6 +82,8 @@ class BfqScheduler final : public Scheduler {
   bool idling() const;
   uint64_t expirations(Expire why) const;
   uint64_t max_budget() const;
+  // The sum of the weights in class `c`'s service tree.
+  uint64_t weight_sum(IoClass c) const;
 
  private:
   using Lock = std::unique_lock<std::mutex>;

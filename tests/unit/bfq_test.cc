@@ -284,6 +284,30 @@ TEST(Bfq, StrictGuaranteesSendsOneRequestAtATime) {
   EXPECT_EQ(HeldWithStrictGuarantees("0"), 4u);
 }
 
+// Queue::set_nr_requests rebuilds bfq's trees: a queue left on the idle
+// list before it (it expired while another waited) must start over too, or
+// its weight is missing from the new tree's sum and every virtual time after
+// is wrong. The same depth keeps the pool's size, so only the trees change.
+TEST(Bfq, ChangingNrRequestsStartsEveryQueueOver) {
+  BfqDisk b = MakeBfq(1);
+  b.set("strict_guarantees", "1");  // idles after each queue's last request
+  TestBios bios;
+  Submit(b, bios, 1, Op::kRead, 0);
+  Submit(b, bios, 2, Op::kRead, 20000);
+  Submit(b, bios, 2, Op::kRead, 20008);
+  // The first queue served idles, expires while the other waits (idle
+  // list), then the other is served and idles.
+  Finish(b, bios);
+  ASSERT_EQ(b.sched().expirations(Expire::kTooIdle), 1u);
+  b.d.queue().set_nr_requests(128);
+  b.sched().set_clock(FakeClock);
+  Submit(b, bios, 1, Op::kRead, 8);
+  Submit(b, bios, 2, Op::kRead, 20016);
+  EXPECT_EQ(b.sched().weight_sum(bfq::kClassBe), 200u)
+      << "a queue kept its old tree state across the rebuild";
+  Finish(b, bios);
+}
+
 // low_latency raises a new (interactive) queue's weight 30 times; off, not.
 TEST(Bfq, LowLatencyRaisesANewInteractiveQueue) {
   BfqDisk b = MakeBfq(1, /*low_latency=*/false);
