@@ -16,17 +16,17 @@ namespace {
 // and straight to the driver when it is idle.
 const SchedulerType kNone{"none", "no scheduling: FIFO, direct dispatch when idle",
                           nullptr};
-
 }  // namespace
 
-extern const SchedulerType kKyberScheduler;
-extern const SchedulerType kMqDeadlineScheduler;
+extern const SchedulerType kBfqScheduler;         // src/sched/bfq.cc
+extern const SchedulerType kKyberScheduler;       // src/sched/kyber.cc
+extern const SchedulerType kMqDeadlineScheduler;  // src/sched/mq_deadline.cc
 
 namespace {
 struct Registry {
   std::mutex lock;
   // Only grows; readers get copies (registration may reallocate).
-  std::vector<const SchedulerType*> types{&kNone, &kMqDeadlineScheduler,
+  std::vector<const SchedulerType*> types{&kNone, &kMqDeadlineScheduler, &kBfqScheduler,
                                           &kKyberScheduler};
 };
 

@@ -123,7 +123,7 @@ TEST_F(FuseSysfsTest, BadValuesAndReadOnlyFilesFail) {
   auto [out, rc] = Shell("/bin/echo 0 > " + Sys("mq0/queue/nr_requests"));
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("Invalid argument"), std::string::npos) << out;
-  std::tie(out, rc) = Shell("/bin/echo bfq > " + Sys("mq0/queue/scheduler"));
+  std::tie(out, rc) = Shell("/bin/echo no-such > " + Sys("mq0/queue/scheduler"));
   EXPECT_NE(out.find("Invalid argument"), std::string::npos) << out;
   std::tie(out, rc) = Shell("/bin/echo none > " + Sys("bio0/queue/scheduler"));
   EXPECT_NE(rc, 0) << out;

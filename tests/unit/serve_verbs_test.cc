@@ -250,6 +250,19 @@ TEST_F(ServeVerbsTest, AttributesGetAndSetBySysfsNames) {
       client_->ok("get", {{"device", "mq"}, {"attribute", "queue/scheduler"}})
           .at("value");
   EXPECT_EQ(line.rfind("[none] mq-deadline", 0), 0u) << line;
+  // bfq's tunables appear under queue/iosched/ once it is chosen.
+  client_->ok("set",
+              {{"device", "mq"}, {"attribute", "queue/scheduler"}, {"value", "bfq"}});
+  EXPECT_EQ(
+      client_->ok("get", {{"device", "mq"}, {"attribute", "queue/iosched/slice_idle"}})
+          .at("value"),
+      "8");
+  EXPECT_EQ(client_->error("set", {{"device", "mq"},
+                                   {"attribute", "queue/iosched/slice_idle"},
+                                   {"value", "5000"}}),
+            "invalid_argument");
+  client_->ok("set",
+              {{"device", "mq"}, {"attribute", "queue/scheduler"}, {"value", "none"}});
   EXPECT_EQ(
       client_->ok("get", {{"device", "mq"}, {"attribute", "queue/nomerges"}}).at("value"),
       "0");
