@@ -84,9 +84,11 @@ nbd_handle* connect_blocking(const std::string& uri, uint64_t timeout_ns,
       nbd_close(h);
       return nullptr;
     }
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
+    const auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) {
-      *error = fmt::format("no answer within the connect timeout ({})", seconds(timeout_ns));
+      *error =
+          fmt::format("no answer within the connect timeout ({})", seconds(timeout_ns));
       nbd_close(h);
       return nullptr;
     }
@@ -266,9 +268,8 @@ bool NbdConnection::issue(IoCmd cmd) {
     cmd.for_each_chunk([&](const BioChunk& c) {
       if (failed) return;
       // Straight into and out of the bio's memory.
-      check(cmd.op() == Op::kRead
-                ? nbd_aio_pread(h, c.ptr, c.len, pos, cb, flags)
-                : nbd_aio_pwrite(h, c.ptr, c.len, pos, cb, flags));
+      check(cmd.op() == Op::kRead ? nbd_aio_pread(h, c.ptr, c.len, pos, cb, flags)
+                                  : nbd_aio_pwrite(h, c.ptr, c.len, pos, cb, flags));
       pos += c.len;
     });
   } else if (phase != kData || cmd.op() == Op::kFlush) {
@@ -282,7 +283,8 @@ bool NbdConnection::issue(IoCmd cmd) {
   if (issued < pieces) w.fetch_sub((pieces - issued) * kCountOne);
   // What did not fit in the socket waits in libnbd for POLLOUT, which the
   // loop only asks for once told.
-  const bool wake = tls_loop != this && (nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_WRITE);
+  const bool wake =
+      tls_loop != this && (nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_WRITE);
   lock.unlock();
   if (wake) kick();
   if ((w.fetch_sub(kCountOne) & kCountMask) == kCountOne) last_ref(cmd, false);
@@ -408,7 +410,8 @@ void NbdConnection::try_reconnect(Clock::time_point now) {
     }
     if (connecting_) nbd_close(connecting_);
     connecting_ = nullptr;
-    backoff_ = backoff_.count() == 0 ? kFirstBackoff : std::min(backoff_ * 2, kMaxBackoff);
+    backoff_ =
+        backoff_.count() == 0 ? kFirstBackoff : std::min(backoff_ * 2, kMaxBackoff);
     next_attempt_ = now + backoff_;
   };
   if (connecting_ == nullptr) {
@@ -423,8 +426,8 @@ void NbdConnection::try_reconnect(Clock::time_point now) {
   if (nbd_aio_is_ready(connecting_)) {
     const ExportInfo now_info = read_export_info(connecting_);
     if (now_info.size != info_.size)
-      return give_up_attempt(fmt::format("the export is now {} bytes, was {}",
-                                         now_info.size, info_.size));
+      return give_up_attempt(
+          fmt::format("the export is now {} bytes, was {}", now_info.size, info_.size));
     connected();
     return;
   }
@@ -464,8 +467,9 @@ void NbdConnection::run() {
     if (live != nullptr) {
       const unsigned dir = nbd_aio_get_direction(live);
       fds[1].fd = nbd_aio_get_fd(live);
-      fds[1].events = static_cast<short>((dir & LIBNBD_AIO_DIRECTION_READ ? POLLIN : 0) |
-                                         (dir & LIBNBD_AIO_DIRECTION_WRITE ? POLLOUT : 0));
+      fds[1].events =
+          static_cast<short>((dir & LIBNBD_AIO_DIRECTION_READ ? POLLIN : 0) |
+                             (dir & LIBNBD_AIO_DIRECTION_WRITE ? POLLOUT : 0));
     }
     int timeout_ms = -1;
     if (!up) {
@@ -473,8 +477,8 @@ void NbdConnection::run() {
       // dead_conn_timeout, whichever comes first.
       auto until = connecting_ ? attempt_deadline_ : next_attempt_;
       if (!failing_)
-        until = std::min(until,
-                         down_since_ + std::chrono::nanoseconds(options_.dead_conn_timeout_ns));
+        until = std::min(
+            until, down_since_ + std::chrono::nanoseconds(options_.dead_conn_timeout_ns));
       const auto left =
           std::chrono::ceil<std::chrono::milliseconds>(until - Clock::now()).count();
       timeout_ms = static_cast<int>(std::clamp<int64_t>(left, 1, 1000));
@@ -533,17 +537,19 @@ bool NbdConnection::block_status(uint64_t offset, uint64_t max_length, Extent* o
         return 0;
       },
       st, State::release};
-  const nbd_completion_callback done{
-      [](void* p, int* error) {
-        auto* s = static_cast<State*>(p);
-        std::lock_guard lock(s->mu);
-        s->error = *error;
-        s->done = true;
-        s->cv.notify_all();
-        return 1;
-      },
-      st, State::release};
-  const uint64_t count = std::min<uint64_t>(max_length, UINT32_MAX & ~uint64_t{4095});
+  const nbd_completion_callback done{[](void* p, int* error) {
+                                       auto* s = static_cast<State*>(p);
+                                       std::lock_guard lock(s->mu);
+                                       s->error = *error;
+                                       s->done = true;
+                                       s->cv.notify_all();
+                                       return 1;
+                                     },
+                                     st, State::release};
+  // Within the export (libnbd refuses a range past its end) and 32 bits.
+  if (offset >= info_.size) return false;
+  const uint64_t count =
+      std::min({max_length, info_.size - offset, uint64_t{UINT32_MAX & ~uint32_t{4095}}});
   bool issued = false;
   {
     std::lock_guard lock(issue_mu_);

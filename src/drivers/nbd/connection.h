@@ -151,9 +151,9 @@ class alignas(64) NbdConnection {
   nbd_handle* h_;  // the live handle (issue_mu_ to change; the loop reads it)
   std::atomic<bool> up_{true};
 
-  int event_fd_ = -1;                // wakes the loop
-  std::atomic<IoCmd> done_{};        // answered commands, for the loop
-  std::atomic<IoCmd> parked_{};      // submitted while down
+  int event_fd_ = -1;            // wakes the loop
+  std::atomic<IoCmd> done_{};    // answered commands, for the loop
+  std::atomic<IoCmd> parked_{};  // submitted while down
   std::atomic<bool> stop_{false};
 
   // Loop thread only.

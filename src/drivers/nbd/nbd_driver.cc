@@ -104,10 +104,13 @@ class NbdReports final : public DiskReports {
 };
 
 constexpr OptionDef kOptions[] = {
-    {"uri", OptionKind::kString, "",
+    {"uri",
+     OptionKind::kString,
+     "",
      "the server, as libnbd parses it: nbd://HOST[:PORT]/EXPORT or "
      "nbd+unix:///EXPORT?socket=PATH",
-     {}, true},
+     {},
+     true},
     ranged({"connections", OptionKind::kUint, "1",
             "connections to the server (more than 1 only if it allows multi-conn)"},
            1, 16),
@@ -127,15 +130,16 @@ QueueLimits limits_from(const ExportInfo& info, const std::string& spec) {
   QueueLimits lim;
   const uint32_t min = std::max<uint32_t>(info.min_block, kMinBlockSize);
   if (!std::has_single_bit(min) || min > kMaxBlockSize)
-    throw Error(fmt::format("{}: the server's minimum block size {} is not a power of two "
-                            "from 512 to 65536",
-                            spec, info.min_block));
+    throw Error(
+        fmt::format("{}: the server's minimum block size {} is not a power of two "
+                    "from 512 to 65536",
+                    spec, info.min_block));
   lim.logical_block_size = min;
   lim.physical_block_size =
       std::clamp<uint32_t>(std::bit_floor(std::max(info.preferred_block, min)), min,
                            static_cast<uint32_t>(kMaxBlockSize));
-  uint32_t max = info.max_block ? std::min(info.max_block, kDefaultMaxBlock)
-                                : kDefaultMaxBlock;
+  uint32_t max =
+      info.max_block ? std::min(info.max_block, kDefaultMaxBlock) : kDefaultMaxBlock;
   max &= ~(min - 1);
   if (max < min) max = min;
   lim.max_hw_sectors = lim.max_sectors = max >> kSectorShift;
@@ -169,15 +173,16 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
   c->wanted = static_cast<unsigned>(o.uint("connections"));
   std::string error;
   nbd_handle* h = nbd::connect_blocking(co.uri, co.connect_timeout_ns, &error);
-  if (h == nullptr) throw Error(fmt::format("{}: cannot open {}: {}", spec, co.uri, error));
+  if (h == nullptr)
+    throw Error(fmt::format("{}: cannot open {}: {}", spec, co.uri, error));
   c->info = nbd::read_export_info(h);
   c->conns.push_back(std::make_unique<NbdConnection>(h, c->info, co, 0));
 
   const QueueLimits lim = limits_from(c->info, spec);
   const uint64_t size = c->info.size & ~uint64_t{lim.logical_block_size - 1};
   if (size == 0)
-    throw Error(fmt::format("{}: the export is {} bytes, less than one {}-byte block", spec,
-                            c->info.size, lim.logical_block_size));
+    throw Error(fmt::format("{}: the export is {} bytes, less than one {}-byte block",
+                            spec, c->info.size, lim.logical_block_size));
 
   // Without multi-conn a flush covers only its own connection's writes:
   // one connection then, said in describe().
@@ -185,8 +190,8 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
   for (unsigned i = 1; i < n; ++i) {
     nbd_handle* more = nbd::connect_blocking(co.uri, co.connect_timeout_ns, &error);
     if (more == nullptr)
-      throw Error(fmt::format("{}: cannot open connection {} to {}: {}", spec, i + 1, co.uri,
-                              error));
+      throw Error(fmt::format("{}: cannot open connection {} to {}: {}", spec, i + 1,
+                              co.uri, error));
     c->conns.push_back(std::make_unique<NbdConnection>(more, c->info, co, i));
   }
   return make_disk<NbdDriver>(name, size >> kSectorShift, lim, queue_mode(o),
@@ -195,8 +200,9 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
 
 }  // namespace
 
-extern const DriverType kNbdDriver{"nbd", "a remote NBD export, through libnbd", 43,
-                                   kOptions, create, /*queue_modes=*/true};
+extern const DriverType kNbdDriver{"nbd",  "a remote NBD export, through libnbd",
+                                   43,     kOptions,
+                                   create, /*queue_modes=*/true};
 
 namespace {
 // An optional module (BLKSTACK_WITH_NBD_CLIENT): linked as objects into
