@@ -26,9 +26,11 @@
 #include <vector>
 
 #include "blkstack/block_handle.h"
+#include "blkstack/completion.h"
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/driver/driver_type.h"
+#include "blkstack/submit.h"
 #include "test_util.h"
 
 namespace blkstack {
@@ -265,6 +267,35 @@ TEST_F(NbdDriverTest, ServerErrorsBecomeStatuses) {
   EXPECT_EQ(a.pwrite(buf.data(), buf.size(), 0), Status::kOk);
   EXPECT_EQ(b.pwrite(buf.data(), buf.size(), 0), Status::kNoSpace);
   EXPECT_EQ(b.pread(buf.data(), buf.size(), 0), Status::kOk);
+}
+
+// A bio of scattered segments (one NBD command each, straight from its
+// memory) with PREFLUSH and FUA: the flush first, then the data with FUA.
+// (nbdkit 1.32's fua filter refuses fuamode=none, so the emulated FUA of
+// a server without it, a flush after the write, is not tested here.)
+TEST_F(NbdDriverTest, ScatteredSegmentsWithPreflushAndFua) {
+  Nbdkit& s = server({"memory", "16M"});
+  DiskRegistry reg;
+  auto disk = reg.create("nbd:" + s.uri());
+  EXPECT_TRUE(disk->limits().fua);
+  std::vector<std::byte> a(4096, std::byte{1}), b(512, std::byte{2}),
+      c(3584, std::byte{3});
+  Segment segs[] = {{a.data(), 4096}, {b.data(), 512}, {c.data(), 3584}};
+  Bio bio;
+  Completion done;
+  bio.init(
+      disk.get(), Op::kWrite, 16, segs,
+      [](Bio& b) { static_cast<Completion*>(b.context())->complete(); }, &done);
+  bio.set_flags(BioFlag::kPreflush | BioFlag::kFua);
+  submit_bio(bio);
+  done.wait();
+  EXPECT_EQ(bio.status(), Status::kOk);
+  std::vector<std::byte> back(8192);
+  BlockHandle h(disk);
+  ASSERT_EQ(h.pread(back.data(), back.size(), 16 * 512), Status::kOk);
+  EXPECT_TRUE(std::equal(a.begin(), a.end(), back.begin()));
+  EXPECT_TRUE(std::equal(b.begin(), b.end(), back.begin() + 4096));
+  EXPECT_TRUE(std::equal(c.begin(), c.end(), back.begin() + 4608));
 }
 
 // Block status (base:allocation) is the disk's extent_at: written data is
