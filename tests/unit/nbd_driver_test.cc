@@ -63,6 +63,8 @@ class Nbdkit {
   Nbdkit& operator=(const Nbdkit&) = delete;
 
   std::string socket() const { return (dir_ / "nbdkit.sock").string(); }
+  // For the next start(): a server that comes back different.
+  void set_args(std::vector<std::string> args) { args_ = std::move(args); }
   std::string uri(const std::string& exp = "") const {
     return "nbd+unix:///" + exp + "?socket=" + socket();
   }
@@ -436,6 +438,54 @@ TEST_F(NbdDriverTest, ServerDeathFailsAtOnceWithZeroTimeout) {
   } while (!ok(st) && Clock::now() < deadline);
   EXPECT_EQ(st, Status::kOk);
   EXPECT_EQ(buf[0], std::byte{5});
+}
+
+// A server that comes back offering less than the disk was set up with is
+// refused: without multi-conn a flush on one connection would no longer
+// cover the writes of the other (durability lost in silence), and a
+// read-only server would fail every write of a writable disk. I/O keeps
+// waiting, then fails by dead_conn_timeout, as if the server were gone.
+TEST_F(NbdDriverTest, ReconnectRefusesServerOfferingLess) {
+  const fs::path img = dir_ / "img";
+  { std::ofstream(img).close(); }
+  fs::resize_file(img, 16 * kMiB);
+  Nbdkit& s = server({"file", img.string()});
+  DiskRegistry reg;
+  auto disk = reg.create("nbd:" + s.uri() + ",connections=2,dead_conn_timeout=1");
+  ASSERT_TRUE(Contains(disk->describe(), "connections=2/2 up=2")) << disk->describe();
+  BlockHandle h(disk);
+  std::vector<std::byte> buf(4096, std::byte{7});
+  ASSERT_EQ(h.pwrite(buf.data(), buf.size(), 0), Status::kOk);
+  for (const auto& args :
+       {std::vector<std::string>{"--filter=multi-conn", "file", img.string(),
+                                 "multi-conn-mode=disable"},
+        std::vector<std::string>{"-r", "file", img.string()}}) {
+    s.kill();
+    s.set_args(args);
+    s.start();
+    const auto deadline = Clock::now() + std::chrono::seconds(5);
+    Status st = Status::kOk;
+    // The first may still find an old connection open; then all fail.
+    while (ok(st) && Clock::now() < deadline) {
+      st = h.pwrite(buf.data(), buf.size(), 0);
+      if (ok(st)) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    EXPECT_EQ(st, Status::kTransport) << args[0];
+    EXPECT_FALSE(Contains(disk->describe(), "reconnects=")) << disk->describe();
+    EXPECT_TRUE(Contains(disk->describe(), "up=0")) << disk->describe();
+  }
+  // The same server as before is taken back.
+  s.kill();
+  s.set_args({"file", img.string()});
+  s.start();
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  Status st;
+  do {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    st = h.pread(buf.data(), buf.size(), 0);
+  } while (!ok(st) && Clock::now() < deadline);
+  EXPECT_EQ(st, Status::kOk);
+  EXPECT_EQ(buf[0], std::byte{7});
 }
 
 // A mirror over two nbd devices keeps serving when one server dies and

@@ -12,6 +12,8 @@
 #include <condition_variable>
 #include <cstring>
 
+#include "blkstack/driver/limit_options.h"
+
 namespace blkstack::nbd {
 namespace {
 
@@ -120,6 +122,30 @@ ExportInfo read_export_info(nbd_handle* h) {
   i.preferred_block = block(LIBNBD_SIZE_PREFERRED);
   i.max_block = block(LIBNBD_SIZE_MAXIMUM);
   return i;
+}
+
+std::string lacks(const ExportInfo& was, const ExportInfo& now, bool multi_conn) {
+  if (now.size != was.size)
+    return fmt::format("the export is now {} bytes, was {}", now.size, was.size);
+  // What the disk's limits and flags promise its users, and what the
+  // commands it sends need (libnbd refuses a flag the server lacks).
+  if (now.read_only && !was.read_only) return "the export is now read-only";
+  if (was.can_flush && !now.can_flush) return "the server no longer flushes";
+  if (was.can_fua && !now.can_fua) return "the server no longer takes FUA";
+  if (was.can_trim && !now.can_trim) return "the server no longer trims";
+  if (was.can_zero && !now.can_zero) return "the server no longer writes zeroes";
+  // A flush on one connection must still cover the others' writes.
+  if (multi_conn && !now.can_multi_conn) return "the server no longer allows multi-conn";
+  auto logical = [](const ExportInfo& i) {
+    return std::max<uint32_t>(i.min_block, kMinBlockSize);
+  };
+  auto largest = [](const ExportInfo& i) {
+    return i.max_block ? std::min(i.max_block, kDefaultMaxBlock) : kDefaultMaxBlock;
+  };
+  if (logical(now) > logical(was) || largest(now) < largest(was))
+    return fmt::format("the server's block sizes are now {}..{}, were {}..{}",
+                       now.min_block, now.max_block, was.min_block, was.max_block);
+  return {};
 }
 
 NbdConnection::NbdConnection(nbd_handle* h, const ExportInfo& info,
@@ -424,10 +450,9 @@ void NbdConnection::try_reconnect(Clock::time_point now) {
     attempt_deadline_ = now + std::chrono::nanoseconds(options_.connect_timeout_ns);
   }
   if (nbd_aio_is_ready(connecting_)) {
-    const ExportInfo now_info = read_export_info(connecting_);
-    if (now_info.size != info_.size)
-      return give_up_attempt(
-          fmt::format("the export is now {} bytes, was {}", now_info.size, info_.size));
+    const std::string why =
+        lacks(info_, read_export_info(connecting_), options_.multi_conn);
+    if (!why.empty()) return give_up_attempt(why);
     connected();
     return;
   }

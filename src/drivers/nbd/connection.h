@@ -45,8 +45,13 @@
 
 namespace blkstack::nbd {
 
+// libnbd refuses reads and writes over 64 MiB; the NBD protocol advises
+// 32 MiB where the server says nothing.
+inline constexpr uint32_t kDefaultMaxBlock = 32u << 20;
+
 // What the export offers, read at the first connection; a reconnect must
-// find the same size or it is refused.
+// find the same size and at least the same offers, or it is refused
+// (lacks()).
 struct ExportInfo {
   uint64_t size = 0;
   bool read_only = false;
@@ -65,6 +70,8 @@ struct ConnectOptions {
   std::string uri;
   uint64_t connect_timeout_ns = 10'000'000'000;
   uint64_t dead_conn_timeout_ns = 30'000'000'000;
+  // More than one connection: their flushes rely on the server's multi-conn.
+  bool multi_conn = false;
 };
 
 // A handle set up the driver's way (structured replies, base:allocation)
@@ -75,6 +82,9 @@ nbd_handle* connect_blocking(const std::string& uri, uint64_t timeout_ns,
                              std::string* error);
 // What `h`, connected, offers.
 ExportInfo read_export_info(nbd_handle* h);
+// Why a server that now offers `now` cannot serve a disk set up on `was`
+// (see ExportInfo); empty when it can.
+std::string lacks(const ExportInfo& was, const ExportInfo& now, bool multi_conn);
 
 class alignas(64) NbdConnection {
  public:

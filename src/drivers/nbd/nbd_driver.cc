@@ -32,11 +32,8 @@ namespace {
 
 using nbd::ConnectOptions;
 using nbd::ExportInfo;
+using nbd::kDefaultMaxBlock;
 using nbd::NbdConnection;
-
-// libnbd refuses reads and writes over 64 MiB; the NBD protocol advises
-// 32 MiB where the server says nothing.
-constexpr uint32_t kDefaultMaxBlock = 32u << 20;
 
 // The connections, shared by the driver (I/O) and its reports.
 struct Connections {
@@ -176,6 +173,10 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
   if (h == nullptr)
     throw Error(fmt::format("{}: cannot open {}: {}", spec, co.uri, error));
   c->info = nbd::read_export_info(h);
+  // Without multi-conn a flush covers only its own connection's writes:
+  // one connection then, said in describe().
+  const unsigned n = c->info.can_multi_conn ? c->wanted : 1;
+  co.multi_conn = n > 1;
   c->conns.push_back(std::make_unique<NbdConnection>(h, c->info, co, 0));
 
   const QueueLimits lim = limits_from(c->info, spec);
@@ -184,9 +185,6 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
     throw Error(fmt::format("{}: the export is {} bytes, less than one {}-byte block",
                             spec, c->info.size, lim.logical_block_size));
 
-  // Without multi-conn a flush covers only its own connection's writes:
-  // one connection then, said in describe().
-  const unsigned n = c->info.can_multi_conn ? c->wanted : 1;
   for (unsigned i = 1; i < n; ++i) {
     nbd_handle* more = nbd::connect_blocking(co.uri, co.connect_timeout_ns, &error);
     if (more == nullptr)
