@@ -440,6 +440,40 @@ TEST_F(NbdDriverTest, ServerDeathFailsAtOnceWithZeroTimeout) {
   EXPECT_EQ(buf[0], std::byte{5});
 }
 
+// Removing the disk while its server is away does not wait out
+// dead_conn_timeout: the I/O waiting for a reconnect fails at once
+// (kOffline), as the disk goes.
+TEST_F(NbdDriverTest, RemovalWhileServerGoneFailsWaitingIo) {
+  Nbdkit& s = server({"memory", "16M"});
+  for (const std::string mode : {"bio", "mq"}) {
+    SCOPED_TRACE(mode);
+    DiskRegistry reg;
+    auto disk = reg.create("nbd:" + s.uri() +
+                           ",name=gone,dead_conn_timeout=20,queue_mode=" + mode);
+    {
+      BlockHandle h(disk);
+      std::vector<std::byte> buf(4096);
+      ASSERT_EQ(h.pread(buf.data(), buf.size(), 0), Status::kOk);
+    }
+    s.kill();
+    Status st = Status::kOk;
+    std::thread reader([&st, d = disk] {
+      BlockHandle h(d);
+      std::vector<std::byte> b(4096);
+      st = h.pread(b.data(), b.size(), 0);
+    });
+    // Let the read reach the driver and wait there for the server.
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    disk.reset();
+    const auto t0 = Clock::now();
+    reg.remove("gone");
+    EXPECT_LT(Clock::now() - t0, std::chrono::seconds(3));
+    reader.join();
+    EXPECT_EQ(st, Status::kOffline);
+    s.start();
+  }
+}
+
 // A server that comes back offering less than the disk was set up with is
 // refused: without multi-conn a flush on one connection would no longer
 // cover the writes of the other (durability lost in silence), and a

@@ -181,6 +181,11 @@ std::string NbdConnection::last_error() const {
   return last_error_;
 }
 
+void NbdConnection::shutdown() {
+  closing_.store(true);
+  kick();  // the loop fails what waits
+}
+
 void NbdConnection::kick() {
   const uint64_t one = 1;
   [[maybe_unused]] ssize_t r = write(event_fd_, &one, sizeof one);
@@ -367,6 +372,10 @@ void NbdConnection::reset_for_retry(IoCmd cmd) {
 
 void NbdConnection::wait_for_reconnect(IoCmd cmd) {
   reset_for_retry(cmd);
+  if (closing_.load(std::memory_order_relaxed)) {
+    cmd.complete(Status::kOffline);
+    return;
+  }
   if (stop_.load(std::memory_order_relaxed) || failing_) {
     cmd.complete(Status::kTransport);
     return;
@@ -522,6 +531,7 @@ void NbdConnection::run() {
     const auto now = Clock::now();
     if (up && handle_dead(h_)) connection_lost(now);
     drain();
+    if (closing_.load(std::memory_order_relaxed)) fail_waiting(Status::kOffline);
     if (!up_.load(std::memory_order_relaxed)) {
       try_reconnect(now);
       if (!up_.load(std::memory_order_relaxed) && !failing_ &&

@@ -99,6 +99,10 @@ class alignas(64) NbdConnection {
   // non-blocking and it keeps what did not fit for the loop to write).
   void start(IoCmd cmd);
 
+  // The disk is going: I/O waiting for a reconnect, now or later, fails
+  // with Status::kOffline instead of waiting out dead_conn_timeout.
+  void shutdown();
+
   // Block status of the bytes at `offset` (nbd_block_status, base:allocation),
   // waiting at most connect_timeout; false when it could not be had.
   bool block_status(uint64_t offset, uint64_t max_length, Extent* out);
@@ -165,6 +169,7 @@ class alignas(64) NbdConnection {
   std::atomic<IoCmd> done_{};    // answered commands, for the loop
   std::atomic<IoCmd> parked_{};  // submitted while down
   std::atomic<bool> stop_{false};
+  std::atomic<bool> closing_{false};  // shutdown(): the disk is going
 
   // Loop thread only.
   IoCmd wait_head_, wait_tail_;  // waiting for a reconnect, in order

@@ -49,6 +49,10 @@ class NbdDriver final : public TransferDriver {
       : c_(std::move(c)), n_(static_cast<unsigned>(c_->conns.size())) {}
 
   void queue_cmd(IoCmd cmd) override { pick(cmd).start(cmd); }
+  // What waits for a server to come back fails now: the disk is going.
+  void shutdown() override {
+    for (auto& conn : c_->conns) conn->shutdown();
+  }
 
  private:
   NbdConnection& pick(IoCmd cmd) {
