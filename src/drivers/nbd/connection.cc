@@ -142,7 +142,8 @@ std::string lacks(const ExportInfo& was, const ExportInfo& now, bool multi_conn)
   auto largest = [](const ExportInfo& i) {
     return i.max_block ? std::min(i.max_block, kDefaultMaxBlock) : kDefaultMaxBlock;
   };
-  if (logical(now) > logical(was) || largest(now) < largest(was))
+  // Every I/O the disk sends must still be a multiple of the minimum.
+  if (logical(was) % logical(now) != 0 || largest(now) < largest(was))
     return fmt::format("the server's block sizes are now {}..{}, were {}..{}",
                        now.min_block, now.max_block, was.min_block, was.max_block);
   return {};
