@@ -762,6 +762,7 @@ bool Queue::cancel(Bio& bio) {
 void Queue::shutdown() {
   // Requests waiting on stopped hardware queues would never drain.
   run_hw_queues();
+  driver().shutdown();
 }
 
 void Queue::stop_hw_queues() {

@@ -94,6 +94,10 @@ class RequestDriver {
   }
   // Once per preallocated request, to set up its pdu.
   virtual void init_request(Request& rq) { (void)rq; }
+  // The disk is going (BioDriver::shutdown): new I/O is refused, and what
+  // the driver holds waiting on something that may never come (a server
+  // to come back) should fail now, not hold up the removal.
+  virtual void shutdown() {}
   // What the driver reports about the device goes to the disk once, as a
   // DiskReports (driver/reports.h), not through the queue.
 };

@@ -140,6 +140,8 @@ class TransferDriver {
   virtual ~TransferDriver() = default;
   // Starts `cmd`; the driver ends it with cmd.complete(status).
   virtual void queue_cmd(IoCmd cmd) = 0;
+  // The disk is going (BioDriver::shutdown, RequestDriver::shutdown).
+  virtual void shutdown() {}
 };
 
 // What make_disk() puts under a bio-based disk for a TransferDriver D,
@@ -151,6 +153,7 @@ class BioTransfer final : public BioDriver {
   template <class... Args>
   explicit BioTransfer(Args&&... args) : driver_(std::forward<Args>(args)...) {}
   void submit(Bio& bio) override { driver_.queue_cmd(IoCmd(&bio)); }
+  void shutdown() override { driver_.shutdown(); }
   // Before the disk is made: the core counts this many bios (bio_depth=).
   void set_bio_depth(unsigned depth) { depth_ = depth; }
   BioQueueConfig bio_queue_config() const override { return {depth_, false}; }
@@ -171,6 +174,7 @@ class RequestTransfer final : public RequestDriver {
     driver_.queue_cmd(IoCmd(&rq));
     return Status::kOk;
   }
+  void shutdown() override { driver_.shutdown(); }
 
  private:
   D driver_;
