@@ -116,6 +116,34 @@ TEST_F(DurabilityFuse, ODsyncAndOSyncWritesAreDurableWhenTheyReturn) {
   close(sync);
 }
 
+// An unaligned synchronous write across blocks, over flushed contents: the
+// whole read-modify-write (the kept edges, the new middle) is durable when
+// it returns, not only the bytes written.
+TEST_F(DurabilityFuse, AnUnalignedODsyncWriteIsDurableWholeWhenItReturns) {
+  const int plain = open(file_.c_str(), O_RDWR);
+  const int dsync = open(file_.c_str(), O_RDWR | O_DSYNC);
+  ASSERT_GE(plain, 0);
+  ASSERT_GE(dsync, 0);
+  std::byte old[3 * kSector];
+  for (uint64_t i = 0; i < 3; ++i) stamp(old + i * kSector, 12 + i, 3);
+  ASSERT_EQ(pwrite(plain, old, sizeof old, 12 * kSector),
+            static_cast<ssize_t>(sizeof old));
+  ASSERT_EQ(fdatasync(plain), 0);
+  const std::vector<char> text(2 * kSector, 'x');  // 12:100 to 14:100
+  ASSERT_EQ(pwrite(dsync, text.data(), text.size(), 12 * kSector + 100),
+            static_cast<ssize_t>(text.size()));
+  after_cut(0);
+  const std::byte* at = &cut_[12 * kSector];
+  EXPECT_EQ(std::memcmp(at, old, 100), 0) << "the head edge";
+  EXPECT_EQ(std::memcmp(at + 100, text.data(), text.size()), 0) << "the new bytes";
+  EXPECT_EQ(std::memcmp(at + 100 + text.size(), old + 100 + text.size(),
+                        sizeof old - 100 - text.size()),
+            0)
+      << "the tail edge";
+  close(plain);
+  close(dsync);
+}
+
 TEST_F(DurabilityFuse, RwfDsyncWritesAreDurableWhenTheyReturn) {
   const int fd = open(file_.c_str(), O_RDWR);
   ASSERT_GE(fd, 0);

@@ -85,10 +85,11 @@ class DurabilityNbd : public ScratchDirTest {
   std::vector<std::byte> cut_;
 };
 
-TEST_F(DurabilityNbd, AFileDiskAdvertisesFlushAndFua) {
+TEST_F(DurabilityNbd, AFileDiskAdvertisesFlushFuaAndMultiConn) {
   auto c = open();
   EXPECT_TRUE(flags_ & nbd::kFlagSendFlush);
   EXPECT_TRUE(flags_ & nbd::kFlagSendFua);
+  EXPECT_TRUE(flags_ & nbd::kFlagCanMultiConn);
   EXPECT_TRUE(disk_->write_cache());
 }
 
