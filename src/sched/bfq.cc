@@ -158,14 +158,27 @@ void BfqScheduler::maybe_release(BfqQueue& q) {
 // --- a request's life -------------------------------------------------------------
 
 void BfqScheduler::prepare_request(Request& rq) {
-  RqPriv* p = priv(rq);
+  // No lock here: insert() finds the request's queue (attach), which also
+  // spares it for requests that never come to us (a flush sequence's).
+  *priv(rq) = RqPriv{nullptr, nullptr, nullptr, 0, RqPriv::State::kPrepared};
+}
+
+void BfqScheduler::attach(Request& rq) {
   const bool sync = is_sync(rq.op(), rq.flags());
-  std::lock_guard lock(mu_);
   BfqQueue* q = sync ? sync_queue(rq.issuer()) : &async_queue(rq.ioprio());
   if (q->refs == 0 && q->pooled) pool_.hold(*q);
   if (q->refs == 0 || q->ioprio != rq.ioprio()) set_ioprio(*q, rq.ioprio());
   q->refs++;
-  *p = RqPriv{q, nullptr, nullptr, 0, RqPriv::State::kPrepared};
+  priv(rq)->bfqq = q;
+}
+
+void BfqScheduler::detach(Request& rq) {
+  RqPriv* p = priv(rq);
+  BfqQueue* q = p->bfqq;
+  p->state = RqPriv::State::kDone;
+  p->bfqq = nullptr;
+  q->refs--;
+  maybe_release(*q);
 }
 
 void BfqScheduler::insert(HwQueue&, RequestList& list, bool at_head) {
@@ -173,6 +186,7 @@ void BfqScheduler::insert(HwQueue&, RequestList& list, bool at_head) {
   const uint64_t t = now();
   while (Request* rq = list.pop_front()) {
     RqPriv* p = priv(*rq);
+    if (!p->bfqq) attach(*rq);  // a requeued one keeps its queue
     BfqQueue& q = *p->bfqq;
     if (!at_head) {
       update_think_time(q, t);
@@ -602,24 +616,23 @@ void BfqScheduler::completed(Request& rq, uint64_t) {
       stalled_ = false;
       after.run = &rq.hctx();
     }
+    // finish_request follows on this thread: let it go now, so that it
+    // need not take the lock again.
+    detach(rq);
   }
   after();
 }
 
 void BfqScheduler::finish_request(Request& rq) {
-  RqPriv* p = priv(rq);
+  // Nothing left after completed(), or never inserted: no lock needed.
+  if (!priv(rq)->bfqq) return;
   std::lock_guard lock(mu_);
-  BfqQueue* q = p->bfqq;
-  if (!q) return;
-  if (p->state == RqPriv::State::kDispatched) {
+  if (priv(rq)->state == RqPriv::State::kDispatched) {
     // Ended without completed() (not seen here otherwise).
-    q->dispatched--;
+    priv(rq)->bfqq->dispatched--;
     in_driver_--;
   }
-  p->state = RqPriv::State::kDone;
-  p->bfqq = nullptr;
-  q->refs--;
-  maybe_release(*q);
+  detach(rq);
 }
 
 // --- merging ----------------------------------------------------------------------
