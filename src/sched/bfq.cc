@@ -88,7 +88,8 @@ void BfqScheduler::rebuild() {
     }
   }
   in_service_ = nullptr;
-  waiting_ = stalled_ = false;
+  set_waiting(false);
+  stalled_ = false;
   busy_queues_ = wr_busy_queues_ = 0;
   // Every pooled queue too, whatever the size: one left on a tree (the
   // idle list, in service) would carry links and a weight the new trees
@@ -257,7 +258,7 @@ void BfqScheduler::update_weight_raising(BfqQueue& q, uint64_t now) {
 void BfqScheduler::became_busy(BfqQueue& q, uint64_t now) {
   if (&q == in_service_) {
     // Its next request came while bfq idled for it (wait_request ends).
-    waiting_ = false;
+    set_waiting(false);
     return;
   }
   // Interactive: new, or idle for long (bfq_bfqq_idle_for_long_time). Soft
@@ -336,7 +337,7 @@ Request* BfqScheduler::dispatch(HwQueue& hctx) {
           expire(*q, Expire::kBudgetExhausted, t);
           continue;
         }
-        waiting_ = false;
+        set_waiting(false);
         dispatch_request(*q, *rq, t);
         out = rq;
         break;
@@ -357,7 +358,7 @@ Request* BfqScheduler::dispatch(HwQueue& hctx) {
           // Idle once its last request completes (completed() arms it).
           stalled_ = true;
         } else {
-          waiting_ = true;
+          set_waiting(true);
           idle_deadline_ns_ = t + t_.slice_idle_ns;
           after.timer = &hctx;
           after.timer_ns = t_.slice_idle_ns;
@@ -372,7 +373,10 @@ Request* BfqScheduler::dispatch(HwQueue& hctx) {
 }
 
 bool BfqScheduler::has_work(const HwQueue&) const {
-  return queued_.load(std::memory_order_relaxed) != 0;
+  // While idling, too: the idle timer's run must reach dispatch() to end
+  // the wait even when nothing else is queued (bfq_idle_slice_timer).
+  return queued_.load(std::memory_order_relaxed) != 0 ||
+         waiting_.load(std::memory_order_relaxed);
 }
 
 BfqQueue* BfqScheduler::select_queue(uint64_t now) {
@@ -394,7 +398,7 @@ BfqQueue* BfqScheduler::select_queue(uint64_t now) {
 
 void BfqScheduler::set_in_service(BfqQueue& q, uint64_t now) {
   in_service_ = &q;
-  waiting_ = false;
+  set_waiting(false);
   q.fifo_checked = false;
   q.in_service_since_ns = now;
   // An interactive raised queue gets a longer timeout, as its weight.
@@ -536,7 +540,7 @@ void BfqScheduler::expire(BfqQueue& q, Expire why, uint64_t now) {
     q.soft_rt_next_start_ns = std::max(by_rate, now + t_.slice_idle_ns + 4 * kMs);
   }
   in_service_ = nullptr;
-  waiting_ = false;
+  set_waiting(false);
   expirations_[static_cast<size_t>(why)]++;
   ServiceTree& tree = trees_[q.ioclass];
   if (q.busy()) {
@@ -601,7 +605,7 @@ void BfqScheduler::completed(Request& rq, uint64_t) {
       // next, or let it go.
       if (!q.busy() && better_to_idle(q)) {
         if (q.dispatched == 0 && !waiting_) {
-          waiting_ = true;
+          set_waiting(true);
           idle_deadline_ns_ = t + t_.slice_idle_ns;
           after.timer = &rq.hctx();
           after.timer_ns = t_.slice_idle_ns;

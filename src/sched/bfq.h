@@ -149,7 +149,10 @@ class BfqScheduler final : public Scheduler {
   uint32_t default_weight_ = kDefaultWeight;
 
   BfqQueue* in_service_ = nullptr;
-  bool waiting_ = false;  // idling on in_service_ (wait_request)
+  // Idling on in_service_ (wait_request). Written under mu_; has_work reads
+  // it without.
+  std::atomic<bool> waiting_{false};
+  void set_waiting(bool w) { waiting_.store(w, std::memory_order_relaxed); }
   uint64_t idle_deadline_ns_ = 0;
   // dispatch() held requests back until a completion: it must run us.
   bool stalled_ = false;
