@@ -88,7 +88,8 @@ void BfqScheduler::rebuild() {
     }
   }
   in_service_ = nullptr;
-  waiting_ = stalled_ = false;
+  set_waiting(false);
+  stalled_ = false;
   busy_queues_ = wr_busy_queues_ = 0;
   // Every pooled queue too, whatever the size: one left on a tree (the
   // idle list, in service) would carry links and a weight the new trees
@@ -158,14 +159,27 @@ void BfqScheduler::maybe_release(BfqQueue& q) {
 // --- a request's life -------------------------------------------------------------
 
 void BfqScheduler::prepare_request(Request& rq) {
-  RqPriv* p = priv(rq);
+  // No lock here: insert() finds the request's queue (attach), which also
+  // spares it for requests that never come to us (a flush sequence's).
+  *priv(rq) = RqPriv{nullptr, nullptr, nullptr, 0, RqPriv::State::kPrepared};
+}
+
+void BfqScheduler::attach(Request& rq) {
   const bool sync = is_sync(rq.op(), rq.flags());
-  std::lock_guard lock(mu_);
   BfqQueue* q = sync ? sync_queue(rq.issuer()) : &async_queue(rq.ioprio());
   if (q->refs == 0 && q->pooled) pool_.hold(*q);
   if (q->refs == 0 || q->ioprio != rq.ioprio()) set_ioprio(*q, rq.ioprio());
   q->refs++;
-  *p = RqPriv{q, nullptr, nullptr, 0, RqPriv::State::kPrepared};
+  priv(rq)->bfqq = q;
+}
+
+void BfqScheduler::detach(Request& rq) {
+  RqPriv* p = priv(rq);
+  BfqQueue* q = p->bfqq;
+  p->state = RqPriv::State::kDone;
+  p->bfqq = nullptr;
+  q->refs--;
+  maybe_release(*q);
 }
 
 void BfqScheduler::insert(HwQueue&, RequestList& list, bool at_head) {
@@ -173,6 +187,7 @@ void BfqScheduler::insert(HwQueue&, RequestList& list, bool at_head) {
   const uint64_t t = now();
   while (Request* rq = list.pop_front()) {
     RqPriv* p = priv(*rq);
+    if (!p->bfqq) attach(*rq);  // a requeued one keeps its queue
     BfqQueue& q = *p->bfqq;
     if (!at_head) {
       update_think_time(q, t);
@@ -243,7 +258,7 @@ void BfqScheduler::update_weight_raising(BfqQueue& q, uint64_t now) {
 void BfqScheduler::became_busy(BfqQueue& q, uint64_t now) {
   if (&q == in_service_) {
     // Its next request came while bfq idled for it (wait_request ends).
-    waiting_ = false;
+    set_waiting(false);
     return;
   }
   // Interactive: new, or idle for long (bfq_bfqq_idle_for_long_time). Soft
@@ -322,7 +337,7 @@ Request* BfqScheduler::dispatch(HwQueue& hctx) {
           expire(*q, Expire::kBudgetExhausted, t);
           continue;
         }
-        waiting_ = false;
+        set_waiting(false);
         dispatch_request(*q, *rq, t);
         out = rq;
         break;
@@ -343,7 +358,7 @@ Request* BfqScheduler::dispatch(HwQueue& hctx) {
           // Idle once its last request completes (completed() arms it).
           stalled_ = true;
         } else {
-          waiting_ = true;
+          set_waiting(true);
           idle_deadline_ns_ = t + t_.slice_idle_ns;
           after.timer = &hctx;
           after.timer_ns = t_.slice_idle_ns;
@@ -358,7 +373,10 @@ Request* BfqScheduler::dispatch(HwQueue& hctx) {
 }
 
 bool BfqScheduler::has_work(const HwQueue&) const {
-  return queued_.load(std::memory_order_relaxed) != 0;
+  // While idling, too: the idle timer's run must reach dispatch() to end
+  // the wait even when nothing else is queued (bfq_idle_slice_timer).
+  return queued_.load(std::memory_order_relaxed) != 0 ||
+         waiting_.load(std::memory_order_relaxed);
 }
 
 BfqQueue* BfqScheduler::select_queue(uint64_t now) {
@@ -380,7 +398,7 @@ BfqQueue* BfqScheduler::select_queue(uint64_t now) {
 
 void BfqScheduler::set_in_service(BfqQueue& q, uint64_t now) {
   in_service_ = &q;
-  waiting_ = false;
+  set_waiting(false);
   q.fifo_checked = false;
   q.in_service_since_ns = now;
   // An interactive raised queue gets a longer timeout, as its weight.
@@ -522,7 +540,7 @@ void BfqScheduler::expire(BfqQueue& q, Expire why, uint64_t now) {
     q.soft_rt_next_start_ns = std::max(by_rate, now + t_.slice_idle_ns + 4 * kMs);
   }
   in_service_ = nullptr;
-  waiting_ = false;
+  set_waiting(false);
   expirations_[static_cast<size_t>(why)]++;
   ServiceTree& tree = trees_[q.ioclass];
   if (q.busy()) {
@@ -587,7 +605,7 @@ void BfqScheduler::completed(Request& rq, uint64_t) {
       // next, or let it go.
       if (!q.busy() && better_to_idle(q)) {
         if (q.dispatched == 0 && !waiting_) {
-          waiting_ = true;
+          set_waiting(true);
           idle_deadline_ns_ = t + t_.slice_idle_ns;
           after.timer = &rq.hctx();
           after.timer_ns = t_.slice_idle_ns;
@@ -602,24 +620,23 @@ void BfqScheduler::completed(Request& rq, uint64_t) {
       stalled_ = false;
       after.run = &rq.hctx();
     }
+    // finish_request follows on this thread: let it go now, so that it
+    // need not take the lock again.
+    detach(rq);
   }
   after();
 }
 
 void BfqScheduler::finish_request(Request& rq) {
-  RqPriv* p = priv(rq);
+  // Nothing left after completed(), or never inserted: no lock needed.
+  if (!priv(rq)->bfqq) return;
   std::lock_guard lock(mu_);
-  BfqQueue* q = p->bfqq;
-  if (!q) return;
-  if (p->state == RqPriv::State::kDispatched) {
+  if (priv(rq)->state == RqPriv::State::kDispatched) {
     // Ended without completed() (not seen here otherwise).
-    q->dispatched--;
+    priv(rq)->bfqq->dispatched--;
     in_driver_--;
   }
-  p->state = RqPriv::State::kDone;
-  p->bfqq = nullptr;
-  q->refs--;
-  maybe_release(*q);
+  detach(rq);
 }
 
 // --- merging ----------------------------------------------------------------------

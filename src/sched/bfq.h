@@ -126,6 +126,10 @@ class BfqScheduler final : public Scheduler {
   bool asymmetric() const;
   bool may_expire_for_budget_timeout(const BfqQueue& q, uint64_t now) const;
   void maybe_release(BfqQueue& q);
+  // The request takes a reference on its queue (attach, at its first
+  // insert) and gives it back (detach, at completion or finish).
+  void attach(Request& rq);
+  void detach(Request& rq);
   void sample_rate(const Request& rq, uint64_t now);
   // What the device serves in timeout_sync at its peak rate (bfq_calc_max_budget).
   uint64_t auto_max_budget() const;
@@ -145,7 +149,10 @@ class BfqScheduler final : public Scheduler {
   uint32_t default_weight_ = kDefaultWeight;
 
   BfqQueue* in_service_ = nullptr;
-  bool waiting_ = false;  // idling on in_service_ (wait_request)
+  // Idling on in_service_ (wait_request). Written under mu_; has_work reads
+  // it without.
+  std::atomic<bool> waiting_{false};
+  void set_waiting(bool w) { waiting_.store(w, std::memory_order_relaxed); }
   uint64_t idle_deadline_ns_ = 0;
   // dispatch() held requests back until a completion: it must run us.
   bool stalled_ = false;

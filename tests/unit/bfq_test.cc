@@ -256,6 +256,25 @@ TEST(Bfq, TheIdleTimerRunsTheQueue) {
   Finish(b, bios);
 }
 
+// On an otherwise idle device the idle timer's run ends the wait too
+// (bfq_idle_slice_timer): the queue is not left in service to resume its
+// old round, charged for the time it thought, when it comes back.
+TEST(Bfq, TheIdleTimerExpiresAQueueWithNothingElseQueued) {
+  BfqDisk b = MakeBfq(1);
+  TestBios bios;
+  Submit(b, bios, 1, Op::kRead, 0);
+  ASSERT_TRUE(b.d.driver->complete_next());
+  ASSERT_TRUE(b.sched().idling());
+  Advance(9 * kMs);
+  b.d.hctx().run();  // what the timer does
+  EXPECT_FALSE(b.sched().idling());
+  EXPECT_EQ(b.sched().expirations(Expire::kTooIdle), 1u);
+  Advance(200 * kMs);  // past timeout_sync: it must not count as its time
+  Submit(b, bios, 1, Op::kRead, 8);
+  Finish(b, bios);
+  EXPECT_EQ(b.sched().expirations(Expire::kBudgetTimeout), 0u);
+}
+
 TEST(Bfq, AnAsyncQueueIsNotIdledOn) {
   BfqDisk b = MakeBfq(1);
   TestBios bios;
