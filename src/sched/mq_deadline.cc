@@ -155,20 +155,18 @@ class MqDeadline final : public Scheduler {
     std::lock_guard lock(mu_);
     const int64_t now = static_cast<int64_t>(sched_clock::now());
     now_ = now;
-    Request* rq = dispatch_aged(now);
-    for (int p = 0; !rq && p < kNrPrios; ++p) {
-      // A lower class waits while a higher one has requests queued or in
-      // the driver.
-      rq = dispatch_from(prio_[p], now);
-      if (queued_in(p) != 0) break;
+    Request* rq = pick(now);
+    if (!rq && queued_.load(std::memory_order_relaxed) != 0) {
+      // Held back for a higher class in the driver: its completion runs
+      // the queue again. One that finished between the pick and the flag
+      // saw no flag and ran nothing: pick again once the flag is visible
+      // (seq_cst, pairs with finish_request).
+      held_back_.store(true, std::memory_order_seq_cst);
+      rq = pick(now);
     }
     if (rq) {
       priv(*rq).listed = false;
       queued_.fetch_sub(1, std::memory_order_relaxed);
-    } else if (queued_.load(std::memory_order_relaxed) != 0) {
-      // Held back for a higher class in the driver: its completion runs
-      // the queue again.
-      held_back_.store(true, std::memory_order_relaxed);
     }
     return rq;
   }
@@ -179,8 +177,9 @@ class MqDeadline final : public Scheduler {
 
   void finish_request(Request& rq) override {
     const DdPriv& p = priv(rq);
-    if (p.counted) prio_[p.prio].completed.fetch_add(1, std::memory_order_relaxed);
-    if (held_back_.load(std::memory_order_relaxed) &&
+    // seq_cst: pairs with dispatch(), which sets held_back_ then counts.
+    if (p.counted) prio_[p.prio].completed.fetch_add(1, std::memory_order_seq_cst);
+    if (held_back_.load(std::memory_order_seq_cst) &&
         held_back_.exchange(false, std::memory_order_relaxed)) {
       rq.hctx().run();
     }
@@ -292,7 +291,18 @@ class MqDeadline final : public Scheduler {
   // Requests of class `p` inserted and not yet finished: queued here or in
   // the driver (dd_queued).
   uint64_t queued_in(int p) const {
-    return prio_[p].inserted - prio_[p].completed.load(std::memory_order_relaxed);
+    return prio_[p].inserted - prio_[p].completed.load(std::memory_order_seq_cst);
+  }
+
+  // The next request: an aged one, else the highest class's; a lower class
+  // waits while a higher one has requests queued or in the driver.
+  Request* pick(int64_t now) {
+    if (Request* rq = dispatch_aged(now)) return rq;
+    for (int p = 0; p < kNrPrios; ++p) {
+      if (Request* rq = dispatch_from(prio_[p], now)) return rq;
+      if (queued_in(p) != 0) break;
+    }
+    return nullptr;
   }
 
   void insert_locked(Request& rq, bool at_head, int64_t now, RequestList& merged) {

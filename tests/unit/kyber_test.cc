@@ -9,6 +9,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <thread>
 
 #include "blkstack/error.h"
 #include "mq_test_util.h"
@@ -140,6 +142,34 @@ TEST_F(KyberQueue, TokensCapWhatADomainHasInTheDriver) {
   ASSERT_TRUE(AllDone(bios_));
   for (auto& b : bios_) EXPECT_EQ(b->status.load(), Status::kOk);
   EXPECT_EQ(Kyber(d).tokens_in_use(kKyberOther), 0u);
+  EXPECT_EQ(d.hctx().sched_tags()->alloc.in_use(), 0u);
+}
+
+// Tokens go back whatever way a request leaves the driver: refused
+// (kResource), requeued, merged into another; once idle, none is in use.
+TEST_F(KyberQueue, TokensAllComeBackAfterRefusalsRequeuesAndMerges) {
+  MqDisk d = KyberDisk(64);
+  d.driver->resource_next = 3;
+  for (int i = 0; i < 8; ++i) Submit(d, Op::kRead, 100 * i);
+  for (int i = 0; i < 8; ++i) Submit(d, Op::kWrite, 10000 + 100 * i);
+  // Back merges into a queued or held write: bios, not requests.
+  Submit(d, Op::kWrite, 10000 + 8);
+  for (int i = 0; i < 20; ++i) Submit(d, Op::kWriteZeroes, 20000 + 100 * i);
+  // Three held requests requeued: they go through kyber again, first.
+  for (int i = 0; i < 3; ++i) {
+    Request* rq = d.driver->take(0);
+    ASSERT_NE(rq, nullptr);
+    d.queue().requeue_request(*rq, /*kick=*/true);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!AllDone(bios_) && std::chrono::steady_clock::now() < deadline) {
+    if (!d.driver->complete_next())
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_TRUE(AllDone(bios_));
+  for (auto& b : bios_) EXPECT_EQ(b->status.load(), Status::kOk);
+  for (unsigned dom = 0; dom < kKyberDomains; ++dom)
+    EXPECT_EQ(Kyber(d).tokens_in_use(dom), 0u) << "domain " << dom;
   EXPECT_EQ(d.hctx().sched_tags()->alloc.in_use(), 0u);
 }
 

@@ -87,6 +87,11 @@ TEST_P(SchedSwitch, UnderAVerifiedWorkloadLosesNothing) {
     EXPECT_EQ(d.queue().scheduler_name(), names[i % names.size()]);
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
+  // Progress: on a loaded machine the switches may leave little room for
+  // I/O, so give the workload a moment more to show it was not stuck.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (ios.load() <= 100 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   stop = true;
   for (auto& th : threads) th.join();
   EXPECT_EQ(failures.load(), 0);

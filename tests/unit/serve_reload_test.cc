@@ -142,6 +142,14 @@ TEST_F(ServeReloadTest, AddRemoveChangeAndKeepInOneReloadWhileTheKeptOneWorks) {
   EXPECT_EQ(chg->size(), 4u << 20);
   // A write in flight on the export that goes: answered before it closes.
   gone->send(nbd::testing::request(nbd::kCmdWrite, 77, 0, 4096) + pattern(4096, 9));
+  // Sent is not received: one the server reads only after the reload began
+  // is refused ESHUTDOWN (the spec's soft disconnect), as a loaded machine
+  // showed. Wait until its loop has taken it.
+  const auto taken_by = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (service_->nbd()->export_counts("gone").requests < 1 &&
+         std::chrono::steady_clock::now() < taken_by)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_EQ(service_->nbd()->export_counts("gone").requests, 1u);
   work.await_rounds(20);
 
   Rewrite(kAfter);
