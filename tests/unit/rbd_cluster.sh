@@ -9,7 +9,7 @@ here=$(cd "$(dirname "$0")/../.." && pwd)
 export CEPH_DIR=$dir/cluster
 case $cmd in
   up)
-    "$here/scripts/ceph-down.sh"  # a cluster an interrupted run left
+    FAST=1 "$here/scripts/ceph-down.sh"  # a cluster an interrupted run left
     if ! command -v ceph-mon >/dev/null || ! command -v ceph-osd >/dev/null; then
       echo "rbd_cluster: ceph-mon/ceph-osd not installed: the rbd tests skip"
       exit 0
@@ -34,6 +34,6 @@ PY
     MON_PORT=$port MEM_BYTES=$((512 << 20)) "$here/scripts/ceph-up.sh" ||
       { KEEP=1 "$here/scripts/ceph-down.sh"; exit 1; }
     ;;
-  down) "$here/scripts/ceph-down.sh" ;;
+  down) FAST=1 "$here/scripts/ceph-down.sh" ;;
   *) echo "usage: $0 up|down DIR" >&2; exit 2 ;;
 esac

@@ -115,7 +115,7 @@ TEST_F(RbdTest, ReferenceModelFromSeveralThreads) {
   auto disk = registry_->create(Spec(",depth=16"));
   ASSERT_EQ(disk->size_bytes(), kImageBytes);
   constexpr int kThreads = 4;
-  constexpr int kOpsPerThread = 150;
+  constexpr int kOpsPerThread = 100;
   constexpr uint64_t kRegion = kImageBytes / kThreads;
   constexpr uint64_t kSector = 512;
   std::atomic<int> failures{0};
