@@ -14,7 +14,9 @@
 //   completion=callback librbd's callback only links the command onto a
 //                       lock-free list and signals the eventfd when the list
 //                       was empty; the reaper takes the whole list at once.
-// docs/drivers.md ("rbd") has the figures of both.
+// The callback is the default: librbd signals the eventfd for every
+// completion, the callback only when the reaper's list was empty, so fewer
+// wake-ups at depth; docs/drivers.md ("rbd") has the figures of both.
 //
 // Opening connects to the cluster with bounded waits (connect_timeout=,
 // osd_timeout=), so that an unreachable cluster, a missing pool, image or
@@ -281,7 +283,7 @@ constexpr OptionDef kOptions[] = {
     {"exclusive", OptionKind::kBool, "0",
      "take the image's exclusive lock when opening and keep it: other clients cannot "
      "write"},
-    {"completion", OptionKind::kChoice, "eventfd",
+    {"completion", OptionKind::kChoice, "callback",
      "how librbd's completions reach the reaper thread: queued in the image "
      "(rbd_poll_io_events) or through a callback that only enqueues",
      "eventfd|callback"},
@@ -446,7 +448,7 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
   const std::string describe =
       fmt::format("{}/{}{}{} object {}K{}{}", pool, image, snap.empty() ? "" : "@", snap,
                   info.obj_size >> 10, exclusive ? " exclusive" : "",
-                  mode == CompletionMode::kCallback ? " completion=callback" : "");
+                  mode == CompletionMode::kEventfd ? " completion=eventfd" : "");
   auto driver = std::make_unique<RbdDriver>(std::move(h), efd, mode);
   return make_disk(name, size >> kSectorShift, lim, qm, nullptr, std::move(driver),
                    std::make_unique<RbdReports>(describe));

@@ -201,12 +201,13 @@ TEST_F(RbdTest, ReferenceModelFromSeveralThreads) {
   EXPECT_EQ(failures, 0);
 }
 
-// The same through the other completion path, and what the disk reports.
-TEST_F(RbdTest, CallbackCompletionAndLimits) {
-  auto disk = registry_->create(Spec(",completion=callback"));
+// Through the other completion path (rbd_poll_io_events), FUA writes in
+// one piece (the fadvise flag), and what the disk reports.
+TEST_F(RbdTest, EventfdCompletionAndLimits) {
+  auto disk = registry_->create(Spec(",completion=eventfd"));
   EXPECT_EQ(disk->limits().optimal_io_size, 4u << 20) << "the image's object size";
   EXPECT_TRUE(disk->limits().volatile_write_cache);
-  EXPECT_NE(disk->describe().find("completion=callback"), std::string::npos);
+  EXPECT_NE(disk->describe().find("completion=eventfd"), std::string::npos);
   BlockHandle h(disk);
   std::vector<uint8_t> w(64 << 10), r(64 << 10);
   for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<uint8_t>(i * 7 + 1);
