@@ -15,7 +15,8 @@
 # for 4 KiB random reads at depth 32. bench/remote.sh reads that line for
 # its rbd rows.
 #
-# Usage: bench/remote-rbd.sh        (env: JOBS=2 RUNTIME=5 SIZE=512M)
+# Usage: bench/remote-rbd.sh        (env: JOBS=2 RUNTIME=5 SIZE=512M;
+#        RESULT_DIR=DIR keeps the jobs' JSON there, as bench/remote.sh asks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,6 +66,7 @@ run() {
 for c in "${CASES[@]}"; do
   for side in rbd fio-rbd; do run "$side" "${c%%|*}" "${c#*|}"; done
 done
+[ -n "${RESULT_DIR:-}" ] && cp "$tmp"/rbd-*.json "$tmp"/fio-rbd-*.json "$RESULT_DIR"/
 echo "remote-rbd: rbd bench (4k randread, 16 threads)"
 timeout $((RUNTIME * 10 + 60)) rbd bench --io-type read --io-pattern rand --io-size 4K \
   --io-threads 16 --io-total $((RUNTIME * 20))M rbd/bench >"$tmp/rbd-bench.txt" 2>&1 ||
