@@ -221,6 +221,31 @@ TEST_F(RbdTest, EventfdCompletionAndLimits) {
   EXPECT_EQ(h.flush(), Status::kOk);
 }
 
+// librbd's write-around cache (and no cache) writes a write carrying
+// LIBRADOS_OP_FLAG_FADVISE_FUA through; with rbd_cache_policy=writeback
+// the ObjectCacher may hold it, so there a FUA write is followed by a flush.
+TEST_F(RbdTest, FuaUnderAWritebackCacheIsWriteThenFlush) {
+  auto plain = registry_->create(Spec());
+  EXPECT_EQ(plain->describe().find("fua=flush"), std::string::npos)
+      << "rbd cache = false: the fadvise flag is enough";
+  plain.reset();
+  ASSERT_EQ(setenv("CEPH_ARGS", "--rbd_cache=true --rbd_cache_policy=writeback", 1), 0);
+  std::shared_ptr<Disk> disk;
+  try {
+    disk = registry_->create(Spec(",name=wb"));
+  } catch (...) {
+    unsetenv("CEPH_ARGS");
+    throw;
+  }
+  unsetenv("CEPH_ARGS");
+  EXPECT_NE(disk->describe().find("fua=flush"), std::string::npos) << disk->describe();
+  BlockHandle h(disk);
+  std::vector<uint8_t> w(8 << 10, 0x5a), r(8 << 10);
+  ASSERT_EQ(h.pwrite(w.data(), w.size(), 4096, BioFlag::kFua), Status::kOk);
+  ASSERT_EQ(h.pread(r.data(), r.size(), 4096), Status::kOk);
+  EXPECT_EQ(r, w);
+}
+
 // What an open that cannot succeed says, and that it says it quickly.
 void ExpectOpenFails(DiskRegistry& reg, const std::string& spec,
                      const std::string& needle, std::chrono::seconds limit) {
