@@ -5,6 +5,7 @@
 // skipped, saying why.
 #include <gtest/gtest.h>
 #include <rbd/librbd.h>
+#include <signal.h>
 #include <sys/uio.h>
 
 #include <atomic>
@@ -284,6 +285,31 @@ TEST_F(RbdTest, UnreachableClusterFailsWithinTheConnectTimeout) {
   std::remove(conf.c_str());
   ExpectOpenFails(*registry_, "rbd:rbd/x,conf=/nonexistent/ceph.conf",
                   "cannot read conf '/nonexistent/ceph.conf'", 2s);
+}
+
+// The OSD stops answering mid-workload (SIGSTOP): I/O fails with kTimeout
+// once osd_timeout= has passed, not a hang, and works again once the OSD
+// is back.
+TEST_F(RbdTest, StoppedOsdFailsIoWithinTheOsdTimeout) {
+  BlockHandle h(registry_->create(Spec(",osd_timeout=2s,name=stall")));
+  std::vector<uint8_t> w(4096, 0x3c), r(4096);
+  ASSERT_EQ(h.pwrite(w.data(), w.size(), 0), Status::kOk);
+  const std::string conf(conf_);
+  std::ifstream pidfile(conf.substr(0, conf.rfind('/')) + "/run/osd.0.pid");
+  pid_t osd = 0;
+  ASSERT_TRUE(pidfile >> osd) << "the fixture's osd.0.pid";
+  ASSERT_EQ(kill(osd, SIGSTOP), 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  const Status st = h.pwrite(w.data(), w.size(), 8192);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  kill(osd, SIGCONT);
+  EXPECT_EQ(st, Status::kTimeout);
+  EXPECT_LT(took, 15s);
+  EXPECT_GE(took, 1s);
+  // Back: the same disk serves again.
+  ASSERT_EQ(h.pwrite(w.data(), w.size(), 8192), Status::kOk);
+  ASSERT_EQ(h.pread(r.data(), r.size(), 8192), Status::kOk);
+  EXPECT_EQ(r, w);
 }
 
 // A snapshot opens read-only and reads what the image held when it was
