@@ -34,6 +34,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -308,25 +309,36 @@ std::string conf_value(rados_t cluster, const char* key) {
   return rados_conf_get(cluster, key, buf, sizeof buf - 1) == 0 ? buf : "?";
 }
 
+// The image's effective librbd settings that the driver depends on: the
+// conf, then the pool's and the image's own overrides (rbd config ... set).
+struct ImageSettings {
+  std::string cache, cache_policy, non_blocking_aio;
+};
+
+ImageSettings image_settings(rbd_image_t image) {
+  ImageSettings s;
+  int max = 0;
+  rbd_config_image_list(image, nullptr, &max);  // -ERANGE, the count in max
+  if (max <= 0) return s;
+  std::vector<rbd_config_option_t> opts(static_cast<size_t>(max));
+  if (rbd_config_image_list(image, opts.data(), &max) < 0) return s;
+  for (int i = 0; i < max; ++i) {
+    const std::string_view name = opts[i].name;
+    if (name == "rbd_cache") s.cache = opts[i].value;
+    if (name == "rbd_cache_policy") s.cache_policy = opts[i].value;
+    if (name == "rbd_non_blocking_aio") s.non_blocking_aio = opts[i].value;
+  }
+  rbd_config_image_list_cleanup(opts.data(), max);
+  return s;
+}
+
 // Whether LIBRADOS_OP_FLAG_FADVISE_FUA alone makes a write durable when it
 // completes: yes without librbd's cache and through its write-around cache
 // (rbd_cache_policy=writearound, the default, writes such a write through);
 // the writeback cache (ObjectCacher) is not known to honour the flag, so
-// there, or when the image's settings cannot be read, write then flush.
-// The image's effective settings: the conf, then pool and image overrides.
-bool fua_by_flag(rbd_image_t image) {
-  int max = 0;
-  rbd_config_image_list(image, nullptr, &max);  // -ERANGE, the count in max
-  if (max <= 0) return false;
-  std::vector<rbd_config_option_t> opts(static_cast<size_t>(max));
-  if (rbd_config_image_list(image, opts.data(), &max) < 0) return false;
-  std::string cache, policy;
-  for (int i = 0; i < max; ++i) {
-    if (std::strcmp(opts[i].name, "rbd_cache") == 0) cache = opts[i].value;
-    if (std::strcmp(opts[i].name, "rbd_cache_policy") == 0) policy = opts[i].value;
-  }
-  rbd_config_image_list_cleanup(opts.data(), max);
-  return cache == "false" || policy == "writearound";
+// there, or when the settings cannot be read, write then flush.
+bool fua_by_flag(const ImageSettings& s) {
+  return s.cache == "false" || s.cache_policy == "writearound";
 }
 
 std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
@@ -374,6 +386,10 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
              : fmt::format("cannot read conf '{}': {}", conf, errno_text(r)));
   }
   rados_conf_parse_env(h->cluster, nullptr);  // CEPH_ARGS, as the rbd tool reads it
+  // rbd_aio_* only queue the I/O for librbd's own thread, whatever the conf
+  // says: run inline, librbd's dispatch may block the submitting thread in
+  // the objecter's throttles (objecter_inflight_ops, _op_bytes).
+  rados_conf_set(h->cluster, "rbd_non_blocking_aio", "true");
   // Bounded waits: without them librados waits for ever for monitors that
   // do not answer, and librbd for OSDs that do not.
   const std::string mount_s = seconds(o.duration_ns("connect_timeout"));
@@ -430,6 +446,13 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
                                       image, errno_text(r)));
     }
   }
+  const ImageSettings settings = image_settings(h->image);
+  if (settings.non_blocking_aio != "true") {
+    fail(
+        fmt::format("image '{}': its pool's or its own rbd_non_blocking_aio is '{}'; "
+                    "librbd would block the submitting threads (set it to true)",
+                    image, settings.non_blocking_aio));
+  }
   rbd_image_info_t info;
   r = rbd_stat(h->image, &info, sizeof info);
   if (r < 0) fail(fmt::format("cannot stat image '{}': {}", image, errno_text(r)));
@@ -471,7 +494,7 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
       fail(fmt::format("rbd_set_image_notification: {}", errno_text(r)));
     }
   }
-  const bool fua_flag = fua_by_flag(h->image);
+  const bool fua_flag = fua_by_flag(settings);
   const std::string describe =
       fmt::format("{}/{}{}{} object {}K{}{}{}", pool, image, snap.empty() ? "" : "@",
                   snap, info.obj_size >> 10, exclusive ? " exclusive" : "",

@@ -247,6 +247,34 @@ TEST_F(RbdTest, FuaUnderAWritebackCacheIsWriteThenFlush) {
   EXPECT_EQ(r, w);
 }
 
+// librbd runs an I/O's dispatch on the submitting thread when
+// rbd_non_blocking_aio is false, where the objecter's throttles
+// (objecter_inflight_ops, objecter_inflight_op_bytes) can block it: the
+// driver turns it on, and refuses an image whose own settings turn it off.
+TEST_F(RbdTest, SubmitNeverRunsLibrbdDispatchInline) {
+  ASSERT_EQ(setenv("CEPH_ARGS", "--rbd_non_blocking_aio=false", 1), 0);
+  std::shared_ptr<Disk> disk;
+  try {
+    disk = registry_->create(Spec(",name=conf"));
+  } catch (...) {
+    unsetenv("CEPH_ARGS");
+    throw;
+  }
+  unsetenv("CEPH_ARGS");
+  disk.reset();
+  rbd_image_t img;
+  ASSERT_EQ(rbd_open(io_, image_.c_str(), &img, nullptr), 0);
+  ASSERT_EQ(rbd_metadata_set(img, "conf_rbd_non_blocking_aio", "false"), 0);
+  rbd_close(img);
+  try {
+    registry_->create(Spec(",name=image"));
+    ADD_FAILURE() << "opened with the image's rbd_non_blocking_aio=false";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rbd_non_blocking_aio"), std::string::npos)
+        << e.what();
+  }
+}
+
 // What an open that cannot succeed says, and that it says it quickly.
 void ExpectOpenFails(DiskRegistry& reg, const std::string& spec,
                      const std::string& needle, std::chrono::seconds limit) {
