@@ -23,7 +23,7 @@ CMAKE_COMMON := -G Ninja -DBLKSTACK_WERROR=ON --log-level=WARNING
 BUILD := build
 # The ASan build is also the proof that the core builds, and its unit tests
 # pass, with every optional module switched off.
-MODULES_OFF := -DBLKSTACK_WITH_FUSE=OFF -DBLKSTACK_WITH_NBD_CLIENT=OFF
+MODULES_OFF := -DBLKSTACK_WITH_FUSE=OFF -DBLKSTACK_WITH_RBD=OFF -DBLKSTACK_WITH_NBD_CLIENT=OFF
 BUILD_ASAN := build-asan
 BUILD_FUZZ := build-fuzz
 

@@ -5,8 +5,8 @@
 #   fio-nbd   fio's nbd engine (libnbd) on the same URI
 # both against one nbdkit (--threads=1, the memory plugin, SIZE bytes) on
 # a unix socket, prefilled once with 1 MiB sequential writes. The rbd rows
-# (the rbd driver beside fio's rbd engine on one image) print n/a until an
-# rbd driver is registered (`blkstack disk --types`).
+# (the rbd driver beside fio's rbd engine on one image of a throwaway Ceph
+# cluster) come from bench/remote-rbd.sh; n/a where it cannot run.
 #
 # Jobs: 4 KiB random read and write at depth 1 and 32, 1 MiB sequential
 # read at depth 8; each time based (RUNTIME s).
@@ -75,12 +75,19 @@ for c in "${CASES[@]}"; do
   for side in nbd fio-nbd; do run "$side" "$name" "$opts"; done
 done
 
-# --- rbd rows: the rbd driver beside fio's rbd engine on one image. ---
-# Filled in with the rbd driver (issue 18); until one is registered they
-# print n/a.
-RBD=n/a
+# --- rbd rows: the rbd driver beside fio's rbd engine on one image, by
+# bench/remote-rbd.sh (its own throwaway Ceph cluster), which leaves its
+# jobs' JSON here as rbd-NAME.json and fio-rbd-NAME.json.
+RBD="not run: $BUILD/blkstack has no rbd driver (librbd-dev)"
 if "$BUILD/blkstack" disk --types 2>/dev/null | grep -q '^rbd:'; then
-  RBD=registered-but-not-measured
+  if ! command -v ceph-mon >/dev/null || ! command -v ceph-osd >/dev/null; then
+    RBD="not run: no ceph-mon/ceph-osd (scripts/install-deps.sh)"
+  elif RUNTIME=$RUNTIME RESULT_DIR=$tmp bench/remote-rbd.sh >"$tmp/rbd.log" 2>&1; then
+    RBD="bench/remote-rbd.sh, one memstore OSD (rbd-nbd not run: no nbd module)"
+  else
+    tail -5 "$tmp/rbd.log" >&2
+    RBD="bench/remote-rbd.sh failed"
+  fi
 fi
 
 python3 - "$tmp" "$RBD" "${CASES[@]%%|*}" <<'PY'
@@ -107,12 +114,17 @@ print("|---|---|---|---|---|---|---|")
 for n in names:
     a, f = iops("nbd", n), iops("fio-nbd", n)
     ratio = f"{a / f:.2f}" if a and f else "n/a"
-    print(f"| {labels[n]} | {show(n, a)} | {show(n, f)} | {ratio} | n/a | n/a | n/a |")
+    r, g = iops("rbd", n), iops("fio-rbd", n)
+    rratio = f"{r / g:.2f}" if r and g else "n/a"
+    print(f"| {labels[n]} | {show(n, a)} | {show(n, f)} | {ratio} | {show(n, r)} | {show(n, g)}"
+          f" | {rratio} |")
 print("nbd: blkstack bench --direct=1 on nbd:URI (one connection, bio-based);"
       " fio-nbd: fio --ioengine=nbd; one nbdkit --threads=1 memory; rbd: " + rbd + ".")
 a, f = iops("nbd", "rr32"), iops("fio-nbd", "rr32")
 fmt = lambda v: "n/a" if v is None else f"{v:.0f}"
 ratio = f"{a / f:.3f}" if a and f else "n/a"
+r, g = iops("rbd", "rr32"), iops("fio-rbd", "rr32")
+rratio = f"{r / g:.3f}" if r and g else "n/a"
 print(f"RESULT nbd_iops={fmt(a)} fio_nbd_iops={fmt(f)} nbd_vs_fio={ratio}"
-      " rbd_iops=n/a fio_rbd_iops=n/a rbd_vs_fio=n/a")
+      f" rbd_iops={fmt(r)} fio_rbd_iops={fmt(g)} rbd_vs_fio={rratio}")
 PY

@@ -11,8 +11,10 @@ PACKAGES=(
   googletest libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev libfmt-dev nlohmann-json3-dev libxxhash-dev liburing-dev
   clang libclang-rt-14-dev clang-format
-  libtomlplusplus-dev libnbd-dev libfuse3-dev
+  libtomlplusplus-dev libnbd-dev libfuse3-dev librbd-dev librados-dev
   fio libnbd-bin nbdkit nbd-server qemu-utils qemu-system-common fuse3 e2fsprogs
+  # The rbd driver's tests bring up a throwaway Ceph cluster (scripts/ceph-up.sh).
+  ceph-mon ceph-osd ceph-common
   # What the integration tests run besides those (tests/integration/require.sh
   # names the package of every tool): losetup, blockdev, fstrim, fallocate;
   # mount; cmp; python3 for JSON checks.

@@ -17,6 +17,7 @@ struct QueueLimits {
   uint16_t max_segments = 128;            // memory segments per I/O
   uint32_t max_segment_size = 65536;      // bytes per memory segment
   uint32_t discard_granularity = 0;       // bytes; discards are aligned to it
+  uint32_t optimal_io_size = 0;           // bytes an I/O best spans (io_opt); 0: none
   uint32_t max_discard_sectors = 0;       // 0: discard not supported
   uint32_t max_write_zeroes_sectors = 0;  // 0: write-zeroes not supported
   // Write-zeroes with BioFlag::kNoUnmap leaves the range allocated. False

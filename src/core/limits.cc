@@ -77,6 +77,8 @@ std::string QueueLimits::check() const {
   // Otherwise no read or write of even one block could ever be issued.
   if (uint64_t{max_segments} * max_segment_size < logical_block_size)
     return "max_segments * max_segment_size must hold at least one logical block";
+  if (optimal_io_size % logical_block_size != 0)
+    return "optimal_io_size must be a multiple of logical_block_size";
   if (discard_granularity != 0 &&
       (!power_of_two(discard_granularity) || discard_granularity < logical_block_size))
     return "discard_granularity must be a power of two >= logical_block_size";

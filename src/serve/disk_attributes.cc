@@ -144,6 +144,9 @@ const std::vector<Entry>& table() {
          q->set_nr_requests(static_cast<unsigned>(
              parse_uint("queue/nr_requests", v, 1, Queue::kMaxNrRequests)));
        }},
+      {"queue/optimal_io_size", false,
+       [](Disk& d, Queue*) { return std::to_string(d.limits().optimal_io_size); },
+       nullptr},
       {"queue/physical_block_size", false,
        [](Disk& d, Queue*) { return std::to_string(d.limits().physical_block_size); },
        nullptr},

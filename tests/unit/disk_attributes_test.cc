@@ -118,6 +118,7 @@ TEST_F(DiskAttributesTest, RequestBasedDiskListsEveryAttribute) {
       {"queue/max_segments", false},
       {"queue/nomerges", true},
       {"queue/nr_requests", true},
+      {"queue/optimal_io_size", false},
       {"queue/physical_block_size", false},
       {"queue/rotational", true},
       {"queue/scheduler", true},
