@@ -13,6 +13,7 @@ PACKAGES=(
   clang libclang-rt-14-dev clang-format
   libtomlplusplus-dev libnbd-dev libfuse3-dev
   fio libnbd-bin nbdkit nbd-server qemu-utils qemu-system-common fuse3 e2fsprogs
+  fdisk
   # What the integration tests run besides those (tests/integration/require.sh
   # names the package of every tool): losetup, blockdev, fstrim, fallocate;
   # mount; cmp; python3 for JSON checks.
