@@ -3,7 +3,9 @@
 # loop device over its file, sfdisk writing a GPT through the loop device,
 # `blkstack rescan` reading it, the first partition exported (a passthrough
 # disk over it, served as a FUSE file) and attached through another loop
-# device, then ext4 on it: mkfs, mount, write, read back, umount, e2fsck.
+# device (the whole disk's export removed first: the claim on the
+# partition covers it), then ext4 on it: mkfs, mount, write, read back,
+# umount, e2fsck.
 # While the partition is held by its export, a rescan is refused as busy.
 source "$(dirname "$0")/fuse_lib.sh" "$@"
 fuse_require sfdisk mkfs.ext4 e2fsck sha256sum python3
@@ -30,6 +32,9 @@ assert [(x[\"node\"], x[\"start\"], x[\"size\"]) for x in p] == \
     [(\"disk1\", 2048, 262144), (\"disk2\", 264192, 65536)], p
 assert p[0][\"name\"] == \"data\", p"' _ "$BLKSTACK" "$CTL"
 
+# A stacked disk's claim on disk1 covers the whole disk, which must then
+# not stay exported for writing: its export goes first.
+check "remove-export disk" ctl remove-export disk
 check "add-device part1 over disk1" ctl add-device part1 passthrough:lower=disk1
 check "add-export part1 as a FUSE file" ctl add-export part1 part1 --type fuse
 check "the exported file is the partition's size" \
