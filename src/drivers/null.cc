@@ -67,11 +67,6 @@ class NullReports final : public DiskReports {
  public:
   explicit NullReports(Timing t) : timing_(t) {}
   std::string describe() const override { return timing_.describe(); }
-  // Nothing is kept: every byte is a hole, and reads bring no data (so no
-  // partition table either: no scan when the disk is added).
-  Extent extent_at(uint64_t, uint64_t max_length) const override {
-    return {max_length, false, false};
-  }
 
  private:
   Timing timing_;
