@@ -94,7 +94,7 @@ std::shared_ptr<Disk> create_device(DiskRegistry& registry, std::string_view tex
   // disk whose first block is a hole or known zero (a new RAM disk) holds
   // no table: no I/O for it.
   const Extent first = disk->extent_at(0, disk->limits().logical_block_size);
-  if (options.flag("partscan") && first.allocated && !first.zero)
+  if (type->partitions && options.flag("partscan") && first.allocated && !first.zero)
     disk->rescan_partitions();
   return disk;
 }

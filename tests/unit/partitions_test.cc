@@ -359,6 +359,14 @@ TEST(RescanTest, ScannedWhenMadeFromASpecUnlessPartscanOff) {
   EXPECT_TRUE(off->partitions().empty());
 }
 
+TEST(RescanTest, DisksWithoutDataAreNotRead) {
+  DiskRegistry reg;
+  // null keeps nothing (DriverType::partitions false); a new RAM disk is
+  // all holes: neither is read when it is added.
+  EXPECT_EQ(reg.create("null:16M")->stats().ios[kStatRead], 0u);
+  EXPECT_EQ(reg.create("ram:16M")->stats().ios[kStatRead], 0u);
+}
+
 TEST(RescanTest, RefusedWhileAPartitionIsOpenOrClaimed) {
   DiskRegistry reg;
   auto disk = reg.create("ram:4M,name=ram0");
