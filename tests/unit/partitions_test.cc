@@ -2,6 +2,7 @@
 // field, the numbering, the malformed tables each refused with a message),
 // and Disk::rescan_partitions (names, busy while open or claimed, a scan
 // when a disk is made from a spec).
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -310,6 +311,100 @@ TEST(GptTest, Utf16NamesBecomeUtf8) {
 TEST(GptTest, Crc32MatchesZlib) {
   const char* s = "123456789";
   EXPECT_EQ(partitions::crc32({reinterpret_cast<const std::byte*>(s), 9}), 0xCBF43926u);
+}
+
+// --- adversarial tables ----------------------------------------------------
+
+// Re-signs the header at `lba` after a field was changed (size 92).
+void resign(Image& img, uint64_t lba) {
+  img.put32(lba, 16, 0);
+  img.put32(lba, 16, partitions::crc32({img.at(lba), 92}));
+}
+
+TEST(MbrTest, LongChainWithoutLoopIsBounded) {
+  // 300 EBRs, each one logical and a link to the next: no loop, but more
+  // records than kMaxLogicals, so the walk stops with a message.
+  Image img(4096, 512);
+  img.mbr_entry(0, 0, 0, 0x05, 8, 4000);
+  for (uint32_t i = 0; i < 300; ++i) {
+    const uint64_t ebr = 8 + 8 * i;
+    img.mbr_entry(ebr, 0, 0, 0x83, 1, 4);
+    if (i + 1 < 300) img.mbr_entry(ebr, 1, 0, 0x05, 8 * (i + 1), 8);
+  }
+  const PartitionTable t = img.scan();
+  EXPECT_TRUE(Contains(t.error, "longer than 256 records")) << t.error;
+  EXPECT_TRUE(t.partitions.empty());
+}
+
+TEST(MbrTest, OverlappingPartitionsAreKeptAsLinuxKeepsThem) {
+  // Neither the kernel's msdos.c nor libblkid refuses overlaps.
+  Image img(1024, 512);
+  img.mbr_entry(0, 0, 0, 0x83, 8, 100);
+  img.mbr_entry(0, 1, 0, 0x83, 50, 100);
+  const PartitionTable t = img.scan();
+  EXPECT_EQ(t.error, "");
+  EXPECT_EQ(t.partitions.size(), 2u);
+}
+
+TEST(GptTest, HeaderSizeOutsideItsBoundsIsRefused) {
+  for (uint32_t size : {91u, 513u, 0xFFFFFFFFu}) {
+    Image img = gpt_image(1024, 512);
+    for (uint64_t lba : {uint64_t{1}, uint64_t{1023}}) {
+      img.put32(lba, 12, size);
+      resign(img, lba);
+    }
+    const PartitionTable t = img.scan();
+    EXPECT_TRUE(
+        Contains(t.error, fmt::format("header size {} is not from 92 to 512", size)))
+        << t.error;
+    EXPECT_TRUE(t.partitions.empty());
+  }
+}
+
+TEST(GptTest, UsableRangeInconsistentIsRefused) {
+  Image img = gpt_image(1024, 512);
+  for (uint64_t lba : {uint64_t{1}, uint64_t{1023}}) {
+    img.put64(lba, 40, 500);  // first usable past last usable (990)
+    img.put64(lba, 48, 400);
+    resign(img, lba);
+  }
+  EXPECT_TRUE(Contains(img.scan().error, "usable blocks 500 to 400")) << img.scan().error;
+
+  Image past = gpt_image(1024, 512);
+  for (uint64_t lba : {uint64_t{1}, uint64_t{1023}}) {
+    past.put64(lba, 48, 1024);  // last usable past the disk
+    resign(past, lba);
+  }
+  EXPECT_TRUE(Contains(past.scan().error, "not inside the disk's 1024"))
+      << past.scan().error;
+}
+
+TEST(GptTest, EntryCountTimesSizeDoesNotOverflow) {
+  // 0xFFFFFFFF entries of 0xFFFFFFF8 bytes: the product needs 64 bits.
+  Image img = gpt_image(1024, 512);
+  for (uint64_t lba : {uint64_t{1}, uint64_t{1023}}) {
+    img.put32(lba, 80, 0xFFFFFFFFu);
+    img.put32(lba, 84, 0xFFFFFFF8u);
+    resign(img, lba);
+  }
+  const PartitionTable t = img.scan();
+  EXPECT_TRUE(Contains(t.error, "4294967295 entries of 4294967288 bytes is more than"))
+      << t.error;
+  EXPECT_TRUE(t.partitions.empty());
+}
+
+TEST(GptTest, A512ByteTableOnA4KiBDiskIsRefusedWithAMessage) {
+  // sfdisk on a 512-byte device, then the image served with 4096-byte
+  // blocks: the headers are not where a 4096-byte reader looks for them.
+  Image small = gpt_image(1024, 512);
+  Image img(128, 4096);
+  std::memcpy(img.bytes.data(), small.bytes.data(), small.bytes.size() / 2);
+  std::memcpy(img.bytes.data() + img.bytes.size() - small.bytes.size() / 2,
+              small.bytes.data() + small.bytes.size() / 2, small.bytes.size() / 2);
+  const PartitionTable t = img.scan();
+  EXPECT_EQ(t.label, "gpt");
+  EXPECT_TRUE(Contains(t.error, "both GPT headers are invalid")) << t.error;
+  EXPECT_TRUE(t.partitions.empty());
 }
 
 // --- rescan -----------------------------------------------------------------
