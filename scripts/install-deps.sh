@@ -13,6 +13,7 @@ PACKAGES=(
   clang libclang-rt-14-dev clang-format
   libtomlplusplus-dev libnbd-dev libfuse3-dev librbd-dev librados-dev
   fio libnbd-bin nbdkit nbd-server qemu-utils qemu-system-common fuse3 e2fsprogs
+  fdisk
   # The rbd driver's tests bring up a throwaway Ceph cluster (scripts/ceph-up.sh).
   ceph-mon ceph-osd ceph-common
   # What the integration tests run besides those (tests/integration/require.sh

@@ -95,6 +95,9 @@ class BlockDevice {
   std::string holder_;              // under the claim lock (block_device.cc)
   unsigned holder_claims_ = 0;      // Claims of holder_ (bd_holders)
   std::unique_ptr<IoStats> stats_;  // partitions only: part0 is the disk's
+  // Partitions: opens held (Disk::open_partition), under the disk's
+  // parts_lock_; a rescan waits for none.
+  unsigned opens_ = 0;
 };
 
 // One claim, released when destroyed (bd_release). Holds the device, and so

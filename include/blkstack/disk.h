@@ -22,6 +22,7 @@
 #include "blkstack/bioset.h"
 #include "blkstack/block_device.h"
 #include "blkstack/limits.h"
+#include "blkstack/partition_table.h"
 
 namespace blkstack {
 
@@ -124,6 +125,22 @@ class Disk {
                              bool read_only = false);
   BlockDevice* partition(unsigned number) const;  // null if none
   std::vector<BlockDevice*> partitions() const;   // by number
+  // Reads the partition table (MBR or GPT, src/disk/partitions/) and makes
+  // its partitions the disk's, in place of those it had (the kernel's
+  // BLKRRPART; done when a disk is made from a spec, unless partscan=0).
+  // Throws BusyError ("cannot rescan ram0: ram0p1 is open") while a
+  // partition is open (open_partition) or any device of the disk is
+  // claimed, as Linux answers EBUSY. A table refused as malformed, or an
+  // I/O error, leaves no partitions and says why in the table's error.
+  // Not from a submit path.
+  PartitionTable rescan_partitions();
+  // What the last rescan read (an empty table before any).
+  PartitionTable partition_table() const;
+  // The partition called `name` ("ram0p1"), opened: it keeps `self` (this
+  // disk) alive, and rescans are refused while it is held. Null if the
+  // disk has no partition of that name.
+  static std::shared_ptr<BlockDevice> open_partition(const std::shared_ptr<Disk>& self,
+                                                     std::string_view name);
   // Claims that this disk holds on the devices it is stacked on; they are
   // released once shutdown() has waited for this disk's I/O.
   void hold(Claim claim);
@@ -236,6 +253,13 @@ class Disk {
  private:
   friend class BlockDevice;  // claims_closed_
   void update_io_ticks(uint64_t now_ns, bool end);
+  // add_partition's checks and work, under parts_lock_.
+  BlockDevice& add_partition_locked(unsigned number, uint64_t start, uint64_t length,
+                                    bool read_only);
+  // Why the partitions cannot be replaced now, or empty: a claim (under
+  // the claim lock), an open partition (under parts_lock_).
+  std::string rescan_busy_locked() const;
+  std::string open_partition_locked() const;
   void account_done(Op op, uint32_t sectors, uint64_t duration_ns, uint64_t now_ns);
   // Waits until no I/O is in flight and no thread is in the submit path.
   void wait_until_idle(const std::string& what);
@@ -267,6 +291,8 @@ class Disk {
   std::unique_ptr<IoStats> stats_;
   mutable std::mutex parts_lock_;  // parts_ and holds_
   std::unique_ptr<BlockDevice> parts_[kMaxPartitions];
+  PartitionTable table_;    // under parts_lock_
+  std::mutex rescan_lock_;  // one rescan at a time
   std::vector<Claim> holds_;
   bool claims_closed_ = false;  // being removed: no new claims (claim lock)
   BioSet split_set_;

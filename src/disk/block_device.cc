@@ -7,16 +7,15 @@
 #include "blkstack/disk.h"
 #include "blkstack/error.h"
 #include "core/clock.h"
+#include "disk/claim_lock.h"
 #include "disk/io_stats.h"
 
 namespace blkstack {
-namespace {
 
-// Claims change rarely (a stacked disk made or removed), so one lock for
-// all of them, as the kernel's bdev_lock; never taken on the I/O path.
-std::mutex claim_lock;
-
-}  // namespace
+std::mutex& claim_lock() {
+  static std::mutex m;
+  return m;
+}
 
 BlockDevice::BlockDevice(Disk& disk, std::string name, unsigned partno, uint64_t start,
                          uint64_t length, bool read_only)
@@ -98,7 +97,7 @@ const std::string* BlockDevice::holder_locked() const {
 }
 
 void BlockDevice::claim(std::string_view holder) {
-  std::lock_guard lock(claim_lock);
+  std::lock_guard lock(claim_lock());
   if (disk_->claims_closed_ || disk_->dying()) {
     throw Error(fmt::format("cannot stack {} on {}: {} is being removed", holder, name_,
                             disk_->name()));
@@ -113,18 +112,18 @@ void BlockDevice::claim(std::string_view holder) {
 }
 
 void BlockDevice::release(std::string_view holder) {
-  std::lock_guard lock(claim_lock);
+  std::lock_guard lock(claim_lock());
   if (holder_claims_ != 0 && holder_ == holder && --holder_claims_ == 0) holder_.clear();
 }
 
 std::string BlockDevice::holder() const {
-  std::lock_guard lock(claim_lock);
+  std::lock_guard lock(claim_lock());
   const std::string* h = holder_locked();
   return h ? *h : std::string();
 }
 
 void BlockDevice::check_open_for_write() const {
-  std::lock_guard lock(claim_lock);
+  std::lock_guard lock(claim_lock());
   if (const std::string* h = holder_locked()) {
     throw BusyError(
         fmt::format("cannot open {} for writing: {} is held by {}", name_, name_, *h));
@@ -132,7 +131,7 @@ void BlockDevice::check_open_for_write() const {
 }
 
 void Disk::close_claims() {
-  std::lock_guard lock(claim_lock);
+  std::lock_guard lock(claim_lock());
   // Any device of the disk held: the whole disk's view covers them all.
   if (const std::string* h = part0_.holder_locked()) {
     throw BusyError(fmt::format("cannot remove {}: {} is held by {}", name_, name_, *h));

@@ -355,6 +355,12 @@ void Disk::hold(Claim claim) {
 
 BlockDevice& Disk::add_partition(unsigned number, uint64_t start, uint64_t length,
                                  bool read_only) {
+  std::lock_guard lock(parts_lock_);
+  return add_partition_locked(number, start, length, read_only);
+}
+
+BlockDevice& Disk::add_partition_locked(unsigned number, uint64_t start, uint64_t length,
+                                        bool read_only) {
   if (number < 1 || number > kMaxPartitions) {
     throw Error(fmt::format("disk '{}': partition number {} is not from 1 to {}", name_,
                             number, kMaxPartitions));
@@ -372,10 +378,9 @@ BlockDevice& Disk::add_partition(unsigned number, uint64_t start, uint64_t lengt
                     "size {}",
                     name_, number, limits_.logical_block_size));
   }
-  // Linux's rule: "sda" + "1", but "nvme0n1" + "p1" after a digit.
+  // Linux's rule (disk_name()): "sda" + "1", but "nvme0n1" + "p1" after a digit.
   const bool digit = !name_.empty() && name_.back() >= '0' && name_.back() <= '9';
   std::string part_name = fmt::format("{}{}{}", name_, digit ? "p" : "", number);
-  std::lock_guard lock(parts_lock_);
   if (parts_[number - 1]) {
     throw Error(fmt::format("disk '{}': partition {} exists already", name_, number));
   }

@@ -91,9 +91,7 @@ std::shared_ptr<BlockDevice> DiskRegistry::open(std::string_view name,
   } else {
     // A partition: rare, so a walk over the disks and their partitions.
     for (const auto& d : list()) {
-      for (BlockDevice* p : d->partitions()) {
-        if (p->name() == name) bdev = std::shared_ptr<BlockDevice>(d, p);
-      }
+      if (!bdev) bdev = Disk::open_partition(d, name);
     }
     if (!bdev) get(name);  // throws, listing the known disks
   }

@@ -137,6 +137,7 @@ extern const DriverType kNullDriver{
     0,
     kOptions,
     create,
-    /*queue_modes=*/true};
+    /*queue_modes=*/true,
+    /*partitions=*/false};  // nothing is kept: no table to read
 
 }  // namespace blkstack

@@ -28,6 +28,8 @@ constexpr OptionDef kCommonOptions[] = {
     {"name", OptionKind::kString, "",
      "disk name (default: TYPE and the lowest free index)"},
     {"ro", OptionKind::kBool, "0", "read-only: writes, discards and write-zeroes fail"},
+    {"partscan", OptionKind::kBool, "1",
+     "read the partition table (MBR, GPT) when the disk is added"},
 };
 
 // Types are looked up when a disk is made, never on the I/O path: one

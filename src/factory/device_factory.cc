@@ -89,6 +89,13 @@ std::shared_ptr<Disk> create_device(DiskRegistry& registry, std::string_view tex
   if (options.flag("ro")) disk->set_read_only(true);
   disk = registry.add(std::move(disk), type->name, type->major);
   for (Claim& c : ctx.take_claims()) disk->hold(std::move(c));
+  // As add_disk scans a disk that may have partitions: a table found
+  // malformed, or unreadable, leaves none and says why in the table. A
+  // disk whose first block is a hole or known zero (a new RAM disk) holds
+  // no table: no I/O for it.
+  const Extent first = disk->extent_at(0, disk->limits().logical_block_size);
+  if (type->partitions && options.flag("partscan") && first.allocated && !first.zero)
+    disk->rescan_partitions();
   return disk;
 }
 

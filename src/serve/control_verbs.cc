@@ -10,6 +10,7 @@
 #include "blkstack/error.h"
 #include "blkstack/version.h"
 #include "serve/disk_attributes.h"
+#include "serve/partition_report.h"
 #include "serve/service.h"
 
 namespace blkstack::serve {
@@ -171,7 +172,20 @@ json describe(Service& s, Args& a) {
   json attrs = json::object();
   for (const DiskAttribute& x : list_disk_attributes(*d.disk)) attrs[x.name] = x.value;
   j["attributes"] = std::move(attrs);
+  // sfdisk --json's object, as `blkstack part` prints it (null: no table).
+  j["partitiontable"] = json(partition_table_json(*d.disk));
   return j;
+}
+
+// BLKRRPART: reads the table again; busy while a partition is open or
+// claimed (an export of a passthrough over one holds it).
+json rescan(Service& s, Args& a) {
+  const std::string name = a.str("device");
+  a.done();
+  const Service::DeviceInfo d = find_device(s, name);
+  d.disk->rescan_partitions();
+  json j = json(partition_table_json(*d.disk));
+  return j.is_null() ? json{{"partitiontable", nullptr}} : j;
 }
 
 json add_device(Service& s, Args& a) {
@@ -274,6 +288,7 @@ const std::map<std::string, Verb, std::less<>>& verbs() {
       {"get", get},
       {"set", set},
       {"reload", reload},
+      {"rescan", rescan},
   };
   return table;
 }

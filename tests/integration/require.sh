@@ -16,6 +16,7 @@ declare -A _tool_package=(
   [mount]=mount [umount]=mount [fusermount3]=fuse3
   [cmp]=diffutils [sha256sum]=coreutils [truncate]=coreutils [dd]=coreutils
   [stat]=coreutils [timeout]=coreutils
+  [sfdisk]=fdisk [partx]=util-linux [blkid]=util-linux
 )
 
 _require_name() { echo "${TEST_NAME:-$(basename "$0" .sh)}"; }

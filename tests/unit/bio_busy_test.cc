@@ -235,7 +235,9 @@ TEST_P(BioBusy, StackedFourDeepOverABusyDevice) {
   std::string below = "busy0";
   for (int i = 0; i < 4; ++i) {
     const std::string name = fmt::format("pt{}", i);
-    registry.create(fmt::format("passthrough:lower={},name={}", below, name));
+    // partscan=0: a scan would read block 0 from this thread, out of the
+    // per-thread order the driver checks.
+    registry.create(fmt::format("passthrough:lower={},name={},partscan=0", below, name));
     below = name;
   }
   auto top = registry.get(below);

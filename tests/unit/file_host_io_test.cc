@@ -230,7 +230,8 @@ class FileHostIo : public ScratchDirTest {
         [&](const HostIoSetup& s) -> std::unique_ptr<HostIoQueue> {
           return std::make_unique<ScriptedHostIo>(s, journal_, auto_complete);
         });
-    disk_ = registry_.create("file:" + path_ + ",size=4M,direct=off" + spec_options);
+    disk_ = registry_.create("file:" + path_ + ",size=4M,direct=off,partscan=0" +
+                             spec_options);
     journal_.fd = open(path_.c_str(), O_RDWR);
     ASSERT_GE(journal_.fd, 0);
   }

@@ -1,6 +1,6 @@
 // The clients of a running `blkstack serve`'s control socket (docs/serve.md,
 // "Subcommands"): ls, describe, stats, attr, add-device, remove-device,
-// add-export, remove-export, reload. Each sends one request of the control
+// add-export, remove-export, reload, rescan. Each sends one request of the control
 // protocol (src/serve/control_protocol.h) and prints the reply for people,
 // or as it came with --json. An error reply is printed to stderr and exits 1.
 #include <fmt/format.h>
@@ -181,9 +181,26 @@ void print_list(const json& r) {
   print_table(kExportHeader, exports);
 }
 
+// A partition table as sfdisk --json gives it, as rows like sfdisk -l's.
+void print_partitions(const json& table) {
+  if (!table.is_object()) return;
+  const json& t = field(table, "partitiontable");
+  fmt::print("label: {}\nid: {}\nsectorsize: {}\n", cell(field(t, "label")),
+             cell(field(t, "id")), cell(field(t, "sectorsize")));
+  if (t.contains("error")) fmt::print("error: {}\n", cell(field(t, "error")));
+  for (const json& w : field(t, "warnings")) fmt::print("warning: {}\n", cell(w));
+  std::vector<std::vector<std::string>> rows;
+  for (const json& p : field(t, "partitions")) {
+    rows.push_back({cell(field(p, "node")), cell(field(p, "start")),
+                    cell(field(p, "size")), cell(field(p, "type")),
+                    p.contains("name") ? cell(field(p, "name")) : ""});
+  }
+  if (!rows.empty()) print_table({"NODE", "START", "SECTORS", "TYPE", "NAME"}, rows);
+}
+
 void print_describe(const json& r) {
   for (auto& [key, value] : r.items()) {
-    if (key == "attributes") continue;
+    if (key == "attributes" || key == "partitiontable") continue;
     if (key == "size") {
       fmt::print("size: {} ({} bytes)\n", size_cell(value), cell(value));
     } else {
@@ -197,6 +214,10 @@ void print_describe(const json& r) {
   if (!rows.empty()) {
     fmt::print("\n");
     print_table({"ATTRIBUTE", "VALUE"}, rows);
+  }
+  if (field(r, "partitiontable").is_object()) {
+    fmt::print("\n");
+    print_partitions(field(r, "partitiontable"));
   }
 }
 
@@ -394,6 +415,26 @@ void add_control_commands(CLI::App& app) {
     cmd->callback([st] {
       run("remove-export", st->client, "remove-export", {{"name", st->a}},
           [st](const json&) { fmt::print("removed export {}\n", st->a); });
+    });
+  }
+  {
+    auto st = std::make_shared<State>();
+    ClientArgs& args = st->client;
+    std::string& device = st->a;
+    auto* cmd = add_client(app, "rescan",
+                           "Read a device's partition table again (BLKRRPART); refused "
+                           "while a partition is open or claimed",
+                           args);
+    cmd->add_option("DEV", device, "The device")->required();
+    cmd->footer("Example:\n  blkstack rescan disk0      # then export disk0p1");
+    cmd->callback([st] {
+      run("rescan", st->client, "rescan", {{"device", st->a}}, [st](const json& r) {
+        if (!field(r, "partitiontable").is_object()) {
+          fmt::print("{}: no partition table\n", st->a);
+        } else {
+          print_partitions(r);
+        }
+      });
     });
   }
   {

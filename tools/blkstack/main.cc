@@ -53,6 +53,7 @@ int main(int argc, char** argv) {
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   blkstack::cli::add_version_command(app);
   blkstack::cli::add_disk_command(app);
+  blkstack::cli::add_part_command(app);
   blkstack::cli::add_io_command(app);
   blkstack::cli::add_bench_command(app);
   blkstack::cli::add_serve_command(app);

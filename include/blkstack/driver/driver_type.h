@@ -31,6 +31,10 @@ struct DriverType {
   // Runs bio-based or multi-queue: takes queue_mode=, hw_queues=, depth=...
   // (include/blkstack/driver/queue_mode.h).
   bool queue_modes = false;
+  // Whether its disks may hold a partition table, read when one is added
+  // (unless partscan=0); false for a driver that keeps no data (the
+  // kernel's GENHD_FL_NO_PART). docs/partitions.md.
+  bool partitions = true;
 };
 
 // Options every driver accepts: name=, ro=.
