@@ -58,6 +58,7 @@ int main(int argc, char** argv) {
   blkstack::cli::add_serve_command(app);
   blkstack::cli::add_attach_command(app);
   blkstack::cli::add_detach_command(app);
+  blkstack::cli::add_replay_log_command(app);
   blkstack::cli::add_control_commands(app);
   try {
     app.parse(argc, argv);
