@@ -17,15 +17,25 @@ extern const TargetType kErrorTarget;
 extern const TargetType kLinearTarget;
 extern const TargetType kStripedTarget;
 extern const TargetType kZeroTarget;
+extern const TargetType kMirrorTarget;
+extern const TargetType kFlakeyTarget;
+extern const TargetType kDelayTarget;
+extern const TargetType kLogWritesTarget;
 
 namespace {
 
+// clang-format off
 const TargetType* const kBuiltinTargets[] = {
     &kErrorTarget,
     &kLinearTarget,
     &kStripedTarget,
     &kZeroTarget,
+    &kMirrorTarget,
+    &kFlakeyTarget,
+    &kDelayTarget,
+    &kLogWritesTarget,
 };
+// clang-format on
 
 // Looked up when a table is loaded, never on the I/O path: one lock.
 struct Registry {
