@@ -124,6 +124,23 @@ MappedDevice* MappedDevice::of(Disk& disk) {
 
 const std::string& MappedDevice::name() const { return disk_->name(); }
 
+bool MappedDevice::depends_on(Disk& disk, std::string_view name) {
+  MappedDevice* md = of(disk);
+  if (!md) return false;
+  std::vector<Disk*> below;
+  {
+    std::lock_guard lock(md->ctl_lock_);
+    for (const Table* t : {md->live_table_.get(), md->inactive_.get()}) {
+      if (!t) continue;
+      for (BlockDevice* d : t->devices()) below.push_back(&d->disk());
+    }
+  }
+  for (Disk* d : below) {
+    if (d->name() == name || depends_on(*d, name)) return true;
+  }
+  return false;
+}
+
 // --- the I/O path -------------------------------------------------------------
 
 void MappedDevice::submit(Bio& bio) {

@@ -46,6 +46,11 @@ class MappedDevice final : public BioDriver {
                               const std::string& uuid, std::string_view table);
   // The mapped device of `disk`, or null if it is not one.
   static MappedDevice* of(Disk& disk);
+  // The claim holder of every mapped device's lower devices.
+  static constexpr std::string_view kHolder = "device-mapper";
+  // Whether `disk` is a mapped device whose live or inactive table uses,
+  // at any depth, the disk named `name` (a table that would make a cycle).
+  static bool depends_on(Disk& disk, std::string_view name);
 
   ~MappedDevice() override;
 

@@ -9,6 +9,7 @@
 #include "blkstack/disk_registry.h"
 #include "blkstack/driver/open_context.h"
 #include "blkstack/error.h"
+#include "dm/mapped_device.h"
 
 namespace blkstack {
 namespace {
@@ -70,8 +71,18 @@ class LineContext final : public TargetContext {
   const std::string& device_name() const override { return holder_; }
 
   TargetDevice open_device(std::string_view name) override {
-    OpenContext ctx(&registry_, holder_);
-    std::shared_ptr<BlockDevice> bdev = ctx.open_lower(resolve_device(registry_, name));
+    const std::string resolved = resolve_device(registry_, name);
+    if (resolved == holder_)
+      throw Error(fmt::format("cannot stack {} on itself", holder_));
+    // All mapped devices claim as one holder, as dm's _dm_claim_ptr: two
+    // may share a device (logical volumes on one physical volume), while
+    // other stacked disks and writers are kept out.
+    OpenContext ctx(&registry_, std::string(MappedDevice::kHolder));
+    std::shared_ptr<BlockDevice> bdev = ctx.open_lower(resolved);
+    if (MappedDevice::depends_on(bdev->disk(), holder_)) {
+      throw Error(fmt::format("cannot stack {} on {}: {} is stacked on {}", holder_,
+                              resolved, resolved, holder_));
+    }
     for (Claim& c : ctx.take_claims()) claims_.push_back(std::move(c));
     if (std::find(devices_.begin(), devices_.end(), bdev) == devices_.end()) {
       devices_.push_back(bdev);

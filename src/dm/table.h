@@ -6,8 +6,9 @@
 // e.g. "0 2097152 linear ram0 0". Lines are checked when the table is
 // built: they start at 0, follow each other without gap or overlap, and
 // each target's constructor accepts its arguments; any mistake is an Error
-// naming the line. The devices the targets open are claimed by the mapped
-// device for as long as the table lives.
+// naming the line. The devices the targets open are claimed (holder
+// MappedDevice::kHolder, shared by all mapped devices, as dm does) for as
+// long as the table lives.
 #pragma once
 
 #include <cstdint>

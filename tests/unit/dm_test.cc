@@ -52,10 +52,14 @@ TEST(Dm, LinearMapsOntoTheDeviceAtItsOffset) {
     EXPECT_EQ(back, data);
     EXPECT_EQ(top.flush(), Status::kOk);
   }
-  // The lower device is claimed by the mapped device while it exists.
-  EXPECT_TRUE(Contains(ErrorOf([&] { registry.remove("ram0"); }), "held by lin"));
+  // The lower device is claimed while the mapped device uses it.
   EXPECT_TRUE(
-      Contains(ErrorOf([&] { BlockHandle::open(registry, "ram0"); }), "held by lin"));
+      Contains(ErrorOf([&] { registry.remove("ram0"); }), "held by device-mapper"));
+  EXPECT_TRUE(Contains(ErrorOf([&] { BlockHandle::open(registry, "ram0"); }),
+                       "held by device-mapper"));
+  // Another mapped device may share it (logical volumes on one disk).
+  MappedDevice::create(registry, "lin2", "", "0 100 linear ram0 1600");
+  registry.remove("lin2");
   registry.remove("lin");
   BlockHandle ram = BlockHandle::open(registry, "ram0");
   ASSERT_EQ(ram.pread(back.data(), back.size(), 512 * 512 + 4096), Status::kOk);
@@ -115,6 +119,10 @@ TEST(Dm, BadTablesAreRefusedNamingTheLine) {
   EXPECT_FALSE(md.has_inactive());
   EXPECT_TRUE(Contains(ErrorOf([&] { md.load("0 100 linear ok 0"); }),
                        "cannot stack ok on itself"));
+  // Nor through another: ok2 is on ok, so ok cannot go on ok2.
+  MappedDevice::create(registry, "ok2", "", "0 50 linear ok 0");
+  EXPECT_TRUE(Contains(ErrorOf([&] { md.load("0 50 linear ok2 0"); }),
+                       "cannot stack ok on ok2: ok2 is stacked on ok"));
   EXPECT_TRUE(Contains(ErrorOf([&] { MappedDevice::create(registry, "ok", "", ""); }),
                        "device ok already exists"));
   EXPECT_TRUE(Contains(ErrorOf([&] { MappedDevice::create(registry, "a/b", "", ""); }),

@@ -16,5 +16,7 @@ void add_detach_command(CLI::App& app);
 void add_replay_log_command(CLI::App& app);
 // The control socket's clients: ls, describe, stats, attr, add-device, ...
 void add_control_commands(CLI::App& app);
+// blkstack dmsetup: mapped devices of a running server.
+void add_dmsetup_command(CLI::App& app);
 
 }  // namespace blkstack::cli
