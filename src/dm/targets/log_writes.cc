@@ -24,6 +24,7 @@
 // "logging_disabled" once the log is full or failed.
 #include <fmt/format.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -170,10 +171,7 @@ class LogWrites final : public Target {
   }
 
  private:
-  bool logging_enabled() const {
-    std::lock_guard lock(lock_);
-    return enabled_;
-  }
+  bool logging_enabled() const { return enabled_.load(std::memory_order_relaxed); }
   void remap(Bio& clone) { clone.set_dev(*dev_.bdev, offset(clone.sector())); }
 
   static void wake_waiter(Bio& bio) {
@@ -268,7 +266,7 @@ class LogWrites final : public Target {
   uint64_t logged_entries_ = 0;
   uint64_t next_sector_;  // 512-byte sectors on the log
   uint64_t end_sector_;
-  bool enabled_ = true;
+  std::atomic<bool> enabled_{true};  // written under lock_; read without on map()
   bool busy_ = false;
   bool stop_ = false;
   std::vector<std::byte> buf_;  // the thread's
