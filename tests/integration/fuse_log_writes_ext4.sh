@@ -35,7 +35,7 @@ device = "lw"
 type = "fuse"
 TOML
 fuse_start -- --config "$TMP/serve.toml"
-dm() { timeout 30 "$BLKSTACK" dmsetup --control "$CTL" "$@"; }
+dm() { timeout 30 "$BLKSTACK" dmsetup "$1" --control "$CTL" "${@:2}"; }
 
 dev=$(fuse_attach "$MNT/lw") || finish
 check "mkfs.ext4" timeout 120 mkfs.ext4 -q -F "$dev"
@@ -57,9 +57,10 @@ for step in 1 2 3 4; do
 done
 fs_umount "$TMP/fs"
 fuse_detach "$dev"
-check "status counts logged entries" bash -c '[[ $('"$BLKSTACK"' dmsetup --control '"$CTL"' status lw | cut -d" " -f4) -gt 0 ]]'
+check "status counts logged entries" bash -c '[[ $('"$BLKSTACK"' dmsetup status --control '"$CTL"' lw | cut -d" " -f4) -gt 0 ]]'
 # Removing the device logs what no flush covered and the end mark, and
 # lets the log device go: export it to read the log.
+check "stop exporting lw" timeout 30 "$BLKSTACK" remove-export --control "$CTL" lw
 check "dmsetup remove lw" dm remove lw
 check "export the log device" timeout 30 "$BLKSTACK" add-export --control "$CTL" log logdev --type fuse
 check "replay-log reads the log" timeout 60 "$BLKSTACK" replay-log --log "$MNT/log" --num-entries
