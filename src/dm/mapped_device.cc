@@ -473,13 +473,4 @@ std::vector<std::string> MappedDevice::lower_devices() const {
   return out;
 }
 
-void MappedDevice::release_tables() {
-  std::unique_ptr<Table> live;
-  std::unique_ptr<Table> inactive;
-  std::lock_guard lock(ctl_lock_);
-  live_.store(nullptr, std::memory_order_release);
-  live = std::move(live_table_);
-  inactive = std::move(inactive_);
-}
-
 }  // namespace blkstack

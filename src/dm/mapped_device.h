@@ -83,15 +83,10 @@ class MappedDevice final : public BioDriver {
   std::vector<std::string> lower_devices() const;
   uint32_t event_nr() const { return event_nr_.load(std::memory_order_acquire); }
   void raise_event() { event_nr_.fetch_add(1, std::memory_order_acq_rel); }
-  // Tears down the tables, once the disk has been shut down (removed).
-  void release_tables();
 
   // --- BioDriver --------------------------------------------------------
   void submit(Bio& bio) override;
   void shutdown() override;
-
-  // The pool of pieces (for tests of back-pressure).
-  MempoolBase& io_pool() { return pool_.base(); }
 
  private:
   MappedDevice(DiskRegistry& registry, std::string uuid);

@@ -202,9 +202,10 @@ std::string Table::table_text() const {
   std::string out;
   for (size_t i = 0; i < targets_.size(); ++i) {
     const Target& t = *targets_[i];
-    const std::string args = t.table();
-    out += fmt::format("{} {} {}{}{}\n", t.begin(), t.length(), types_[i]->name,
-                       args.empty() ? "" : " ", args);
+    // As dmsetup prints them: "start length type " and the parameters, so
+    // a target without any ends in a blank ("0 100 zero ").
+    out +=
+        fmt::format("{} {} {} {}\n", t.begin(), t.length(), types_[i]->name, t.table());
   }
   return out;
 }
@@ -213,9 +214,8 @@ std::string Table::status_text() const {
   std::string out;
   for (size_t i = 0; i < targets_.size(); ++i) {
     const Target& t = *targets_[i];
-    const std::string st = t.status();
-    out += fmt::format("{} {} {}{}{}\n", t.begin(), t.length(), types_[i]->name,
-                       st.empty() ? "" : " ", st);
+    out +=
+        fmt::format("{} {} {} {}\n", t.begin(), t.length(), types_[i]->name, t.status());
   }
   return out;
 }

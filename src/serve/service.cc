@@ -318,7 +318,10 @@ std::shared_ptr<Disk> create_device(DiskRegistry& registry, const DeviceConfig& 
 
 // Flushes what the exports wrote, then shuts the disk down and removes it.
 void remove_disk(DiskRegistry& registry, const std::shared_ptr<Disk>& disk) {
-  if (!disk->read_only()) {
+  // A suspended mapped device would hold the flush until a resume: it is
+  // removed as it is (what it parked fails), as dm removes one.
+  const MappedDevice* md = MappedDevice::of(*disk);
+  if (!disk->read_only() && !(md && md->suspended())) {
     if (const Status s = BlockHandle(disk).flush(); s != Status::kOk)
       serve_log(fmt::format("flush of '{}' failed: {}", disk->name(), status_name(s)));
   }

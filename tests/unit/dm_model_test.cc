@@ -145,15 +145,15 @@ TEST(DmModel, ZeroReadsZeroesAndDropsWrites) {
   DiskRegistry registry;
   MappedDevice& md = MappedDevice::create(registry, "z", "", "0 16384 zero");
   RunModel(registry, "z", Model::kZero, Swap(md, "0 8000 zero\n8000 8384 zero"));
-  EXPECT_EQ(md.table_text(), "0 8000 zero\n8000 8384 zero\n");
-  EXPECT_EQ(md.status_text(), "0 8000 zero\n8000 8384 zero\n");
+  EXPECT_EQ(md.table_text(), "0 8000 zero \n8000 8384 zero \n");
+  EXPECT_EQ(md.status_text(), "0 8000 zero \n8000 8384 zero \n");
 }
 
 TEST(DmModel, ErrorFailsReadsAndWrites) {
   DiskRegistry registry;
   MappedDevice& md = MappedDevice::create(registry, "e", "", "0 16384 error");
   RunModel(registry, "e", Model::kError, Swap(md, "0 16384 error"));
-  EXPECT_EQ(md.table_text(), "0 16384 error\n");
+  EXPECT_EQ(md.table_text(), "0 16384 error \n");
 }
 
 TEST(DmModel, MixedTableCutsBiosAtEveryLine) {
