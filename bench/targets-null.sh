@@ -24,7 +24,7 @@ bench_build targets_null_bench
 
 echo "targets-null: targets_null_bench, $BENCH_REPS repetitions"
 "$BUILD/bench/targets_null_bench" --benchmark_repetitions="$BENCH_REPS" \
-  --benchmark_min_time="${BENCH_MIN_TIME}s" \
+  --benchmark_min_time="$BENCH_MIN_TIME" \
   --benchmark_out="$tmp/bench.json" --benchmark_out_format=json >"$tmp/bench.log" 2>&1 ||
   bench_fail "targets_null_bench failed" "$tmp/bench.log"
 

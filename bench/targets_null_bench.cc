@@ -83,8 +83,9 @@ void BM_Mirror(benchmark::State& state) {
   DiskRegistry registry;
   NullDisks(registry, 2);
   try {
-    MappedDevice::create(registry, "mir", "",
-                         fmt::format("0 {} mirror core 1 1024 2 null0 0 null1 0", kSectors));
+    MappedDevice::create(
+        registry, "mir", "",
+        fmt::format("0 {} mirror core 1 1024 2 null0 0 null1 0", kSectors));
   } catch (const blkstack::Error& e) {
     state.SkipWithError(e.what());
     return;

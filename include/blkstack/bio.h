@@ -249,10 +249,6 @@ class Bio {
   // A clone of this bio's remaining range sharing its segment table. The
   // clone is not chained; its owner sets a callback (bio_alloc_clone).
   Bio* clone(BioSet& pool, bool may_wait = true);
-  // Makes `c` (a bio fresh from a pool, with no callback) a clone of this
-  // bio's remaining range: for a stacked target that gets its bios itself
-  // (BioSet::alloc_for_split, or a pool of its own).
-  void clone_into(Bio& c) const;
 
   // --- reference counting -------------------------------------------------
   void get() { refs_.fetch_add(1, std::memory_order_relaxed); }
@@ -283,6 +279,8 @@ class Bio {
              void* context);
   // Points the bio at `segs`; their total length becomes its size.
   void set_segments(std::span<Segment> segs);
+  // Makes `c` a clone of this bio's remaining range (see clone()).
+  void clone_into(Bio& c) const;
 
   BioIter iter_{};
   Segment* segs_ = nullptr;

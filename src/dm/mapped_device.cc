@@ -162,7 +162,7 @@ void MappedDevice::submit(Bio& bio) {
         park(bio);
         return;
       }
-      bio.clone_into(*io);
+      clone_bio(bio, *io);
       io->orig = &bio;
       io->ti = &ti;
       io->md = this;
@@ -207,7 +207,7 @@ void MappedDevice::map_pieces(Bio& bio, const Table& table) {
           io->set_ioprio(bio.ioprio());
           io->set_issuer(bio.issuer());
         } else {
-          bio.clone_into(*io);
+          clone_bio(bio, *io);
           io->clear_flags(BioFlag::kPreflush);  // sent to every target above
           const uint64_t skip = (sector - bio.sector()) << kSectorShift;
           if (skip != 0) io->advance(static_cast<uint32_t>(skip));
@@ -325,6 +325,24 @@ void MappedDevice::shutdown() {
 }
 
 // --- per-clone helpers for targets --------------------------------------------
+
+void clone_bio(const Bio& src, Bio& dst) {
+  if (op_has_data(src.op())) {
+    // The whole segment table, then moved to where src is in it.
+    const std::span<Segment> segs = src.segments();
+    dst.init(src.bdev(), src.op(), src.sector(), segs);
+    uint64_t skip = src.iter().done;
+    for (uint16_t i = 0; i < src.iter().idx; ++i) skip += segs[i].len;
+    if (skip != 0) dst.advance(static_cast<uint32_t>(skip));
+    dst.set_sector(src.sector());
+    dst.truncate(src.size());
+  } else {
+    dst.init_nodata(src.bdev(), src.op(), src.sector(), src.size());
+  }
+  dst.set_flags(src.flags());
+  dst.set_ioprio(src.ioprio());
+  dst.set_issuer(src.issuer());
+}
 
 void* target_per_io(Bio& clone) { return static_cast<DmIo&>(clone).per_io; }
 

@@ -155,7 +155,8 @@ ServeConfig parse_serve_config(std::string_view text, const std::string& source)
         }
         require(source, t, "device", "name", d.name);
         // A device is made from a spec, or mapped by a table (src/dm/).
-        if (t.contains("spec") == t.contains("table")) {
+        if (!t.contains("table")) require(source, t, "device", "spec", d.spec);
+        if (t.contains("spec") && t.contains("table")) {
           fail(source, t, "device",
                fmt::format("device '{}': give either spec or table", d.name));
         }

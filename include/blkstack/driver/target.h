@@ -24,9 +24,8 @@
 // thread of the target's own.
 //
 // More clones (a mirror writing to each leg) come from a BioSet the target
-// owns, so it never starves the core's pool (bioset.h), with
-// Bio::clone_into() onto a bio from BioSet::alloc_for_split() and
-// BioSet::park() when none is free.
+// owns, so it never starves the core's pool (bioset.h): clone_bio() onto a
+// bio from BioSet::alloc_for_split(), and BioSet::park() when none is free.
 //
 // A new target is one .cc file that defines a TargetType and one line in
 // src/dm/target_registry.cc (or register_target_type() at run time); see
@@ -183,6 +182,10 @@ void* target_per_io(Bio& clone);
 // Which of the num_*_bios clones of an empty flush, a discard or
 // write-zeroes this is (dm_bio_get_target_bio_nr); 0 for reads and writes.
 unsigned target_bio_nr(const Bio& clone);
+// Makes `dst` (a reset bio, from a pool, without a callback) a clone of
+// `src`'s remaining range: the same device, op, sector, flags, priority
+// and memory (no data copied; bio_alloc_clone).
+void clone_bio(const Bio& src, Bio& dst);
 // Where the clone started when the core handed it to map(): for a target
 // that sends it again (Bio::restart) after end_io() returned kIncomplete.
 const BioStart& target_io_start(const Bio& clone);
