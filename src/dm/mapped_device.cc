@@ -110,6 +110,12 @@ MappedDevice& MappedDevice::create(DiskRegistry& registry, const std::string& na
     t->set_owner(md.get());
     md->live_.store(t.get(), std::memory_order_release);
     md->live_table_ = std::move(t);
+    // dmsetup create is a load and a resume: the targets' resume hooks run
+    // (a mirror starts its resync there).
+    for (size_t i = 0; i < md->live_table_->num_targets(); ++i) {
+      md->live_table_->target(i).preresume();
+      md->live_table_->target(i).resume();
+    }
   }
   MappedDevice& ref = *md;
   const uint64_t size = ref.live_table_ ? ref.live_table_->size() : 0;

@@ -423,5 +423,24 @@ TEST(Mirror, WritesDuringResyncLandOnEveryLeg) {
   EXPECT_EQ(read_all(r, "ram1", model.size()), model);
 }
 
+// A loaded table is not live: its resync must not copy while the old table
+// still writes to the legs (nor before the core has set its length: region
+// 0 was then skipped). dm-raid1 starts recovery in its resume hook too.
+TEST(Mirror, ALoadedTableCopiesNothingUntilResumed) {
+  DiskRegistry r;
+  r.create("ram:1M");
+  r.create("ram:1M");
+  const Bytes junk = fill(1 << 20, 0x5a);
+  BlockHandle(r.get("ram1")).pwrite(junk.data(), junk.size(), 0);
+  MappedDevice& md = MappedDevice::create(r, "mi", "", "0 2048 linear ram0 0");
+  md.load("0 2048 mirror core 1 64 2 ram0 0 ram1 0");
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(read_all(r, "ram1", junk.size()), junk);
+  md.suspend();
+  md.resume();
+  wait_in_sync(md, "32");
+  EXPECT_EQ(read_all(r, "ram1", junk.size()), Bytes(1 << 20));
+}
+
 }  // namespace
 }  // namespace blkstack

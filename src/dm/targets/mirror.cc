@@ -11,12 +11,12 @@
 //
 // Resynchronisation: a core log keeps nothing across a table load, so a
 // new table starts with every region out of sync (unless "nosync") and a
-// thread of the target's own (kmirrord and kcopyd's part) copies region by
-// region from the default leg (the first one that has not failed: list the
-// good leg first when a leg comes back) to the others. Writes to a region
-// being copied wait on a list and go on once it is in sync; the copy waits
-// for writes already in flight to it. Nothing waits in map(). Progress is
-// in `dmsetup status` as dm-mirror prints it:
+// thread of the target's own (kmirrord and kcopyd's part), from the first
+// resume, copies region by region from the default leg (the first one that
+// has not failed: list the good leg first when a leg comes back) to the
+// others. Writes to a region being copied wait on a list and go on once it
+// is in sync; the copy waits for writes already in flight to it. Nothing
+// waits in map(). Progress is in `dmsetup status` as dm-mirror prints it:
 //   <#legs> <dev>... <in sync regions>/<regions> 1 <health letters> 1 core
 // A leg comes back with a table load that lists it again (dm-mirror has no
 // message for it).
@@ -92,7 +92,6 @@ class Mirror final : public Target {
       inflight_[r].store(0);
     }
     sync_count_.store(nosync ? nr_regions : 0);
-    thread_ = std::thread([this] { run(); });
   }
 
   MapResult map(Bio& clone) override {
@@ -158,12 +157,17 @@ class Mirror final : public Target {
     std::unique_lock lock(lock_);
     cv_.wait(lock, [&] { return !copying_; });
   }
+  // The resync starts when the table goes live, as dm-raid1 starts its
+  // recovery in mirror_resume(): a table only loaded must not copy while
+  // the old one still writes to the legs, and the core sets length() after
+  // create() returns.
   void resume() override {
     {
       std::lock_guard lock(lock_);
       paused_ = false;
     }
     cv_.notify_all();
+    if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
   }
 
  private:
@@ -253,8 +257,9 @@ class Mirror final : public Target {
         no_mem_.push_back(&clone);
         return false;
       }
-      clone.clone_into(*b);
+      clone_bio(clone, *b);
       b->set_end_io(&Mirror::write_done, &clone);
+      b->set_dev(*legs[i]->dev.bdev, legs[i]->start + offset(clone.sector()));
       io->subs[i] = b;
       ++n;
     }
@@ -264,12 +269,12 @@ class Mirror final : public Target {
       return true;
     }
     io->remaining.store(n);
-    for (size_t i = 0; i < legs.size(); ++i) {
-      if (Bio* b = io->subs[i]) {
-        b->set_dev(*legs[i]->dev.bdev, legs[i]->start + offset(clone.sector()));
-        submit_bio(*b);
-      }
-    }
+    // From a copy: once the last leg's bio is sent the clone may complete
+    // and be reused, so neither it nor `io` is read after that.
+    const std::array<Bio*, kMaxLegs> subs = io->subs;
+    const size_t nlegs = legs.size();
+    for (size_t i = 0; i < nlegs; ++i)
+      if (subs[i]) submit_bio(*subs[i]);
     return true;
   }
 
