@@ -73,6 +73,10 @@ class Delay final : public Target {
     bool wake;
     {
       std::lock_guard lock(lock_);
+      // Again under the lock: presuspend() may have emptied the queues
+      // since the check above, and a bio held now would keep the suspend
+      // waiting for its whole delay.
+      if (suspended_.load(std::memory_order_relaxed)) return MapResult::kRemapped;
       wake = c.held.empty();
       c.held.push_back(&clone);
       c.ops.fetch_add(1, std::memory_order_relaxed);
@@ -83,7 +87,10 @@ class Delay final : public Target {
 
   void presuspend(bool noflush) override {
     (void)noflush;
-    suspended_.store(true, std::memory_order_release);
+    {
+      std::lock_guard lock(lock_);
+      suspended_.store(true, std::memory_order_release);
+    }
     release(/*all=*/true);
   }
   void resume() override { suspended_.store(false, std::memory_order_release); }
