@@ -11,6 +11,7 @@
 #include "blkstack/device_spec.h"
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
+#include "dm/mapped_device.h"
 #include "export/export_table.h"
 
 namespace blkstack {
@@ -145,11 +146,25 @@ ServeConfig parse_serve_config(std::string_view text, const std::string& source)
             d.name = get_string(source, dv, key);
           else if (dk == "spec")
             d.spec = get_string(source, dv, key);
+          else if (dk == "table")
+            d.table = get_string(source, dv, key);
+          else if (dk == "uuid")
+            d.uuid = get_string(source, dv, key);
           else
-            fail(source, dv, key, "unknown key (known: name, spec)");
+            fail(source, dv, key, "unknown key (known: name, spec, table, uuid)");
         }
         require(source, t, "device", "name", d.name);
-        require(source, t, "device", "spec", d.spec);
+        // A device is made from a spec, or mapped by a table (src/dm/).
+        if (!t.contains("table")) require(source, t, "device", "spec", d.spec);
+        if (t.contains("spec") && t.contains("table")) {
+          fail(source, t, "device",
+               fmt::format("device '{}': give either spec or table", d.name));
+        }
+        if (t.contains("spec")) require(source, t, "device", "spec", d.spec);
+        if (t.contains("uuid") && !t.contains("table")) {
+          fail(source, t, "device.uuid",
+               "only a mapped device (with a table) has a uuid");
+        }
         c.devices.push_back(std::move(d));
       });
     } else if (k == "export") {
@@ -228,6 +243,11 @@ std::shared_ptr<const ExportTable> build_exports(const ServeConfig& config,
       continue;
     }
     try {
+      if (d.mapped()) {
+        MappedDevice::create(registry, d.name, d.uuid, d.table);
+        devices[d.name] = registry.get(d.name);
+        continue;
+      }
       // The disk takes the device's name unless the spec names it itself.
       const DeviceSpec spec = parse_device_spec(d.spec);
       bool has_name = false;

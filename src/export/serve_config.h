@@ -51,8 +51,13 @@ inline constexpr unsigned kMaxCoalesceUs = 10000;
 
 struct DeviceConfig {
   std::string name;
-  std::string spec;
+  std::string spec;   // empty for a mapped device
   std::string where;  // "FILE:LINE" for messages
+  // A mapped device (src/dm/): its table in dmsetup's lines (empty: none
+  // yet) and uuid, given instead of a spec.
+  std::string table;
+  std::string uuid;
+  bool mapped() const { return spec.empty(); }
 };
 
 struct ExportConfig {

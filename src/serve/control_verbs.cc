@@ -2,13 +2,17 @@
 
 #include <fmt/format.h>
 
+#include <charconv>
 #include <map>
 #include <set>
+#include <sstream>
 
 #include "blkstack/device_spec.h"
 #include "blkstack/disk.h"
+#include "blkstack/driver/target.h"
 #include "blkstack/error.h"
 #include "blkstack/version.h"
+#include "dm/mapped_device.h"
 #include "serve/disk_attributes.h"
 #include "serve/partition_report.h"
 #include "serve/service.h"
@@ -36,6 +40,14 @@ class Args {
   std::string str_or(const char* name, std::string fallback) {
     const json* v = find(name);
     return v ? string_of(name, *v) : fallback;
+  }
+  bool flag(const char* name) {
+    const json* v = find(name);
+    if (!v) return false;
+    if (!v->is_boolean())
+      throw ControlError(code::kBadRequest,
+                         fmt::format("{}: \"{}\" must be true or false", verb_, name));
+    return v->get<bool>();
   }
   // Call once all arguments were read.
   void done() const {
@@ -78,7 +90,7 @@ json device_entry(const Service::DeviceInfo& d) {
           {"spec", d.spec},
           {"size", d.disk->size_bytes()},
           {"ro", d.disk->read_only()},
-          {"driver", driver_of(d.spec)}};
+          {"driver", d.spec.empty() ? std::string("device-mapper") : driver_of(d.spec)}};
 }
 
 json export_entry(const Service::ExportInfo& e) {
@@ -274,6 +286,133 @@ json reload(Service& s, Args& a) {
   return reload_result(s.reload());
 }
 
+// --- mapped devices (dmsetup's verbs) -----------------------------------------
+
+// The mapped devices: `name`'s, or every one (sorted by name).
+std::vector<MappedDevice*> mapped_devices(Service& s, const std::string& name) {
+  if (!name.empty()) return {&s.mapped(name)};
+  std::vector<MappedDevice*> out;
+  for (const Service::DeviceInfo& d : s.devices()) {
+    if (MappedDevice* md = MappedDevice::of(*d.disk)) out.push_back(md);
+  }
+  return out;
+}
+
+json dm_info(MappedDevice& md) {
+  const Disk& d = md.disk();
+  return {{"name", md.name()},
+          {"uuid", md.uuid()},
+          {"suspended", md.suspended()},
+          {"read_only", d.read_only()},
+          {"live_table", md.has_live()},
+          {"inactive_table", md.has_inactive()},
+          {"open_count", d.part0().holder().empty() ? 0 : 1},
+          {"event_nr", md.event_nr()},
+          {"major", d.major()},
+          {"minor", d.minor()},
+          {"targets", md.live_targets()},
+          {"size", d.size_bytes()},
+          {"devices", md.lower_devices()}};
+}
+
+json dm_create(Service& s, Args& a) {
+  const std::string name = a.str("name");
+  const std::string table = a.str_or("table", "");
+  const std::string uuid = a.str_or("uuid", "");
+  a.done();
+  s.dm_create(name, uuid, table);
+  return dm_info(s.mapped(name));
+}
+
+json dm_load(Service& s, Args& a) {
+  const std::string name = a.str("name"), table = a.str("table");
+  a.done();
+  MappedDevice& md = s.mapped(name);
+  md.load(table);
+  return dm_info(md);
+}
+
+json dm_clear(Service& s, Args& a) {
+  const std::string name = a.str("name");
+  a.done();
+  MappedDevice& md = s.mapped(name);
+  md.clear_inactive();
+  return dm_info(md);
+}
+
+json dm_suspend(Service& s, Args& a) {
+  const std::string name = a.str("name");
+  const bool noflush = a.flag("noflush");
+  a.done();
+  MappedDevice& md = s.mapped(name);
+  md.suspend(noflush);
+  return dm_info(md);
+}
+
+json dm_resume(Service& s, Args& a) {
+  const std::string name = a.str("name");
+  a.done();
+  s.dm_resume(name);
+  return dm_info(s.mapped(name));
+}
+
+json dm_remove(Service& s, Args& a) {
+  const std::string name = a.str("name");
+  a.done();
+  s.mapped(name);  // not_found unless it is a mapped device
+  s.remove_device(name);
+  return json::object();
+}
+
+// table, status and info of one mapped device or all: {"devices": [...]}.
+json dm_lines(Service& s, Args& a, bool status) {
+  const std::string name = a.str_or("name", "");
+  const bool inactive = !status && a.flag("inactive");
+  a.done();
+  json list = json::array();
+  for (MappedDevice* md : mapped_devices(s, name)) {
+    list.push_back({{"name", md->name()},
+                    {"lines", status ? md->status_text() : md->table_text(inactive)}});
+  }
+  return {{"devices", std::move(list)}};
+}
+json dm_table(Service& s, Args& a) { return dm_lines(s, a, false); }
+json dm_status(Service& s, Args& a) { return dm_lines(s, a, true); }
+
+json dm_info_verb(Service& s, Args& a) {
+  const std::string name = a.str_or("name", "");
+  a.done();
+  json list = json::array();
+  for (MappedDevice* md : mapped_devices(s, name)) list.push_back(dm_info(*md));
+  return {{"devices", std::move(list)}};
+}
+
+json dm_message(Service& s, Args& a) {
+  const std::string name = a.str("name"), sector = a.str("sector");
+  const std::string message = a.str("message");
+  a.done();
+  uint64_t at = 0;
+  auto [p, ec] = std::from_chars(sector.data(), sector.data() + sector.size(), at);
+  if (ec != std::errc() || p != sector.data() + sector.size())
+    throw ControlError(code::kInvalidArgument,
+                       fmt::format("dm-message: bad sector '{}'", sector));
+  std::vector<std::string> argv;
+  std::istringstream words(message);
+  for (std::string w; words >> w;) argv.push_back(w);
+  return {{"reply", s.mapped(name).message(at, argv)}};
+}
+
+json dm_targets(Service&, Args& a) {
+  a.done();
+  json list = json::array();
+  for (const TargetType* t : target_types()) {
+    list.push_back({{"name", t->name},
+                    {"version", fmt::format("v{}.{}.{}", t->version[0], t->version[1],
+                                            t->version[2])}});
+  }
+  return {{"targets", std::move(list)}};
+}
+
 const std::map<std::string, Verb, std::less<>>& verbs() {
   static const std::map<std::string, Verb, std::less<>> table = {
       {"hello", hello},
@@ -289,6 +428,17 @@ const std::map<std::string, Verb, std::less<>>& verbs() {
       {"set", set},
       {"reload", reload},
       {"rescan", rescan},
+      {"dm-create", dm_create},
+      {"dm-load", dm_load},
+      {"dm-clear", dm_clear},
+      {"dm-suspend", dm_suspend},
+      {"dm-resume", dm_resume},
+      {"dm-remove", dm_remove},
+      {"dm-table", dm_table},
+      {"dm-status", dm_status},
+      {"dm-info", dm_info_verb},
+      {"dm-message", dm_message},
+      {"dm-targets", dm_targets},
   };
   return table;
 }

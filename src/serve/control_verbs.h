@@ -1,6 +1,9 @@
 // The verbs of the control protocol (docs/serve.md, "Control protocol")
 // over a running Service: hello, list, describe, add-device, remove-device,
-// add-export, remove-export, stats, attributes, get, set and reload.
+// add-export, remove-export, stats, attributes, get, set and reload; and
+// dmsetup's verbs for mapped devices: dm-create, dm-load, dm-clear,
+// dm-suspend, dm-resume, dm-remove, dm-table, dm-status, dm-info,
+// dm-message, dm-targets.
 //
 // Each verb checks its arguments (a missing or mistyped one, or one it does
 // not know, is "bad_request") and maps the service's exceptions onto the

@@ -23,6 +23,7 @@
 #include "export/fuse/fuse_export.h"
 #include "export/fuse/fuse_fs.h"
 #endif
+#include "dm/mapped_device.h"
 #include "export/log.h"
 #include "export/nbd/server.h"
 #include "serve/control_server.h"
@@ -99,7 +100,8 @@ void note(std::vector<std::string>& list, const std::string& name) {
 // What a new config changes, worked out before anything is touched.
 struct Service::Plan {
   std::vector<const DeviceConfig*> add_devices;
-  std::vector<const DeviceConfig*> change_devices;  // same name, new spec
+  std::vector<const DeviceConfig*> change_devices;   // same name, new spec
+  std::vector<const DeviceConfig*> retable_devices;  // mapped: a new table
   std::vector<std::string> remove_devices;
   std::vector<ExportConfig> dropped;  // removed or changed exports, as they run
   ReloadResult result;
@@ -155,9 +157,20 @@ Service::Plan Service::plan(const ServeConfig& next) const {
     if (!devices.emplace(d.name, &d).second)
       throw ConfigError(fmt::format("{}: device '{}' is defined twice", d.where, d.name));
     auto old = devices_.find(d.name);
+    if (old != devices_.end() && old->second.spec == d.spec && d.mapped() &&
+        (old->second.table != d.table || old->second.uuid != d.uuid)) {
+      // A mapped device with a new table: swapped in place (load, suspend,
+      // resume), its users never notice; a new uuid makes it again.
+      if (old->second.uuid == d.uuid && !d.table.empty()) {
+        p.retable_devices.push_back(&d);
+        continue;
+      }
+      p.change_devices.push_back(&d);
+      continue;
+    }
     if (old != devices_.end() && old->second.spec == d.spec) continue;
     try {
-      check_device_spec(d.spec);
+      if (!d.mapped()) check_device_spec(d.spec);
     } catch (const Error& e) {
       throw ConfigError(fmt::format("{}: device '{}': {}", d.where, d.name, e.what()));
     }
@@ -293,6 +306,10 @@ namespace {
 // The disk for a [[device]]: it takes the device's name unless its spec
 // names it itself.
 std::shared_ptr<Disk> create_device(DiskRegistry& registry, const DeviceConfig& d) {
+  if (d.mapped()) {
+    MappedDevice::create(registry, d.name, d.uuid, d.table);
+    return registry.get(d.name);
+  }
   const DeviceSpec spec = parse_device_spec(d.spec);
   bool has_name = false;
   for (const auto& [k, v] : spec.options) has_name |= k == "name";
@@ -301,7 +318,10 @@ std::shared_ptr<Disk> create_device(DiskRegistry& registry, const DeviceConfig& 
 
 // Flushes what the exports wrote, then shuts the disk down and removes it.
 void remove_disk(DiskRegistry& registry, const std::shared_ptr<Disk>& disk) {
-  if (!disk->read_only()) {
+  // A suspended mapped device would hold the flush until a resume: it is
+  // removed as it is (what it parked fails), as dm removes one.
+  const MappedDevice* md = MappedDevice::of(*disk);
+  if (!disk->read_only() && !(md && md->suspended())) {
     if (const Status s = BlockHandle(disk).flush(); s != Status::kOk)
       serve_log(fmt::format("flush of '{}' failed: {}", disk->name(), status_name(s)));
   }
@@ -323,9 +343,24 @@ ReloadResult Service::apply(const ServeConfig& next, bool starting) {
   std::vector<std::string> created;
   for (const DeviceConfig* d : p.add_devices) {
     try {
-      devices[d->name] = DeviceInfo{d->name, d->spec, create_device(registry_, *d)};
+      devices[d->name] =
+          DeviceInfo{d->name, d->spec, create_device(registry_, *d), d->table, d->uuid};
       created.push_back(d->name);
     } catch (const Error& e) {
+      for (const std::string& n : created) registry_.remove(devices[n].disk->name());
+      throw ConfigError(fmt::format("{}: device '{}': {}", d->where, d->name, e.what()));
+    }
+  }
+  // New tables of mapped devices, loaded (inactive) before anything else
+  // changes, so a bad one changes nothing.
+  for (size_t i = 0; i < p.retable_devices.size(); ++i) {
+    const DeviceConfig* d = p.retable_devices[i];
+    try {
+      MappedDevice::of(*devices.at(d->name).disk)->load(d->table);
+    } catch (const Error& e) {
+      for (size_t j = 0; j < i; ++j) {
+        MappedDevice::of(*devices.at(p.retable_devices[j]->name).disk)->clear_inactive();
+      }
       for (const std::string& n : created) registry_.remove(devices[n].disk->name());
       throw ConfigError(fmt::format("{}: device '{}': {}", d->where, d->name, e.what()));
     }
@@ -375,7 +410,22 @@ ReloadResult Service::apply(const ServeConfig& next, bool starting) {
   std::string failed;
   for (const DeviceConfig* d : p.change_devices) {
     try {
-      devices[d->name] = DeviceInfo{d->name, d->spec, create_device(registry_, *d)};
+      devices[d->name] =
+          DeviceInfo{d->name, d->spec, create_device(registry_, *d), d->table, d->uuid};
+    } catch (const Error& e) {
+      failed += fmt::format("{}{}: device '{}': {}", failed.empty() ? "" : "; ", d->where,
+                            d->name, e.what());
+    }
+  }
+
+  // 4b. Mapped devices swap to their new tables: suspend (their I/O
+  // drains), resume on the table loaded above.
+  for (const DeviceConfig* d : p.retable_devices) {
+    try {
+      MappedDevice& md = *MappedDevice::of(*devices.at(d->name).disk);
+      md.suspend();
+      md.resume();
+      devices.at(d->name).table = d->table;
     } catch (const Error& e) {
       failed += fmt::format("{}{}: device '{}': {}", failed.empty() ? "" : "; ", d->where,
                             d->name, e.what());
@@ -639,8 +689,38 @@ void Service::add_device(const std::string& name, const std::string& spec) {
   if (devices_.count(name)) throw ConfigError(fmt::format("device '{}' exists", name));
   if (name.empty()) throw ConfigError("a device needs a name");
   ServeConfig next = config_;
-  next.devices.push_back(DeviceConfig{name, spec, "add-device"});
+  next.devices.push_back(DeviceConfig{name, spec, "add-device", "", ""});
   apply(next, false);
+}
+
+void Service::dm_create(const std::string& name, const std::string& uuid,
+                        const std::string& table) {
+  std::lock_guard lock(mu_);
+  if (devices_.count(name)) throw ConfigError(fmt::format("device '{}' exists", name));
+  if (name.empty()) throw ConfigError("a device needs a name");
+  ServeConfig next = config_;
+  next.devices.push_back(DeviceConfig{name, "", "dmsetup create", table, uuid});
+  apply(next, false);
+}
+
+MappedDevice& Service::mapped(const std::string& name) const {
+  std::lock_guard lock(mu_);
+  auto it = devices_.find(name);
+  MappedDevice* md = it == devices_.end() ? nullptr : MappedDevice::of(*it->second.disk);
+  if (!md) throw NotFoundError(fmt::format("no mapped device '{}'", name));
+  return *md;
+}
+
+void Service::dm_resume(const std::string& name) {
+  MappedDevice& md = mapped(name);
+  std::lock_guard lock(mu_);
+  md.resume();
+  // What runs is the configuration now (a reload of the file undoes it).
+  const std::string live = md.table_text();
+  devices_.at(name).table = live;
+  for (DeviceConfig& d : config_.devices) {
+    if (d.name == name) d.table = live;
+  }
 }
 
 void Service::remove_device(const std::string& name) {

@@ -42,6 +42,7 @@ namespace blkstack {
 
 class Disk;
 class ExportTable;
+class MappedDevice;
 namespace nbd {
 class Server;
 }
@@ -114,8 +115,10 @@ class Service {
   // exports by the names the config gives them.
   struct DeviceInfo {
     std::string name;
-    std::string spec;
+    std::string spec;  // empty for a mapped device
     std::shared_ptr<Disk> disk;
+    std::string table;  // a mapped device's live table as configured
+    std::string uuid;
   };
   struct ExportInfo {
     std::string name;
@@ -138,6 +141,17 @@ class Service {
   void add_export(const std::string& name, const std::string& device,
                   const std::string& type, const std::string& description);
   void remove_export(const std::string& name);
+
+  // Mapped devices (src/dm/, `blkstack dmsetup`). dm_create adds one with
+  // `table` live (empty: no table yet), as add_device adds a device;
+  // remove_device removes it. The mapped device `name`, for the verbs that
+  // act on it directly (load, suspend, table, status, message); throws
+  // NotFoundError when there is no such mapped device. dm_resume resumes
+  // it and keeps its new live table as its configuration.
+  void dm_create(const std::string& name, const std::string& uuid,
+                 const std::string& table);
+  MappedDevice& mapped(const std::string& name) const;
+  void dm_resume(const std::string& name);
 
   DiskRegistry& registry() { return registry_; }
   nbd::Server* nbd() { return nbd_.get(); }

@@ -19,6 +19,7 @@
 
 #include "blkstack/device_spec.h"
 #include "commands.h"
+#include "control_client.h"
 #include "serve/control_protocol.h"
 
 namespace blkstack::cli {
@@ -273,6 +274,24 @@ CLI::App* add_client(CLI::App& app, const char* name, const char* description,
 }
 
 }  // namespace
+
+void add_client_options(CLI::App& cmd, std::string& control, bool& json_out) {
+  cmd.add_option("--control", control,
+                 fmt::format("The control socket of blkstack serve (default: "
+                             "$BLKSTACK_CONTROL, else {})",
+                             kDefaultControl))
+      ->type_name("PATH");
+  cmd.add_flag("--json", json_out, "Print the server's result object as JSON");
+}
+
+json control_call(std::string_view cmd, const std::string& control, std::string_view verb,
+                  const json& args) {
+  try {
+    return call(cmd, ClientArgs{control, false}, verb, args);
+  } catch (const ControlError& e) {
+    fail(cmd, fmt::format("{} ({})", e.what(), e.code()));
+  }
+}
 
 void add_control_commands(CLI::App& app) {
   {

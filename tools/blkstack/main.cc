@@ -59,7 +59,9 @@ int main(int argc, char** argv) {
   blkstack::cli::add_serve_command(app);
   blkstack::cli::add_attach_command(app);
   blkstack::cli::add_detach_command(app);
+  blkstack::cli::add_replay_log_command(app);
   blkstack::cli::add_control_commands(app);
+  blkstack::cli::add_dmsetup_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
