@@ -278,6 +278,31 @@ TEST(Dm, RequeueOutsideANoflushSuspendFails) {
   g_held.requeue = false;
 }
 
+// A write with PREFLUSH across several targets: its data goes down only
+// once every target's flush is done (dm sends the data after the empty
+// flush), or it could reach the media before the writes the flush is for.
+TEST(Dm, APreflushWriteSendsItsDataAfterEveryFlush) {
+  RegisterHold();
+  DiskRegistry registry;
+  registry.create("null:1M,wc=1");
+  MappedDevice::create(registry, "pf", "", "0 1024 test-hold\n1024 1024 linear null0 0");
+  g_held.mapped = 0;
+  const uint64_t w0 = registry.get("null0")->stats().ios[kStatWrite];
+  std::thread writer([&] {
+    BlockHandle h = BlockHandle::open(registry, "pf");
+    std::vector<std::byte> buf(4096);
+    EXPECT_EQ(h.pwrite(buf.data(), buf.size(), 1024 * 512, BioFlag::kPreflush),
+              Status::kOk);
+  });
+  while (g_held.mapped.load() < 1) std::this_thread::yield();  // the flush, held
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(registry.get("null0")->stats().ios[kStatWrite], w0);
+  HoldTarget::Release();
+  writer.join();
+  EXPECT_EQ(registry.get("null0")->stats().ios[kStatWrite], w0 + 1);
+  EXPECT_EQ(g_held.mapped.load(), 1);
+}
+
 TEST(Dm, FlushesReachEveryStripeAndAFailingStripeRaisesAnEvent) {
   DiskRegistry registry;
   registry.create("null:1M,wc=1");
