@@ -457,8 +457,7 @@ void MappedDevice::resume_locked() {
     std::lock_guard plock(park_lock_);
     requeued.splice_back(requeued_);
   }
-  disk_->unfreeze();
-  while (Bio* b = requeued.pop_front()) submit_bio(*b);
+  disk_->unfreeze(requeued);  // the requeued first: they are the older
 }
 
 bool MappedDevice::suspended() const {

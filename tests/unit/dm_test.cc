@@ -260,6 +260,39 @@ TEST(Dm, NoflushSuspendKeepsHandedBackBiosForTheNewTable) {
   EXPECT_EQ(back, data);
 }
 
+// A bio handed back by a noflush suspend is older than one that arrived
+// while suspended: after the resume it goes first (dm puts requeued bios
+// at the head of md->deferred).
+TEST(Dm, RequeuedBiosGoAheadOfThoseParkedWhileSuspended) {
+  RegisterHold();
+  DiskRegistry registry;
+  MappedDevice& md = MappedDevice::create(registry, "ro", "", "0 2048 test-hold");
+  g_held.mapped = 0;
+  std::vector<std::byte> a(4096), b(4096);
+  std::thread first([&] {
+    BlockHandle h = BlockHandle::open(registry, "ro");
+    EXPECT_EQ(h.pwrite(a.data(), a.size(), 0), Status::kOk);
+  });
+  while (g_held.mapped.load() < 1) std::this_thread::yield();
+  md.suspend(/*noflush=*/true);  // hands the write at sector 0 back
+  std::thread second([&] {
+    BlockHandle h = BlockHandle::open(registry, "ro");
+    EXPECT_EQ(h.pwrite(b.data(), b.size(), 8 * 512), Status::kOk);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // parked by then
+  md.resume();
+  while (g_held.mapped.load() < 3) std::this_thread::yield();
+  std::vector<uint64_t> order;
+  {
+    std::lock_guard lock(g_held.mu);
+    for (Bio* bio : g_held.bios) order.push_back(target_io_start(*bio).iter.sector);
+  }
+  EXPECT_EQ(order, (std::vector<uint64_t>{0, 8}));
+  HoldTarget::Release();
+  first.join();
+  second.join();
+}
+
 TEST(Dm, RequeueOutsideANoflushSuspendFails) {
   RegisterHold();
   DiskRegistry registry;
