@@ -191,6 +191,9 @@ class Disk {
   void freeze();
   // Lets parked and new I/O in again once every freeze() is undone.
   void unfreeze();
+  // The same, letting `first` in ahead of the bios parked while frozen (a
+  // stacked driver's requeued bios, older than those: dm's md->deferred).
+  void unfreeze(BioList& first);
   // Polled I/O (BioFlag::kPolled; the kernel's bio_poll): completes what
   // is ready on the driver's poll queues, waiting up to `wait_ns` for the
   // first; returns how many, or BioDriver::kPollBusy. The caller holds a

@@ -301,6 +301,18 @@ void Disk::unfreeze() {
   while (Bio* b = parked.pop_front()) submit_bio(*b);
 }
 
+void Disk::unfreeze(BioList& first) {
+  {
+    std::lock_guard lock(freeze_lock_);
+    if (!dying()) {
+      first.splice_back(frozen_bios_);
+      frozen_bios_.splice_back(first);
+    }
+  }
+  while (Bio* b = first.pop_front()) b->complete(Status::kOffline);  // removed
+  unfreeze();
+}
+
 void Disk::shutdown() {
   BioList parked;
   {

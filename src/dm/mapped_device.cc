@@ -15,9 +15,11 @@ namespace {
 
 // A bio cut into several pieces counts them in its driver_data (the bio is
 // this driver's until it completes): the pieces still out, plus one held
-// while they are being sent, and a bit for "a piece asked for a requeue".
+// while they are being sent, a bit for "a piece asked for a requeue", and
+// one for "these are a PREFLUSH's flushes: the data goes after them".
 constexpr uint64_t kRequeueBit = uint64_t{1} << 63;
-constexpr uint64_t kCountMask = kRequeueBit - 1;
+constexpr uint64_t kDataNextBit = uint64_t{1} << 62;
+constexpr uint64_t kCountMask = kDataNextBit - 1;
 
 // Bios up to Bio's own ceiling pass through uncut: the devices below split
 // them to their limits, so a layer adds no split of its own.
@@ -50,20 +52,27 @@ uint64_t piece_end(const Target& t, uint64_t sector) {
   return end;
 }
 
+// Whether `bio` is first a flush of every target: an empty flush, or a
+// PREFLUSH whose data waits for those flushes (dm's __send_empty_flush and
+// then, from dm_io_complete, the data without the PREFLUSH).
+bool flush_phase(const Bio& bio) {
+  return bio.op() == Op::kFlush || bio.has_flag(BioFlag::kPreflush);
+}
+
 // Calls fn(target, sector, sectors, bio_nr, flush_only) for each piece of
-// `bio`: with a PREFLUSH (or an empty flush), a flush for each target;
-// then its data, cut at targets and max_io_len boundaries. Returns
-// Status::kNotSupported if some range's target takes no bios of this op.
+// `bio`: in its flush phase, a flush for each target; else its data, cut
+// at targets and max_io_len boundaries. Returns Status::kNotSupported if
+// some range's target takes no bios of this op.
 template <class Fn>
 Status for_each_piece(const Bio& bio, const Table& table, Fn&& fn) {
   Status s = Status::kOk;
-  if (bio.op() == Op::kFlush || bio.has_flag(BioFlag::kPreflush)) {
+  if (flush_phase(bio)) {
     for (size_t i = 0; i < table.num_targets(); ++i) {
       Target& t = table.target(i);
       for (unsigned nr = 0; nr < t.num_flush_bios; ++nr) fn(t, t.begin(), 0, nr, true);
     }
+    return s;
   }
-  if (bio.op() == Op::kFlush) return s;
   uint64_t sector = bio.sector();
   while (sector < bio.end_sector()) {
     Target& t = *table.find(sector);
@@ -187,7 +196,13 @@ void MappedDevice::map_pieces(Bio& bio, const Table& table) {
   size_t count = 0;
   const Status unsupported = for_each_piece(
       bio, table, [&](Target&, uint64_t, uint64_t, unsigned, bool) { ++count; });
+  const bool data_next = bio.op() != Op::kFlush && flush_phase(bio);
   if (count == 0) {
+    if (data_next) {  // no target to flush: straight to the data
+      bio.clear_flags(BioFlag::kPreflush);
+      map_pieces(bio, table);
+      return;
+    }
     bio.complete(unsupported);
     return;
   }
@@ -202,7 +217,7 @@ void MappedDevice::map_pieces(Bio& bio, const Table& table) {
     ios.push_back(io);
   }
   if (unsupported != Status::kOk) bio.set_status(unsupported);
-  bio.driver_data = count + 1;  // + 1 until the loop is done
+  bio.driver_data = (count + 1) | (data_next ? kDataNextBit : 0);  // + 1: the loop
   for_each_piece(
       bio, table,
       [&](Target& t, uint64_t sector, uint64_t sectors, unsigned nr, bool flush_only) {
@@ -228,7 +243,7 @@ void MappedDevice::map_pieces(Bio& bio, const Table& table) {
       });
   const uint64_t before =
       std::atomic_ref<uint64_t>(bio.driver_data).fetch_sub(1, std::memory_order_acq_rel);
-  if ((before & kCountMask) == 1) done_orig(bio, bio.status(), before & kRequeueBit);
+  if ((before & kCountMask) == 1) done_orig(bio, bio.status(), before);
 }
 
 void MappedDevice::dispatch(DmIo& io) {
@@ -263,18 +278,24 @@ void MappedDevice::finish_piece(DmIo& io, Status status, bool requeue) {
   const bool only = io.only;
   free_io(io);
   if (only) [[likely]] {
-    done_orig(orig, status, requeue);
+    done_orig(orig, status, requeue ? kRequeueBit : 0);
     return;
   }
   if (status != Status::kOk) orig.set_status(status);
   std::atomic_ref<uint64_t> count(orig.driver_data);
   if (requeue) count.fetch_or(kRequeueBit, std::memory_order_relaxed);
   const uint64_t before = count.fetch_sub(1, std::memory_order_acq_rel);
-  if ((before & kCountMask) == 1) done_orig(orig, orig.status(), before & kRequeueBit);
+  if ((before & kCountMask) == 1) done_orig(orig, orig.status(), before);
 }
 
-void MappedDevice::done_orig(Bio& orig, Status status, bool requeue) {
-  if (requeue) [[unlikely]] {
+void MappedDevice::done_orig(Bio& orig, Status status, uint64_t bits) {
+  if ((bits & kDataNextBit) != 0 && (bits & kRequeueBit) == 0 && status == Status::kOk) {
+    // Every target flushed: now the data, still accounted here.
+    orig.clear_flags(BioFlag::kPreflush);
+    submit_bio(orig);
+    return;
+  }
+  if ((bits & kRequeueBit) != 0) [[unlikely]] {
     if (noflush_.load(std::memory_order_acquire)) {
       // Kept for after the resume, and no longer in flight here, so the
       // suspend's drain does not wait for it (dm's md->deferred).
@@ -442,8 +463,7 @@ void MappedDevice::resume_locked() {
     std::lock_guard plock(park_lock_);
     requeued.splice_back(requeued_);
   }
-  disk_->unfreeze();
-  while (Bio* b = requeued.pop_front()) submit_bio(*b);
+  disk_->unfreeze(requeued);  // the requeued first: they are the older
 }
 
 bool MappedDevice::suspended() const {

@@ -99,7 +99,8 @@ class MappedDevice final : public BioDriver {
   void dispatch(DmIo& io);
   static void clone_endio(Bio& clone);
   void finish_piece(DmIo& io, Status status, bool requeue);
-  void done_orig(Bio& orig, Status status, bool requeue);
+  // `bits`: the requeue and data-next bits of orig's countdown.
+  void done_orig(Bio& orig, Status status, uint64_t bits);
   void free_io(DmIo& io);
   // Out of pieces: park `bio` until one comes back (DESIGN.md invariant 4).
   void park(Bio& bio);

@@ -260,6 +260,39 @@ TEST(Dm, NoflushSuspendKeepsHandedBackBiosForTheNewTable) {
   EXPECT_EQ(back, data);
 }
 
+// A bio handed back by a noflush suspend is older than one that arrived
+// while suspended: after the resume it goes first (dm puts requeued bios
+// at the head of md->deferred).
+TEST(Dm, RequeuedBiosGoAheadOfThoseParkedWhileSuspended) {
+  RegisterHold();
+  DiskRegistry registry;
+  MappedDevice& md = MappedDevice::create(registry, "ro", "", "0 2048 test-hold");
+  g_held.mapped = 0;
+  std::vector<std::byte> a(4096), b(4096);
+  std::thread first([&] {
+    BlockHandle h = BlockHandle::open(registry, "ro");
+    EXPECT_EQ(h.pwrite(a.data(), a.size(), 0), Status::kOk);
+  });
+  while (g_held.mapped.load() < 1) std::this_thread::yield();
+  md.suspend(/*noflush=*/true);  // hands the write at sector 0 back
+  std::thread second([&] {
+    BlockHandle h = BlockHandle::open(registry, "ro");
+    EXPECT_EQ(h.pwrite(b.data(), b.size(), 8 * 512), Status::kOk);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // parked by then
+  md.resume();
+  while (g_held.mapped.load() < 3) std::this_thread::yield();
+  std::vector<uint64_t> order;
+  {
+    std::lock_guard lock(g_held.mu);
+    for (Bio* bio : g_held.bios) order.push_back(target_io_start(*bio).iter.sector);
+  }
+  EXPECT_EQ(order, (std::vector<uint64_t>{0, 8}));
+  HoldTarget::Release();
+  first.join();
+  second.join();
+}
+
 TEST(Dm, RequeueOutsideANoflushSuspendFails) {
   RegisterHold();
   DiskRegistry registry;
@@ -276,6 +309,31 @@ TEST(Dm, RequeueOutsideANoflushSuspendFails) {
   HoldTarget::Release();
   reader.join();
   g_held.requeue = false;
+}
+
+// A write with PREFLUSH across several targets: its data goes down only
+// once every target's flush is done (dm sends the data after the empty
+// flush), or it could reach the media before the writes the flush is for.
+TEST(Dm, APreflushWriteSendsItsDataAfterEveryFlush) {
+  RegisterHold();
+  DiskRegistry registry;
+  registry.create("null:1M,wc=1");
+  MappedDevice::create(registry, "pf", "", "0 1024 test-hold\n1024 1024 linear null0 0");
+  g_held.mapped = 0;
+  const uint64_t w0 = registry.get("null0")->stats().ios[kStatWrite];
+  std::thread writer([&] {
+    BlockHandle h = BlockHandle::open(registry, "pf");
+    std::vector<std::byte> buf(4096);
+    EXPECT_EQ(h.pwrite(buf.data(), buf.size(), 1024 * 512, BioFlag::kPreflush),
+              Status::kOk);
+  });
+  while (g_held.mapped.load() < 1) std::this_thread::yield();  // the flush, held
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(registry.get("null0")->stats().ios[kStatWrite], w0);
+  HoldTarget::Release();
+  writer.join();
+  EXPECT_EQ(registry.get("null0")->stats().ios[kStatWrite], w0 + 1);
+  EXPECT_EQ(g_held.mapped.load(), 1);
 }
 
 TEST(Dm, FlushesReachEveryStripeAndAFailingStripeRaisesAnEvent) {
