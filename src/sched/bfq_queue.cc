@@ -42,8 +42,9 @@ void add_request(BfqQueue& q, Request& rq, bool at_head) {
   }
 }
 
-void remove_request(BfqQueue& q, Request& rq) {
-  q.sorted.remove(&rq);
+namespace {
+// Takes `rq` out of its queue's FIFO; its own links are left as they were.
+void fifo_unlink(BfqQueue& q, Request& rq) {
   RqPriv* p = priv(rq);
   if (p->fifo_prev)
     priv(*p->fifo_prev)->fifo_next = p->fifo_next;
@@ -53,6 +54,13 @@ void remove_request(BfqQueue& q, Request& rq) {
     priv(*p->fifo_next)->fifo_prev = p->fifo_prev;
   else
     q.fifo_tail = p->fifo_prev;
+}
+}  // namespace
+
+void remove_request(BfqQueue& q, Request& rq) {
+  q.sorted.remove(&rq);
+  fifo_unlink(q, rq);
+  RqPriv* p = priv(rq);
   p->fifo_next = p->fifo_prev = nullptr;
 }
 
@@ -61,14 +69,7 @@ void take_fifo_place(BfqQueue& q, Request& rq, Request& other) {
   RqPriv* o = priv(other);
   if (o->fifo_time >= p->fifo_time) return;
   // Unlink rq, then put it just before `other` (which is leaving).
-  if (p->fifo_prev)
-    priv(*p->fifo_prev)->fifo_next = p->fifo_next;
-  else
-    q.fifo_head = p->fifo_next;
-  if (p->fifo_next)
-    priv(*p->fifo_next)->fifo_prev = p->fifo_prev;
-  else
-    q.fifo_tail = p->fifo_prev;
+  fifo_unlink(q, rq);
   p->fifo_next = &other;
   p->fifo_prev = o->fifo_prev;
   if (o->fifo_prev)
