@@ -74,9 +74,14 @@ TEST(MqTimeoutConfig, TheStateWordDoesNotGrowTheRequest) {
 // --- the default handler ----------------------------------------------------------
 
 // A driver that keeps every request until the test ends it and has no timeout
-// handler of its own.
+// handler of its own: it only counts the default handler's calls.
 class KeepingDriver final : public RequestDriver {
  public:
+  TimeoutAction timeout(Request& rq) override {
+    timeouts.fetch_add(1, std::memory_order_acq_rel);
+    return RequestDriver::timeout(rq);
+  }
+  std::atomic<int> timeouts{0};
   Status queue_rq(HwQueue&, Request& rq, bool) override {
     std::lock_guard lock(mu_);
     held_.push_back(&rq);
@@ -105,9 +110,12 @@ TEST(MqTimeout, TheDefaultHandlerFailsARequestOnlyWhenTheDriverGivesItBack) {
   TestBio a;
   a.init_data(*disk, Op::kRead, 0, 8);
   a.submit();
-  // Several timeout periods: the driver still has the request (and may still
-  // be writing into the bio's memory), so the bio must not end yet.
-  std::this_thread::sleep_for(60ms);
+  // It times out (counted in handler calls, not in time: a loaded machine
+  // runs the scan late), and for several periods after, the driver still
+  // has the request (and may still be writing into the bio's memory), so
+  // the bio must not end yet.
+  MustHappen([&] { return drv->timeouts.load() >= 1; }, "the request times out");
+  std::this_thread::sleep_for(30ms);
   EXPECT_FALSE(a.done())
       << "the queue gave a bio back while its driver still held the request";
   Request* rq = drv->take();
