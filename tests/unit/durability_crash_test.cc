@@ -247,6 +247,10 @@ TEST_F(DurabilityCrash, WhichDriversHaveAWriteCache) {
   auto file = registry_.create("file:" + path_ + ",size=1M");
   EXPECT_TRUE(file->write_cache());
   EXPECT_TRUE(file->limits().fua);
+  for (const char* kind : {"rotational", "flash"}) {
+    auto model = registry_.create(std::string("model:16M,kind=") + kind);
+    EXPECT_FALSE(model->write_cache()) << kind << ": the model writes through";
+  }
 }
 
 // A stacked passthrough disk has its lower device's cache: flush and FUA
