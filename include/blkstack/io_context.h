@@ -127,6 +127,9 @@ class IoContext {
 
   unsigned max_events() const { return max_events_; }
   unsigned in_flight() const { return in_flight_.load(std::memory_order_acquire); }
+  // The issuer its bios carry (Bio::issuer()): what a scheduler groups
+  // them by, and the id bfq's `weights` tunable takes.
+  IssuerId issuer() const { return issuer_; }
 
   // --- internal, used by the completion path -------------------------------
   void put_kiocb(Kiocb& k);

@@ -34,6 +34,7 @@
 #include "blkstack/error.h"
 #include "blkstack/ioprio.h"
 #include "sched/sched_clock.h"
+#include "sched/sched_hold.h"
 #include "sched/tunable.h"
 
 namespace blkstack {
@@ -161,6 +162,7 @@ class MqDeadline final : public Scheduler {
       // the queue again. One that finished between the pick and the flag
       // saw no flag and ran nothing: pick again once the flag is visible
       // (seq_cst, pairs with finish_request).
+      sched_hold::at(sched_hold::deadline_held_back);
       held_back_.store(true, std::memory_order_seq_cst);
       rq = pick(now);
     }

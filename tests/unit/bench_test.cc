@@ -17,6 +17,7 @@
 #include <numeric>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "bench/crc32c.h"
@@ -31,6 +32,7 @@
 #include "blkstack/block_handle.h"
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
+#include "blkstack/driver/queue.h"
 #include "blkstack/error.h"
 
 namespace blkstack::bench {
@@ -898,6 +900,68 @@ TEST(BenchEngine, RampTimeIsNotCounted) {
   EXPECT_NEAR(static_cast<double>(j.sum.dir[0].ios), 300, 60);
   EXPECT_NEAR(static_cast<double>(j.runtime_ns), 300e6, 60e6);
   EXPECT_GE(r.disks[0].ios[0], 550u);
+}
+
+// bfq_weight=W: each thread of the job is an issuer (its IoContext) with
+// weight W under bfq while it runs, and back to the default after; a
+// weight out of range, or on a disk without bfq, is refused up front.
+TEST(BenchEngine, BfqWeightWeighsEachThreadWhileItRuns) {
+  EXPECT_THAT(ErrorOf([] {
+                Job({{"bfq_weight", "0"}});
+              }),
+              HasSubstr("a number from 1 to 1000"));
+  EXPECT_THAT(ErrorOf([] {
+                Job({{"bfq_weight", "1001"}});
+              }),
+              HasSubstr("a number from 1 to 1000"));
+  Engine e;
+  EXPECT_THAT(
+      ErrorOf([&] {
+        e.run({"--name=w", "--filename=ram:1M,queue_mode=mq", "--bfq_weight=300"});
+      }),
+      HasSubstr("job 'w': bfq_weight needs the bfq scheduler, and ram0 has 'none'"));
+
+  auto disk = e.registry.create("ram:1M,queue_mode=mq,sched=bfq");
+  Scheduler* bfq = static_cast<Queue&>(disk->driver()).scheduler();
+  auto weights = [&] {
+    for (const auto& [name, value] : bfq->tunables())
+      if (name == "weights") return value;
+    return std::string("?");
+  };
+  JobOptions j = Job({{"rw", "randread"},
+                      {"rate_iops", "100"},
+                      {"runtime", "300ms"},
+                      {"time_based", "1"},
+                      {"numjobs", "2"},
+                      {"bfq_weight", "300"}});
+  std::atomic<bool> stop{false};
+  LiveCounters live[2];
+  ThreadResult out[2];
+  std::vector<std::thread> threads;
+  std::vector<WorkerSetup> setups(2);
+  for (unsigned t = 0; t < 2; ++t) {
+    WorkerSetup& s = setups[t];
+    s.job = &j;
+    s.disk = disk.get();
+    s.region_len = disk->size_bytes();
+    s.thread_index = t;
+    s.live = &live[t];
+    s.stop = &stop;
+    threads.emplace_back(run_worker, std::cref(s), std::ref(out[t]));
+  }
+  // Both threads' issuers at 300, the default still 100: "100 A:300 B:300".
+  std::string seen;
+  for (int i = 0; i < 2000 && std::count(seen.begin(), seen.end(), ':') < 2; ++i) {
+    seen = weights();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_THAT(seen, ::testing::MatchesRegex("100 [0-9]+:300 [0-9]+:300"));
+  EXPECT_EQ(weights(), "100");
+  for (const ThreadResult& r : out) {
+    EXPECT_EQ(r.error, 0) << r.error_message;
+    EXPECT_GT(r.dir[kDirRead].ios, 0u);
+  }
 }
 
 TEST(BenchEngine, ErrorsAreReported) {

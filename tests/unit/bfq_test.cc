@@ -19,6 +19,7 @@
 #include "core/clock.h"
 #include "mq_test_util.h"
 #include "queue/tag_set.h"
+#include "verified_workload.h"
 
 namespace blkstack {
 namespace {
@@ -443,47 +444,14 @@ TEST(Bfq, SwitchingToAndFromBfqUnderLoadLosesNothing) {
   MqDisk d = MakeMqDisk(config, TestLimits(), TestDriver::Mode::kThread);
   d.driver->set_max_delay(std::chrono::microseconds(20));
   d.queue().set_scheduler("bfq");
-  constexpr unsigned kThreads = 4, kBlocks = 64, kSectors = 8;
-  std::atomic<bool> stop{false};
-  std::atomic<int> failures{0}, ios{0};
-  std::vector<std::thread> threads;
-  for (unsigned t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      std::vector<uint32_t> model(kBlocks, 0);
-      std::mt19937 rng(t);
-      uint32_t seed = t * 200000 + 1;
-      auto run = [&](TestBio& b) {
-        b.submit();
-        while (!b.done()) std::this_thread::yield();
-        if (b.calls.load() != 1 || b.status.load() != Status::kOk) failures++;
-        ios++;
-      };
-      while (!stop.load()) {
-        const unsigned blk = rng() % kBlocks;
-        TestBio w;
-        w.init_data(*d.disk, Op::kWrite, (t * kBlocks + blk) * kSectors, kSectors);
-        w.buf = Pattern(w.buf.size(), ++seed);
-        w.segs[0] = Segment(w.buf.data(), static_cast<uint32_t>(w.buf.size()));
-        run(w);
-        model[blk] = seed;
-        const unsigned rblk = rng() % kBlocks;
-        TestBio r;
-        r.init_data(*d.disk, Op::kRead, (t * kBlocks + rblk) * kSectors, kSectors);
-        run(r);
-        const auto want = model[rblk] ? Pattern(r.buf.size(), model[rblk])
-                                      : std::vector<std::byte>(r.buf.size());
-        if (r.buf != want) failures++;
-      }
-    });
-  }
+  VerifiedWorkload load(*d.disk, {.flushes = false, .seed_stride = 200000});
   for (int i = 0; i < 20; ++i) {
     d.queue().set_scheduler(i % 2 ? "none" : "bfq");
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  stop = true;
-  for (auto& th : threads) th.join();
-  EXPECT_EQ(failures.load(), 0);
-  EXPECT_GT(ios.load(), 100);
+  load.stop();
+  EXPECT_EQ(load.failures(), 0);
+  EXPECT_GT(load.ios(), 100);
   EXPECT_TRUE(d.driver->violations().empty());
 }
 

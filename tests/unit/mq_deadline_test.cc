@@ -14,6 +14,7 @@
 #include "mq_test_util.h"
 #include "queue/tag_set.h"
 #include "sched/sched_clock.h"
+#include "sched/sched_hold.h"
 
 namespace blkstack {
 namespace {
@@ -162,6 +163,39 @@ TEST_F(MqDeadline, WithoutAgingTheHigherClassStillGoesFirst) {
   Submit(d, Op::kRead, 300, ioprio_value(IoprioClass::kRealtime, 0));
   g_now += 20 * kMs;
   EXPECT_EQ(Order(d), (V{0, 300, 200}));
+}
+
+// The run a held-back class waits for is not lost. dispatch() holds a
+// best-effort read back while a real-time one is in the driver, and marks
+// the queue so that the real-time one's completion runs it again. Here that
+// completion comes in between: after dispatch() saw the real-time read in
+// the driver and before it marked the queue (sched_hold), so the
+// completion sees no mark and runs nothing. dispatch() must then send the
+// best-effort read itself; before the fix it returned nothing and the read
+// waited for I/O that never came.
+TestDriver* g_driver = nullptr;
+TEST_F(MqDeadline, AHeldBackClassIsNotStrandedByACompletionInBetween) {
+  TagSetConfig config;
+  config.queue_depth = 2;  // a driver tag for the run after the real-time read's
+  MqDisk d = MakeMqDisk(config, TestLimits(), TestDriver::Mode::kHold, 1 << 14);
+  d.queue().set_scheduler("mq-deadline");
+  Submit(d, Op::kRead, 0, ioprio_value(IoprioClass::kRealtime, 0));
+  ASSERT_EQ(d.driver->held(), 1u);
+  g_driver = d.driver;
+  sched_hold::deadline_held_back = [] {
+    sched_hold::deadline_held_back = nullptr;  // once
+    ASSERT_TRUE(g_driver->complete_next());    // the real-time read ends
+  };
+  TestBio& be = Submit(d, Op::kRead, 100);  // held back, then the completion
+  const bool fired = sched_hold::deadline_held_back.load() == nullptr;
+  sched_hold::deadline_held_back = nullptr;
+  ASSERT_TRUE(fired) << "dispatch() never held the best-effort read back";
+  EXPECT_TRUE(Eventually([&] { return d.driver->held() == 1; }, 500ms))
+      << "the best-effort read was left in the scheduler";
+  d.hctx().run();  // what the lost run would have done, so that the test ends
+  d.driver->drain();
+  EXPECT_TRUE(be.done());
+  EXPECT_EQ(d.driver->nr_calls(), 2u);
 }
 
 // Writes hold at most async_depth scheduler tags (3/4 of nr_requests by

@@ -15,6 +15,7 @@
 #include "blkstack/ioprio.h"
 #include "mq_test_util.h"
 #include "queue/tag_set.h"
+#include "verified_workload.h"
 
 namespace blkstack {
 namespace {
@@ -340,55 +341,15 @@ TEST(MqSched, SwitchingSchedulersUnderLoadLosesNothing) {
   lim.volatile_write_cache = true;  // PREFLUSH/FUA go through the flush machine
   MqDisk d = DescDisk(4, 32, TestDriver::Mode::kThread, /*nr_hw_queues=*/2, lim);
   d.driver->set_max_delay(std::chrono::microseconds(20));
-  constexpr unsigned kThreads = 4, kBlocks = 64, kSectors = 8;
-  std::atomic<bool> stop{false};
-  std::atomic<int> failures{0}, ios{0};
-  std::vector<std::thread> threads;
-  for (unsigned t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      std::vector<uint32_t> model(kBlocks, 0);  // seed of each block's data
-      std::mt19937 rng(t);
-      uint32_t seed = t * 1000000 + 1;
-      auto run = [&](TestBio& b) {
-        b.submit();
-        while (!b.done()) std::this_thread::yield();
-        if (b.calls.load() != 1 || b.status.load() != Status::kOk) failures++;
-        ios++;
-      };
-      while (!stop.load()) {
-        const unsigned blk = rng() % kBlocks;
-        const uint64_t sector = (t * kBlocks + blk) * kSectors;
-        TestBio w;
-        w.init_data(*d.disk, Op::kWrite, sector, kSectors);
-        w.buf = Pattern(w.buf.size(), ++seed);
-        w.segs[0] = Segment(w.buf.data(), static_cast<uint32_t>(w.buf.size()));
-        if (rng() % 8 == 0) w.bio.set_flags(BioFlag::kFua | BioFlag::kPreflush);
-        run(w);
-        model[blk] = seed;
-        if (rng() % 16 == 0) {
-          TestBio f;
-          f.init_range(*d.disk, Op::kFlush, 0, 0);
-          run(f);
-        }
-        const unsigned rblk = rng() % kBlocks;
-        TestBio r;
-        r.init_data(*d.disk, Op::kRead, (t * kBlocks + rblk) * kSectors, kSectors);
-        run(r);
-        const auto want = model[rblk] ? Pattern(r.buf.size(), model[rblk])
-                                      : std::vector<std::byte>(r.buf.size());
-        if (r.buf != want) failures++;
-      }
-    });
-  }
+  VerifiedWorkload load(*d.disk);
   for (int i = 0; i < 40; ++i) {
     if (i % 4 == 1) d.driver->resource_next = 3;
     d.queue().set_scheduler(i % 2 ? "test-desc" : "none");
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  stop = true;
-  for (auto& th : threads) th.join();
-  EXPECT_EQ(failures.load(), 0);
-  EXPECT_GT(ios.load(), 100);
+  load.stop();
+  EXPECT_EQ(load.failures(), 0);
+  EXPECT_GT(load.ios(), 100);
   EXPECT_TRUE(d.driver->violations().empty());
   EXPECT_EQ(DescScheduler::counts.bad_priv, 0);
   EXPECT_GT(DescScheduler::counts.prepared.load(), 0);  // the scheduler did run

@@ -5,14 +5,14 @@
 // nothing is lost, corrupted or failed.
 #include <gtest/gtest.h>
 
-#include <atomic>
-#include <random>
+#include <chrono>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "blkstack/driver/scheduler.h"
 #include "mq_test_util.h"
+#include "verified_workload.h"
 
 namespace blkstack {
 namespace {
@@ -42,45 +42,7 @@ TEST_P(SchedSwitch, UnderAVerifiedWorkloadLosesNothing) {
   for (const SchedulerType* t : scheduler_types()) names.emplace_back(t->name);
   ASSERT_GE(names.size(), 3u);
 
-  constexpr unsigned kThreads = 4, kBlocks = 64, kSectors = 8;
-  std::atomic<bool> stop{false};
-  std::atomic<int> failures{0}, ios{0};
-  std::vector<std::thread> threads;
-  for (unsigned t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      std::vector<uint32_t> model(kBlocks, 0);  // seed of each block's data
-      std::mt19937 rng(t);
-      uint32_t seed = t * 1000000 + 1;
-      auto run = [&](TestBio& b) {
-        b.submit();
-        while (!b.done()) std::this_thread::yield();
-        if (b.calls.load() != 1 || b.status.load() != Status::kOk) failures++;
-        ios++;
-      };
-      while (!stop.load()) {
-        const unsigned blk = rng() % kBlocks;
-        TestBio w;
-        w.init_data(*d.disk, Op::kWrite, (t * kBlocks + blk) * kSectors, kSectors);
-        w.buf = Pattern(w.buf.size(), ++seed);
-        w.segs[0] = Segment(w.buf.data(), static_cast<uint32_t>(w.buf.size()));
-        if (rng() % 8 == 0) w.bio.set_flags(BioFlag::kFua | BioFlag::kPreflush);
-        run(w);
-        model[blk] = seed;
-        if (rng() % 16 == 0) {
-          TestBio f;
-          f.init_range(*d.disk, Op::kFlush, 0, 0);
-          run(f);
-        }
-        const unsigned rblk = rng() % kBlocks;
-        TestBio r;
-        r.init_data(*d.disk, Op::kRead, (t * kBlocks + rblk) * kSectors, kSectors);
-        run(r);
-        const auto want = model[rblk] ? Pattern(r.buf.size(), model[rblk])
-                                      : std::vector<std::byte>(r.buf.size());
-        if (r.buf != want) failures++;
-      }
-    });
-  }
+  VerifiedWorkload load(*d.disk);
   for (unsigned i = 0; i < 8 * names.size(); ++i) {
     if (i % 4 == 1) d.driver->resource_next = 3;
     d.queue().set_scheduler(names[i % names.size()]);
@@ -90,12 +52,11 @@ TEST_P(SchedSwitch, UnderAVerifiedWorkloadLosesNothing) {
   // Progress: on a loaded machine the switches may leave little room for
   // I/O, so give the workload a moment more to show it was not stuck.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (ios.load() <= 100 && std::chrono::steady_clock::now() < deadline)
+  while (load.ios() <= 100 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  stop = true;
-  for (auto& th : threads) th.join();
-  EXPECT_EQ(failures.load(), 0);
-  EXPECT_GT(ios.load(), 100);
+  load.stop();
+  EXPECT_EQ(load.failures(), 0);
+  EXPECT_GT(load.ios(), 100);
   EXPECT_TRUE(d.driver->violations().empty());
   d.queue().set_scheduler("none");
   EXPECT_EQ(d.tags_in_use(), 0u);

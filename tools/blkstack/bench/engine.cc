@@ -15,6 +15,7 @@
 #include "blkstack/io_context.h"
 #include "blkstack/plug.h"
 #include "core/clock.h"
+#include "issuer_weight.h"
 #include "workload.h"
 
 namespace blkstack::bench {
@@ -65,6 +66,7 @@ class Worker {
                           ? std::min(job_.iodepth_batch_complete_max, depth_)
                           : depth_),
         ctx_(depth_ + 1),  // one more for an fsync
+        weight_(job_.name, *s.disk, ctx_.issuer(), job_.bfq_weight),
         offsets_(job_, s.region_start, s.region_len, job_.min_bs(),
                  job_.randseed * 0x9e3779b97f4a7c15ull + s.job_index * 1000003u +
                      s.thread_index),
@@ -465,6 +467,7 @@ class Worker {
   ThreadResult& out_;
   const unsigned depth_, batch_, complete_min_, complete_max_;
   IoContext ctx_;
+  IssuerWeight weight_;  // bfq_weight=, for ctx_'s issuer
   OffsetGenerator offsets_;
   SizePicker sizes_;
   const Verifier* verifier_;

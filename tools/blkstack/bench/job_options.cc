@@ -394,6 +394,10 @@ const Def kDefs[] = {
      SET(j.verify_fatal = parse_flag(key, v))},
     {"rate_iops", "N", "at most N I/Os per second per thread",
      SET(j.rate_iops = parse_unsigned(key, v))},
+    {"bfq_weight", "W",
+     "each thread's weight under the bfq scheduler, 1..1000 (needs sched=bfq on the "
+     "device; default bfq's 100): the role of fio's cgroup_weight",
+     SET(j.bfq_weight = parse_count(key, v, 1, 1000))},
     {"stonewall|wait_for_previous", "",
      "wait for the jobs before this one to finish first",
      SET(j.stonewall = parse_flag(key, v))},

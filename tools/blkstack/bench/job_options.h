@@ -77,6 +77,7 @@ struct JobOptions {
   bool do_verify = true;
   bool verify_fatal = false;
   uint64_t rate_iops = 0;
+  unsigned bfq_weight = 0;  // 0: bfq's default weight for the job's threads
   bool stonewall = false;
   bool continue_on_error = false;
   bool clat_percentiles = true;

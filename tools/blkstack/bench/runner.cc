@@ -13,6 +13,7 @@
 #include "blkstack/disk_registry.h"
 #include "blkstack/error.h"
 #include "engine.h"
+#include "issuer_weight.h"
 
 namespace blkstack::bench {
 namespace {
@@ -154,6 +155,7 @@ RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry,
     r.disk_bytes = st.disk->size_bytes();
     r.threads = j.numjobs;
     resolve_region(j, *st.disk, r.region_start, r.region_len);
+    if (j.bfq_weight != 0) check_bfq_weight(j.name, *st.disk);
   }
 
   // Verify: one generation map per disk over the regions of the jobs that
