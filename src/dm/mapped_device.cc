@@ -10,6 +10,7 @@
 #include "blkstack/disk_registry.h"
 #include "blkstack/error.h"
 #include "blkstack/submit.h"
+#include "core/percpu.h"
 
 namespace blkstack {
 namespace {
@@ -100,7 +101,9 @@ Status for_each_piece(const Bio& bio, const Table& table, Fn&& fn) {
 MappedDevice::MappedDevice(DiskRegistry& registry, std::string uuid)
     : registry_(registry), uuid_(std::move(uuid)), pool_("dm-io", 16) {}
 
-MappedDevice::~MappedDevice() = default;
+MappedDevice::~MappedDevice() {
+  for (CloneSlot& c : clone_cache_) delete c.idle.load(std::memory_order_acquire);
+}
 
 MappedDevice& MappedDevice::create(DiskRegistry& registry, const std::string& name,
                                    const std::string& uuid, std::string_view table) {
@@ -199,7 +202,7 @@ void MappedDevice::submit(Bio& bio) {
     Target& ti = *t->find(bio.op() == Op::kFlush ? 0 : bio.sector());
     if ((bio.op() == Op::kFlush || bio.end_sector() <= piece_end(ti, bio.sector())) &&
         bios_for(ti, bio.op()) == 1) [[likely]] {
-      DmIo* io = handed != nullptr ? handed : pool_.alloc(Wait::kNoWait);
+      DmIo* io = handed != nullptr ? handed : alloc_io();
       if (io == nullptr) [[unlikely]] {
         bio.driver_data = 0;  // nothing sent yet
         park(bio, false);
@@ -248,8 +251,7 @@ void MappedDevice::map_pieces(Bio& bio, const Table& table, DmIo* handed) {
           ++index;
           return true;
         }
-        DmIo* io = handed != nullptr ? std::exchange(handed, nullptr)
-                                     : pool_.alloc(Wait::kNoWait);
+        DmIo* io = handed != nullptr ? std::exchange(handed, nullptr) : alloc_io();
         if (io == nullptr) [[unlikely]] {
           dry = true;
           return false;
@@ -298,8 +300,17 @@ void MappedDevice::map_pieces(Bio& bio, const Table& table, DmIo* handed) {
 
 void MappedDevice::dispatch(DmIo& io) {
   io.set_end_io(&MappedDevice::clone_endio, this);
-  io.saved = io.start();
-  pool_.disown(&io);  // its completion frees it
+  // Field by field, each read as wide as clone_bio() just wrote it: a
+  // BioStart or BioIter copied whole reads them back in wider pieces, which
+  // stalls store forwarding on every clone.
+  const BioIter& it = io.iter();
+  io.saved.bdev = io.bdev();
+  io.saved.iter.sector = it.sector;
+  io.saved.iter.size = it.size;
+  io.saved.iter.idx = it.idx;
+  io.saved.iter.done = it.done;
+  io.saved.flags = io.flags();
+  if (io.home == 0) pool_.disown(&io);  // its completion frees it
   switch (io.ti->map(io)) {
     case MapResult::kRemapped:
       submit_bio(io);  // queued on this thread's list: no recursion
@@ -360,8 +371,33 @@ void MappedDevice::done_orig(Bio& orig, Status status, uint64_t bits) {
   orig.complete(status);
 }
 
+DmIo* MappedDevice::alloc_io() {
+  const SlotRef slot = this_slot();
+  if (slot.exclusive) [[likely]] {
+    CloneSlot& c = clone_cache_[slot.index];
+    if (DmIo* io = c.idle.load(std::memory_order_acquire)) [[likely]] {
+      c.idle.store(nullptr, std::memory_order_relaxed);
+      return io;
+    }
+    if (!c.made) [[unlikely]] {  // this thread's first clone here
+      c.made = true;
+      DmIo* io = new (std::nothrow) DmIo;
+      if (io != nullptr) {
+        io->home = static_cast<uint8_t>(slot.index + 1);
+        return io;
+      }
+    }
+  }
+  return pool_.alloc(Wait::kNoWait);  // out (in flight), or a shared slot
+}
+
 void MappedDevice::free_io(DmIo& io) {
-  pool_.free(&io);
+  if (io.home != 0) [[likely]] {
+    // Its slot is empty while it is out, and only its owner takes from it.
+    clone_cache_[io.home - 1].idle.store(&io, std::memory_order_release);
+  } else {
+    pool_.free(&io);
+  }
   // seq_cst after the free: either park()'s look at the pool sees the
   // clone freed here, or this sees park()'s increment.
   if (waiting_.load(std::memory_order_seq_cst) != 0) [[unlikely]]

@@ -27,6 +27,7 @@
 
 #include "blkstack/driver/bio_driver.h"
 #include "blkstack/mempool.h"
+#include "core/percpu.h"
 #include "dm/dm_io.h"
 #include "dm/table.h"
 
@@ -112,6 +113,9 @@ class MappedDevice final : public BioDriver {
   // its driver_data how far it got; one parked before its first piece has
   // driver_data 0.
   void park(Bio& bio, bool front);
+  // A clone: the calling thread's own (clone_cache_), else one from the
+  // pool; null when the pool is dry.
+  DmIo* alloc_io();
   // Hands free clones to parked bios, oldest first, and resubmits those.
   void resume_parked();
   // The clone handed to `bio`, if any, now the caller's. Under park_lock_.
@@ -121,6 +125,19 @@ class MappedDevice final : public BioDriver {
   std::string uuid_;
   Disk* disk_ = nullptr;  // the disk that owns this driver
   Mempool<DmIo> pool_;
+  // A clone of its own for each thread slot (core/percpu.h), made on the
+  // slot's first use and kept for the device's life: the common path
+  // takes it and gives it back with a plain load and store, no lock and no
+  // atomic read-modify-write (the kernel's per-cpu bio_alloc_cache). Only
+  // the slot's thread takes it; whichever thread completes it puts it back
+  // (its slot is empty while it is out). While it is out, and on a shared
+  // slot, clones come from the pool with its reserve. These clones are on
+  // top of the pool: at most kPercpuSlots per device.
+  struct alignas(kCacheLine) CloneSlot {
+    std::atomic<DmIo*> idle{nullptr};
+    bool made = false;  // the slot's thread only
+  };
+  CloneSlot clone_cache_[kSlotCount];
   std::atomic<const Table*> live_{nullptr};  // swapped only while frozen
   std::atomic<bool> noflush_{false};         // a noflush suspend is on
   std::atomic<uint32_t> event_nr_{0};
