@@ -415,6 +415,16 @@ DmIo* MappedDevice::take_handed(const Bio& bio) {
   return nullptr;
 }
 
+bool MappedDevice::continues(const Bio& bio) {
+  // A bio handed a clone by resume_parked(), on its way back to submit().
+  if (waiting_.load(std::memory_order_seq_cst) == 0) return false;
+  std::lock_guard lock(park_lock_);
+  for (const Bio* h = handed_.front(); h != nullptr; h = h->next) {
+    if (static_cast<const DmIo*>(h)->orig == &bio) return true;
+  }
+  return false;
+}
+
 void MappedDevice::park(Bio& bio, bool front) {
   {
     std::lock_guard lock(park_lock_);

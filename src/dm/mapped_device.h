@@ -91,6 +91,7 @@ class MappedDevice final : public BioDriver {
   // --- BioDriver --------------------------------------------------------
   void submit(Bio& bio) override;
   void shutdown() override;
+  bool continues(const Bio& bio) override;
 
  private:
   MappedDevice(DiskRegistry& registry, std::string uuid);

@@ -22,6 +22,7 @@
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/mempool.h"
+#include "blkstack/submit.h"
 #include "dm/mapped_device.h"
 
 namespace blkstack {
@@ -136,6 +137,81 @@ TEST(DmBackpressure, ManyThreadsOfLargeBiosOnAPoolHeldToItsReserve) {
     for (auto& t : ts) t.join();
   });
   EXPECT_EQ(bad.load(), 0);
+  EXPECT_EQ(md.io_pool().total(), reserve);
+}
+
+// A bio submitted asynchronously; remembers how it ended.
+struct AsyncBio {
+  Bio bio;
+  std::vector<std::byte> buf;
+  Segment seg;
+  std::atomic<int> ends{0};
+  std::atomic<Status> status{Status::kOk};
+  AsyncBio(Disk& disk, Op op, uint64_t sector, size_t bytes) : buf(bytes) {
+    seg = Segment(buf.data(), static_cast<uint32_t>(bytes));
+    bio.init(&disk, op, sector, std::span<Segment>(&seg, 1), &AsyncBio::done, this);
+  }
+  static void done(Bio& b) {
+    auto* self = static_cast<AsyncBio*>(b.context());
+    self->status.store(b.status());
+    self->ends.fetch_add(1);
+  }
+};
+
+// Takes every element the (held) pool has, so that only the thread's own
+// clone is left: a bio of two pieces sends one and parks with the other.
+struct PoolDrained {
+  MempoolBase& pool;
+  std::vector<void*> taken;
+  explicit PoolDrained(MempoolBase& p) : pool(p) {
+    while (void* e = pool.alloc_raw(Wait::kNoWait)) taken.push_back(e);
+  }
+  void give_back_one() {
+    pool.free_raw(taken.back());
+    taken.pop_back();
+  }
+  ~PoolDrained() {
+    for (void* e : taken) pool.free_raw(e);
+  }
+};
+
+TEST(DmBackpressure, ABioParkedPartWayGoesOnWhenItsDiskTurnsReadOnlyMeanwhile) {
+  DiskRegistry registry;
+  registry.create("ram:4M");
+  registry.create("ram:4M");
+  MappedDevice& md =
+      MappedDevice::create(registry, "st", "", "0 16384 striped 2 8 ram0 0 ram1 0");
+  const size_t reserve = md.io_pool().total();
+  PoolHeldToReserve held(md);
+  WithDeadline(10, [&] {
+    Disk& disk = md.disk();
+    // Two 4 KiB pieces: the first goes with this thread's own clone, the
+    // second finds the pool empty and the write parks part way.
+    AsyncBio write(disk, Op::kWrite, 0, 8192);
+    std::memset(write.buf.data(), 0x5a, write.buf.size());
+    {
+      PoolDrained drained(md.io_pool());
+      submit_bio(write.bio);
+      ASSERT_EQ(write.ends.load(), 0) << "the write did not park";
+      // Admitted before: a write already on its way is not refused for it.
+      disk.set_read_only(true);
+      drained.give_back_one();
+      // A read comes in behind the parked write and wakes it with the clone.
+      AsyncBio read(disk, Op::kRead, 64, 4096);
+      submit_bio(read.bio);
+      EXPECT_EQ(write.ends.load(), 1);
+      EXPECT_EQ(write.status.load(), Status::kOk);
+      EXPECT_EQ(read.ends.load(), 1);
+      EXPECT_EQ(read.status.load(), Status::kOk);
+    }
+    disk.set_read_only(false);
+    std::vector<std::byte> back(8192);
+    BlockHandle h = BlockHandle::open(registry, "st");
+    EXPECT_EQ(h.pread(back.data(), back.size(), 0), Status::kOk);
+    EXPECT_TRUE(back == write.buf);
+  });
+  // Every clone came back, none is left handed to a bio that is gone.
+  EXPECT_EQ(md.io_pool().available(), md.io_pool().total());
   EXPECT_EQ(md.io_pool().total(), reserve);
 }
 
