@@ -13,6 +13,10 @@ struct SlotOwner {
   unsigned index = kSharedSlot;
   ~SlotOwner() {
     if (index == kSharedSlot) return;
+    // Thread-local objects destroyed after this one may still do I/O: from
+    // now on they share, or two threads would write one slot as their own
+    // (a lost count, or one clone of a per-thread cache taken twice).
+    tls_slot = SlotRef{kSharedSlot, false};
     std::lock_guard lock(slots_mu);
     slot_taken[index] = false;
   }

@@ -4,7 +4,8 @@
 // not bounce a cache line between cores, and a slot owned by one thread is
 // updated with a plain load and store instead of a locked instruction (like
 // this_cpu_add with preemption off). The first kPercpuSlots live threads each
-// own a slot; a slot is handed back when its thread exits. Any further
+// own a slot; a slot is handed back when its thread exits (what that thread
+// still does while it exits goes to the shared slot). Any further
 // threads share the last slot, kSharedSlot, and update it atomically.
 // Readers sum all slots.
 #pragma once

@@ -57,6 +57,16 @@ void submit_one(Bio& bio) {
       return;
     }
   }
+  // Rare: a split remainder (checked again below) or a bio its bio-based
+  // driver held part way and sends on (not checked again: pieces of it are
+  // out). One compare on the plain path, of a field read below anyway.
+  if (bio.acct_disk == disk && disk->driver().continues(bio)) [[unlikely]] {
+    if (disk->gated())
+      disk->bio_gate().submit(bio);
+    else
+      disk->driver().submit(bio);
+    return;
+  }
   if (Status s = check_bio(bio, *disk); s != Status::kOk) {
     // A remainder back from waiting for a split bio (the disk shrank or
     // turned read-only meanwhile) gives back the one it was handed.

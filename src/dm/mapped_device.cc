@@ -4,22 +4,29 @@
 
 #include <algorithm>
 #include <atomic>
+#include <utility>
 
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/error.h"
 #include "blkstack/submit.h"
+#include "core/percpu.h"
 
 namespace blkstack {
 namespace {
 
 // A bio cut into several pieces counts them in its driver_data (the bio is
-// this driver's until it completes): the pieces still out, plus one held
-// while they are being sent, a bit for "a piece asked for a requeue", and
-// one for "these are a PREFLUSH's flushes: the data goes after them".
+// this driver's until it completes): in the low bits the pieces still out,
+// plus one held while they are being sent; above them how many pieces were
+// sent so far (where to go on after waiting for clones); a bit for "a piece
+// asked for a requeue", and one for "these are a PREFLUSH's flushes: the
+// data goes after them".
 constexpr uint64_t kRequeueBit = uint64_t{1} << 63;
 constexpr uint64_t kDataNextBit = uint64_t{1} << 62;
-constexpr uint64_t kCountMask = kDataNextBit - 1;
+constexpr unsigned kSentShift = 32;
+constexpr uint64_t kCountMask = (uint64_t{1} << kSentShift) - 1;
+constexpr uint64_t kSentMask = (kDataNextBit - 1) & ~kCountMask;
+constexpr uint64_t kOnePiece = 1 | (uint64_t{1} << kSentShift);  // out and sent
 
 // Bios up to Bio's own ceiling pass through uncut: the devices below split
 // them to their limits, so a layer adds no split of its own.
@@ -60,16 +67,18 @@ bool flush_phase(const Bio& bio) {
 }
 
 // Calls fn(target, sector, sectors, bio_nr, flush_only) for each piece of
-// `bio`: in its flush phase, a flush for each target; else its data, cut
-// at targets and max_io_len boundaries. Returns Status::kNotSupported if
-// some range's target takes no bios of this op.
+// `bio`, until fn returns false: in its flush phase, a flush for each
+// target; else its data, cut at targets and max_io_len boundaries. Returns
+// Status::kNotSupported if some range's target takes no bios of this op.
 template <class Fn>
 Status for_each_piece(const Bio& bio, const Table& table, Fn&& fn) {
   Status s = Status::kOk;
   if (flush_phase(bio)) {
     for (size_t i = 0; i < table.num_targets(); ++i) {
       Target& t = table.target(i);
-      for (unsigned nr = 0; nr < t.num_flush_bios; ++nr) fn(t, t.begin(), 0, nr, true);
+      for (unsigned nr = 0; nr < t.num_flush_bios; ++nr) {
+        if (!fn(t, t.begin(), 0, nr, true)) return s;
+      }
     }
     return s;
   }
@@ -79,7 +88,9 @@ Status for_each_piece(const Bio& bio, const Table& table, Fn&& fn) {
     const uint64_t end = std::min(piece_end(t, sector), bio.end_sector());
     const unsigned n = bios_for(t, bio.op());
     if (n == 0) s = Status::kNotSupported;
-    for (unsigned nr = 0; nr < n; ++nr) fn(t, sector, end - sector, nr, false);
+    for (unsigned nr = 0; nr < n; ++nr) {
+      if (!fn(t, sector, end - sector, nr, false)) return s;
+    }
     sector = end;
   }
   return s;
@@ -90,7 +101,9 @@ Status for_each_piece(const Bio& bio, const Table& table, Fn&& fn) {
 MappedDevice::MappedDevice(DiskRegistry& registry, std::string uuid)
     : registry_(registry), uuid_(std::move(uuid)), pool_("dm-io", 16) {}
 
-MappedDevice::~MappedDevice() = default;
+MappedDevice::~MappedDevice() {
+  for (CloneSlot& c : clone_cache_) delete c.idle.load(std::memory_order_acquire);
+}
 
 MappedDevice& MappedDevice::create(DiskRegistry& registry, const std::string& name,
                                    const std::string& uuid, std::string_view table) {
@@ -164,6 +177,23 @@ void MappedDevice::submit(Bio& bio) {
     bio.complete(Status::kIoError);  // no table: as dm without a live map
     return;
   }
+  // Out of clones: a bio coming back from park() takes the clone handed to
+  // it; a new one waits behind those parked before it (order kept, none
+  // starved). seq_cst: pairs with park()'s increment.
+  DmIo* handed = nullptr;
+  if (waiting_.load(std::memory_order_seq_cst) != 0) [[unlikely]] {
+    bool behind = false;
+    {
+      std::lock_guard lock(park_lock_);
+      handed = take_handed(bio);
+      behind = handed == nullptr && !parked_.empty();
+    }
+    if (behind) {
+      bio.driver_data = 0;  // nothing sent yet
+      park(bio, false);
+      return;
+    }
+  }
   // The common case in one piece: a read or write inside one target (and a
   // flush of a table with one device to flush), cloned and mapped, no
   // countdown.
@@ -172,9 +202,10 @@ void MappedDevice::submit(Bio& bio) {
     Target& ti = *t->find(bio.op() == Op::kFlush ? 0 : bio.sector());
     if ((bio.op() == Op::kFlush || bio.end_sector() <= piece_end(ti, bio.sector())) &&
         bios_for(ti, bio.op()) == 1) [[likely]] {
-      DmIo* io = pool_.alloc(Wait::kNoWait);
+      DmIo* io = handed != nullptr ? handed : alloc_io();
       if (io == nullptr) [[unlikely]] {
-        park(bio);
+        bio.driver_data = 0;  // nothing sent yet
+        park(bio, false);
         return;
       }
       clone_bio(bio, *io);
@@ -187,41 +218,46 @@ void MappedDevice::submit(Bio& bio) {
       return;
     }
   }
-  map_pieces(bio, *t);
+  map_pieces(bio, *t, handed);
 }
 
-void MappedDevice::map_pieces(Bio& bio, const Table& table) {
-  // Every piece's clone first, so that a bio is either all on its way or
-  // parked whole (never half sent when the pool runs dry).
-  size_t count = 0;
-  const Status unsupported = for_each_piece(
-      bio, table, [&](Target&, uint64_t, uint64_t, unsigned, bool) { ++count; });
+void MappedDevice::map_pieces(Bio& bio, const Table& table, DmIo* handed) {
+  // A clone at a time, each mapped and sent before the next is taken (dm's
+  // __split_and_process_bio): a bio of more pieces than the pool holds
+  // goes on as its own pieces complete. When the pool runs dry the rest
+  // parks, holding no clone, and goes on from the next piece when one
+  // comes back (DESIGN.md invariant 4).
+  std::atomic_ref<uint64_t> state(bio.driver_data);
+  const bool from_park = handed != nullptr;
+  // A bio parked part way through keeps its countdown (its hold is still
+  // counted); one parked before its first piece starts like a new one.
+  const bool resumed =
+      from_park && (state.load(std::memory_order_relaxed) & kCountMask) != 0;
   const bool data_next = bio.op() != Op::kFlush && flush_phase(bio);
-  if (count == 0) {
-    if (data_next) {  // no target to flush: straight to the data
-      bio.clear_flags(BioFlag::kPreflush);
-      map_pieces(bio, table);
-      return;
-    }
-    bio.complete(unsupported);
-    return;
+  uint64_t skip = 0;
+  if (resumed) {
+    skip = (state.load(std::memory_order_relaxed) & kSentMask) >> kSentShift;
+  } else {
+    bio.driver_data = 1 | (data_next ? kDataNextBit : 0);  // 1: the hold
   }
-  BioList ios;
-  for (size_t i = 0; i < count; ++i) {
-    DmIo* io = pool_.alloc(Wait::kNoWait);
-    if (io == nullptr) [[unlikely]] {
-      while (Bio* b = ios.pop_front()) pool_.free(static_cast<DmIo*>(b));
-      park(bio);
-      return;
-    }
-    ios.push_back(io);
-  }
-  if (unsupported != Status::kOk) bio.set_status(unsupported);
-  bio.driver_data = (count + 1) | (data_next ? kDataNextBit : 0);  // + 1: the loop
-  for_each_piece(
+  // The pieces already sent are walked past again: only after waiting for
+  // clones, so a rare path.
+  uint64_t index = 0;
+  bool dry = false;
+  const Status unsupported = for_each_piece(
       bio, table,
       [&](Target& t, uint64_t sector, uint64_t sectors, unsigned nr, bool flush_only) {
-        DmIo* io = static_cast<DmIo*>(ios.pop_front());
+        if (index < skip) {
+          ++index;
+          return true;
+        }
+        DmIo* io = handed != nullptr ? std::exchange(handed, nullptr) : alloc_io();
+        if (io == nullptr) [[unlikely]] {
+          dry = true;
+          return false;
+        }
+        ++index;
+        state.fetch_add(kOnePiece, std::memory_order_relaxed);  // before it can end
         if (flush_only) {
           io->init_nodata(bio.bdev(), Op::kFlush, sector, 0);
           io->set_flags(BioFlag::kPreflush);
@@ -230,8 +266,8 @@ void MappedDevice::map_pieces(Bio& bio, const Table& table) {
         } else {
           clone_bio(bio, *io);
           io->clear_flags(BioFlag::kPreflush);  // sent to every target above
-          const uint64_t skip = (sector - bio.sector()) << kSectorShift;
-          if (skip != 0) io->advance(static_cast<uint32_t>(skip));
+          const uint64_t skip_bytes = (sector - bio.sector()) << kSectorShift;
+          if (skip_bytes != 0) io->advance(static_cast<uint32_t>(skip_bytes));
           io->truncate(static_cast<uint32_t>(sectors << kSectorShift));
         }
         io->orig = &bio;
@@ -240,16 +276,41 @@ void MappedDevice::map_pieces(Bio& bio, const Table& table) {
         io->bio_nr = static_cast<uint16_t>(nr);
         io->only = false;
         dispatch(*io);
+        return true;
       });
-  const uint64_t before =
-      std::atomic_ref<uint64_t>(bio.driver_data).fetch_sub(1, std::memory_order_acq_rel);
+  if (handed != nullptr) free_io(*handed);  // handed to a bio of no pieces
+  if (unsupported != Status::kOk) bio.set_status(unsupported);
+  if (dry) {
+    park(bio, from_park);  // back at the head if it came from there
+    return;
+  }
+  if (index == 0) {  // no piece at all
+    bio.driver_data = 0;
+    if (data_next) {  // no target to flush: straight to the data
+      bio.clear_flags(BioFlag::kPreflush);
+      map_pieces(bio, table, nullptr);
+      return;
+    }
+    bio.complete(unsupported);
+    return;
+  }
+  const uint64_t before = state.fetch_sub(1, std::memory_order_acq_rel);  // the hold
   if ((before & kCountMask) == 1) done_orig(bio, bio.status(), before);
 }
 
 void MappedDevice::dispatch(DmIo& io) {
   io.set_end_io(&MappedDevice::clone_endio, this);
-  io.saved = io.start();
-  pool_.disown(&io);  // its completion frees it
+  // Field by field, each read as wide as clone_bio() just wrote it: a
+  // BioStart or BioIter copied whole reads them back in wider pieces, which
+  // stalls store forwarding on every clone.
+  const BioIter& it = io.iter();
+  io.saved.bdev = io.bdev();
+  io.saved.iter.sector = it.sector;
+  io.saved.iter.size = it.size;
+  io.saved.iter.idx = it.idx;
+  io.saved.iter.done = it.done;
+  io.saved.flags = io.flags();
+  if (io.home == 0) pool_.disown(&io);  // its completion frees it
   switch (io.ti->map(io)) {
     case MapResult::kRemapped:
       submit_bio(io);  // queued on this thread's list: no recursion
@@ -310,35 +371,90 @@ void MappedDevice::done_orig(Bio& orig, Status status, uint64_t bits) {
   orig.complete(status);
 }
 
-void MappedDevice::free_io(DmIo& io) {
-  pool_.free(&io);
-  if (waiting_.load(std::memory_order_acquire) != 0) [[unlikely]] {
-    Bio* b = nullptr;
-    {
-      std::lock_guard lock(park_lock_);
-      b = parked_.pop_front();
-      if (b) waiting_.fetch_sub(1, std::memory_order_relaxed);
+DmIo* MappedDevice::alloc_io() {
+  const SlotRef slot = this_slot();
+  if (slot.exclusive) [[likely]] {
+    CloneSlot& c = clone_cache_[slot.index];
+    if (DmIo* io = c.idle.load(std::memory_order_acquire)) [[likely]] {
+      c.idle.store(nullptr, std::memory_order_relaxed);
+      return io;
     }
-    if (b) submit_bio(*b);  // still accounted here: it goes on, not again
+    if (!c.made) [[unlikely]] {  // this thread's first clone here
+      c.made = true;
+      DmIo* io = new (std::nothrow) DmIo;
+      if (io != nullptr) {
+        io->home = static_cast<uint8_t>(slot.index + 1);
+        return io;
+      }
+    }
   }
+  return pool_.alloc(Wait::kNoWait);  // out (in flight), or a shared slot
 }
 
-void MappedDevice::park(Bio& bio) {
+void MappedDevice::free_io(DmIo& io) {
+  if (io.home != 0) [[likely]] {
+    // Its slot is empty while it is out, and only its owner takes from it.
+    clone_cache_[io.home - 1].idle.store(&io, std::memory_order_release);
+  } else {
+    pool_.free(&io);
+  }
+  // seq_cst after the free: either park()'s look at the pool sees the
+  // clone freed here, or this sees park()'s increment.
+  if (waiting_.load(std::memory_order_seq_cst) != 0) [[unlikely]]
+    resume_parked();
+}
+
+DmIo* MappedDevice::take_handed(const Bio& bio) {
+  for (Bio* h = handed_.front(); h != nullptr; h = h->next) {
+    DmIo* io = static_cast<DmIo*>(h);
+    if (io->orig != &bio) continue;
+    handed_.remove(h);  // short: one per bio being resumed right now
+    waiting_.fetch_sub(1, std::memory_order_relaxed);
+    return io;
+  }
+  return nullptr;
+}
+
+bool MappedDevice::continues(const Bio& bio) {
+  // A bio handed a clone by resume_parked(), on its way back to submit().
+  if (waiting_.load(std::memory_order_seq_cst) == 0) return false;
+  std::lock_guard lock(park_lock_);
+  for (const Bio* h = handed_.front(); h != nullptr; h = h->next) {
+    if (static_cast<const DmIo*>(h)->orig == &bio) return true;
+  }
+  return false;
+}
+
+void MappedDevice::park(Bio& bio, bool front) {
   {
     std::lock_guard lock(park_lock_);
-    parked_.push_back(&bio);
+    if (front) {
+      parked_.push_front(&bio);
+    } else {
+      parked_.push_back(&bio);
+    }
     waiting_.fetch_add(1, std::memory_order_seq_cst);
   }
-  // A piece freed between the failed allocation and the park would have
-  // seen nobody waiting: look again.
-  if (pool_.base().available() != 0) {
+  // A clone freed between the failed allocation and the park saw nobody
+  // waiting: look again now that this bio is visible.
+  resume_parked();
+}
+
+void MappedDevice::resume_parked() {
+  for (;;) {
     Bio* b = nullptr;
     {
       std::lock_guard lock(park_lock_);
+      if (parked_.empty()) return;
+      DmIo* spare = pool_.alloc(Wait::kNoWait);
+      if (spare == nullptr) return;  // the next clone to come back resumes it
       b = parked_.pop_front();
-      if (b) waiting_.fetch_sub(1, std::memory_order_relaxed);
+      spare->orig = b;  // whose it is, until submit() takes it
+      handed_.push_back(spare);
     }
-    if (b) submit_bio(*b);
+    // Still accounted here: it goes on, not again. Inside a submit path it
+    // is only queued, and takes its clone when this thread gets to it.
+    submit_bio(*b);
   }
 }
 

@@ -27,6 +27,7 @@
 
 #include "blkstack/driver/bio_driver.h"
 #include "blkstack/mempool.h"
+#include "core/percpu.h"
 #include "dm/dm_io.h"
 #include "dm/table.h"
 
@@ -84,16 +85,21 @@ class MappedDevice final : public BioDriver {
   uint32_t event_nr() const { return event_nr_.load(std::memory_order_acquire); }
   void raise_event() { event_nr_.fetch_add(1, std::memory_order_acq_rel); }
 
+  // The pool the clones come from (tests hold it to its reserve).
+  MempoolBase& io_pool() { return pool_.base(); }
+
   // --- BioDriver --------------------------------------------------------
   void submit(Bio& bio) override;
   void shutdown() override;
+  bool continues(const Bio& bio) override;
 
  private:
   MappedDevice(DiskRegistry& registry, std::string uuid);
   void attach(Disk& disk) override { disk_ = &disk; }
   // Maps `bio`, crossing targets or needing a flush of every target,
-  // through several pieces of `table`.
-  void map_pieces(Bio& bio, const Table& table);
+  // through several pieces of `table`, a clone at a time; `handed`: the
+  // clone given to it when it comes back from park().
+  void map_pieces(Bio& bio, const Table& table, DmIo* handed);
   void suspend_locked(bool noflush);
   void resume_locked();
   void dispatch(DmIo& io);
@@ -102,17 +108,42 @@ class MappedDevice final : public BioDriver {
   // `bits`: the requeue and data-next bits of orig's countdown.
   void done_orig(Bio& orig, Status status, uint64_t bits);
   void free_io(DmIo& io);
-  // Out of pieces: park `bio` until one comes back (DESIGN.md invariant 4).
-  void park(Bio& bio);
+  // Out of clones: park `bio` (at the head of the queue if `front`) until
+  // one comes back; it is then handed to `bio`, which goes on through
+  // submit_bio() (DESIGN.md invariant 4). A bio parked part way keeps in
+  // its driver_data how far it got; one parked before its first piece has
+  // driver_data 0.
+  void park(Bio& bio, bool front);
+  // A clone: the calling thread's own (clone_cache_), else one from the
+  // pool; null when the pool is dry.
+  DmIo* alloc_io();
+  // Hands free clones to parked bios, oldest first, and resubmits those.
+  void resume_parked();
+  // The clone handed to `bio`, if any, now the caller's. Under park_lock_.
+  DmIo* take_handed(const Bio& bio);
 
   DiskRegistry& registry_;
   std::string uuid_;
   Disk* disk_ = nullptr;  // the disk that owns this driver
   Mempool<DmIo> pool_;
+  // A clone of its own for each thread slot (core/percpu.h), made on the
+  // slot's first use and kept for the device's life: the common path
+  // takes it and gives it back with a plain load and store, no lock and no
+  // atomic read-modify-write (the kernel's per-cpu bio_alloc_cache). Only
+  // the slot's thread takes it; whichever thread completes it puts it back
+  // (its slot is empty while it is out). While it is out, and on a shared
+  // slot, clones come from the pool with its reserve. These clones are on
+  // top of the pool: at most kPercpuSlots per device.
+  struct alignas(kCacheLine) CloneSlot {
+    std::atomic<DmIo*> idle{nullptr};
+    bool made = false;  // the slot's thread only
+  };
+  CloneSlot clone_cache_[kSlotCount];
   std::atomic<const Table*> live_{nullptr};  // swapped only while frozen
   std::atomic<bool> noflush_{false};         // a noflush suspend is on
   std::atomic<uint32_t> event_nr_{0};
-  std::atomic<uint32_t> waiting_{0};  // bios parked in parked_
+  // parked_ and handed_ together: nonzero sends the fast paths to the lock.
+  std::atomic<uint32_t> waiting_{0};
 
   mutable std::mutex ctl_lock_;  // the verbs, one at a time; the tables
   std::unique_ptr<Table> live_table_;
@@ -120,7 +151,8 @@ class MappedDevice final : public BioDriver {
   bool suspended_ = false;
 
   std::mutex park_lock_;
-  BioList parked_;    // out of pieces, oldest first
+  BioList parked_;    // out of clones, oldest first
+  BioList handed_;    // clones handed to resumed bios; DmIo::orig names it
   BioList requeued_;  // handed back during a noflush suspend
 };
 

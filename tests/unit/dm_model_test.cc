@@ -170,11 +170,50 @@ TEST(DmModel, MixedTableCutsBiosAtEveryLine) {
   RunModel(registry, "mix", Model::kData, Swap(md, t));
 }
 
+// The targets of dm_targets_test.cc in their data-keeping modes, each with
+// a live swap mid-workload: the new table's targets take over what the old
+// ones held.
+TEST(DmModel, MirrorSwappedForItselfResyncsUnderIo) {
+  DiskRegistry registry;
+  registry.create("ram:4M");
+  registry.create("ram:4M");
+  const std::string t = "0 8192 mirror core 1 256 2 ram0 0 ram1 0";
+  MappedDevice& md = MappedDevice::create(registry, "mi", "", t);
+  RunModel(registry, "mi", Model::kData, Swap(md, t));
+}
+
+TEST(DmModel, FlakeyUpSwappedForItselfUnderIo) {
+  DiskRegistry registry;
+  registry.create("ram:4M");
+  // Up for an hour: no faults, every feature parsed.
+  const std::string t = "0 8192 flakey ram0 0 3600 0 1 drop_writes";
+  MappedDevice& md = MappedDevice::create(registry, "fl", "", t);
+  RunModel(registry, "fl", Model::kData, Swap(md, "0 8192 flakey ram0 0 3600 1"));
+}
+
+TEST(DmModel, DelaySwappedWhileHoldingBios) {
+  DiskRegistry registry;
+  registry.create("ram:4M");
+  registry.create("ram:4M");
+  MappedDevice& md =
+      MappedDevice::create(registry, "dl", "", "0 8192 delay ram0 0 1 ram0 0 2");
+  RunModel(registry, "dl", Model::kData, Swap(md, "0 8192 delay ram0 0 2 ram0 0 0"), 150);
+}
+
+TEST(DmModel, LogWritesSwappedForItselfUnderIo) {
+  DiskRegistry registry;
+  registry.create("ram:4M");
+  registry.create("ram:64M");  // the log: a super block and every write
+  const std::string t = "0 8192 log-writes ram0 ram1";
+  MappedDevice& md = MappedDevice::create(registry, "lw", "", t);
+  RunModel(registry, "lw", Model::kData, Swap(md, t), 300);
+}
+
 // --- a 16-deep stack -----------------------------------------------------------
 
 // One layer kind: the table of a mapped device over `below` (of `sectors`),
 // or empty when it cannot be built over that size. A new target type adds
-// an entry here (the h17/dmx mirror, for instance).
+// an entry here.
 struct Layer {
   const char* kind;
   std::function<std::string(const std::string& below, uint64_t sectors)> table;
@@ -192,6 +231,13 @@ const std::vector<Layer>& Layers() {
          const uint64_t half = (sectors / 2) / 32 * 32;
          return fmt::format("0 {} striped 2 32 {} 0 {} {}", 2 * half, below, below, half);
        }},
+      {"mirror",
+       [](const std::string& below, uint64_t sectors) {
+         // Two legs: the two halves of the one device below.
+         const uint64_t half = (sectors / 2) / 8 * 8;
+         return fmt::format("0 {} mirror core 1 128 2 {} 0 {} {}", half, below, below,
+                            half);
+       }},
       {"linear+linear",
        [](const std::string& below, uint64_t sectors) {
          const uint64_t a = sectors / 3;
@@ -204,7 +250,7 @@ const std::vector<Layer>& Layers() {
 
 TEST(DmModel, Stack16DeepOfEveryKindPassesTheModel) {
   DiskRegistry registry;
-  registry.create("ram:16M");
+  registry.create("ram:32M");  // each mirror layer halves it
   std::string below = "ram0";
   std::vector<MappedDevice*> mds;
   for (int i = 0; i < 16; ++i) {

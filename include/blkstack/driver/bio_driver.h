@@ -48,6 +48,15 @@ class BioDriver {
   // Called by Disk::shutdown() after new I/O is refused, before waiting for
   // the I/O in flight: a queue fails what it has parked, for instance.
   virtual void shutdown() {}
+  // Whether `bio`, submitted again while this disk still accounts it, is one
+  // this driver held part way (waiting for memory, say) and now sends on.
+  // submit_bio() then hands it straight back to submit(): it was checked
+  // when it came in, and refusing it now (the disk turned read-only
+  // meanwhile) would end it with pieces still out. Asked only of such bios.
+  virtual bool continues(const Bio& bio) {
+    (void)bio;
+    return false;
+  }
   // Takes back `bio` if it is still waiting inside the driver without any
   // of it having been started (parked for a tag, and no piece split off it:
   // Bio::has_chained_children()); the caller then completes it.
