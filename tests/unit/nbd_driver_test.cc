@@ -551,9 +551,13 @@ TEST_F(NbdDriverTest, LargeWritesAndDeepQueuesVerify) {
     for (const uint64_t len : lens) {
       std::vector<std::byte> w(len), r(len);
       for (size_t i = 0; i < len; ++i) w[i] = std::byte(i * 31 + (i >> 12) + len);
+      const auto t0 = Clock::now();
       ASSERT_EQ(h.pwrite(w.data(), len, 4096), Status::kOk) << len;
       ASSERT_EQ(h.pread(r.data(), len, 4096), Status::kOk) << len;
       EXPECT_TRUE(w == r) << len;
+      // A write whose sending stalls behind a read of no reply (waiting
+      // out poll timeouts) takes a second a piece: far longer than this.
+      EXPECT_LT(Clock::now() - t0, std::chrono::seconds(10)) << len;
     }
     std::vector<std::thread> ts;
     std::atomic<int> good{0};

@@ -168,6 +168,9 @@ class alignas(64) NbdConnection {
   void kick();
 
   void run();
+  // POLLIN on the live handle: reads replies, several if they are there.
+  void read_replies(nbd_handle* h);
+  static constexpr unsigned kReadBatch = 64;
   void drain();
   void connection_lost(std::chrono::steady_clock::time_point now, bool timed_out);
   // Every third of the timeout: true when a command has waited past it.
