@@ -637,18 +637,18 @@ TEST_F(NbdDriverTest, MirrorOverTwoServersSurvivesOne) {
   const fs::path img0 = dir_ / "img0", img1 = dir_ / "img1";
   for (const auto& p : {img0, img1}) {
     std::ofstream(p).close();
-    fs::resize_file(p, 16 * kMiB);
+    fs::resize_file(p, 8 * kMiB);
   }
   Nbdkit& s0 = server({"file", img0.string()});
   Nbdkit& s1 = server({"file", img1.string()});
   DiskRegistry reg;
   reg.create("nbd:" + s0.uri() + ",name=leg0,dead_conn_timeout=0");
   auto leg1 = reg.create("nbd:" + s1.uri() + ",name=leg1,dead_conn_timeout=0");
-  const std::string table = "0 32768 mirror core 1 1024 2 leg0 0 leg1 0 1 handle_errors";
+  const std::string table = "0 16384 mirror core 1 1024 2 leg0 0 leg1 0 1 handle_errors";
   MappedDevice& md = MappedDevice::create(reg, "mi", "", table);
   auto wait_in_sync = [&] {
     const auto until = Clock::now() + std::chrono::seconds(10);
-    while (!Contains(md.status_text(), " 32/32 ")) {
+    while (!Contains(md.status_text(), " 16/16 ")) {
       ASSERT_LT(Clock::now(), until) << md.status_text();
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
@@ -662,14 +662,14 @@ TEST_F(NbdDriverTest, MirrorOverTwoServersSurvivesOne) {
   {
     BlockHandle h = BlockHandle::open(reg, "mi");
     std::thread work(
-        [&] { result = run_model(h, 4, 400, 4 * kMiB, nullptr, &done, &models); });
-    while (done.load() < 200 && result.empty())
+        [&] { result = run_model(h, 4, 300, 2 * kMiB, nullptr, &done, &models); });
+    while (done.load() < 150 && result.empty())
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     s1.kill();
     work.join();
   }
   EXPECT_EQ(result, "");
-  EXPECT_EQ(done.load(), 4u * 400);
+  EXPECT_EQ(done.load(), 4u * 300);
   EXPECT_GT(md.event_nr(), ev);
   const std::string st = md.status_text();
   EXPECT_TRUE(Contains(st, " AD 1 core") || Contains(st, " AR 1 core")) << st;
@@ -693,7 +693,7 @@ TEST_F(NbdDriverTest, MirrorOverTwoServersSurvivesOne) {
     return std::vector<char>(std::istreambuf_iterator<char>(f), {});
   };
   const std::vector<char> a = slurp(img0), b = slurp(img1);
-  ASSERT_EQ(a.size(), 16 * kMiB);
+  ASSERT_EQ(a.size(), 8 * kMiB);
   EXPECT_TRUE(a == b);
   size_t wrong = 0;
   for (const Region& r : models)

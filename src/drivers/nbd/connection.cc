@@ -579,7 +579,9 @@ void NbdConnection::run() {
     }
     const auto left =
         std::chrono::ceil<std::chrono::milliseconds>(until - Clock::now()).count();
-    const int timeout_ms = static_cast<int>(std::clamp<int64_t>(left, 1, 1000));
+    // Down: at least once a second (closing_, a reconnect's progress).
+    const int timeout_ms =
+        static_cast<int>(std::clamp<int64_t>(left, 1, up ? INT32_MAX : 1000));
     poll(fds, fds[1].fd >= 0 ? 2 : 1, timeout_ms);
     if (fds[0].revents & POLLIN) {
       uint64_t v;
