@@ -267,6 +267,30 @@ TEST_F(NbdDriverTest, ManyInFlightBehindDelayFilter) {
   EXPECT_LT(took, std::chrono::milliseconds(2500));
 }
 
+// A slow read in flight holds nothing else up: writes answered meanwhile
+// go out and complete at once. (Reading for more replies on a socket with
+// none left parks libnbd outside READY, where a new command is queued
+// until the next reply comes: here, the slow read's.)
+TEST_F(NbdDriverTest, SlowReadDoesNotHoldUpLaterWrites) {
+  Nbdkit& s = server({"--filter=delay", "memory", "16M", "rdelay=2"});
+  DiskRegistry reg;
+  BlockHandle h(reg.create("nbd:" + s.uri() + ",partscan=0"));
+  std::atomic<bool> read_done{false};
+  std::thread reader([&] {
+    std::vector<std::byte> b(4096);
+    EXPECT_EQ(h.pread(b.data(), b.size(), 0), Status::kOk);
+    read_done = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the read is out
+  std::vector<std::byte> w(4096, std::byte{5});
+  const auto t0 = Clock::now();
+  for (int i = 0; i < 8; ++i)
+    ASSERT_EQ(h.pwrite(w.data(), w.size(), (i + 1) * 4096), Status::kOk);
+  EXPECT_LT(Clock::now() - t0, std::chrono::milliseconds(1000));
+  EXPECT_FALSE(read_done.load());
+  reader.join();
+}
+
 // The server's errors reach the caller with their meaning: EIO as
 // kIoError, ENOSPC as kNoSpace; the other operations go on working.
 TEST_F(NbdDriverTest, ServerErrorsBecomeStatuses) {

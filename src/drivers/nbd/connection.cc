@@ -534,8 +534,10 @@ void NbdConnection::read_replies(nbd_handle* h) {
   // more are in flight, read again before completing any: the bios'
   // owners are then woken once for the lot, not once a reply (a context
   // switch per I/O was the cost against fio's engine, which reaps on its
-  // submitting thread). The read that finds the socket empty costs one
-  // recv, and libnbd goes back to READY. Only while libnbd waits for
+  // submitting thread). Never notify a read on an empty socket: libnbd
+  // (1.14, REPLY.START) then stays out of READY on EAGAIN, and commands
+  // issued meanwhile wait unsent until the next reply, however slow it
+  // is; so a poll of no wait asks first. Only while libnbd waits for
   // nothing but replies: in the middle of sending a command (direction
   // both) a read notify makes it pause the send until a whole reply has
   // come, and a server waiting for the rest of that write sends none: the
@@ -547,6 +549,8 @@ void NbdConnection::read_replies(nbd_handle* h) {
     const int64_t left = nbd_aio_in_flight(h);
     if (left <= 0 || left >= before) return;  // none left, or a reply only begun
     before = left;
+    pollfd p{nbd_aio_get_fd(h), POLLIN, 0};
+    if (poll(&p, 1, 0) <= 0) return;  // nothing more yet
   }
 }
 
