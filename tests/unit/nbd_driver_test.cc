@@ -651,6 +651,44 @@ TEST_F(NbdDriverTest, TimedOutIoIsRetriedOnANewConnection) {
   EXPECT_TRUE(Contains(disk->describe(), "reconnects=1")) << disk->describe();
 }
 
+// A timeout that ended in failure (dead_conn_timeout) and a reconnect
+// with nothing to send again must not shorten the next outage: when that
+// server later goes away, a read waits dead_conn_timeout for it as usual
+// and succeeds once a good server is back.
+TEST_F(NbdDriverTest, PastTimeoutDoesNotShortenLaterOutage) {
+  const fs::path img = dir_ / "img";
+  { std::ofstream(img).close(); }
+  fs::resize_file(img, 16 * kMiB);
+  Nbdkit& s = server({"--filter=delay", "file", img.string(), "rdelay=100"});
+  DiskRegistry reg;
+  auto disk =
+      reg.create("nbd:" + s.uri() + ",partscan=0,timeout=300ms,dead_conn_timeout=2");
+  BlockHandle h(disk);
+  std::vector<std::byte> buf(4096, std::byte{9});
+  ASSERT_EQ(h.pwrite(buf.data(), buf.size(), 0), Status::kOk);
+  ASSERT_EQ(h.pread(buf.data(), buf.size(), 0), Status::kTransport);  // timed out
+  auto wait_for = [&](const char* what) {
+    const auto until = Clock::now() + std::chrono::seconds(10);
+    while (!Contains(disk->describe(), what)) {
+      ASSERT_LT(Clock::now(), until) << disk->describe();
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  };
+  wait_for("up=1");  // reconnected to the stuck server, nothing to resend
+  s.kill();
+  wait_for("up=0");
+  // The read waits for the server, started here: nbdkit's
+  // --exit-with-parent follows the thread that started it.
+  Status got = Status::kInvalid;
+  std::thread reader([&] { got = h.pread(buf.data(), buf.size(), 0); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  s.set_args({"file", img.string()});
+  s.start();
+  reader.join();
+  EXPECT_EQ(got, Status::kOk) << disk->describe();
+  EXPECT_EQ(buf[0], std::byte{9});
+}
+
 // A dm mirror (src/dm/targets/mirror.cc, handle_errors) over two nbd
 // devices: one server is killed under a verified workload from four
 // threads; I/O goes on, the leg is taken out (an event, its health letter);
@@ -685,9 +723,14 @@ TEST_F(NbdDriverTest, MirrorOverTwoServersSurvivesOne) {
   std::string result;
   {
     BlockHandle h = BlockHandle::open(reg, "mi");
-    std::thread work(
-        [&] { result = run_model(h, 4, 300, 2 * kMiB, nullptr, &done, &models); });
-    while (done.load() < 150 && result.empty())
+    std::atomic<bool> finished{false};
+    std::thread work([&] {
+      result = run_model(h, 4, 300, 2 * kMiB, nullptr, &done, &models);
+      finished = true;
+    });
+    // Killed mid-workload; `result` is the worker's until it has finished.
+    const auto kill_by = Clock::now() + std::chrono::seconds(10);
+    while (done.load() < 150 && !finished.load() && Clock::now() < kill_by)
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     s1.kill();
     work.join();

@@ -526,6 +526,12 @@ void NbdConnection::connected() {
     if (!issue(c)) wait_for_reconnect(c);
     c = next;
   }
+  // Nothing sent again that is unanswered (the timed-out I/O failed by
+  // dead_conn_timeout): no stall to remember, or a later outage would find
+  // its dead_conn_timeout already spent.
+  if (std::all_of(std::begin(unanswered_), std::end(unanswered_),
+                  [](const auto& n) { return n.load(std::memory_order_relaxed) == 0; }))
+    stalled_ = false;
 }
 
 void NbdConnection::read_replies(nbd_handle* h) {
