@@ -142,6 +142,13 @@ class TransferDriver {
   virtual void queue_cmd(IoCmd cmd) = 0;
   // The disk is going (BioDriver::shutdown, RequestDriver::shutdown).
   virtual void shutdown() {}
+  // Multi-queue: a request overstayed the queue's timeout
+  // (RequestDriver::timeout); a driver that times its commands out itself
+  // says kResetTimer.
+  virtual TimeoutAction timeout(IoCmd cmd) {
+    (void)cmd;
+    return TimeoutAction::kFailWhenDone;
+  }
 };
 
 // What make_disk() puts under a bio-based disk for a TransferDriver D,
@@ -175,6 +182,7 @@ class RequestTransfer final : public RequestDriver {
     return Status::kOk;
   }
   void shutdown() override { driver_.shutdown(); }
+  TimeoutAction timeout(Request& rq) override { return driver_.timeout(IoCmd(&rq)); }
 
  private:
   D driver_;

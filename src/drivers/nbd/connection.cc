@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -273,6 +274,11 @@ bool NbdConnection::issue(IoCmd cmd) {
   std::unique_lock lock(issue_mu_);
   if (!up_.load(std::memory_order_relaxed)) return false;
   nbd_handle* h = h_;
+  // Counted in the current epoch until its last NBD command is answered.
+  const uint64_t epoch = epoch_.load(std::memory_order_relaxed) % kEpochs;
+  w.store((w.load(std::memory_order_relaxed) & ~kEpochMask) | epoch << kEpochShift,
+          std::memory_order_relaxed);
+  unanswered_[epoch].fetch_add(1, std::memory_order_relaxed);
   // The pieces, and one more held while issuing: the command is not
   // finished by a fast answer before the last piece has gone out.
   w.fetch_add((pieces + 1) * kCountOne);
@@ -319,8 +325,25 @@ bool NbdConnection::issue(IoCmd cmd) {
       tls_loop != this && (nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_WRITE);
   lock.unlock();
   if (wake) kick();
-  if ((w.fetch_sub(kCountOne) & kCountMask) == kCountOne) last_ref(cmd, false);
+  if (const uint64_t old = w.fetch_sub(kCountOne); (old & kCountMask) == kCountOne) {
+    issue_answered(old);
+    last_ref(cmd, false);
+  }
   return true;
+}
+
+void NbdConnection::issue_answered(uint64_t word) {
+  unanswered_[(word >> kEpochShift) % kEpochs].fetch_sub(1, std::memory_order_relaxed);
+}
+
+bool NbdConnection::epoch_tick() {
+  const unsigned next = epoch_.load(std::memory_order_relaxed) + 1;
+  // That slot last counted issues from three ticks ago and more: any
+  // still unanswered has waited the whole timeout. The epoch stays until
+  // the connection, shut down, has answered them.
+  if (unanswered_[next % kEpochs].load(std::memory_order_relaxed) > 0) return true;
+  epoch_.store(next, std::memory_order_relaxed);
+  return false;
 }
 
 int NbdConnection::on_reply(void* user_data, int* error) {
@@ -333,8 +356,11 @@ int NbdConnection::on_reply(void* user_data, int* error) {
       add_error(cmd, status_from_errno(*error));
   }
   const uint64_t old = w.fetch_sub(kCountOne);
+  auto* conn = reinterpret_cast<NbdConnection*>(old & kConnMask);
+  if (!connection_error(*error) && !conn->answered_.load(std::memory_order_relaxed))
+    conn->answered_.store(true, std::memory_order_relaxed);
   if ((old & kCountMask) == kCountOne) {
-    auto* conn = reinterpret_cast<NbdConnection*>(old & kConnMask);
+    conn->issue_answered(old);
     conn->last_ref(cmd, true);
   }
   return 1;  // retire the NBD command
@@ -418,10 +444,13 @@ void NbdConnection::drain() {
   }
 }
 
-void NbdConnection::connection_lost(Clock::time_point now) {
+void NbdConnection::connection_lost(Clock::time_point now, bool timed_out) {
   {
     std::lock_guard lock(error_mu_);
-    last_error_ = fmt::format("connection {} lost: {}", index_, libnbd_error());
+    last_error_ = timed_out
+                      ? fmt::format("connection {} timed out: no answer within {}",
+                                    index_, seconds(options_.timeout_ns))
+                      : fmt::format("connection {} lost: {}", index_, libnbd_error());
   }
   {
     std::lock_guard lock(issue_mu_);
@@ -433,6 +462,13 @@ void NbdConnection::connection_lost(Clock::time_point now) {
   if (nbd_aio_in_flight(h_) <= 0) nbd_close(h_);
   h_ = nullptr;
   down_since_ = now;
+  // A server that answers nothing, on this connection or the next ones:
+  // dead_conn_timeout runs from its first timeout, not from each.
+  if (timed_out && !stalled_) {
+    stalled_ = true;
+    stalled_since_ = now;
+  }
+  if (stalled_) down_since_ = stalled_since_;
   next_attempt_ = now;
   backoff_ = std::chrono::milliseconds(0);
   failing_ = options_.dead_conn_timeout_ns == 0;
@@ -490,11 +526,46 @@ void NbdConnection::connected() {
     if (!issue(c)) wait_for_reconnect(c);
     c = next;
   }
+  // Nothing sent again that is unanswered (the timed-out I/O failed by
+  // dead_conn_timeout): no stall to remember, or a later outage would find
+  // its dead_conn_timeout already spent.
+  if (std::all_of(std::begin(unanswered_), std::end(unanswered_),
+                  [](const auto& n) { return n.load(std::memory_order_relaxed) == 0; }))
+    stalled_ = false;
+}
+
+void NbdConnection::read_replies(nbd_handle* h) {
+  // One notify may finish as little as one reply (libnbd then waits in
+  // its READY state for the next event). While each finishes some and
+  // more are in flight, read again before completing any: the bios'
+  // owners are then woken once for the lot, not once a reply (a context
+  // switch per I/O was the cost against fio's engine, which reaps on its
+  // submitting thread). Never notify a read on an empty socket: libnbd
+  // (1.14, REPLY.START) then stays out of READY on EAGAIN, and commands
+  // issued meanwhile wait unsent until the next reply, however slow it
+  // is; so a poll of no wait asks first. Only while libnbd waits for
+  // nothing but replies: in the middle of sending a command (direction
+  // both) a read notify makes it pause the send until a whole reply has
+  // come, and a server waiting for the rest of that write sends none: the
+  // write would stall.
+  int64_t before = nbd_aio_in_flight(h);
+  for (unsigned i = 0; i < kReadBatch; ++i) {
+    nbd_aio_notify_read(h);
+    if (handle_dead(h) || nbd_aio_get_direction(h) != LIBNBD_AIO_DIRECTION_READ) return;
+    const int64_t left = nbd_aio_in_flight(h);
+    if (left <= 0 || left >= before) return;  // none left, or a reply only begun
+    before = left;
+    pollfd p{nbd_aio_get_fd(h), POLLIN, 0};
+    if (poll(&p, 1, 0) <= 0) return;  // nothing more yet
+  }
 }
 
 void NbdConnection::run() {
   tls_loop = this;
   prctl(PR_SET_NAME, fmt::format("nbd-conn{}", index_).c_str(), 0, 0, 0);
+  const auto tick = std::max<std::chrono::nanoseconds>(
+      std::chrono::nanoseconds(options_.timeout_ns / 3), std::chrono::milliseconds(1));
+  next_tick_ = Clock::now() + tick;
   for (;;) {
     pollfd fds[2] = {{event_fd_, POLLIN, 0}, {-1, 0, 0}};
     const bool up = up_.load(std::memory_order_relaxed);
@@ -506,18 +577,21 @@ void NbdConnection::run() {
           static_cast<short>((dir & LIBNBD_AIO_DIRECTION_READ ? POLLIN : 0) |
                              (dir & LIBNBD_AIO_DIRECTION_WRITE ? POLLOUT : 0));
     }
-    int timeout_ms = -1;
+    // Up: wake for the next epoch tick (the timeout).
+    auto until = next_tick_;
     if (!up) {
       // Wake for the next attempt, the attempt's deadline, and the end of
       // dead_conn_timeout, whichever comes first.
-      auto until = connecting_ ? attempt_deadline_ : next_attempt_;
+      until = connecting_ ? attempt_deadline_ : next_attempt_;
       if (!failing_)
         until = std::min(
             until, down_since_ + std::chrono::nanoseconds(options_.dead_conn_timeout_ns));
-      const auto left =
-          std::chrono::ceil<std::chrono::milliseconds>(until - Clock::now()).count();
-      timeout_ms = static_cast<int>(std::clamp<int64_t>(left, 1, 1000));
     }
+    const auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(until - Clock::now()).count();
+    // Down: at least once a second (closing_, a reconnect's progress).
+    const int timeout_ms =
+        static_cast<int>(std::clamp<int64_t>(left, 1, up ? INT32_MAX : 1000));
     poll(fds, fds[1].fd >= 0 ? 2 : 1, timeout_ms);
     if (fds[0].revents & POLLIN) {
       uint64_t v;
@@ -526,11 +600,32 @@ void NbdConnection::run() {
     if (stop_.load()) return;
     if (live != nullptr && fds[1].fd >= 0) {
       const short re = fds[1].revents;
-      if (re & (POLLIN | POLLHUP | POLLERR)) nbd_aio_notify_read(live);
+      if (re & (POLLIN | POLLHUP | POLLERR)) {
+        if (up)
+          read_replies(live);
+        else
+          nbd_aio_notify_read(live);
+      }
       if ((re & POLLOUT) && !handle_dead(live)) nbd_aio_notify_write(live);
     }
+    if (answered_.load(std::memory_order_relaxed)) {
+      answered_.store(false, std::memory_order_relaxed);
+      stalled_ = false;
+    }
     const auto now = Clock::now();
-    if (up && handle_dead(h_)) connection_lost(now);
+    bool timed_out = false;
+    if (now >= next_tick_) {
+      next_tick_ = now + tick;
+      if (epoch_tick() && up && !handle_dead(h_)) {
+        // As if the server had closed it: libnbd answers what is in
+        // flight with ENOTCONN, and the reconnect path takes over.
+        timed_out = true;
+        ::shutdown(nbd_aio_get_fd(h_), SHUT_RDWR);
+        nbd_aio_notify_read(h_);
+        if (!handle_dead(h_)) nbd_aio_notify_write(h_);
+      }
+    }
+    if (up && handle_dead(h_)) connection_lost(now, timed_out);
     drain();
     if (closing_.load(std::memory_order_relaxed)) fail_waiting(Status::kOffline);
     if (!up_.load(std::memory_order_relaxed)) {

@@ -15,6 +15,7 @@
 //   bits  6-47  this NbdConnection (aligned to 64 bytes: its low bits are 0)
 //   bits 48-55  NBD commands still to answer, plus 1 while still issuing
 //   bits 56-57  the phase: preflush, data, postflush (emulated FUA)
+//   bits 58-59  the timeout epoch it was issued in (see below)
 //
 // libnbd runs completion callbacks with its handle lock held, and a
 // completed bio's owner may submit again at once (to this disk: into
@@ -29,6 +30,16 @@
 // dead_conn_timeout without a connection they fail with
 // Status::kTransport, and so does new I/O until a reconnect succeeds (the
 // kernel nbd driver's dead_conn_timeout; 0: fail at once).
+//
+// A server that stays connected but never answers is dead too: a command
+// unanswered for `timeout` (the kernel nbd's timeout, 30 s) shuts the
+// socket down, and what was in flight takes the path above. No deadline is
+// kept per command: the loop advances an epoch every third of the timeout,
+// each issue counts itself in its epoch's counter (of four) until it is
+// answered, and an epoch still counting when its slot comes round again
+// holds a command at least `timeout` old. A server that answers nothing
+// on its new connections either keeps the clock of dead_conn_timeout
+// running from the first timeout, so such I/O fails in the end.
 #pragma once
 
 #include <libnbd.h>
@@ -70,6 +81,8 @@ struct ConnectOptions {
   std::string uri;
   uint64_t connect_timeout_ns = 10'000'000'000;
   uint64_t dead_conn_timeout_ns = 30'000'000'000;
+  // A command unanswered this long: the connection counts as dead.
+  uint64_t timeout_ns = 30'000'000'000;
   // More than one connection: their flushes rely on the server's multi-conn.
   bool multi_conn = false;
 };
@@ -122,6 +135,9 @@ class alignas(64) NbdConnection {
   static constexpr uint64_t kCountOne = uint64_t{1} << kCountShift;
   static constexpr uint64_t kCountMask = uint64_t{0xff} << kCountShift;
   static constexpr unsigned kPhaseShift = 56;
+  static constexpr unsigned kEpochShift = 58;
+  static constexpr unsigned kEpochs = 4;
+  static constexpr uint64_t kEpochMask = uint64_t{kEpochs - 1} << kEpochShift;
   // NBD commands of one IoCmd at most (+1 while issuing): its chunks.
   static constexpr unsigned kMaxPieces = 250;
 
@@ -141,6 +157,9 @@ class alignas(64) NbdConnection {
   // `cmd` cannot go out now (the connection is down): to the loop.
   void park(IoCmd cmd);
   static void reset_for_retry(IoCmd cmd);
+  // The NBD commands of one issue() of the command with `word` are all
+  // answered: it leaves its epoch's count.
+  void issue_answered(uint64_t word);
   Phase first_phase(IoCmd cmd) const;
   bool next_phase(IoCmd cmd, Phase after, Phase* next) const;
 
@@ -149,8 +168,13 @@ class alignas(64) NbdConnection {
   void kick();
 
   void run();
+  // POLLIN on the live handle: reads replies, several if they are there.
+  void read_replies(nbd_handle* h);
+  static constexpr unsigned kReadBatch = 64;
   void drain();
-  void connection_lost(std::chrono::steady_clock::time_point now);
+  void connection_lost(std::chrono::steady_clock::time_point now, bool timed_out);
+  // Every third of the timeout: true when a command has waited past it.
+  bool epoch_tick();
   void try_reconnect(std::chrono::steady_clock::time_point now);
   void connected();
   void fail_waiting(Status s);
@@ -164,6 +188,11 @@ class alignas(64) NbdConnection {
   std::mutex issue_mu_;
   nbd_handle* h_;  // the live handle (issue_mu_ to change; the loop reads it)
   std::atomic<bool> up_{true};
+  // Issues unanswered, by the epoch they went out in (the loop advances
+  // epoch_); on the line issue_mu_ already brings to the submitter.
+  std::atomic<unsigned> epoch_{0};
+  std::atomic<int64_t> unanswered_[kEpochs] = {};
+  std::atomic<bool> answered_{false};  // the server answered something
 
   int event_fd_ = -1;            // wakes the loop
   std::atomic<IoCmd> done_{};    // answered commands, for the loop
@@ -177,6 +206,10 @@ class alignas(64) NbdConnection {
   std::chrono::steady_clock::time_point down_since_, next_attempt_, attempt_deadline_;
   std::chrono::milliseconds backoff_{0};
   bool failing_ = false;  // down longer than dead_conn_timeout
+  std::chrono::steady_clock::time_point next_tick_;
+  // Timed out, and no answer since: the time of that first timeout.
+  bool stalled_ = false;
+  std::chrono::steady_clock::time_point stalled_since_;
 
   std::atomic<uint64_t> reconnects_{0};
   mutable std::mutex error_mu_;

@@ -53,6 +53,10 @@ class NbdDriver final : public TransferDriver {
   void shutdown() override {
     for (auto& conn : c_->conns) conn->shutdown();
   }
+  // Multi-queue: the connection times its commands out itself (the
+  // kernel's nbd_xmit_timeout resets the timer too) and sends them again
+  // or fails them by dead_conn_timeout.
+  TimeoutAction timeout(IoCmd) override { return TimeoutAction::kResetTimer; }
 
  private:
   NbdConnection& pick(IoCmd cmd) {
@@ -168,6 +172,8 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
   co.uri = o.str("uri");
   co.connect_timeout_ns = o.duration_ns("connect_timeout");
   co.dead_conn_timeout_ns = o.uint("dead_conn_timeout") * 1'000'000'000;
+  // The queue modes' `timeout` (default 30 s, the kernel nbd's), in both.
+  co.timeout_ns = o.duration_ns("timeout");
 
   auto c = std::make_shared<Connections>();
   c->uri = co.uri;
