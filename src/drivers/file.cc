@@ -2,7 +2,9 @@
 // kernel's loop driver, in user space).
 //
 // Always multi-queue: each hardware queue has its own io_uring and
-// completion thread (uring_queue.h). Reads and writes go straight between
+// completion thread (uring_queue.h). A read alone on an idle ring is done
+// in line when it cannot block (UringQueue::read_now); the rest go through
+// the ring. Reads and writes go straight between
 // the bios' memory and the file (vectored, no copy); a short transfer is
 // resumed where it stopped; EAGAIN, ENOMEM and EINTR are retried with a
 // bounded back-off (kMaxTransientRetries); other errors become the
@@ -156,6 +158,18 @@ class FileDriver final : public RequestDriver {
         c.op.offset = offset;
         c.op.len = rq.bytes();
         break;
+    }
+    // A lone read (the end of its batch, the ring idle) is tried on this
+    // thread first: the host's worker hop is what a depth-1 reader waits
+    // for, and the loop device does not pay it. Writes always take the
+    // ring: tmpfs cannot write without perhaps allocating (and reclaiming)
+    // pages, and no RWF_NOWAIT tells us first.
+    if (last && rq.op() == Op::kRead) {
+      const int r = c.io->read_now(c.op);
+      if (r != -EAGAIN) {
+        on_complete(&c, r);  // ends it, or resumes a short read on the ring
+        return Status::kOk;
+      }
     }
     if (!c.io->queue(c.op, &c)) return Status::kResource;  // ring full: retried later
     if (last) c.io->submit();
