@@ -100,7 +100,7 @@ TEST_F(FileInline, TmpfsReadsInLineAtDepthOneAndThroughTheRingAtDepth32) {
   char tmpl[] = "/dev/shm/blkstack-inline-XXXXXX";
   ASSERT_NE(mkdtemp(tmpl), nullptr);
   const std::string dir = tmpl;
-  make_disk(dir + "/disk.img", "");
+  make_disk(dir + "/disk.img", ",inline_read=1");
   auto data = pattern(8 << 20, 3);
   BlockHandle h(disk_);
   ASSERT_EQ(h.pwrite(data.data(), data.size(), 0), Status::kOk);
@@ -153,7 +153,7 @@ TEST_F(FileInline, TmpfsReadsInLineAtDepthOneAndThroughTheRingAtDepth32) {
 // serve gets -EAGAIN from RWF_NOWAIT and goes through the ring; once
 // cached, the same read is done in line.
 TEST_F(FileInline, ACacheMissFallsBackToTheRingAndAHitIsInLine) {
-  make_disk(path_, ",direct=off");
+  make_disk(path_, ",direct=off,inline_read=1");
   auto data = pattern(1 << 20, 4);
   BlockHandle h(disk_);
   ASSERT_EQ(h.pwrite(data.data(), data.size(), 0), Status::kOk);
@@ -179,11 +179,21 @@ TEST_F(FileInline, ACacheMissFallsBackToTheRingAndAHitIsInLine) {
 // With O_DIRECT on a disk file system a read waits for the device: never
 // in line.
 TEST_F(FileInline, DirectIoOnADiskFileSystemAlwaysTakesTheRing) {
-  make_disk(path_, ",direct=on");
+  make_disk(path_, ",direct=on,inline_read=1");
   std::vector<std::byte> buf(4096);
   BlockHandle h(disk_);
   for (int i = 0; i < 4; ++i) ASSERT_EQ(h.pread(buf.data(), buf.size(), 0), Status::kOk);
   EXPECT_EQ(counts_.inline_reads.load(), 0);
+  EXPECT_EQ(counts_.ring_reads.load(), 4);
+}
+
+// Off by default: not even tried.
+TEST_F(FileInline, OffUnlessAskedFor) {
+  make_disk(path_, ",direct=off,inline_read=0");
+  std::vector<std::byte> buf(4096);
+  BlockHandle h(disk_);
+  for (int i = 0; i < 4; ++i) ASSERT_EQ(h.pread(buf.data(), buf.size(), 0), Status::kOk);
+  EXPECT_EQ(counts_.inline_reads.load() + counts_.inline_again.load(), 0);
   EXPECT_EQ(counts_.ring_reads.load(), 4);
 }
 
