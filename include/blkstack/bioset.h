@@ -26,13 +26,18 @@ class BioSet {
  public:
   static constexpr unsigned kInlineSegments = 4;
 
-  // `min_nr` bios are kept in reserve; max_nr == 0 means no cap.
-  explicit BioSet(std::string name, size_t min_nr = 16, size_t max_nr = 0);
+  // `min_nr` bios are kept in reserve; max_nr == 0 means no cap. Each bio
+  // carries `inline_segments` segments of its own (the kernel's
+  // bvec_pool): a set whose bios map whole scatter-gather lists (sg_map.h)
+  // asks for a queue's max_segments.
+  explicit BioSet(std::string name, size_t min_nr = 16, size_t max_nr = 0,
+                  unsigned inline_segments = kInlineSegments);
 
   // A reset bio (refcount 1, no disk) with pool() == this. Never null with
   // Wait::kMayWait. Put it (Bio::put) when done; it returns here.
   Bio* alloc(Wait wait = Wait::kMayWait);
-  // Room for up to kInlineSegments segments that live as long as the bio.
+  // Room for the set's inline segments (kInlineSegments unless the set was
+  // made with more) that live as long as the bio.
   static std::span<Segment> inline_segments(Bio& bio);
 
   // --- the I/O path: never waits ------------------------------------------
@@ -50,20 +55,20 @@ class BioSet {
   // failed its checks on the way back).
   void drop_handed(const Bio& bio);
 
-  MempoolBase& mempool() { return pool_.base(); }
+  MempoolBase& mempool() { return pool_; }
 
  private:
   friend class Bio;
-  struct PooledBio : Bio {
-    Segment inline_segs[kInlineSegments];
-  };
+  // Each element is a Bio followed by its inline segment table.
+  static_assert(sizeof(Bio) % alignof(Segment) == 0);
   void release(Bio* bio);
   // The bio handed to `bio`, if any, now the caller's. Under park_lock_.
   Bio* take_handed(const Bio& bio);
   // Hands free bios to parked bios, oldest first, and resubmits those.
   void resume_parked();
 
-  Mempool<PooledBio> pool_;
+  unsigned inline_nr_;
+  MempoolBase pool_;
   std::mutex park_lock_;
   BioList parked_;  // waiting for a bio of this set, oldest first
   BioList handed_;  // bios handed to resumed ones; context() names the owner

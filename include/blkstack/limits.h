@@ -31,6 +31,20 @@ struct QueueLimits {
   bool fua = false;                   // the device honours FUA itself
   bool rotational = false;            // seeks cost (a spinning disk): queue/rotational
   bool read_only = false;
+  // How the memory of one I/O may be laid out. submit_bio() takes a bio's
+  // memory as its owner built it; a caller's scatter-gather list mapped by
+  // SgMapper (sg_map.h) is cut and bounced to honour these. The defaults
+  // ask nothing.
+  // A segment never crosses an address boundary of (mask + 1) bytes
+  // (seg_boundary_mask); at least a page: 2^n - 1 >= 4095.
+  uint64_t seg_boundary_mask = UINT64_MAX;
+  // The address and length of every segment are multiples of
+  // (dma_alignment + 1) (queue_dma_alignment); 2^n - 1, at most 4095.
+  uint32_t dma_alignment = 0;
+  // No gap inside an I/O at (mask + 1) granularity (virt_boundary_mask, as
+  // NVMe's PRPs need): every segment but the first starts on a boundary and
+  // every one but the last ends on one. 0: none; else 2^n - 1, at most 4095.
+  uint32_t virt_boundary_mask = 0;
 
   // The effective limit on reads and writes: min(max_sectors, max_hw_sectors).
   uint32_t max_io_sectors() const {

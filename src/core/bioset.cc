@@ -1,22 +1,29 @@
 #include "blkstack/bioset.h"
 
+#include <memory>
+#include <new>
+
 #include "blkstack/submit.h"
 
 namespace blkstack {
 
-BioSet::BioSet(std::string name, size_t min_nr, size_t max_nr)
-    : pool_(std::move(name), min_nr, max_nr) {}
+BioSet::BioSet(std::string name, size_t min_nr, size_t max_nr, unsigned inline_segments)
+    : inline_nr_(inline_segments),
+      pool_(std::move(name), sizeof(Bio) + inline_segments * sizeof(Segment),
+            alignof(Bio), min_nr, max_nr) {}
 
 Bio* BioSet::alloc(Wait wait) {
-  PooledBio* p = pool_.alloc(wait);
-  if (!p) return nullptr;
+  void* raw = pool_.alloc_raw(wait);
+  if (!raw) return nullptr;
+  Bio* p = new (raw) Bio();
+  std::uninitialized_default_construct_n(reinterpret_cast<Segment*>(p + 1), inline_nr_);
   p->pool_ = this;
   p->init(nullptr, Op::kRead, 0, {});
   return p;
 }
 
 std::span<Segment> BioSet::inline_segments(Bio& bio) {
-  return static_cast<PooledBio&>(bio).inline_segs;
+  return {reinterpret_cast<Segment*>(&bio + 1), bio.pool()->inline_nr_};
 }
 
 Bio* BioSet::take_handed(const Bio& bio) {
@@ -72,7 +79,8 @@ void BioSet::drop_handed(const Bio& bio) {
 }
 
 void BioSet::release(Bio* bio) {
-  pool_.free(static_cast<PooledBio*>(bio));
+  bio->~Bio();  // Segment is trivially destructible
+  pool_.free_raw(bio);
   // seq_cst after the free: either park()'s retry sees the bio we freed,
   // or we see its increment here.
   if (waiting_.load(std::memory_order_seq_cst) != 0) [[unlikely]]

@@ -88,6 +88,25 @@ std::string QueueLimits::check() const {
   if (max_write_zeroes_sectors != 0 &&
       max_write_zeroes_sectors < (logical_block_size >> kSectorShift))
     return "max_write_zeroes_sectors must hold at least one logical block";
+  const bool boundary_pow2 =
+      seg_boundary_mask == UINT64_MAX || power_of_two(seg_boundary_mask + 1);
+  if (seg_boundary_mask < 4095 || !boundary_pow2)
+    return "seg_boundary_mask must be 2^n - 1 and at least 4095";
+  if (dma_alignment > 4095 || !power_of_two(uint64_t{dma_alignment} + 1))
+    return "dma_alignment must be 2^n - 1 and at most 4095";
+  if (virt_boundary_mask > 4095 ||
+      (virt_boundary_mask != 0 && !power_of_two(uint64_t{virt_boundary_mask} + 1)))
+    return "virt_boundary_mask must be 0 or 2^n - 1, at most 4095";
+  // Cuts for the segment size then never leave a gap.
+  if (virt_boundary_mask != 0 && max_segment_size % (virt_boundary_mask + 1) != 0)
+    return "max_segment_size must be a multiple of virt_boundary_mask + 1";
+  // A page-aligned buffer must hold one logical block in max_segments.
+  if (uint64_t{max_segments} *
+          std::min<uint64_t>(max_segment_size, seg_boundary_mask == UINT64_MAX
+                                                   ? UINT64_MAX
+                                                   : seg_boundary_mask + 1) <
+      logical_block_size)
+    return "max_segments segments within seg_boundary_mask must hold a logical block";
   return {};
 }
 

@@ -6,6 +6,7 @@
 
 #include <sys/uio.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -38,6 +39,14 @@ class HostIoQueue {
   virtual bool queue(const HostIo& io, void* ctx) = 0;
   // Rings the doorbell for everything prepared.
   virtual void submit() = 0;
+  // Reads `io` on the calling thread if that cannot block and the queue
+  // is idle (nothing prepared or in flight: depth 1, where a hop to a host
+  // worker costs more than the read). Returns the result (bytes or
+  // -errno), or -EAGAIN when the read must go through queue() instead.
+  virtual int read_now(const HostIo& io) {
+    (void)io;
+    return -EAGAIN;
+  }
   // For poll queues: reaps completions, waiting up to `wait_ns` for the
   // first if any operation is in flight. Returns how many it reaped, or
   // -1 if another thread is reaping.

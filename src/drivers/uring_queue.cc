@@ -3,7 +3,11 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <linux/falloc.h>
+#include <linux/magic.h>
+#include <sys/vfs.h>
+#include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <memory>
 
@@ -34,7 +38,28 @@ void prep_transfer(io_uring_sqe* sqe, const HostIo& io, int fd) {
   }
   sqe->rw_flags = io.rw_flags;
 }
+// Whether any swap area is active (/proc/swaps lists one past its header).
+bool swap_active() {
+  FILE* f = std::fopen("/proc/swaps", "re");
+  if (f == nullptr) return true;  // cannot tell: assume pages may be out
+  int lines = 0;
+  for (int c; (c = std::fgetc(f)) != EOF;) lines += c == '\n';
+  std::fclose(f);
+  return lines > 1;
+}
 }  // namespace
+
+UringQueue::InlineReads UringQueue::inline_reads_for(int fd) {
+  struct statfs fs;
+  // tmpfs O_DIRECT is the same copy from the page cache as a buffered read.
+  // Swap turned on later (swapon) could make such a read wait for a page
+  // to come back in: a rare stall on a submitting thread, not a deadlock.
+  if (fstatfs(fd, &fs) == 0 && fs.f_type == TMPFS_MAGIC && !swap_active())
+    return InlineReads::kResident;
+  const int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || (fl & O_DIRECT) != 0) return InlineReads::kNever;
+  return InlineReads::kNowait;
+}
 
 UringQueue::UringQueue(int fd, int alt_fd, const Options& o, Callback on_complete)
     : fds_{fd, alt_fd >= 0 ? alt_fd : fd},
@@ -63,6 +88,7 @@ UringQueue::UringQueue(int fd, int alt_fd, const Options& o, Callback on_complet
   if (r < 0) throw Error(fmt::format("io_uring setup failed: {}", std::strerror(-r)));
   if (fixed_ && io_uring_register_files(&ring_, fds_, 2) < 0) fixed_ = false;
   delay_ts_ = std::make_unique<__kernel_timespec[]>(ring_.sq.ring_entries);
+  inline_reads_.store(inline_reads_for(fd), std::memory_order_relaxed);
   if (o.completion_thread) reaper_ = std::thread([this] { wait_and_reap(); });
 }
 
@@ -127,7 +153,32 @@ bool UringQueue::queue(const HostIo& io, void* ctx) {
   if (fixed_) sqe->flags |= IOSQE_FIXED_FILE;
   io_uring_sqe_set_data(sqe, ctx);
   if (polled_) in_flight_.fetch_add(1, std::memory_order_relaxed);
+  prepared_.store(prepared_.load(std::memory_order_relaxed) + 1,
+                  std::memory_order_relaxed);
   return true;
+}
+
+int UringQueue::read_now(const HostIo& io) {
+  const InlineReads how = inline_reads_.load(std::memory_order_relaxed);
+  if (how == InlineReads::kNever || io.delay_ns != 0) return -EAGAIN;
+  // Only with nothing else on the ring: at depth 32 the ring's batching
+  // (and the host's workers reading in parallel) is worth more than the hop.
+  if (prepared_.load(std::memory_order_relaxed) !=
+      reaped_.load(std::memory_order_relaxed))
+    return -EAGAIN;
+  const int fd = fds_[io.alternate_file ? 1 : 0];
+  const auto cnt = static_cast<int>(io.iovcnt);
+  const auto off = static_cast<off_t>(io.offset);
+  const ssize_t r = how == InlineReads::kNowait
+                        ? preadv2(fd, io.iov, cnt, off, RWF_NOWAIT | io.rw_flags)
+                        : preadv(fd, io.iov, cnt, off);
+  if (r >= 0) return static_cast<int>(r);
+  if (errno == EOPNOTSUPP && how == InlineReads::kNowait) {
+    // The file system cannot promise it (no FMODE_NOWAIT): the ring only.
+    inline_reads_.store(InlineReads::kNever, std::memory_order_relaxed);
+    return -EAGAIN;
+  }
+  return -errno;
 }
 
 void UringQueue::submit() {
@@ -152,6 +203,7 @@ int UringQueue::drain(bool* stop) {
     }
     if (cqe->user_data == kDelayTag) continue;
     ++done;
+    reaped_.store(reaped_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     if (polled_) in_flight_.fetch_sub(1, std::memory_order_relaxed);
     on_complete_(io_uring_cqe_get_data(cqe), cqe->res);
   }

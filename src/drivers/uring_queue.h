@@ -44,6 +44,9 @@ class UringQueue final : public HostIoQueue {
   ~UringQueue() override;
 
   bool queue(const HostIo& io, void* ctx) override;
+  // In line when the ring is idle and the file can be read without
+  // blocking (see InlineReads).
+  int read_now(const HostIo& io) override;
   // Rings the doorbell, then completes what is already done.
   void submit() override;
   int poll(uint64_t wait_ns) override;
@@ -58,6 +61,19 @@ class UringQueue final : public HostIoQueue {
   // thread looks at the queue again after letting go.
   void try_reap();
 
+  // How a read may be done in line (read_now). io_uring sends a read to
+  // its worker threads (io-wq) when the file cannot promise not to block
+  // (no FMODE_NOWAIT: tmpfs, as of Linux 6.18, refuses RWF_NOWAIT), and
+  // that hop, not the copy, is what a depth-1 reader waits for.
+  enum class InlineReads : uint8_t {
+    kNever,   // direct I/O waits for the device: always the ring
+    kNowait,  // preadv2(RWF_NOWAIT): page-cache hits in line, misses -EAGAIN
+    // tmpfs without swap: every page is in memory (or a hole, read as the
+    // zero page), so a plain read copies and never waits for I/O.
+    kResident,
+  };
+  static InlineReads inline_reads_for(int fd);
+
   io_uring ring_{};
   int fds_[2];
   bool fixed_;
@@ -69,6 +85,12 @@ class UringQueue final : public HostIoQueue {
   // on a shared line per I/O for nothing).
   const bool polled_;
   std::atomic<uint32_t> in_flight_{0};
+  // Entries prepared, and completions reaped, ever; equal when the ring is
+  // idle. Each is written under its own lock (lock_, reap_lock_), so a
+  // load and a store suffice: no locked instruction on the I/O path.
+  std::atomic<uint64_t> prepared_{0};
+  std::atomic<uint64_t> reaped_{0};
+  std::atomic<InlineReads> inline_reads_{InlineReads::kNever};
   // One per submission queue slot: the delay of a timeout prepared in that
   // slot (HostIo::delay_ns), alive until the kernel has read it.
   std::unique_ptr<__kernel_timespec[]> delay_ts_;
