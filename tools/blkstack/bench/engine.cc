@@ -89,7 +89,7 @@ class Worker {
     for (unsigned i = 0; i <= depth_; ++i) {
       slots_[i].buf = bufs_.get() + static_cast<size_t>(i) * max_bs;
       slots_[i].cb.user_data = i;
-      slots_[i].cb.disk = s.disk;
+      slots_[i].cb.bdev = s.dev;
       slots_[i].cb.flags = (job_.direct ? uint32_t{kIocbDirect} : 0u) |
                            (job_.hipri ? uint32_t{kIocbHipri} : 0u);
     }
@@ -390,7 +390,8 @@ class Worker {
   void do_sync() {
     Slot& s = slots_[depth_];
     s.kind = SlotKind::kSync;
-    s.cb = Iocb::fsync(s_.disk, depth_);
+    s.cb = Iocb::fsync(nullptr, depth_);
+    s.cb.bdev = s_.dev;
     s.len = 0;
     s.t_start = clock_ns();
     Iocb* one[] = {&s.cb};
