@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A partition exported like any block device, to clients no one here wrote:
-# a 64 MiB RAM disk filled with random bytes, an MBR with two partitions
+# a 24 MiB RAM disk filled with random bytes, an MBR with two partitions
 # written by sfdisk through the disk's FUSE file, `blkstack rescan`, then
 # disk1 exported over NBD: nbdinfo shows its size, nbdcopy writes random
 # data into it, qemu-io reads it back (and a write past its end fails), and
@@ -13,26 +13,26 @@ fuse_require sfdisk nbdcopy nbdinfo qemu-io sha256sum python3 cmp
 
 CTL=$TMP/ctl
 SOCK=$TMP/nbd.sock
-fuse_start disk=ram:64M -- --control "$CTL" --socket "$SOCK"
+fuse_start disk=ram:24M -- --control "$CTL" --socket "$SOCK"
 ctl() { timeout 30 "$BLKSTACK" "$@" --control "$CTL"; }
 uri() { echo "nbd+unix:///$1?socket=$SOCK"; }
 
-# Sectors: disk1 from 2048, disk2 from 34816, 32768 (16 MiB) each.
-P1=$((2048 * 512)) P2=$((34816 * 512)) LEN=$((32768 * 512)) END=$((64 << 20))
+# Sectors: disk1 from 2048, disk2 from 18432, 16384 (8 MiB) each.
+P1=$((2048 * 512)) P2=$((18432 * 512)) LEN=$((16384 * 512)) END=$((24 << 20))
 
 check "fill the disk with random bytes" bash -c \
-  'head -c 64M /dev/urandom >"$1/rand.img" && nbdcopy --flush "$1/rand.img" "$2"' \
+  'head -c 24M /dev/urandom >"$1/rand.img" && nbdcopy --flush "$1/rand.img" "$2"' \
   _ "$TMP" "$(uri disk)"
 check "sfdisk writes an MBR through the FUSE file" bash -c '
-  printf "label: dos\nstart=2048, size=32768, type=83\nstart=34816, size=32768, type=83\n" |
+  printf "label: dos\nstart=2048, size=16384, type=83\nstart=18432, size=16384, type=83\n" |
     sfdisk -q --no-reread --no-tell-kernel "$1" >/dev/null &&
-  sfdisk -d "$1" | grep -q "start=        2048, size=       32768"' _ "$MNT/disk"
+  sfdisk -d "$1" | grep -q "start=        2048, size=       16384"' _ "$MNT/disk"
 check "blkstack rescan disk finds disk1 and disk2" bash -c '
   "$1" rescan disk --control "$2" --json | python3 -c "
 import json, sys
 p = json.load(sys.stdin)[\"partitiontable\"][\"partitions\"]
 assert [(x[\"node\"], x[\"start\"], x[\"size\"]) for x in p] == \
-    [(\"disk1\", 2048, 32768), (\"disk2\", 34816, 32768)], p"' _ "$BLKSTACK" "$CTL"
+    [(\"disk1\", 2048, 16384), (\"disk2\", 18432, 16384)], p"' _ "$BLKSTACK" "$CTL"
 
 # The bytes outside [from, to), as two checksums, read through the whole
 # disk's NBD export.
