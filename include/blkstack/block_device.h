@@ -3,9 +3,10 @@
 // or a range of it, a partition, with its own name, start sector, length,
 // read-only flag, statistics and /proc/diskstats line.
 //
-// A BlockDevice lives as long as its Disk: hold it through a
-// std::shared_ptr<BlockDevice> that shares the Disk's ownership (see
-// DiskRegistry::open), which keeps the Disk alive.
+// The whole-disk device lives as long as its Disk; a partition until a
+// rescan replaces it and the last std::shared_ptr to it is gone. Hold
+// either through a std::shared_ptr<BlockDevice> from DiskRegistry::open,
+// which shares the Disk's ownership too and so keeps both alive.
 //
 // Claims (the kernel's holders, bd_prepare_to_claim): a stacked disk claims
 // the devices it is built on. A claimed device cannot be opened for writing
@@ -44,6 +45,8 @@ class BlockDevice {
   const std::string& name() const { return name_; }
   unsigned partno() const { return partno_; }  // 0: the whole disk
   bool is_partition() const { return partno_ != 0; }
+  // A partition a rescan replaced: I/O to it fails with kOffline.
+  bool removed() const { return removed_.load(std::memory_order_relaxed); }
   uint64_t start() const { return start_; }  // first sector on the disk
   uint64_t capacity() const;                 // sectors
   uint64_t size_bytes() const;
@@ -92,9 +95,10 @@ class BlockDevice {
   uint64_t start_;
   uint64_t length_;
   std::atomic<bool> read_only_;
-  std::string holder_;              // under the claim lock (block_device.cc)
-  unsigned holder_claims_ = 0;      // Claims of holder_ (bd_holders)
-  std::unique_ptr<IoStats> stats_;  // partitions only: part0 is the disk's
+  std::atomic<bool> removed_{false};  // set by a rescan (Disk::rescan_partitions)
+  std::string holder_;                // under the claim lock (block_device.cc)
+  unsigned holder_claims_ = 0;        // Claims of holder_ (bd_holders)
+  std::unique_ptr<IoStats> stats_;    // partitions only: part0 is the disk's
   // Partitions: opens held (Disk::open_partition), under the disk's
   // parts_lock_; a rescan waits for none.
   unsigned opens_ = 0;

@@ -1,4 +1,5 @@
-// BlockHandle: a small synchronous API over a disk, for tools and tests.
+// BlockHandle: a small synchronous API over a block device (a whole disk
+// or a partition), for tools and tests.
 //
 // Each call builds bios on its own stack, submits them and waits for their
 // completion; one the device completes busy (status_is_busy) goes again
@@ -18,19 +19,24 @@
 
 namespace blkstack {
 
+class BlockDevice;
 class Disk;
 class DiskRegistry;
 
 class BlockHandle {
  public:
-  explicit BlockHandle(std::shared_ptr<Disk> disk);
-  // Opens the disk called `name` in `registry` for writing (unless it is
-  // read-only); throws Error if there is none, and BusyError naming the
-  // holder if a stacked disk holds it (DiskRegistry::get with a mode).
+  explicit BlockHandle(std::shared_ptr<Disk> disk);  // the whole disk
+  // `bdev` should keep its disk alive (DiskRegistry::open does).
+  explicit BlockHandle(std::shared_ptr<BlockDevice> bdev);
+  // Opens the device called `name` in `registry` — a disk, or a partition
+  // ("ram0p1") — for writing (unless it is read-only); throws Error if
+  // there is none, and BusyError naming the holder if a stacked disk holds
+  // it (DiskRegistry::open).
   static BlockHandle open(const DiskRegistry& registry, std::string_view name);
 
-  Disk& disk() const { return *disk_; }
-  uint64_t size() const;  // bytes
+  BlockDevice& device() const { return *bdev_; }
+  Disk& disk() const;     // the device's disk
+  uint64_t size() const;  // bytes, of the device
 
   // Offsets and lengths are in bytes and must be multiples of the logical
   // block size. Return the first error, or kOk.
@@ -47,7 +53,7 @@ class BlockHandle {
  private:
   Status in_pieces(Op op, std::byte* buf, uint64_t len, uint64_t offset, BioFlag flags);
 
-  std::shared_ptr<Disk> disk_;
+  std::shared_ptr<BlockDevice> bdev_;
 };
 
 }  // namespace blkstack

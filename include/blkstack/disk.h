@@ -16,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "blkstack/bio.h"
@@ -119,12 +120,23 @@ class Disk {
   // sector `start`, named after the disk ("ram0p1", "sda1"). Partition
   // tables (MBR, GPT) are parsed above and call this. Throws Error on a
   // taken number, a range outside the disk or not aligned to the logical
-  // block size. Partitions live as long as the disk.
+  // block size. A partition lives until a rescan replaces it and the last
+  // std::shared_ptr to it (partition(), partitions(), open_partition) is
+  // gone; one replaced is removed() and refuses I/O (kOffline). The
+  // reference returned here is valid until the next rescan only.
   static constexpr unsigned kMaxPartitions = 15;
+  // The name of partition `number` of a disk called `disk` (disk_name()).
+  static std::string partition_name(std::string_view disk, unsigned number);
   BlockDevice& add_partition(unsigned number, uint64_t start, uint64_t length,
                              bool read_only = false);
-  BlockDevice* partition(unsigned number) const;  // null if none
-  std::vector<BlockDevice*> partitions() const;   // by number
+  // Shares the partition, not the disk: hold the disk as well to use it.
+  std::shared_ptr<BlockDevice> partition(unsigned number) const;  // null if none
+  std::vector<std::shared_ptr<BlockDevice>> partitions() const;   // by number
+  // Whether the disk takes partitions at all (false: the kernel's
+  // GENHD_FL_NO_PART): device-mapper and passthrough disks do not, as the
+  // kernel never scans device-mapper disks. rescan_partitions() refuses.
+  bool partscan() const { return partscan_.load(std::memory_order_relaxed); }
+  void set_partscan(bool on) { partscan_.store(on, std::memory_order_relaxed); }
   // Reads the partition table (MBR or GPT, src/disk/partitions/) and makes
   // its partitions the disk's, in place of those it had (the kernel's
   // BLKRRPART; done when a disk is made from a spec, unless partscan=0).
@@ -132,10 +144,15 @@ class Disk {
   // partition is open (open_partition) or any device of the disk is
   // claimed, as Linux answers EBUSY. A table refused as malformed, or an
   // I/O error, leaves no partitions and says why in the table's error.
-  // Not from a submit path.
+  // Throws Error on a disk without partscan(). Not from a submit path.
   PartitionTable rescan_partitions();
   // What the last rescan read (an empty table before any).
   PartitionTable partition_table() const;
+  // The whole disk as a shared block device: shares `self`'s ownership
+  // (null for a null `self`).
+  static std::shared_ptr<BlockDevice> whole(const std::shared_ptr<Disk>& self) {
+    return self ? std::shared_ptr<BlockDevice>(self, &self->part0_) : nullptr;
+  }
   // The partition called `name` ("ram0p1"), opened: it keeps `self` (this
   // disk) alive, and rescans are refused while it is held. Null if the
   // disk has no partition of that name.
@@ -293,7 +310,8 @@ class Disk {
   std::mutex idle_wait_lock_;  // one wait_until_idle() at a time
   std::unique_ptr<IoStats> stats_;
   mutable std::mutex parts_lock_;  // parts_ and holds_
-  std::unique_ptr<BlockDevice> parts_[kMaxPartitions];
+  std::shared_ptr<BlockDevice> parts_[kMaxPartitions];
+  std::atomic<bool> partscan_{true};
   PartitionTable table_;    // under parts_lock_
   std::mutex rescan_lock_;  // one rescan at a time
   std::vector<Claim> holds_;

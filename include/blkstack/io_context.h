@@ -35,6 +35,7 @@
 
 namespace blkstack {
 
+class BlockDevice;
 class Disk;
 struct Kiocb;
 
@@ -73,6 +74,10 @@ struct Iocb {
   uint64_t offset = 0;   // bytes
   int resfd = -1;        // IOCB_FLAG_RESFD: eventfd to bump per event
   uint16_t reqprio = 0;  // aio_reqprio, with kIocbIoprio
+  // A block device to address instead of `disk`'s whole (a partition, as
+  // io_submit on an fd of /dev/sda1): offsets are the device's, `disk` is
+  // not read. It must outlive the iocb's event.
+  BlockDevice* bdev = nullptr;
 
   static Iocb pread(Disk* d, void* buf, uint64_t len, uint64_t off,
                     uint64_t user_data = 0) {

@@ -60,12 +60,17 @@ inline constexpr uint32_t kMaxZeroBytes = ~uint32_t{0} & ~(kSectorSize - 1);
 // this returns. `bio_flags` (kFua, kSync...) go on the bio. Fails the bio
 // with kNotSupported under kNoFallback (see ZeroMethod::kNone); bad ranges
 // fail as submit_bio() fails them. `bytes` is at most kMaxZeroBytes.
+// `bdev` may be a partition (its disk's limits choose the method).
+void issue_zeroout(Bio& bio, BlockDevice* bdev, uint64_t sector, uint32_t bytes,
+                   ZeroFlag flags, Bio::EndIo end_io, void* context,
+                   BioFlag bio_flags = BioFlag::kNone);
 void issue_zeroout(Bio& bio, Disk* disk, uint64_t sector, uint32_t bytes, ZeroFlag flags,
                    Bio::EndIo end_io, void* context, BioFlag bio_flags = BioFlag::kNone);
 
 // Zeroes any length, one bio after another, and waits for them
 // (blkdev_issue_zeroout). Not from a submit path (it waits). Stops at the
 // first error and returns it.
+Status zeroout(BlockDevice* bdev, uint64_t sector, uint64_t bytes, ZeroFlag flags);
 Status zeroout(Disk* disk, uint64_t sector, uint64_t bytes, ZeroFlag flags);
 
 }  // namespace blkstack

@@ -20,13 +20,17 @@ void wake_waiter(Bio& bio) { static_cast<Completion*>(bio.context())->complete()
 
 }  // namespace
 
-BlockHandle::BlockHandle(std::shared_ptr<Disk> disk) : disk_(std::move(disk)) {}
+BlockHandle::BlockHandle(std::shared_ptr<Disk> disk) : bdev_(Disk::whole(disk)) {}
+
+BlockHandle::BlockHandle(std::shared_ptr<BlockDevice> bdev) : bdev_(std::move(bdev)) {}
 
 BlockHandle BlockHandle::open(const DiskRegistry& registry, std::string_view name) {
-  return BlockHandle(registry.get(name, OpenMode::kWrite));
+  return BlockHandle(registry.open(name, OpenMode::kWrite));
 }
 
-uint64_t BlockHandle::size() const { return disk_->size_bytes(); }
+Disk& BlockHandle::disk() const { return bdev_->disk(); }
+
+uint64_t BlockHandle::size() const { return bdev_->size_bytes(); }
 
 Status BlockHandle::submit_and_wait(Op op, void* buf, uint64_t len, uint64_t offset,
                                     BioFlag flags) {
@@ -35,9 +39,9 @@ Status BlockHandle::submit_and_wait(Op op, void* buf, uint64_t len, uint64_t off
   Bio bio;
   Segment seg(buf, static_cast<uint32_t>(len));
   if (op_has_data(op)) {
-    bio.init(disk_.get(), op, offset >> kSectorShift, {&seg, 1}, wake_waiter, &done);
+    bio.init(bdev_.get(), op, offset >> kSectorShift, {&seg, 1}, wake_waiter, &done);
   } else {
-    bio.init_nodata(disk_.get(), op, offset >> kSectorShift, static_cast<uint32_t>(len),
+    bio.init_nodata(bdev_.get(), op, offset >> kSectorShift, static_cast<uint32_t>(len),
                     wake_waiter, &done);
   }
   bio.set_flags(flags);
@@ -61,7 +65,7 @@ Status BlockHandle::in_pieces(Op op, std::byte* buf, uint64_t len, uint64_t offs
   // A request cut into several bios is checked whole first: a piece refused
   // after earlier ones were done would leave it half done (invariant 6).
   if (len > kMaxBioBytes) {
-    const uint64_t lbs = disk_->limits().logical_block_size;
+    const uint64_t lbs = bdev_->disk().limits().logical_block_size;
     if (((offset | len) & (lbs - 1)) != 0) return Status::kInvalid;
     if (offset > size() || len > size() - offset) return Status::kOutOfRange;
   }

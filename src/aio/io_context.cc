@@ -87,7 +87,7 @@ int IoContext::submit(std::span<Iocb* const> iocbs) {
 }
 
 int IoContext::submit_one(Iocb& cb) {
-  Disk* disk = cb.disk;
+  Disk* disk = cb.bdev ? &cb.bdev->disk() : cb.disk;
   if (disk == nullptr) return -EBADF;
   const QueueLimits& lim = disk->limits();
 
@@ -156,7 +156,8 @@ int IoContext::submit_one(Iocb& cb) {
     }
   }
   if ((cb.flags & kIocbIoprio) && !ioprio_valid(cb.reqprio)) return -EINVAL;
-  if (is_write(cb.op) && disk->read_only()) return -EROFS;
+  if (is_write(cb.op) && (cb.bdev ? cb.bdev->read_only() : disk->read_only()))
+    return -EROFS;
 
   // A slot: one per iocb accepted and not yet reaped.
   unsigned cur = in_flight_.load(std::memory_order_relaxed);
@@ -204,10 +205,12 @@ int IoContext::submit_one(Iocb& cb) {
     k.segs[0] = Segment(cb.buf, static_cast<uint32_t>(len));
     segs = {k.segs, 1};
   }
+  // A partition's bio is remapped onto its disk by submit_bio.
+  BlockDevice* dev = cb.bdev ? cb.bdev : &disk->part0();
   if (op_has_data(op)) {
-    k.bio.init(disk, op, cb.offset >> kSectorShift, segs, bio_done, &k);
+    k.bio.init(dev, op, cb.offset >> kSectorShift, segs, bio_done, &k);
   } else {
-    k.bio.init_nodata(disk, op, cb.offset >> kSectorShift, static_cast<uint32_t>(len),
+    k.bio.init_nodata(dev, op, cb.offset >> kSectorShift, static_cast<uint32_t>(len),
                       bio_done, &k);
   }
   // RWF_DSYNC asks for durable writes; on a read it means nothing, and a

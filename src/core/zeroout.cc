@@ -51,43 +51,52 @@ ZeroMethod zeroout_method(const Disk& disk, ZeroFlag flags) {
   return has(flags, ZeroFlag::kNoFallback) ? ZeroMethod::kNone : ZeroMethod::kWriteData;
 }
 
-void issue_zeroout(Bio& bio, Disk* disk, uint64_t sector, uint32_t bytes, ZeroFlag flags,
-                   Bio::EndIo end_io, void* context, BioFlag bio_flags) {
-  switch (zeroout_method(*disk, flags)) {
+void issue_zeroout(Bio& bio, BlockDevice* bdev, uint64_t sector, uint32_t bytes,
+                   ZeroFlag flags, Bio::EndIo end_io, void* context, BioFlag bio_flags) {
+  switch (zeroout_method(bdev->disk(), flags)) {
     case ZeroMethod::kWriteZeroes:
-      bio.init_nodata(disk, Op::kWriteZeroes, sector, bytes, end_io, context);
+      bio.init_nodata(bdev, Op::kWriteZeroes, sector, bytes, end_io, context);
       if (has(flags, ZeroFlag::kNoUnmap)) bio_flags |= BioFlag::kNoUnmap;
       break;
     case ZeroMethod::kDiscard:
-      bio.init_nodata(disk, Op::kDiscard, sector, bytes, end_io, context);
+      bio.init_nodata(bdev, Op::kDiscard, sector, bytes, end_io, context);
       break;
     case ZeroMethod::kWriteData:
       // A length past the largest bio would wrap; submit_bio refuses it
       // whole rather than zero a part.
       if (bytes > kMaxZeroBytes) {
-        bio.init_nodata(disk, Op::kWrite, sector, 0, end_io, context);
+        bio.init_nodata(bdev, Op::kWrite, sector, 0, end_io, context);
         return bio.complete(Status::kInvalid);
       }
-      bio.init(disk, Op::kWrite, sector, zero_segments(bytes), end_io, context);
+      bio.init(bdev, Op::kWrite, sector, zero_segments(bytes), end_io, context);
       bio.truncate(bytes);
       break;
     case ZeroMethod::kNone:
-      bio.init_nodata(disk, Op::kWriteZeroes, sector, bytes, end_io, context);
+      bio.init_nodata(bdev, Op::kWriteZeroes, sector, bytes, end_io, context);
       return bio.complete(Status::kNotSupported);
   }
   bio.set_flags(bio_flags);
   submit_bio(bio);
 }
 
+void issue_zeroout(Bio& bio, Disk* disk, uint64_t sector, uint32_t bytes, ZeroFlag flags,
+                   Bio::EndIo end_io, void* context, BioFlag bio_flags) {
+  issue_zeroout(bio, &disk->part0(), sector, bytes, flags, end_io, context, bio_flags);
+}
+
 Status zeroout(Disk* disk, uint64_t sector, uint64_t bytes, ZeroFlag flags) {
+  return zeroout(&disk->part0(), sector, bytes, flags);
+}
+
+Status zeroout(BlockDevice* bdev, uint64_t sector, uint64_t bytes, ZeroFlag flags) {
   // Pieces of whole logical blocks, so only the last can be misaligned.
-  const uint32_t lbs = disk->limits().logical_block_size;
+  const uint32_t lbs = bdev->disk().limits().logical_block_size;
   const uint32_t max_piece = kMaxZeroBytes & ~(lbs - 1);
   while (bytes > 0) {
     const uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(bytes, max_piece));
     Completion done;
     Bio bio;
-    issue_zeroout(bio, disk, sector, n, flags, wake, &done);
+    issue_zeroout(bio, bdev, sector, n, flags, wake, &done);
     done.wait("zeroout");
     if (Status s = bio.status(); !ok(s)) return s;
     sector += n >> kSectorShift;

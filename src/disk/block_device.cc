@@ -62,6 +62,9 @@ std::string BlockDevice::diskstats_line() const {
 }
 
 Status BlockDevice::remap_to_disk(Bio& bio) {
+  // A partition a rescan replaced is gone, as its /dev node would be.
+  if (removed_.load(std::memory_order_relaxed)) [[unlikely]]
+    return Status::kOffline;
   if (bio.op() != Op::kFlush) {
     if (op_is_write(bio.op()) && read_only()) return Status::kReadOnly;
     if (bio.sector() > length_ || bio.sectors() > length_ - bio.sector())
@@ -90,7 +93,7 @@ const std::string* BlockDevice::holder_locked() const {
   const BlockDevice& whole = disk_->part0();
   if (partno_) return whole.holder_.empty() ? nullptr : &whole.holder_;
   // The whole disk overlaps every partition.
-  for (BlockDevice* p : disk_->partitions()) {
+  for (const auto& p : disk_->partitions()) {
     if (!p->holder_.empty()) return &p->holder_;
   }
   return nullptr;

@@ -365,6 +365,12 @@ void Disk::hold(Claim claim) {
   holds_.push_back(std::move(claim));
 }
 
+std::string Disk::partition_name(std::string_view disk, unsigned number) {
+  // Linux's rule (disk_name()): "sda" + "1", but "nvme0n1" + "p1" after a digit.
+  const bool digit = !disk.empty() && disk.back() >= '0' && disk.back() <= '9';
+  return fmt::format("{}{}{}", disk, digit ? "p" : "", number);
+}
+
 BlockDevice& Disk::add_partition(unsigned number, uint64_t start, uint64_t length,
                                  bool read_only) {
   std::lock_guard lock(parts_lock_);
@@ -390,28 +396,26 @@ BlockDevice& Disk::add_partition_locked(unsigned number, uint64_t start, uint64_
                     "size {}",
                     name_, number, limits_.logical_block_size));
   }
-  // Linux's rule (disk_name()): "sda" + "1", but "nvme0n1" + "p1" after a digit.
-  const bool digit = !name_.empty() && name_.back() >= '0' && name_.back() <= '9';
-  std::string part_name = fmt::format("{}{}{}", name_, digit ? "p" : "", number);
+  std::string part_name = partition_name(name_, number);
   if (parts_[number - 1]) {
     throw Error(fmt::format("disk '{}': partition {} exists already", name_, number));
   }
-  parts_[number - 1] = std::make_unique<BlockDevice>(*this, std::move(part_name), number,
+  parts_[number - 1] = std::make_shared<BlockDevice>(*this, std::move(part_name), number,
                                                      start, length, read_only);
   return *parts_[number - 1];
 }
 
-BlockDevice* Disk::partition(unsigned number) const {
+std::shared_ptr<BlockDevice> Disk::partition(unsigned number) const {
   if (number < 1 || number > kMaxPartitions) return nullptr;
   std::lock_guard lock(parts_lock_);
-  return parts_[number - 1].get();
+  return parts_[number - 1];
 }
 
-std::vector<BlockDevice*> Disk::partitions() const {
-  std::vector<BlockDevice*> out;
+std::vector<std::shared_ptr<BlockDevice>> Disk::partitions() const {
+  std::vector<std::shared_ptr<BlockDevice>> out;
   std::lock_guard lock(parts_lock_);
   for (const auto& p : parts_) {
-    if (p) out.push_back(p.get());
+    if (p) out.push_back(p);
   }
   return out;
 }

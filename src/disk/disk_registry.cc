@@ -87,7 +87,7 @@ std::shared_ptr<BlockDevice> DiskRegistry::open(std::string_view name,
                                                 OpenMode mode) const {
   std::shared_ptr<BlockDevice> bdev;
   if (auto disk = find(name)) {
-    bdev = std::shared_ptr<BlockDevice>(disk, &disk->part0());
+    bdev = Disk::whole(disk);
   } else {
     // A partition: rare, so a walk over the disks and their partitions.
     for (const auto& d : list()) {

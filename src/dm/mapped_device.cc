@@ -142,6 +142,7 @@ MappedDevice& MappedDevice::create(DiskRegistry& registry, const std::string& na
   MappedDevice& ref = *md;
   const uint64_t size = ref.live_table_ ? ref.live_table_->size() : 0;
   auto disk = std::make_shared<Disk>(name, size, lim, std::move(md));
+  disk->set_partscan(false);  // the kernel never scans a dm disk (GENHD_FL_NO_PART)
   registry.add(std::move(disk), "device-mapper");
   return ref;
 }

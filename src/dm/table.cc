@@ -52,7 +52,7 @@ std::string resolve_device(const DiskRegistry& registry, std::string_view name) 
     }
     const unsigned partno = static_cast<unsigned>(minor - d->minor());
     if (partno == 0) return d->name();
-    if (BlockDevice* p = d->partition(partno)) return p->name();
+    if (auto p = d->partition(partno)) return p->name();
   }
   throw Error(fmt::format("no device has the numbers {}", name));
 }

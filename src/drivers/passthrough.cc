@@ -123,7 +123,12 @@ std::shared_ptr<Disk> create(const DeviceOptions& o, const std::string& name,
 }  // namespace
 
 extern const DriverType kPassthroughDriver{
-    "passthrough", "sends I/O on to a lower device at an offset (a stacked driver)", 0,
-    kOptions, create};
+    "passthrough",
+    "sends I/O on to a lower device at an offset (a stacked driver)",
+    0,
+    kOptions,
+    create,
+    /*queue_modes=*/false,
+    /*partitions=*/false};  // its bytes are the lower device's: no table of its own
 
 }  // namespace blkstack

@@ -262,12 +262,17 @@ std::shared_ptr<const ExportTable> build_exports(const ServeConfig& config,
   std::vector<Export> exports;
   for (const ExportConfig& e : config.exports) {
     if (e.type != type) continue;
-    auto it = devices.find(e.device);
-    if (it == devices.end()) {
+    // A device, or a partition of one's disk ("ram0p1"), opened.
+    std::shared_ptr<BlockDevice> bdev;
+    if (auto it = devices.find(e.device); it != devices.end())
+      bdev = Disk::whole(it->second);
+    for (auto it = devices.begin(); !bdev && it != devices.end(); ++it)
+      bdev = Disk::open_partition(it->second, e.device);
+    if (!bdev) {
       throw ConfigError(fmt::format("{}: export '{}': no device named '{}'", e.where,
                                     e.name, e.device));
     }
-    exports.push_back(Export{e.name, e.description, it->second});
+    exports.push_back(Export{e.name, e.description, std::move(bdev)});
   }
   try {
     return std::make_shared<const ExportTable>(std::move(exports));

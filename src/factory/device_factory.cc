@@ -87,6 +87,7 @@ std::shared_ptr<Disk> create_device(DiskRegistry& registry, std::string_view tex
     throw Error(fmt::format("device spec '{}': {}", text, e.what()));
   }
   if (options.flag("ro")) disk->set_read_only(true);
+  if (!type->partitions) disk->set_partscan(false);
   disk = registry.add(std::move(disk), type->name, type->major);
   for (Claim& c : ctx.take_claims()) disk->hold(std::move(c));
   // As add_disk scans a disk that may have partitions: a table found

@@ -189,8 +189,8 @@ json describe(Service& s, Args& a) {
   return j;
 }
 
-// BLKRRPART: reads the table again; busy while a partition is open or
-// claimed (an export of a passthrough over one holds it).
+// BLKRRPART: reads the table again; busy while a partition is open (an
+// export of one keeps it open) or claimed.
 json rescan(Service& s, Args& a) {
   const std::string name = a.str("device");
   a.done();

@@ -90,6 +90,46 @@ const ExportConfig* find_export(const std::vector<ExportConfig>& list,
   return nullptr;
 }
 
+// The name a [[device]]'s disk gets: its spec's name=, or the device's.
+std::string disk_name_of(const DeviceConfig& d) {
+  if (d.mapped()) return d.name;
+  try {
+    for (const auto& [k, v] : parse_device_spec(d.spec).options)
+      if (k == "name") return v;
+  } catch (const Error&) {
+  }
+  return d.name;
+}
+
+// The [[device]] an export's `device` names: that device, or the one whose
+// disk has it as a partition name ("ram0p1" of the device whose disk is
+// "ram0"). Empty if neither.
+std::string owner_of(const std::string& device,
+                     const std::vector<DeviceConfig>& devices) {
+  for (const DeviceConfig& d : devices)
+    if (d.name == device) return d.name;
+  for (const DeviceConfig& d : devices) {
+    const std::string disk = disk_name_of(d);
+    for (unsigned n = 1; n <= Disk::kMaxPartitions; ++n)
+      if (Disk::partition_name(disk, n) == device) return d.name;
+  }
+  return "";
+}
+
+// The block device an export serves, opened: the whole disk of the device
+// called `device`, or the partition of that name of one of `devices`'
+// disks (Disk::open_partition: while it is held, rescans of its disk are
+// refused). Null if there is none.
+template <typename DeviceMap>
+std::shared_ptr<BlockDevice> open_export_device(const DeviceMap& devices,
+                                                const std::string& device) {
+  if (auto it = devices.find(device); it != devices.end())
+    return Disk::whole(it->second.disk);
+  for (const auto& [name, d] : devices)
+    if (auto part = Disk::open_partition(d.disk, device)) return part;
+  return nullptr;
+}
+
 // Adds `name` to `list` once (an export of both types is one name).
 void note(std::vector<std::string>& list, const std::string& name) {
   if (std::find(list.begin(), list.end(), name) == list.end()) list.push_back(name);
@@ -192,7 +232,10 @@ Service::Plan Service::plan(const ServeConfig& next) const {
     if (e.name.size() > 4096 || e.name.find('\0') != std::string::npos)
       throw ConfigError(fmt::format(
           "{}: export name: at most 4096 bytes and no NUL byte (NBD strings)", e.where));
-    if (!devices.count(e.device))
+    // A device, or a partition of one's disk (exported as Linux exports
+    // /dev/sda1).
+    const std::string owner = owner_of(e.device, next.devices);
+    if (owner.empty())
       throw ConfigError(fmt::format("{}: export '{}': no device named '{}'", e.where,
                                     e.name, e.device));
     if (e.type == "fuse" && next.fuse_mountpoint.empty())
@@ -221,7 +264,7 @@ Service::Plan Service::plan(const ServeConfig& next) const {
     const ExportConfig* old = find_export(config_.exports, e);
     if (!old) {
       note(p.result.added, e.name);
-    } else if (old->device != e.device || changed_device(e.device)) {
+    } else if (old->device != e.device || changed_device(owner)) {
       note(p.result.changed, e.name);
       p.dropped.push_back(*old);
     } else if (old->description != e.description) {
@@ -231,12 +274,17 @@ Service::Plan Service::plan(const ServeConfig& next) const {
     } else {
       note(p.result.unchanged, e.name);
     }
-    // A writable device that a stacked disk holds cannot be exported.
-    auto dev = devices_.find(e.device);
-    if (dev != devices_.end() && !changed_device(e.device) &&
-        !dev->second.disk->read_only()) {
+    // A writable device that a stacked disk holds cannot be exported; a
+    // partition must exist (a new or changed device's are checked once it
+    // is made, in apply()).
+    if (devices_.count(owner) && !changed_device(owner)) {
+      const std::shared_ptr<BlockDevice> bdev = open_export_device(devices_, e.device);
+      if (!bdev)
+        throw ConfigError(
+            fmt::format("{}: export '{}': device '{}' has no partition '{}'", e.where,
+                        e.name, owner, e.device));
       try {
-        dev->second.disk->part0().check_open_for_write();
+        if (!bdev->read_only()) bdev->check_open_for_write();
       } catch (const BusyError& x) {
         throw BusyError(fmt::format("{}: export '{}': {}", e.where, e.name, x.what()));
       }
@@ -288,9 +336,14 @@ std::shared_ptr<const ExportTable> Service::table(
   std::vector<Export> list;
   for (const ExportConfig& e : exports) {
     if (e.type != type) continue;
-    auto it = devices.find(e.device);
-    if (it != devices.end())
-      list.push_back(Export{e.name, e.description, it->second.disk});
+    if (auto bdev = open_export_device(devices, e.device)) {
+      list.push_back(Export{e.name, e.description, std::move(bdev)});
+    } else if (!devices.count(e.device)) {
+      // A partition the changed device's new table lacks (apply() checked
+      // the others before changing anything).
+      serve_log(fmt::format("export '{}' left out: no device or partition '{}'", e.name,
+                            e.device));
+    }
   }
   try {
     return std::make_shared<const ExportTable>(std::move(list));
@@ -350,6 +403,17 @@ ReloadResult Service::apply(const ServeConfig& next, bool starting) {
       for (const std::string& n : created) registry_.remove(devices[n].disk->name());
       throw ConfigError(fmt::format("{}: device '{}': {}", d->where, d->name, e.what()));
     }
+  }
+  // Exported partitions of new devices exist (their tables were read as
+  // they were made); those of devices made again are looked up in step 5.
+  for (const ExportConfig& e : next.exports) {
+    const std::string owner = owner_of(e.device, next.devices);
+    bool changing = false;
+    for (const DeviceConfig* d : p.change_devices) changing |= d->name == owner;
+    if (changing || open_export_device(devices, e.device)) continue;
+    for (const std::string& n : created) registry_.remove(devices[n].disk->name());
+    throw ConfigError(fmt::format("{}: export '{}': device '{}' has no partition '{}'",
+                                  e.where, e.name, owner, e.device));
   }
   // New tables of mapped devices, loaded (inactive) before anything else
   // changes, so a bad one changes nothing.
@@ -727,7 +791,7 @@ void Service::remove_device(const std::string& name) {
   std::lock_guard lock(mu_);
   if (!devices_.count(name)) throw NotFoundError(fmt::format("no device '{}'", name));
   for (const ExportConfig& e : config_.exports)
-    if (e.device == name)
+    if (owner_of(e.device, config_.devices) == name)
       throw BusyError(
           fmt::format("device '{}' is exported as '{}' ({}): remove that first", name,
                       e.name, e.type));
@@ -741,7 +805,8 @@ void Service::add_export(const std::string& name, const std::string& device,
   std::lock_guard lock(mu_);
   if (type != "nbd" && type != "fuse")
     throw ConfigError(fmt::format("type '{}': expected \"nbd\" or \"fuse\"", type));
-  if (!devices_.count(device)) throw NotFoundError(fmt::format("no device '{}'", device));
+  if (owner_of(device, config_.devices).empty())
+    throw NotFoundError(fmt::format("no device '{}'", device));
   ExportConfig e{name, device, type, description, "add-export"};
   if (find_export(config_.exports, e))
     throw ConfigError(fmt::format("export '{}' ({}) exists", name, type));

@@ -710,7 +710,7 @@ ThreadResult RunThread(const JobOptions& job, Disk& disk, GenerationMap& gens,
   std::atomic<bool> stop{false};
   WorkerSetup s;
   s.job = &job;
-  s.disk = &disk;
+  s.dev = &disk.part0();
   s.region_start = 0;
   s.region_len = disk.size_bytes();
   s.gens = &gens;
@@ -1028,6 +1028,35 @@ TEST(BenchFormat, Num2Str) {
   EXPECT_EQ(bytes2str(4385.0 * 1e6, false), "4385MB");
   EXPECT_EQ(ns2str(1024), "1.02us");
   EXPECT_EQ(ns2str(256), "256ns");
+}
+
+// A partition by SPEC,part=N and by name: the job runs on it alone.
+TEST(BenchPartition, RunsOnAPartitionBySpecOrName) {
+  Engine e;
+  auto disk = e.registry.create("ram:8M,name=sda");
+  std::vector<std::byte> mbr(512);
+  const uint32_t entries[2][2] = {{2048, 4096}, {6144, 4096}};
+  for (int i = 0; i < 2; ++i) {
+    mbr[446 + 16 * i + 4] = std::byte{0x83};
+    std::memcpy(&mbr[446 + 16 * i + 8], &entries[i][0], 4);
+    std::memcpy(&mbr[446 + 16 * i + 12], &entries[i][1], 4);
+  }
+  mbr[510] = std::byte{0x55};
+  mbr[511] = std::byte{0xAA};
+  ASSERT_EQ(BlockHandle(disk).pwrite(mbr.data(), mbr.size(), 0), Status::kOk);
+  disk->rescan_partitions();
+  RunResult r =
+      e.run({"--name=w", "--filename=sda2", "--rw=write", "--bs=64k", "--verify=crc32c"});
+  ASSERT_EQ(r.jobs.size(), 1u);
+  EXPECT_EQ(r.jobs[0].disk_name, "sda2");
+  EXPECT_EQ(r.jobs[0].disk_bytes, 2u << 20);
+  EXPECT_EQ(r.exit_code(), 0);
+  EXPECT_EQ(disk->partition(2)->stats().sectors[kStatWrite], 4096u);
+  EXPECT_EQ(disk->partition(1)->stats().sectors[kStatWrite], 0u);
+  EXPECT_THAT(ErrorOf([&] { open_device(e.registry, "ram:8M,part=16"); }),
+              HasSubstr("from 1 to 15"));
+  EXPECT_THAT(ErrorOf([&] { open_device(e.registry, "ram:8M,name=new,part=1"); }),
+              HasSubstr("new has no partition 1 (no partition table)"));
 }
 
 }  // namespace

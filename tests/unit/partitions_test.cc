@@ -4,7 +4,9 @@
 // when a disk is made from a spec).
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -440,18 +442,24 @@ TEST(RescanTest, MakesPartitionsNamedAsLinux) {
 
 TEST(RescanTest, ScannedWhenMadeFromASpecUnlessPartscanOff) {
   DiskRegistry reg;
-  auto disk = reg.create("ram:4M,name=a");
   Image img = mbr_with_logicals();
-  write_image(*disk, img);
-  // A file disk over the same bytes would be scanned on creation; a ram
-  // disk starts empty, so scan one made again over a passthrough.
-  auto over = reg.create("passthrough:lower=a,name=b");
-  EXPECT_EQ(over->partitions().size(), 5u);
-  EXPECT_EQ(over->partition_table().id, "0x1234abcd");
-  over.reset();
+  char path[] = "/tmp/blkstack-parts-XXXXXX";
+  const int fd = ::mkstemp(path);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::pwrite(fd, img.bytes.data(), img.bytes.size(), 0),
+            static_cast<ssize_t>(img.bytes.size()));
+  ::close(fd);
+  auto scanned = reg.create(fmt::format("file:{},name=b", path));
+  EXPECT_EQ(scanned->partitions().size(), 5u);
+  EXPECT_EQ(scanned->partition_table().id, "0x1234abcd");
+  scanned.reset();
   reg.remove("b");
-  auto off = reg.create("passthrough:lower=a,name=c,partscan=0");
+  auto off = reg.create(fmt::format("file:{},name=c,partscan=0", path));
   EXPECT_TRUE(off->partitions().empty());
+  // A passthrough disk's bytes are its lower device's: never scanned.
+  auto over = reg.create("passthrough:lower=c,name=d");
+  EXPECT_TRUE(over->partitions().empty());
+  ::unlink(path);
 }
 
 TEST(RescanTest, DisksWithoutDataAreNotRead) {

@@ -65,12 +65,12 @@ TEST(ServeConfig, BuildsNbdExportsNamedAfterTheirDevices) {
   DiskRegistry reg;
   auto t = build_exports(parse_serve_config(kGood, "good.toml"), reg);
   ASSERT_EQ(t->list().size(), 2u);  // the fuse export is not the NBD server's
-  EXPECT_EQ(t->find("disk")->disk->name(), "ram0");
-  EXPECT_TRUE(t->find("golden")->disk->read_only());
+  EXPECT_EQ(t->find("disk")->disk()->name(), "ram0");
+  EXPECT_TRUE(t->find("golden")->disk()->read_only());
   EXPECT_EQ(t->find("")->name, "disk");
   // A reload reuses the disks already made (their data survives).
   auto again = build_exports(parse_serve_config(kGood, "good.toml"), reg);
-  EXPECT_EQ(again->find("disk")->disk, t->find("disk")->disk);
+  EXPECT_EQ(again->find("disk")->disk(), t->find("disk")->disk());
 }
 
 TEST(ServeConfig, CliExports) {
@@ -79,8 +79,8 @@ TEST(ServeConfig, CliExports) {
   add_cli_export(c, "n=null:1G,name=mynull");
   DiskRegistry reg;
   auto t = build_exports(c, reg);
-  EXPECT_EQ(t->find("disk")->disk->name(), "disk");
-  EXPECT_EQ(t->find("n")->disk->name(), "mynull");
+  EXPECT_EQ(t->find("disk")->disk()->name(), "disk");
+  EXPECT_EQ(t->find("n")->disk()->name(), "mynull");
   EXPECT_TRUE(Contains(ErrorOf([&] { add_cli_export(c, "justaname"); }), "NAME=SPEC"));
 }
 

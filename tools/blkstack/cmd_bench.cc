@@ -69,6 +69,8 @@ std::string help_footer() {
       "--verify=crc32c\n"
       "  blkstack bench --stages --filename=ram:1G --size=256M --verify=xxh64   "
       "(aio-stress)\n"
+      "  blkstack bench --name=p1 --filename=file:/var/tmp/disk.img,part=1 "
+      "--rw=randread   (partition 1)\n"
       "  blkstack bench jobs.fio                      ([global] and [job] sections, as "
       "fio)\n"
       "  blkstack bench jobs.fio --filename=null:1G   (every job on another device)";

@@ -26,7 +26,8 @@ constexpr std::string_view kCommandHelp =
     "  discard OFFSET LENGTH                discard (trim) a range\n"
     "  zero OFFSET LENGTH                   write zeroes to a range\n"
     "  flush                                flush the volatile cache\n"
-    "  use NAME                             switch to another disk\n"
+    "  use NAME                             switch to another disk or a partition "
+    "(file0p1)\n"
     "  stat                                 /proc/diskstats lines of all disks\n"
     "  stats                                this disk's statistics by name, latency "
     "histograms\n"
@@ -99,6 +100,13 @@ class IoSession {
     }
     if (op == "info") {
       need(0);
+      const BlockDevice& b = handle_->device();
+      if (b.is_partition()) {
+        fmt::print("{}: {} ({} bytes), partition {} of {} from sector {}\n", b.name(),
+                   format_size(b.size_bytes()), b.size_bytes(), b.partno(),
+                   b.disk().name(), b.start());
+        return true;
+      }
       Disk& d = handle_->disk();
       fmt::print("{}: {} ({} bytes), {} allocated, {}\n", d.name(),
                  format_size(d.size_bytes()), d.size_bytes(),
@@ -154,15 +162,15 @@ class IoSession {
   bool report(const std::string& line, Status s, uint64_t off, uint64_t len, double secs,
               const char* verb) {
     if (s != Status::kOk) {
-      fmt::print(stderr, "{}: '{}' failed: {} ({})\n", handle_->disk().name(), line,
+      fmt::print(stderr, "{}: '{}' failed: {} ({})\n", handle_->device().name(), line,
                  status_name(s), status_description(s));
       return false;
     }
     if (len == 0) {
-      fmt::print("{}: {}\n", handle_->disk().name(), verb);
+      fmt::print("{}: {}\n", handle_->device().name(), verb);
     } else {
       fmt::print("{}: {} {}/{} bytes at offset {}\n{}, 1 ops; {:.4f} sec ({}/sec)\n",
-                 handle_->disk().name(), verb, len, len, off, format_size(len), secs,
+                 handle_->device().name(), verb, len, len, off, format_size(len), secs,
                  format_size(secs > 0 ? static_cast<uint64_t>(len / secs) : 0));
     }
     return true;

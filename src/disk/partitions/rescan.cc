@@ -42,6 +42,10 @@ std::string Disk::open_partition_locked() const {
 }
 
 PartitionTable Disk::rescan_partitions() {
+  // BLKRRPART on a GENHD_FL_NO_PART disk is EINVAL.
+  if (!partscan())
+    throw Error(
+        fmt::format("cannot rescan {}: its driver does not take partitions", name_));
   std::lock_guard one_at_a_time(rescan_lock_);
   // Claims and opens cannot change while both locks are held, claims
   // first (the claim lock before parts_lock_).
@@ -64,7 +68,12 @@ PartitionTable Disk::rescan_partitions() {
     std::lock_guard claims(claim_lock());
     std::unique_lock parts(parts_lock_, std::defer_lock);
     check_busy(parts);
-    for (auto& p : parts_) p.reset();
+    // A holder of a replaced partition (partitions()) keeps a valid object
+    // whose I/O fails, never a dangling one.
+    for (auto& p : parts_) {
+      if (p) p->removed_.store(true, std::memory_order_relaxed);
+      p.reset();
+    }
     const uint64_t per_block = t.sector_size >> kSectorShift;
     for (const PartitionInfo& p : t.partitions) {
       uint64_t length = p.size * per_block;
@@ -106,11 +115,11 @@ std::shared_ptr<BlockDevice> Disk::open_partition(const std::shared_ptr<Disk>& s
     if (!p || p->name() != name) continue;
     BlockDevice* part = p.get();
     ++part->opens_;
-    // The deleter holds the disk; the partition outlives it, since a
-    // rescan is refused while it is open.
-    return std::shared_ptr<BlockDevice>(part, [self](BlockDevice* b) {
+    // The deleter holds the disk and the partition (a rescan is refused
+    // while it is open anyway).
+    return std::shared_ptr<BlockDevice>(part, [self, keep = p](BlockDevice*) {
       std::lock_guard l(self->parts_lock_);
-      --b->opens_;
+      --keep->opens_;
     });
   }
   return nullptr;

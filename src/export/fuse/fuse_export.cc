@@ -182,7 +182,7 @@ void FuseExport::stop() {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
   for (const File* f : fs_->files()) {
     if (f->read_only) continue;
-    if (Status s = BlockHandle(f->disk).flush(); !ok(s))
+    if (Status s = flush_device(*f); !ok(s))
       serve_log(fmt::format("fuse: flushing {}: {}", f->name, status_description(s)));
   }
   fuse_session_destroy(se_);  // closes /dev/fuse

@@ -92,14 +92,14 @@ void leave_slot(Slot* s) { s->file->leave(s->owner->index()); }
 
 void wake(Bio& bio) { static_cast<Completion*>(bio.context())->complete(); }
 
-Status run_bio(Disk* disk, Op op, uint64_t offset, std::span<Segment> segs,
+Status run_bio(BlockDevice* bdev, Op op, uint64_t offset, std::span<Segment> segs,
                uint32_t nodata_len = 0, BioFlag flags = BioFlag::kNone) {
   Completion done;
   Bio bio;
   if (op_has_data(op))
-    bio.init(disk, op, offset >> kSectorShift, segs, wake, &done);
+    bio.init(bdev, op, offset >> kSectorShift, segs, wake, &done);
   else
-    bio.init_nodata(disk, op, offset >> kSectorShift, nodata_len, wake, &done);
+    bio.init_nodata(bdev, op, offset >> kSectorShift, nodata_len, wake, &done);
   bio.set_flags(flags);
   const BioStart start = bio.start();
   submit_bio(bio);
@@ -115,9 +115,17 @@ Status run_bio(Disk* disk, Op op, uint64_t offset, std::span<Segment> segs,
   return bio.status();
 }
 
+}  // namespace
+
+Status flush_device(const File& f) {
+  return BlockHandle(std::shared_ptr<Disk>(f.bdev, &f.bdev->disk())).flush();
+}
+
+namespace {
+
 Status read_block(File& f, std::byte* buf, uint64_t offset) {
   Segment seg(buf, f.lbs);
-  return run_bio(f.disk.get(), Op::kRead, offset, {&seg, 1});
+  return run_bio(f.bdev.get(), Op::kRead, offset, {&seg, 1});
 }
 
 // Zeroes [offset, offset + len) inside one block by read-modify-write.
@@ -126,7 +134,7 @@ Status zero_partial(File& f, std::byte* bounce, uint64_t offset, uint32_t len) {
   if (Status s = read_block(f, bounce, block); !ok(s)) return s;
   std::memset(bounce + (offset - block), 0, len);
   Segment seg(bounce, f.lbs);
-  return run_bio(f.disk.get(), Op::kWrite, block, {&seg, 1});
+  return run_bio(f.bdev.get(), Op::kWrite, block, {&seg, 1});
 }
 
 // Whole blocks [offset, offset + len): discarded (PUNCH_HOLE), or zeroed
@@ -138,7 +146,7 @@ Status zero_blocks(File& f, Op op, uint64_t offset, uint64_t len) {
     // Busy is back-pressure here too: wait and zero the range again.
     Status s;
     while (status_is_busy(
-        s = zeroout(f.disk.get(), offset >> kSectorShift, len, ZeroFlag::kNoUnmap)))
+        s = zeroout(f.bdev.get(), offset >> kSectorShift, len, ZeroFlag::kNoUnmap)))
       std::this_thread::sleep_for(std::chrono::nanoseconds(BioDriver::kBusyRetryNs));
     return s;
   }
@@ -146,7 +154,7 @@ Status zero_blocks(File& f, Op op, uint64_t offset, uint64_t len) {
   constexpr uint64_t kMaxBio = uint64_t{1} << 30;
   while (len > 0) {
     const uint64_t n = std::min(len, kMaxBio);
-    if (Status s = run_bio(f.disk.get(), op, offset, {}, static_cast<uint32_t>(n));
+    if (Status s = run_bio(f.bdev.get(), op, offset, {}, static_cast<uint32_t>(n));
         !ok(s))
       return s;
     offset += n;
@@ -327,7 +335,7 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
   s->reply_off = r.head;
   s->reply_len = r.len;
   s->segs[0] = Segment(s->buf, bytes);
-  s->bio.init(s->file->disk.get(), Op::kRead, r.block_start >> kSectorShift, {s->segs, 1},
+  s->bio.init(s->file->bdev.get(), Op::kRead, r.block_start >> kSectorShift, {s->segs, 1},
               read_done, s);
   s->start = s->bio.start();
   submit_bio(s->bio);
@@ -378,7 +386,7 @@ void write_unaligned(fuse_req_t req, File& f, const std::byte* data, const IoRan
       s->segs[nseg++] = Segment(last, lbs);
     }
     if (ok(st))
-      st = run_bio(f.disk.get(), Op::kWrite, r.block_start, {s->segs, nseg}, 0, flags);
+      st = run_bio(f.bdev.get(), Op::kWrite, r.block_start, {s->segs, nseg}, 0, flags);
   }
   Worker::put_slot(s);
   if (ok(st))
@@ -416,7 +424,7 @@ void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_
     std::memcpy(s->buf, data, r.len);
     s->segs[0] = Segment(s->buf, static_cast<uint32_t>(r.len));
   }
-  s->bio.init(f->disk.get(), Op::kWrite, r.offset >> kSectorShift, {s->segs, 1},
+  s->bio.init(f->bdev.get(), Op::kWrite, r.offset >> kSectorShift, {s->segs, 1},
               write_done, s);
   s->bio.set_flags(write_flags(fi));
   s->start = s->bio.start();
@@ -428,7 +436,7 @@ void flush_file(fuse_req_t req, Entered& f) {
   Slot* s = Worker::current()->get_slot();
   s->req = req;
   s->file = f.release();
-  s->bio.init_nodata(s->file->disk.get(), Op::kFlush, 0, 0, flush_done, s);
+  s->bio.init_nodata(s->file->bdev.get(), Op::kFlush, 0, 0, flush_done, s);
   s->bio.set_flags(BioFlag::kPreflush);
   s->start = s->bio.start();
   submit_bio(s->bio);
@@ -471,7 +479,7 @@ void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len
     return (void)fuse_reply_err(req, EOPNOTSUPP);
   if (f->read_only) return (void)fuse_reply_err(req, EROFS);
   if (off < 0 || len <= 0) return (void)fuse_reply_err(req, EINVAL);
-  if (op == Op::kDiscard && f->disk->limits().max_discard_sectors == 0)
+  if (op == Op::kDiscard && f->bdev->disk().limits().max_discard_sectors == 0)
     return (void)fuse_reply_err(req, EOPNOTSUPP);
   const uint64_t end = static_cast<uint64_t>(off) + static_cast<uint64_t>(len);
   // Zeroing past the end would grow the file; a device cannot.
@@ -556,7 +564,9 @@ std::vector<std::shared_ptr<Disk>> FuseFs::disks() const {
   std::vector<std::shared_ptr<Disk>> out;
   for (const auto& f : all_) {
     if (f->removed.load(std::memory_order_relaxed)) continue;
-    if (std::find(out.begin(), out.end(), f->disk) == out.end()) out.push_back(f->disk);
+    // A partition shows its disk (sys/block lists disks).
+    std::shared_ptr<Disk> d(f->bdev, &f->bdev->disk());
+    if (std::find(out.begin(), out.end(), d) == out.end()) out.push_back(std::move(d));
   }
   return out;
 }
@@ -572,11 +582,11 @@ void FuseFs::add(const Export& e) {
   }
   auto f = std::make_unique<File>();
   f->name = e.name;
-  f->disk = e.disk;
+  f->bdev = e.bdev;
   f->ino = next_ino_++;
-  f->size = e.disk->size_bytes();
-  f->lbs = e.disk->limits().logical_block_size;
-  f->read_only = e.disk->read_only();
+  f->size = e.bdev->size_bytes();
+  f->lbs = e.bdev->disk().limits().logical_block_size;
+  f->read_only = e.bdev->read_only();
   f->counts = std::make_unique<FileCounts[]>(workers_);
   f->workers = workers_;
   chunks_[i / kChunk].load(std::memory_order_relaxed)[i % kChunk].store(
@@ -590,7 +600,7 @@ std::vector<File*> FuseFs::update(const ExportTable& exports) {
   for (auto& f : all_) {
     if (f->removed.load(std::memory_order_relaxed)) continue;
     const Export* x = exports.find(f->name);
-    if (x && x->name == f->name && x->disk == f->disk) continue;
+    if (x && x->name == f->name && x->bdev == f->bdev) continue;
     // Ordered against enter()'s count and check (both sequentially
     // consistent): an operation either counted itself before this (drain()
     // waits for it) or sees the mark.
@@ -619,10 +629,10 @@ void FuseFs::drain(File* f) {
   };
   while (busy()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   if (!f->read_only) {
-    if (Status s = BlockHandle(f->disk).flush(); !ok(s))
+    if (Status s = flush_device(*f); !ok(s))
       serve_log(fmt::format("fuse: flushing {}: {}", f->name, status_description(s)));
   }
-  f->disk.reset();  // no operation reaches it any more
+  f->bdev.reset();  // no operation reaches it any more
 }
 
 File* FuseFs::enter(fuse_ino_t ino, int* err) const {

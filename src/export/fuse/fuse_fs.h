@@ -45,6 +45,7 @@
 #include "export/fuse/sysfs_tree.h"
 
 namespace blkstack {
+class BlockDevice;
 class Disk;
 class ExportTable;
 struct Export;
@@ -64,7 +65,9 @@ struct alignas(64) FileCounts {
 
 struct File {
   std::string name;
-  std::shared_ptr<Disk> disk;  // released once removed and drained
+  // The exported device, a whole disk or a partition (Export::bdev):
+  // released once removed and drained.
+  std::shared_ptr<BlockDevice> bdev;
   fuse_ino_t ino = 0;
   uint64_t size = 0;  // bytes
   uint32_t lbs = 512;
@@ -83,6 +86,10 @@ struct File {
   void leave(unsigned worker) { counts[worker].busy.fetch_sub(1); }
   uint64_t requests() const;
 };
+
+// Flushes the disk under `f`'s device (a partition's flush is its disk's,
+// as in Linux), waiting for it. Not from a submit path.
+Status flush_device(const File& f);
 
 class FuseFs {
  public:

@@ -518,8 +518,8 @@ bool Connection::process_staged() {
     if (!handshake_->done()) return true;
     nego_ = std::move(handshake_->result());
     handshake_.reset();
-    size_ = nego_.disk->size_bytes();
-    lbs_ = nego_.disk->limits().logical_block_size;
+    size_ = nego_.bdev->size_bytes();
+    lbs_ = nego_.bdev->disk().limits().logical_block_size;
     state_ = State::kTransmission;
     log(fmt::format("export chosen ({} bytes{}{})", size_,
                     nego_.structured_replies ? ", structured replies" : "",
@@ -601,7 +601,7 @@ bool Connection::handle_request(const Request& rq) {
   uint32_t err = 0;
   const bool in_range = rq.offset <= size_ && rq.length <= size_ - rq.offset;
   const bool aligned = rq.offset % lbs_ == 0 && rq.length % lbs_ == 0;
-  const QueueLimits& lim = nego_.disk->limits();
+  const QueueLimits& lim = nego_.bdev->disk().limits();
   switch (rq.type) {
     case kCmdRead:
       if (rq.length == 0 || rq.length > kMaxPayload || !in_range || !aligned)
@@ -609,7 +609,7 @@ bool Connection::handle_request(const Request& rq) {
       break;
     case kCmdWrite:
     case kCmdWriteZeroes:
-      if (nego_.disk->read_only())
+      if (nego_.bdev->read_only())
         err = kEperm;
       else if (rq.length == 0 || !aligned)
         err = kEinval;
@@ -617,7 +617,7 @@ bool Connection::handle_request(const Request& rq) {
         err = kEnospc;
       break;
     case kCmdTrim:
-      if (nego_.disk->read_only())
+      if (nego_.bdev->read_only())
         err = kEperm;
       else if (lim.max_discard_sectors == 0 || rq.length == 0 || !in_range || !aligned)
         err = kEinval;
@@ -674,22 +674,23 @@ bool Connection::handle_request(const Request& rq) {
 }
 
 void Connection::submit(RequestSlot* s) {
-  Disk* disk = nego_.disk.get();
+  // A partition's bios are remapped onto its disk by submit_bio.
+  BlockDevice* bdev = nego_.bdev.get();
   const uint64_t sector = s->offset >> kSectorShift;
   Bio& bio = s->bio;
   switch (s->type) {
     case kCmdRead:
     case kCmdWrite:
       s->seg = Segment(s->buf, s->length);
-      bio.init(disk, s->type == kCmdRead ? Op::kRead : Op::kWrite, sector, {&s->seg, 1},
+      bio.init(bdev, s->type == kCmdRead ? Op::kRead : Op::kWrite, sector, {&s->seg, 1},
                &Connection::bio_done, s);
       break;
     case kCmdFlush:
-      bio.init_nodata(disk, Op::kFlush, 0, 0, &Connection::bio_done, s);
+      bio.init_nodata(bdev, Op::kFlush, 0, 0, &Connection::bio_done, s);
       bio.set_flags(BioFlag::kPreflush);
       break;
     case kCmdTrim:
-      bio.init_nodata(disk, Op::kDiscard, sector, s->length, &Connection::bio_done, s);
+      bio.init_nodata(bdev, Op::kDiscard, sector, s->length, &Connection::bio_done, s);
       break;
     case kCmdWriteZeroes: {
       // NO_HOLE keeps the range allocated; FAST_ZERO refuses (ENOTSUP)
@@ -698,7 +699,7 @@ void Connection::submit(RequestSlot* s) {
       if (s->flags & kCmdFlagNoHole) how = how | ZeroFlag::kNoUnmap;
       if (s->flags & kCmdFlagFastZero) how = how | ZeroFlag::kNoFallback;
       const BioFlag fua = (s->flags & kCmdFlagFua) ? BioFlag::kFua : BioFlag::kNone;
-      return issue_zeroout(bio, disk, sector, s->length, how, &Connection::bio_done, s,
+      return issue_zeroout(bio, bdev, sector, s->length, how, &Connection::bio_done, s,
                            fua);
     }
     default:
@@ -712,13 +713,14 @@ void Connection::submit(RequestSlot* s) {
 void Connection::block_status(RequestSlot* s) {
   const uint32_t max = (s->flags & kCmdFlagReqOne) ? 1 : kMaxExtents;
   if (!grow(s, block_status_bytes(s->flags))) return reply_now(s, kEnomem);
-  const Disk& disk = *nego_.disk;
+  const Disk& disk = nego_.bdev->disk();
+  const uint64_t base = nego_.bdev->start() << kSectorShift;  // a partition's start
   store32(s->buf, kBaseAllocationId);
   uint32_t n = 0;
   uint64_t pos = s->offset;
   const uint64_t end = s->offset + s->length;
   while (pos < end && n < max) {
-    const Extent e = disk.extent_at(pos, end - pos);
+    const Extent e = disk.extent_at(base + pos, end - pos);
     if (e.length == 0) break;
     const uint64_t len = std::min(e.length, end - pos);
     store32(s->buf + 4 + 8 * n, static_cast<uint32_t>(len));

@@ -159,7 +159,7 @@ class Connection {
   // The export chosen (empty during the handshake), and its disk (null
   // until chosen).
   const std::string& export_name() const { return nego_.export_name; }
-  const Disk* disk() const { return nego_.disk.get(); }
+  const BlockDevice* bdev() const { return nego_.bdev.get(); }
   // The table the handshake chooses from (taken when the connection came).
   const ExportTable* table() const { return exports_.get(); }
 

@@ -41,10 +41,10 @@ bool read_string(std::string_view data, size_t* pos, std::string_view* out) {
 
 }  // namespace
 
-uint16_t transmission_flags(const Disk& disk, bool structured_replies) {
-  const QueueLimits& l = disk.limits();
+uint16_t transmission_flags(const BlockDevice& bdev, bool structured_replies) {
+  const QueueLimits& l = bdev.disk().limits();  // a partition's are its disk's
   uint16_t f = kFlagHasFlags | kFlagSendFlush | kFlagSendCache;
-  if (disk.read_only()) {
+  if (bdev.read_only()) {
     // Nothing that writes: a client need not wonder whether TRIM or FUA
     // would work on an export that refuses every write.
     f |= kFlagReadOnly;
@@ -182,13 +182,13 @@ void Handshake::handle_option() {
 }
 
 void Handshake::choose(const Export& e) {
-  result_.disk = e.disk;
+  result_.bdev = e.bdev;
   result_.export_name = e.name;
   result_.structured_replies = structured_;
-  result_.transmission_flags = transmission_flags(*e.disk, structured_);
+  result_.transmission_flags = transmission_flags(*e.bdev, structured_);
   result_.base_allocation = structured_ && meta_set_ && meta_export_ == e.name;
   result_.no_zeroes = no_zeroes_;
-  const QueueLimits& l = e.disk->limits();
+  const QueueLimits& l = e.bdev->disk().limits();
   result_.min_block = l.logical_block_size;
   result_.preferred_block = std::max<uint32_t>(l.physical_block_size, 4096);
   result_.max_block = kMaxPayload;
@@ -202,7 +202,7 @@ void Handshake::option_export_name() {
   // GO, so none is active here.
   meta_set_ = false;
   choose(*e);
-  put64(out_, e->disk->size_bytes());
+  put64(out_, e->bdev->size_bytes());
   put16(out_, result_.transmission_flags);
   if (!no_zeroes_) out_.append(124, '\0');
 }
@@ -210,8 +210,8 @@ void Handshake::option_export_name() {
 void Handshake::send_info_export(const Export& e) {
   std::string d;
   put16(d, kInfoExport);
-  put64(d, e.disk->size_bytes());
-  put16(d, transmission_flags(*e.disk, structured_));
+  put64(d, e.bdev->size_bytes());
+  put16(d, transmission_flags(*e.bdev, structured_));
   reply(kRepInfo, d);
 }
 
@@ -262,7 +262,7 @@ void Handshake::option_info(bool go) {
   // Always sent: the constraints hold whether or not the client asked, and
   // clients that did not ask still use them to size requests.
   {
-    const QueueLimits& l = e->disk->limits();
+    const QueueLimits& l = e->bdev->disk().limits();
     std::string d;
     put16(d, kInfoBlockSize);
     put32(d, l.logical_block_size);

@@ -34,7 +34,7 @@ namespace blkstack::nbd {
 
 // What the client and the server agreed on.
 struct Negotiated {
-  std::shared_ptr<Disk> disk;
+  std::shared_ptr<BlockDevice> bdev;  // the export's (Export::bdev)
   std::string export_name;
   uint16_t transmission_flags = 0;
   bool structured_replies = false;
@@ -46,8 +46,8 @@ struct Negotiated {
   uint32_t max_block = 0;
 };
 
-// The transmission flags we advertise for `disk`, truthfully.
-uint16_t transmission_flags(const Disk& disk, bool structured_replies);
+// The transmission flags we advertise for `bdev`, truthfully.
+uint16_t transmission_flags(const BlockDevice& bdev, bool structured_replies);
 
 class Handshake {
  public:

@@ -451,7 +451,7 @@ class EventLoop final : public Reactor {
   // the same disk (a reload dropped or replaced it).
   static bool stale(const Connection& c, const ExportTable& table) {
     const Export* x = table.find(c.export_name());
-    return !x || x->name != c.export_name() || x->disk.get() != c.disk();
+    return !x || x->name != c.export_name() || x->bdev.get() != c.bdev();
   }
 
   void retire(LoopEntry* e) {
@@ -885,11 +885,12 @@ void Server::stop(std::chrono::milliseconds grace) {
   std::set<Disk*> flushed;
   for (const auto& table : seen_) {
     for (const Export& e : table->list()) {
-      if (!flushed.insert(e.disk.get()).second) continue;
-      BlockHandle h(e.disk);
+      // A partition's flush is its disk's: once per disk.
+      if (!flushed.insert(&e.bdev->disk()).second) continue;
+      BlockHandle h(e.disk());
       if (const Status s = h.flush(); s != Status::kOk) {
         serve_log(
-            fmt::format("flush of '{}' failed: {}", e.disk->name(), status_name(s)));
+            fmt::format("flush of '{}' failed: {}", e.bdev->name(), status_name(s)));
       }
     }
   }

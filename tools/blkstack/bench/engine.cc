@@ -66,7 +66,7 @@ class Worker {
                           ? std::min(job_.iodepth_batch_complete_max, depth_)
                           : depth_),
         ctx_(depth_ + 1),  // one more for an fsync
-        weight_(job_.name, *s.disk, ctx_.issuer(), job_.bfq_weight),
+        weight_(job_.name, s.dev->disk(), ctx_.issuer(), job_.bfq_weight),
         offsets_(job_, s.region_start, s.region_len, job_.min_bs(),
                  job_.randseed * 0x9e3779b97f4a7c15ull + s.job_index * 1000003u +
                      s.thread_index),
@@ -91,7 +91,7 @@ class Worker {
     for (unsigned i = 0; i <= depth_; ++i) {
       slots_[i].buf = bufs_.get() + static_cast<size_t>(i) * max_bs;
       slots_[i].cb.user_data = i;
-      slots_[i].cb.disk = s.disk;
+      slots_[i].cb.bdev = s.dev;
       slots_[i].cb.flags = (job_.direct ? uint32_t{kIocbDirect} : 0u) |
                            (job_.hipri ? uint32_t{kIocbHipri} : 0u);
     }
@@ -392,7 +392,8 @@ class Worker {
   void do_sync() {
     Slot& s = slots_[depth_];
     s.kind = SlotKind::kSync;
-    s.cb = Iocb::fsync(s_.disk, depth_);
+    s.cb = Iocb::fsync(nullptr, depth_);
+    s.cb.bdev = s_.dev;
     s.len = 0;
     s.t_start = clock_ns();
     Iocb* one[] = {&s.cb};

@@ -20,8 +20,9 @@
 #include "verify.h"
 
 namespace blkstack {
+class BlockDevice;
 class Disk;
-}
+}  // namespace blkstack
 
 namespace blkstack::bench {
 
@@ -63,8 +64,8 @@ class GenerationMap {
 
 struct WorkerSetup {
   const JobOptions* job = nullptr;
-  Disk* disk = nullptr;
-  uint64_t region_start = 0;  // bytes
+  BlockDevice* dev = nullptr;  // a whole disk or a partition
+  uint64_t region_start = 0;   // bytes
   uint64_t region_len = 0;
   unsigned job_index = 0;
   unsigned thread_index = 0;

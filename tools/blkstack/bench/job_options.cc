@@ -315,8 +315,9 @@ const Def kDefs[] = {
     {"description", "TEXT", "free text shown with the job",
      SET(j.description = std::string(v))},
     {"filename|device", "SPEC",
-     "the device: a blkstack device spec (null:1G, ram:1G, file:/path,size=1G); jobs "
-     "giving the same spec share one disk",
+     "the device: a blkstack device spec (null:1G, ram:1G, file:/path,size=1G); "
+     "SPEC,part=N for its partition N; or a device an earlier job made (file0p2). "
+     "Jobs giving the same one share it",
      SET(if (v.empty()) bad(key, v, "a device spec such as null:1G");
          j.filename = std::string(v))},
     {"rw|readwrite", "MODE",

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -33,7 +34,7 @@ struct ThreadSlot {
 
 struct JobState {
   JobResult* result = nullptr;
-  std::shared_ptr<Disk> disk;
+  std::shared_ptr<BlockDevice> dev;  // a whole disk or a partition
   std::unique_ptr<Verifier> verifier;
   std::vector<ThreadSlot> threads;
   uint64_t start_ns = 0, end_ns = 0;
@@ -61,7 +62,7 @@ char mode_letter(const JobOptions& j) {
   return '?';
 }
 
-DiskUtil disk_delta(const Disk& d, const DiskStats& a, const DiskStats& b,
+DiskUtil disk_delta(const BlockDevice& d, const DiskStats& a, const DiskStats& b,
                     uint64_t elapsed_ns) {
   DiskUtil u;
   u.name = d.name();
@@ -78,11 +79,11 @@ DiskUtil disk_delta(const Disk& d, const DiskStats& a, const DiskStats& b,
   return u;
 }
 
-// The job's region, checked against the disk.
-void resolve_region(const JobOptions& j, const Disk& disk, uint64_t& start,
+// The job's region, checked against the device.
+void resolve_region(const JobOptions& j, const BlockDevice& disk, uint64_t& start,
                     uint64_t& len) {
   const uint64_t dev = disk.size_bytes();
-  const uint32_t lbs = disk.limits().logical_block_size;
+  const uint32_t lbs = disk.disk().limits().logical_block_size;
   auto fail = [&](const std::string& why) {
     throw Error(fmt::format("job '{}': {}", j.name, why));
   };
@@ -116,6 +117,42 @@ void resolve_region(const JobOptions& j, const Disk& disk, uint64_t& start,
 
 }  // namespace
 
+std::shared_ptr<BlockDevice> open_device(DiskRegistry& registry,
+                                         std::string_view filename) {
+  // A device an earlier job made (a disk, or a partition: "ram0p1").
+  if (filename.find(':') == std::string_view::npos) {
+    try {
+      return registry.open(filename, OpenMode::kWrite);
+    } catch (const BusyError&) {
+      throw;
+    } catch (const Error&) {
+      // Not a device's name: a spec then, which says what is wrong.
+    }
+  }
+  // SPEC,part=N: partition N of the disk SPEC makes (fio's /dev/sda1).
+  const size_t at = filename.rfind(",part=");
+  if (at == std::string_view::npos) return Disk::whole(registry.create(filename));
+  const std::string_view num = filename.substr(at + 6);
+  unsigned n = 0;
+  const auto [end, ec] = std::from_chars(num.data(), num.data() + num.size(), n);
+  if (ec != std::errc() || end != num.data() + num.size() || n < 1 ||
+      n > Disk::kMaxPartitions)
+    throw Error(fmt::format("'{}': part= takes a partition number from 1 to {}", filename,
+                            Disk::kMaxPartitions));
+  const std::shared_ptr<Disk> disk = registry.create(filename.substr(0, at));
+  const std::string name = Disk::partition_name(disk->name(), n);
+  if (auto p = Disk::open_partition(disk, name)) {
+    p->check_open_for_write();
+    return p;
+  }
+  const PartitionTable t = disk->partition_table();
+  throw Error(fmt::format("'{}': {} has no partition {} ({})", filename, disk->name(), n,
+                          !t.error.empty()  ? t.error
+                          : t.label.empty() ? "no partition table"
+                                            : fmt::format("{} partitions in its {} table",
+                                                          t.partitions.size(), t.label)));
+}
+
 RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry,
                     const RunOptions& opts) {
   RunResult run;
@@ -126,13 +163,13 @@ RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry,
   run.jobs.resize(cfg.jobs.size());
   std::vector<JobState> states(cfg.jobs.size());
 
-  // Disks: one per distinct spec, in the order first named.
-  std::map<std::string, std::shared_ptr<Disk>> disks;
-  std::vector<std::shared_ptr<Disk>> disk_order;
+  // Devices: one per distinct filename, in the order first named.
+  std::map<std::string, std::shared_ptr<BlockDevice>> disks;
+  std::vector<std::shared_ptr<BlockDevice>> disk_order;
   for (const JobOptions& j : cfg.jobs) {
     if (disks.count(j.filename)) continue;
     try {
-      auto d = registry.create(j.filename);
+      auto d = open_device(registry, j.filename);
       disks[j.filename] = d;
       disk_order.push_back(d);
     } catch (const Error& e) {
@@ -147,25 +184,25 @@ RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry,
     JobResult& r = run.jobs[i];
     JobState& st = states[i];
     st.result = &r;
-    st.disk = disks[j.filename];
+    st.dev = disks[j.filename];
     if (j.stonewall && i > 0) ++group;
     r.job = j;
     r.group = group;
-    r.disk_name = st.disk->name();
-    r.disk_bytes = st.disk->size_bytes();
+    r.disk_name = st.dev->name();
+    r.disk_bytes = st.dev->size_bytes();
     r.threads = j.numjobs;
-    resolve_region(j, *st.disk, r.region_start, r.region_len);
-    if (j.bfq_weight != 0) check_bfq_weight(j.name, *st.disk);
+    resolve_region(j, *st.dev, r.region_start, r.region_len);
+    if (j.bfq_weight != 0) check_bfq_weight(j.name, st.dev->disk());
   }
 
   // Verify: one generation map per disk over the regions of the jobs that
   // verify on it, with one set of verify settings.
-  std::map<Disk*, std::unique_ptr<GenerationMap>> maps;
+  std::map<BlockDevice*, std::unique_ptr<GenerationMap>> maps;
   {
-    std::map<Disk*, std::vector<size_t>> by_disk;
+    std::map<BlockDevice*, std::vector<size_t>> by_disk;
     for (size_t i = 0; i < cfg.jobs.size(); ++i) {
       if (cfg.jobs[i].verify != VerifyAlgo::kNone)
-        by_disk[states[i].disk.get()].push_back(i);
+        by_disk[states[i].dev.get()].push_back(i);
     }
     for (auto& [disk, idx] : by_disk) {
       const JobOptions& a = cfg.jobs[idx[0]];
@@ -216,13 +253,13 @@ RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry,
       ts.region_len = slice;
       WorkerSetup& w = ts.setup;
       w.job = &r.job;
-      w.disk = st.disk.get();
+      w.dev = st.dev.get();
       w.region_start = ts.region_start;
       w.region_len = ts.region_len;
       w.job_index = static_cast<unsigned>(i);
       w.thread_index = t;
       w.verifier = st.verifier.get();
-      w.gens = st.verifier ? maps[st.disk.get()].get() : nullptr;
+      w.gens = st.verifier ? maps[st.dev.get()].get() : nullptr;
       w.live = ts.live.get();
       static const std::atomic<bool> kNever{false};
       w.stop = opts.stop ? opts.stop : &kNever;

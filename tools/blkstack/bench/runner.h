@@ -6,14 +6,17 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <string_view>
 
 #include "job_options.h"
 #include "stats.h"
 
 namespace blkstack {
+class BlockDevice;
 class DiskRegistry;
-}
+}  // namespace blkstack
 
 namespace blkstack::bench {
 
@@ -46,6 +49,13 @@ struct RunOptions {
 // distinct filename spec). Throws Error for setup mistakes (bad spec, a
 // region beyond the device, misaligned sizes); I/O errors and verify
 // failures are in the result.
+// The device a job's filename names: a device spec (its whole disk); SPEC
+// with ",part=N" (partition N of the disk SPEC makes, read from its
+// table); or the name of a device an earlier job made ("ram0",
+// "file0p1"). Opened for writing. Throws Error.
+std::shared_ptr<BlockDevice> open_device(DiskRegistry& registry,
+                                         std::string_view filename);
+
 RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry,
                     const RunOptions& opts);
 
