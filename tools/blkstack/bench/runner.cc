@@ -12,6 +12,7 @@
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/error.h"
+#include "blkstack/page_cache.h"
 #include "engine.h"
 
 namespace blkstack::bench {
@@ -147,6 +148,7 @@ RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry,
     JobState& st = states[i];
     st.result = &r;
     st.disk = disks[j.filename];
+    if (j.cached) PageCache::attach(*st.disk);
     if (j.stonewall && i > 0) ++group;
     r.job = j;
     r.group = group;
