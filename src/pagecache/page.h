@@ -16,6 +16,8 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 
 namespace blkstack::pagecache {
 
@@ -34,7 +36,16 @@ enum PageBit : uint32_t {
 };
 
 struct Page {
-  alignas(kPageSize) std::byte data[kPageSize];
+  // The data apart from the rest: an aligned array inside would round the
+  // struct up to two pages.
+  Page() : data(static_cast<std::byte*>(std::aligned_alloc(kPageSize, kPageSize))) {
+    if (data == nullptr) throw std::bad_alloc();
+  }
+  ~Page() { std::free(data); }
+  Page(const Page&) = delete;
+  Page& operator=(const Page&) = delete;
+
+  std::byte* const data;
   uint64_t index = 0;  // offset / kPageSize
   std::atomic<uint32_t> flags{0};
   std::atomic<uint32_t> refs{1};  // the index's
