@@ -88,7 +88,11 @@ void PageCache::State::reserve_pages(uint64_t n) {
     // Only dirty pages left to take: write the oldest back and try again.
     // Past that the budget is exceeded for a moment rather than waited on
     // forever: the pages in the way may be this very request's.
-    if (over() && round == 1) write_pages(0, UINT64_MAX, 0, want, true);
+    // A batch at a time (and the flusher told), not a page per page.
+    if (over() && round == 1) {
+      kick_flusher();
+      write_pages(0, UINT64_MAX, 0, std::max<uint64_t>(want, 256), true);
+    }
   }
 }
 

@@ -336,7 +336,12 @@ TEST(PageCache, FlusherWritesBackByAge) {
   c.set_settings(v);
   const auto data = Pattern(4096, 10);
   ASSERT_EQ(c.write(data.data(), data.size(), 4096), Status::kOk);
-  EXPECT_TRUE(testing_util::Eventually([&] { return c.stats().written_back >= 1; }, 5s));
+  EXPECT_TRUE(testing_util::Eventually(
+      [&] {
+        const PageCacheStats st = c.stats();
+        return st.written_back >= 1 && st.dirty == 0 && st.writeback == 0;
+      },
+      5s));
   EXPECT_EQ(t.drv->current(4096, 4096), data);
 }
 
