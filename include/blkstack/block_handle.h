@@ -8,6 +8,11 @@
 // waits for its own bios). Do not call these from inside a driver's submit
 // path: that wait could never end, and the submit-context check aborts
 // with a message naming the device instead.
+//
+// A handle made by buffered() reads and writes through the disk's page
+// cache instead (page_cache.h), at any byte offset, and its flush() is an
+// fsync: write-back of what is dirty, a device flush, and the write-back
+// errors since this handle was opened (errseq), each reported once.
 #pragma once
 
 #include <cstddef>
@@ -15,6 +20,7 @@
 #include <memory>
 
 #include "blkstack/bio.h"
+#include "blkstack/page_cache.h"
 #include "blkstack/status.h"
 
 namespace blkstack {
@@ -33,13 +39,17 @@ class BlockHandle {
   // there is none, and BusyError naming the holder if a stacked disk holds
   // it (DiskRegistry::open).
   static BlockHandle open(const DiskRegistry& registry, std::string_view name);
+  // A handle through the disk's page cache (attached if it has none).
+  static BlockHandle buffered(std::shared_ptr<Disk> disk);
+  bool is_buffered() const { return cache_ != nullptr; }
 
   BlockDevice& device() const { return *bdev_; }
   Disk& disk() const;     // the device's disk
   uint64_t size() const;  // bytes, of the device
 
   // Offsets and lengths are in bytes and must be multiples of the logical
-  // block size. Return the first error, or kOk.
+  // block size (any bytes when buffered, unless `flags` are given: those
+  // go to the device directly). Return the first error, or kOk.
   Status pread(void* buf, size_t len, uint64_t offset, BioFlag flags = BioFlag::kNone);
   Status pwrite(const void* buf, size_t len, uint64_t offset,
                 BioFlag flags = BioFlag::kNone);
@@ -54,6 +64,8 @@ class BlockHandle {
   Status in_pieces(Op op, std::byte* buf, uint64_t len, uint64_t offset, BioFlag flags);
 
   std::shared_ptr<BlockDevice> bdev_;
+  PageCache* cache_ = nullptr;  // buffered(): the whole disk's cache
+  PageCache::Opener opener_;
 };
 
 }  // namespace blkstack

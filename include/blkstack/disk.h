@@ -31,6 +31,7 @@ class BioDriver;
 class BioGate;
 class DiskReports;
 class IoStats;
+class PageCache;
 class PercpuRef;
 
 // A run of bytes with one allocation state (for NBD block status, `blkstack
@@ -111,6 +112,10 @@ class Disk {
   // at least 4 KiB, as Linux) to max_hw_sectors, or not a multiple of the
   // logical block size. Not from a submit path.
   void set_max_sectors(uint32_t sectors);
+  // The disk's page cache, if PageCache::attach made one (page_cache.h):
+  // buffered I/O goes through it. The disk owns it; set once.
+  PageCache* page_cache() const { return page_cache_.load(std::memory_order_acquire); }
+  void set_page_cache(std::unique_ptr<PageCache> cache);
   bool read_only() const { return read_only_.load(std::memory_order_relaxed); }
   void set_read_only(bool ro) { read_only_.store(ro, std::memory_order_relaxed); }
   // The whole disk as a block device (the kernel's bdev_whole / part0).
@@ -292,6 +297,8 @@ class Disk {
   QueueLimits limits_;
   std::atomic<bool> read_only_;
   std::atomic<bool> write_cache_on_{true};
+  std::unique_ptr<PageCache> page_cache_owner_;
+  std::atomic<PageCache*> page_cache_{nullptr};
   std::atomic<bool> rotational_;
   std::mutex limits_lock_;  // one set_max_sectors at a time
   bool per_bio_stats_;

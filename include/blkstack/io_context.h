@@ -37,6 +37,7 @@ namespace blkstack {
 
 class BlockDevice;
 class Disk;
+class PageCache;
 struct Kiocb;
 
 enum class IoOp : uint8_t {
@@ -55,7 +56,10 @@ enum IocbFlags : uint32_t {
   kIocbDsync = 1u << 0,   // RWF_DSYNC: the write is durable when done (FUA)
   kIocbNowait = 1u << 1,  // RWF_NOWAIT: -EAGAIN rather than wait for a tag
   kIocbDirect = 1u << 2,  // O_DIRECT rules: offset and length aligned to the
-                          // logical block size, memory to 512 bytes, else -EINVAL
+                          // logical block size, memory to 512 bytes, else -EINVAL.
+                          // Without it, on a disk with a page cache
+                          // (page_cache.h), reads, writes and fsyncs go
+                          // through the cache, at any byte offset
   kIocbHipri = 1u << 3,   // RWF_HIPRI: polled I/O on a disk with poll queues
                           // (completed by get_events polling; else ignored)
   kIocbIoprio = 1u << 4,  // IOCB_FLAG_IOPRIO: `reqprio` is the bio's I/O
@@ -141,6 +145,18 @@ class IoContext {
 
  private:
   int submit_one(Iocb& cb);
+  // A read, write or fsync through the disk's page cache, done in
+  // submit(); 0 or a positive errno.
+  int buffered_io(PageCache& cache, Disk& disk, const Iocb& cb, Op op, uint64_t len);
+  // This context's errseq sample for the disk's cache, taken at its first
+  // iocb there (it "opens" the disk then).
+  uint32_t cache_sample(PageCache& cache, Disk* disk);
+  struct CacheOpener {
+    Disk* disk = nullptr;
+    uint32_t since = 0;
+  };
+  CacheOpener openers_[8];  // under lock_; past 8 disks, a sample per fsync
+  std::atomic<Disk*> last_opened_{nullptr};  // skips the lookup above
   void post_event(Kiocb& k);
   // Polls the disks with polled iocbs in flight; the result as Disk's
   // poll(). Under no lock.

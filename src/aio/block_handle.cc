@@ -30,6 +30,13 @@ BlockHandle BlockHandle::open(const DiskRegistry& registry, std::string_view nam
 
 Disk& BlockHandle::disk() const { return bdev_->disk(); }
 
+BlockHandle BlockHandle::buffered(std::shared_ptr<Disk> disk) {
+  BlockHandle h(std::move(disk));
+  h.cache_ = &PageCache::attach(h.disk());
+  h.opener_ = h.cache_->open();
+  return h;
+}
+
 uint64_t BlockHandle::size() const { return bdev_->size_bytes(); }
 
 Status BlockHandle::submit_and_wait(Op op, void* buf, uint64_t len, uint64_t offset,
@@ -80,10 +87,12 @@ Status BlockHandle::in_pieces(Op op, std::byte* buf, uint64_t len, uint64_t offs
 }
 
 Status BlockHandle::pread(void* buf, size_t len, uint64_t offset, BioFlag flags) {
+  if (cache_ && flags == BioFlag::kNone) return cache_->read(buf, len, offset);
   return in_pieces(Op::kRead, static_cast<std::byte*>(buf), len, offset, flags);
 }
 
 Status BlockHandle::pwrite(const void* buf, size_t len, uint64_t offset, BioFlag flags) {
+  if (cache_ && flags == BioFlag::kNone) return cache_->write(buf, len, offset);
   // Writes only read the buffer; segments are not const so that one type
   // serves both directions.
   return in_pieces(Op::kWrite, static_cast<std::byte*>(const_cast<void*>(buf)), len,
@@ -91,6 +100,7 @@ Status BlockHandle::pwrite(const void* buf, size_t len, uint64_t offset, BioFlag
 }
 
 Status BlockHandle::flush() {
+  if (cache_) return cache_->fsync(opener_);
   return submit_and_wait(Op::kFlush, nullptr, 0, 0, BioFlag::kNone);
 }
 

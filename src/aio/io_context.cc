@@ -9,6 +9,7 @@
 #include "blkstack/disk.h"
 #include "blkstack/driver/bio_driver.h"
 #include "blkstack/error.h"
+#include "blkstack/page_cache.h"
 #include "blkstack/submit.h"
 #include "core/wait.h"
 
@@ -29,6 +30,7 @@ struct Kiocb {
   std::atomic<int> error{0};         // first errno, positive
   std::atomic<bool> started{false};  // the bio is set up: cancel may look at it
   Disk* polled = nullptr;            // the disk get_events polls for it, if any
+  PageCache* invalidate = nullptr;   // a direct write's cache, to drop again after
   uint64_t bytes = 0;                // what the bio moves when it succeeds
   Kiocb* prev = nullptr;             // the context's in-flight list
   Kiocb* next = nullptr;
@@ -45,6 +47,11 @@ void set_error(Kiocb& k, int err) {
   k.error.compare_exchange_strong(none, err, std::memory_order_acq_rel);
 }
 
+// Where an iocb's device starts on its disk, in bytes: 0 for a whole disk.
+uint64_t partition_base(const Iocb& cb) {
+  return cb.bdev ? cb.bdev->start() << kSectorShift : 0;
+}
+
 void bio_done(Bio& bio) {
   Kiocb& k = *static_cast<Kiocb*>(bio.context());
   // Busy is back-pressure, not an error for the event: again, later.
@@ -53,6 +60,13 @@ void bio_done(Bio& bio) {
     return;
   }
   if (bio.status() != Status::kOk) set_error(k, status_to_errno(bio.status()));
+  if (k.invalidate) [[unlikely]] {
+    // A reader may have cached the old data while this write went on:
+    // drop it, or say in this event that it could not (seed 002).
+    const int e = k.invalidate->invalidate_after_direct_write(
+        k.user->offset + partition_base(*k.user), k.bytes);
+    if (e != 0) set_error(k, -e);
+  }
   k.ctx->put_kiocb(k);
 }
 
@@ -138,10 +152,16 @@ int IoContext::submit_one(Iocb& cb) {
       len > UINT32_MAX / kSectorSize * kSectorSize) {
     return -EINVAL;
   }
+  // Buffered I/O through the disk's page cache (page_cache.h), if it has
+  // one: any bytes, done here as Linux AIO does buffered I/O.
+  PageCache* const cache = disk->page_cache();
+  const bool buffered = cache != nullptr && !(cb.flags & kIocbDirect) &&
+                        (op == Op::kRead || op == Op::kWrite || op == Op::kFlush);
   // The block layer moves whole logical blocks; with kIocbDirect the memory
   // must be aligned as well (O_DIRECT's rules).
   const uint64_t lbs = lim.logical_block_size;
-  if (op != Op::kFlush && (cb.offset % lbs != 0 || len % lbs != 0)) return -EINVAL;
+  if (!buffered && op != Op::kFlush && (cb.offset % lbs != 0 || len % lbs != 0))
+    return -EINVAL;
   if ((cb.flags & kIocbDirect) && op_has_data(op)) {
     auto misaligned = [&](const void* p) {
       return reinterpret_cast<uintptr_t>(p) % kSectorSize != 0;
@@ -189,6 +209,34 @@ int IoContext::submit_one(Iocb& cb) {
   k.ctx = this;
   k.error.store(0, std::memory_order_relaxed);
   k.bytes = op_has_data(op) ? len : 0;
+  k.invalidate = nullptr;
+  if (buffered) {
+    if (int e = buffered_io(*cache, *disk, cb, op, len); e != 0) set_error(k, e);
+    put_kiocb(k);  // no bio: both sides let go here
+    put_kiocb(k);
+    return 0;
+  }
+  if (cache != nullptr && op_has_data(op) && (cb.flags & kIocbDirect)) {
+    // Direct I/O beside the cache: a read sees what is dirty there, a
+    // write drops what is cached before and after. An error stops the I/O
+    // and is this iocb's result, once.
+    int e = 0;
+    const uint64_t at = cb.offset + partition_base(cb);  // the cache is the disk's
+    if (op == Op::kRead && !cache->empty()) {
+      const Status st = cache->writeback_range(at, len);
+      if (st != Status::kOk) e = status_to_errno(st);
+    } else if (op == Op::kWrite) {
+      e = -cache->invalidate_for_direct_write(at, len);
+      k.invalidate = cache;
+    }
+    if (e != 0) {
+      k.invalidate = nullptr;
+      set_error(k, e);
+      put_kiocb(k);
+      put_kiocb(k);
+      return 0;
+    }
+  }
 
   std::span<Segment> segs;
   if (vectored) {
@@ -233,6 +281,51 @@ int IoContext::submit_one(Iocb& cb) {
   submit_bio(k.bio);
   put_kiocb(k);  // the submitting side lets go; the event may post now
   return 0;
+}
+
+int IoContext::buffered_io(PageCache& cache, Disk& disk, const Iocb& cb, Op op,
+                           uint64_t len) {
+  Status st = Status::kOk;
+  if (last_opened_.load(std::memory_order_relaxed) != &disk) cache_sample(cache, &disk);
+  // The cache is the whole disk's: a partition's bytes are at its start,
+  // and may not reach past its end.
+  const uint64_t base = partition_base(cb);
+  const uint64_t dev_bytes = cb.bdev ? cb.bdev->size_bytes() : disk.size_bytes();
+  if (op != Op::kFlush && (cb.offset > dev_bytes || len > dev_bytes - cb.offset))
+    return status_to_errno(Status::kOutOfRange);
+  if (op == Op::kFlush) {
+    PageCache::Opener opener{cache_sample(cache, &disk)};
+    st = cache.fsync(opener);
+    std::lock_guard lock(lock_);
+    for (CacheOpener& o : openers_) {
+      if (o.disk == &disk) o.since = opener.since;
+    }
+  } else if (cb.op == IoOp::kPreadv || cb.op == IoOp::kPwritev) {
+    uint64_t off = cb.offset + base;
+    for (unsigned i = 0; i < cb.iovcnt && st == Status::kOk; ++i) {
+      st = op == Op::kRead ? cache.read(cb.iov[i].iov_base, cb.iov[i].iov_len, off)
+                           : cache.write(cb.iov[i].iov_base, cb.iov[i].iov_len, off);
+      off += cb.iov[i].iov_len;
+    }
+  } else {
+    st = op == Op::kRead ? cache.read(cb.buf, len, cb.offset + base)
+                         : cache.write(cb.buf, len, cb.offset + base);
+  }
+  return st == Status::kOk ? 0 : status_to_errno(st);
+}
+
+uint32_t IoContext::cache_sample(PageCache& cache, Disk* disk) {
+  // This context opened the disk (for errseq) when it first used it.
+  std::lock_guard lock(lock_);
+  CacheOpener* free_slot = nullptr;
+  for (CacheOpener& o : openers_) {
+    if (o.disk == disk) return o.since;
+    if (o.disk == nullptr && free_slot == nullptr) free_slot = &o;
+  }
+  const uint32_t since = cache.open().since;
+  if (free_slot) *free_slot = {disk, since};
+  last_opened_.store(disk, std::memory_order_relaxed);
+  return since;
 }
 
 void IoContext::put_kiocb(Kiocb& k) {

@@ -9,6 +9,7 @@
 #include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/reports.h"
 #include "blkstack/error.h"
+#include "blkstack/page_cache.h"
 #include "blkstack/pow2_histogram.h"
 #include "blkstack/submit.h"
 #include "core/bio_gate.h"
@@ -76,7 +77,17 @@ void Disk::set_max_sectors(uint32_t sectors) {
 }
 
 Disk::~Disk() {
+  // The cache first: it writes back what is dirty while the disk still
+  // takes I/O, and its flusher stops.
+  page_cache_.store(nullptr, std::memory_order_release);
+  page_cache_owner_.reset();
   if (!dying()) shutdown();
+}
+
+void Disk::set_page_cache(std::unique_ptr<PageCache> cache) {
+  if (page_cache_owner_) throw Error(fmt::format("{} has a page cache already", name_));
+  page_cache_owner_ = std::move(cache);
+  page_cache_.store(page_cache_owner_.get(), std::memory_order_release);
 }
 
 std::string Disk::describe() const { return reports_->describe(); }

@@ -11,6 +11,7 @@
 #include "blkstack/driver/queue.h"
 #include "blkstack/driver/scheduler.h"
 #include "blkstack/error.h"
+#include "blkstack/page_cache.h"
 #include "serve/control_protocol.h"
 
 namespace blkstack::serve {
@@ -82,6 +83,31 @@ std::string scheduler_line(Queue* q) {
 }
 
 std::string kb(uint64_t bytes) { return std::to_string(bytes >> 10); }
+
+// The page cache's settings (page_cache.h), named as Linux's vm sysctls
+// under vm/ and queue/read_ahead_kb: a disk without a cache shows the
+// defaults; setting one attaches the cache.
+VmSettings cache_settings(Disk& d) {
+  const PageCache* c = d.page_cache();
+  return c ? c->settings() : VmSettings{};
+}
+
+template <class T>
+Entry vm_entry(std::string_view name, T VmSettings::*field, uint64_t min, uint64_t max) {
+  return {name, false,
+          [field](Disk& d, Queue*) { return std::to_string(cache_settings(d).*field); },
+          [name, field, min, max](Disk& d, Queue*, std::string_view v) {
+            const T value = static_cast<T>(parse_uint(name, v, min, max));
+            PageCache& c = PageCache::attach(d);
+            VmSettings s = c.settings();
+            s.*field = value;
+            try {
+              c.set_settings(s);
+            } catch (const Error& e) {
+              throw invalid(fmt::format("{}: {}", name, e.what()));
+            }
+          }};
+}
 
 const std::vector<Entry>& table() {
   static const std::vector<Entry> entries = {
@@ -192,6 +218,15 @@ const std::vector<Entry>& table() {
                                << kSectorShift);
        },
        nullptr},
+      vm_entry("queue/read_ahead_kb", &VmSettings::read_ahead_kb, 0, 65536),
+      vm_entry("vm/cache_budget_kb", &VmSettings::cache_budget_kb, 1024,
+               uint64_t{1} << 32),
+      vm_entry("vm/dirty_background_ratio", &VmSettings::dirty_background_ratio, 1, 99),
+      vm_entry("vm/dirty_expire_centisecs", &VmSettings::dirty_expire_centisecs, 1,
+               8640000),
+      vm_entry("vm/dirty_ratio", &VmSettings::dirty_ratio, 2, 100),
+      vm_entry("vm/dirty_writeback_centisecs", &VmSettings::dirty_writeback_centisecs, 1,
+               8640000),
       {"ro", false, [](Disk& d, Queue*) { return flag(d.read_only()); }, nullptr},
       {"size", false, [](Disk& d, Queue*) { return std::to_string(d.capacity()); },
        nullptr},

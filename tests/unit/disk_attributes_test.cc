@@ -19,6 +19,7 @@
 #include "blkstack/driver/request.h"
 #include "blkstack/driver/scheduler.h"
 #include "blkstack/error.h"
+#include "blkstack/page_cache.h"
 #include "serve/control_protocol.h"
 
 namespace blkstack::serve {
@@ -120,6 +121,7 @@ TEST_F(DiskAttributesTest, RequestBasedDiskListsEveryAttribute) {
       {"queue/nr_requests", true},
       {"queue/optimal_io_size", false},
       {"queue/physical_block_size", false},
+      {"queue/read_ahead_kb", true},
       {"queue/rotational", true},
       {"queue/scheduler", true},
       {"queue/write_cache", true},
@@ -127,8 +129,36 @@ TEST_F(DiskAttributesTest, RequestBasedDiskListsEveryAttribute) {
       {"ro", false},
       {"size", false},
       {"stat", false},
+      {"vm/cache_budget_kb", true},
+      {"vm/dirty_background_ratio", true},
+      {"vm/dirty_expire_centisecs", true},
+      {"vm/dirty_ratio", true},
+      {"vm/dirty_writeback_centisecs", true},
   };
   EXPECT_EQ(seen, want);
+}
+
+TEST_F(DiskAttributesTest, PageCacheSettingsReadAndSet) {
+  auto disk = registry_.create("ram:4M,name=pc0");
+  // Linux's defaults, before any cache is attached.
+  EXPECT_EQ(read_disk_attribute(*disk, "queue/read_ahead_kb"), "128");
+  EXPECT_EQ(read_disk_attribute(*disk, "vm/dirty_ratio"), "20");
+  EXPECT_EQ(read_disk_attribute(*disk, "vm/dirty_background_ratio"), "10");
+  EXPECT_EQ(read_disk_attribute(*disk, "vm/dirty_expire_centisecs"), "3000");
+  EXPECT_EQ(read_disk_attribute(*disk, "vm/dirty_writeback_centisecs"), "500");
+  EXPECT_EQ(disk->page_cache(), nullptr);
+  EXPECT_EQ(write_disk_attribute(*disk, "vm/dirty_ratio", "30\n"), "30");
+  ASSERT_NE(disk->page_cache(), nullptr);
+  EXPECT_EQ(disk->page_cache()->settings().dirty_ratio, 30u);
+  EXPECT_EQ(write_disk_attribute(*disk, "queue/read_ahead_kb", "512"), "512");
+  try {
+    write_disk_attribute(*disk, "vm/dirty_background_ratio", "40");
+    FAIL() << "a background ratio above dirty_ratio was taken";
+  } catch (const ControlError& e) {
+    EXPECT_NE(std::string(e.what()).find("dirty_ratio"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(write_disk_attribute(*disk, "vm/dirty_ratio", "0"), ControlError);
+  EXPECT_EQ(read_disk_attribute(*disk, "vm/dirty_background_ratio"), "10");
 }
 
 TEST_F(DiskAttributesTest, ValuesAreFormattedAsLinuxPrintsThem) {

@@ -372,8 +372,9 @@ const Def kDefs[] = {
     {"randseed", "N", "seed of the random offsets and of verify (default 0x89)",
      SET(j.randseed = parse_unsigned(key, v))},
     {"direct", "BOOL",
-     "O_DIRECT rules: offsets, lengths and buffers aligned (kIocbDirect)",
-     SET(j.direct = parse_flag(key, v))},
+     "1: O_DIRECT rules: offsets, lengths and buffers aligned (kIocbDirect); 0: "
+     "buffered, through the disk's page cache (docs/page-cache.md)",
+     SET(j.direct = parse_flag(key, v); j.cached = !j.direct)},
     {"hipri", "BOOL",
      "polled completion (RWF_HIPRI): this thread reaps its I/O from the disk's poll "
      "queues "

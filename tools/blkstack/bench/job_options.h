@@ -69,6 +69,9 @@ struct JobOptions {
   bool norandommap = false;
   uint64_t randseed = 0x89;  // fio's default
   bool direct = false;
+  // direct=0 given: the I/O goes through the disk's page cache, attached
+  // for the run (page_cache.h). Without direct=, no cache, as before.
+  bool cached = false;
   bool hipri = false;  // polled completion (kIocbHipri)
   unsigned fsync = 0;  // an fsync after every N writes
   bool end_fsync = false;

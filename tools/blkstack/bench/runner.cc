@@ -13,6 +13,7 @@
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/error.h"
+#include "blkstack/page_cache.h"
 #include "engine.h"
 #include "issuer_weight.h"
 
@@ -185,6 +186,7 @@ RunResult run_bench(const BenchConfig& cfg, DiskRegistry& registry,
     JobState& st = states[i];
     st.result = &r;
     st.dev = disks[j.filename];
+    if (j.cached) PageCache::attach(st.dev->disk());
     if (j.stonewall && i > 0) ++group;
     r.job = j;
     r.group = group;
