@@ -942,7 +942,7 @@ TEST(BenchEngine, BfqWeightWeighsEachThreadWhileItRuns) {
   for (unsigned t = 0; t < 2; ++t) {
     WorkerSetup& s = setups[t];
     s.job = &j;
-    s.disk = disk.get();
+    s.dev = &disk->part0();
     s.region_len = disk->size_bytes();
     s.thread_index = t;
     s.live = &live[t];

@@ -14,6 +14,8 @@
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
 #include "blkstack/error.h"
+#include "blkstack/io_context.h"
+#include "blkstack/page_cache.h"
 #include "dm/mapped_device.h"
 #include "export/export_table.h"
 #include "export/log.h"
@@ -328,6 +330,57 @@ TEST_F(ServePartitionTest, AMissingPartitionIsRefusedAtStart) {
   EXPECT_TRUE(
       Contains(ErrorOf([&] { Start("[[export]]\nname = \"x\"\ndevice = \"sda3\"\n"); }),
                "has no partition 'sda3'"));
+}
+
+// --- buffered I/O on a partition ----------------------------------------------
+
+// The page cache is the disk's: a buffered iocb on a partition lands at the
+// partition's start on the disk, and never past the partition's end.
+TEST(PartitionBuffered, AnIocbOnAPartitionUsesTheDisksCacheAtItsStart) {
+  DiskRegistry registry;
+  auto disk = disk_with_table(registry, "ram:8M,name=ram9");
+  PageCache::attach(*disk);
+  auto p2 = registry.open("ram9p2", OpenMode::kWrite);
+  IoContext ctx(4);
+  std::string data(4096, 'q');
+  Iocb w = Iocb::pwrite(nullptr, data.data(), data.size(), 512);
+  w.bdev = p2.get();
+  Iocb* list[] = {&w};
+  ASSERT_EQ(ctx.submit(list), 1);
+  IoEvent ev;
+  ASSERT_EQ(ctx.get_events(1, {&ev, 1}, std::chrono::seconds(10)), 1);
+  EXPECT_EQ(ev.res, 4096);
+  Iocb f = Iocb::fsync(nullptr);
+  f.bdev = p2.get();
+  list[0] = &f;
+  ASSERT_EQ(ctx.submit(list), 1);
+  ASSERT_EQ(ctx.get_events(1, {&ev, 1}, std::chrono::seconds(10)), 1);
+  EXPECT_EQ(ev.res, 0);
+  EXPECT_EQ(bytes_at(*disk, (p2->start() << kSectorShift) + 512, 4096), data)
+      << "written back at the partition's start on the disk";
+  EXPECT_NE(bytes_at(*disk, 512, 4096), data) << "not at the disk's own offset";
+
+  // Past the partition's end (inside the disk): refused, nothing written.
+  const uint64_t tail = (p2->start() << kSectorShift) + p2->size_bytes() - 2048;
+  const std::string before = bytes_at(*disk, tail, 2048);
+  Iocb past = Iocb::pwrite(nullptr, data.data(), data.size(), p2->size_bytes() - 2048);
+  past.bdev = p2.get();
+  list[0] = &past;
+  ASSERT_EQ(ctx.submit(list), 1);
+  ASSERT_EQ(ctx.get_events(1, {&ev, 1}, std::chrono::seconds(10)), 1);
+  EXPECT_LT(ev.res, 0);
+  list[0] = &f;
+  ASSERT_EQ(ctx.submit(list), 1);
+  ASSERT_EQ(ctx.get_events(1, {&ev, 1}, std::chrono::seconds(10)), 1);
+  EXPECT_EQ(bytes_at(*disk, tail, 2048), before) << "the refused write left no trace";
+  char back[4096];
+  Iocb r = Iocb::pread(nullptr, back, sizeof back, 512);
+  r.bdev = p2.get();
+  list[0] = &r;
+  ASSERT_EQ(ctx.submit(list), 1);
+  ASSERT_EQ(ctx.get_events(1, {&ev, 1}, std::chrono::seconds(10)), 1);
+  EXPECT_EQ(ev.res, 4096);
+  EXPECT_EQ(std::string(back, sizeof back), data) << "read back through the cache";
 }
 
 }  // namespace
