@@ -118,6 +118,11 @@ void copy(std::span<const Segment> sg, SgPos pos, std::byte* buf, uint64_t bytes
   while (bytes > 0) {
     const Segment& e = sg[pos.idx];
     const uint64_t n = std::min<uint64_t>(bytes, e.len - pos.off);
+    if (n == 0) {  // an empty entry, whose pointer may be null
+      ++pos.idx;
+      pos.off = 0;
+      continue;
+    }
     if (kToList)
       std::memcpy(e.ptr + pos.off, buf, n);
     else
@@ -220,6 +225,14 @@ void SgMapper::submit(Op op, uint64_t sector, std::span<const Segment> sg, Done 
           bb->data(),
           static_cast<uint32_t>(std::min<uint64_t>({left, max_io, kBounceBytes})));
       fit = cut({&whole, 1}, SgPos{}, whole.len, left, lim, cap, table.data(), &n);
+      if (fit == 0) {
+        // A page-aligned buffer holds a block under any limits check()
+        // accepts; never spin on ones it did not (nothing would advance).
+        bio->put();
+        bounce_->free_raw(bb->data());
+        job->set_error(Status::kInvalid);
+        break;
+      }
       *bb = Bounce{job, pos, fit};
       if (op == Op::kWrite) copy<false>(sg, pos, bb->data(), fit);
       bounce_->disown(bb->data());
