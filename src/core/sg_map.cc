@@ -171,7 +171,7 @@ SgMapper::SgMapper(BlockDevice& bdev) : SgMapper(bdev, Options{}) {}
 
 SgMapper::SgMapper(BlockDevice& bdev, const Options& o)
     : bdev_(bdev),
-      max_segments_(bdev.disk().limits().max_segments),
+      max_segments_(std::min<unsigned>(bdev.disk().limits().max_segments, kMaxSegments)),
       bios_("sg-map " + bdev.name(), o.bios, o.max_bios, max_segments_),
       bounce_(std::make_unique<MempoolBase>("sg-bounce " + bdev.name(),
                                             kBounceBytes + sizeof(Bounce), 4096,

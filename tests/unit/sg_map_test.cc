@@ -424,6 +424,45 @@ TEST(SgMap, FirstErrorReachesTheCallbackOnce) {
   EXPECT_EQ(rig.run(Op::kWrite, sector, big), Status::kOutOfRange);
 }
 
+// A disk that allows more segments than a bio should carry (a bio-based
+// one, 65535) gets bios of kMaxSegments: correct, and small to pool.
+TEST(SgMap, BioTablesAreCappedAtKMaxSegments) {
+  QueueLimits lim;
+  lim.max_segments = UINT16_MAX;
+  lim.max_segment_size = 512;
+  Rig rig(lim, /*async=*/false);
+  Bio* bio = rig.mapper->bioset().alloc();
+  EXPECT_EQ(BioSet::inline_segments(*bio).size(), SgMapper::kMaxSegments);
+  bio->put();
+  // 1 MiB of 512-byte pieces (none contiguous): bios of 256 segments each.
+  Arena a(4 << 20);
+  std::vector<Segment> sg;
+  for (size_t i = 0; i < 2048; ++i) sg.emplace_back(a.p + i * 1024, 512);
+  ASSERT_EQ(rig.run(Op::kWrite, 0, sg), Status::kOk);
+  EXPECT_EQ(rig.mapper->bios_submitted(), 2048u / SgMapper::kMaxSegments);
+  std::lock_guard lock(rig.ram->log_mu);
+  EXPECT_TRUE(rig.ram->errors.empty());
+}
+
+// A bounced read that fails copies nothing out: the pieces that failed
+// leave the caller's memory as it was, the ones that worked fill theirs.
+TEST(SgMap, AFailedBouncedReadLeavesTheCallersMemoryAlone) {
+  QueueLimits lim;
+  lim.max_sectors = 8;
+  lim.dma_alignment = 511;
+  Rig rig(lim, /*async=*/true);
+  Arena a(1 << 20);
+  std::memset(rig.ram->mem() + kDiskBytes - 32 * 1024, 0x11, 32 * 1024);
+  std::memset(a.p, 0x55, 64 * 1024 + 1);
+  Segment sg[] = {{a.p + 1, 64 * 1024}};                      // odd: bounced
+  const uint64_t sector = (kDiskBytes >> kSectorShift) - 64;  // half past the end
+  EXPECT_EQ(rig.run(Op::kRead, sector, sg), Status::kOutOfRange);
+  EXPECT_GT(rig.mapper->bios_bounced(), 0u);
+  for (size_t i = 0; i < 32 * 1024; ++i) ASSERT_EQ(a.p[1 + i], std::byte{0x11}) << i;
+  for (size_t i = 32 * 1024; i < 64 * 1024; ++i)
+    ASSERT_EQ(a.p[1 + i], std::byte{0x55}) << i;
+}
+
 // Seed 004: pools of one bio and one bounce buffer, several threads each
 // mapping lists that need many bios, completed on another thread. With the
 // debug check on, a mapper that allocated its next bio (or buffer) before
