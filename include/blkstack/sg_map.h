@@ -45,6 +45,10 @@ class SgMapper {
  public:
   // Bytes a bounce buffer holds: the most a bounced bio carries.
   static constexpr uint32_t kBounceBytes = 64 * 1024;
+  // The most segments a mapped bio carries (the kernel's BIO_MAX_VECS),
+  // whatever the disk allows: a bio-based disk (a mapped device) allows
+  // 65535, and a table that size in every pooled bio would be 1 MiB each.
+  static constexpr unsigned kMaxSegments = 256;
 
   struct Options {
     size_t bios = 16;     // kept in reserve
@@ -86,7 +90,7 @@ class SgMapper {
   static void put_job(Job& job);
 
   BlockDevice& bdev_;
-  unsigned max_segments_;  // the disk's, the size of each bio's table
+  unsigned max_segments_;  // the disk's (at most kMaxSegments): each bio's table
   BioSet bios_;
   std::unique_ptr<MempoolBase> bounce_;
   std::unique_ptr<MempoolBase> jobs_;

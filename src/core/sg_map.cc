@@ -118,6 +118,11 @@ void copy(std::span<const Segment> sg, SgPos pos, std::byte* buf, uint64_t bytes
   while (bytes > 0) {
     const Segment& e = sg[pos.idx];
     const uint64_t n = std::min<uint64_t>(bytes, e.len - pos.off);
+    if (n == 0) {  // an empty entry, whose pointer may be null
+      ++pos.idx;
+      pos.off = 0;
+      continue;
+    }
     if (kToList)
       std::memcpy(e.ptr + pos.off, buf, n);
     else
@@ -166,7 +171,7 @@ SgMapper::SgMapper(BlockDevice& bdev) : SgMapper(bdev, Options{}) {}
 
 SgMapper::SgMapper(BlockDevice& bdev, const Options& o)
     : bdev_(bdev),
-      max_segments_(bdev.disk().limits().max_segments),
+      max_segments_(std::min<unsigned>(bdev.disk().limits().max_segments, kMaxSegments)),
       bios_("sg-map " + bdev.name(), o.bios, o.max_bios, max_segments_),
       bounce_(std::make_unique<MempoolBase>("sg-bounce " + bdev.name(),
                                             kBounceBytes + sizeof(Bounce), 4096,
@@ -220,6 +225,14 @@ void SgMapper::submit(Op op, uint64_t sector, std::span<const Segment> sg, Done 
           bb->data(),
           static_cast<uint32_t>(std::min<uint64_t>({left, max_io, kBounceBytes})));
       fit = cut({&whole, 1}, SgPos{}, whole.len, left, lim, cap, table.data(), &n);
+      if (fit == 0) {
+        // A page-aligned buffer holds a block under any limits check()
+        // accepts; never spin on ones it did not (nothing would advance).
+        bio->put();
+        bounce_->free_raw(bb->data());
+        job->set_error(Status::kInvalid);
+        break;
+      }
       *bb = Bounce{job, pos, fit};
       if (op == Op::kWrite) copy<false>(sg, pos, bb->data(), fit);
       bounce_->disown(bb->data());

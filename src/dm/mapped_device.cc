@@ -128,6 +128,11 @@ MappedDevice& MappedDevice::create(DiskRegistry& registry, const std::string& na
     lim.max_write_zeroes_sectors = tl.max_write_zeroes_sectors != 0 ? kMaxSectors : 0;
     lim.discard_granularity = tl.discard_granularity;
     lim.rotational = tl.rotational;
+    // The clones carry the caller's memory down as it is.
+    lim.seg_boundary_mask = tl.seg_boundary_mask;
+    lim.dma_alignment = tl.dma_alignment;
+    lim.virt_boundary_mask = tl.virt_boundary_mask;
+    lim.max_segment_size &= ~tl.virt_boundary_mask;  // whole virt units
     lim.volatile_write_cache = lim.fua = t->write_cache();
     t->set_owner(md.get());
     md->live_.store(t.get(), std::memory_order_release);

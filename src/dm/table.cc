@@ -114,6 +114,11 @@ void stack_limits(QueueLimits& top, const QueueLimits& bottom) {
       std::min(top.max_write_zeroes_sectors, bottom.max_write_zeroes_sectors);
   top.discard_granularity = std::max(top.discard_granularity, bottom.discard_granularity);
   top.rotational = top.rotational || bottom.rotational;
+  // The bios below carry the top's memory as it is: its layout must suit
+  // every device below (masks are 2^n - 1, so the smaller is the stricter).
+  top.seg_boundary_mask = std::min(top.seg_boundary_mask, bottom.seg_boundary_mask);
+  top.dma_alignment = std::max(top.dma_alignment, bottom.dma_alignment);
+  top.virt_boundary_mask = std::max(top.virt_boundary_mask, bottom.virt_boundary_mask);
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include "blkstack/block_handle.h"
 #include "blkstack/disk.h"
 #include "blkstack/disk_registry.h"
+#include "blkstack/driver/bio_driver.h"
 #include "blkstack/driver/target.h"
 #include "blkstack/error.h"
 #include "dm/mapped_device.h"
@@ -64,6 +65,35 @@ TEST(Dm, LinearMapsOntoTheDeviceAtItsOffset) {
   BlockHandle ram = BlockHandle::open(registry, "ram0");
   ASSERT_EQ(ram.pread(back.data(), back.size(), 512 * 512 + 4096), Status::kOk);
   EXPECT_EQ(back, data);
+}
+
+// A disk that completes every bio at once, for limits that no spec sets.
+class OkDriver final : public BioDriver {
+ public:
+  void submit(Bio& bio) override { bio.complete(Status::kOk); }
+};
+
+// A mapped device shares its bios' memory with the devices below, so it
+// must ask the strictest memory layout of any of them (blk_stack_limits):
+// an SgMapper on top then lays memory out as every one below needs.
+TEST(Dm, TheStrictestMemoryLayoutOfTheDevicesBelowIsStacked) {
+  DiskRegistry registry;
+  QueueLimits a, b;
+  a.dma_alignment = 511;
+  a.seg_boundary_mask = 65535;
+  b.dma_alignment = 3;
+  b.seg_boundary_mask = 8191;
+  b.virt_boundary_mask = 4095;
+  registry.add(std::make_shared<Disk>("la", 2048, a, std::make_unique<OkDriver>()), "ok");
+  registry.add(std::make_shared<Disk>("lb", 2048, b, std::make_unique<OkDriver>()), "ok");
+  MappedDevice& md = MappedDevice::create(registry, "both", "",
+                                          "0 1024 linear la 0\n1024 1024 linear lb 0");
+  const QueueLimits& top = md.disk().limits();
+  EXPECT_EQ(top.dma_alignment, 511u);
+  EXPECT_EQ(top.seg_boundary_mask, 8191u);
+  EXPECT_EQ(top.virt_boundary_mask, 4095u);
+  EXPECT_EQ(top.check(), "");
+  registry.remove("both");
 }
 
 TEST(Dm, BadTablesAreRefusedNamingTheLine) {

@@ -9,6 +9,7 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <filesystem>
@@ -147,6 +148,41 @@ TEST_F(FileInline, TmpfsReadsInLineAtDepthOneAndThroughTheRingAtDepth32) {
   EXPECT_GE(counts_.ring_reads.load(), 31 * kRounds);
   disk_.reset();
   std::filesystem::remove_all(dir);
+}
+
+// A file shorter than the disk (it shrank): a read in line that stops at
+// the end of the file finishes on the ring, the rest read as zeroes, as the
+// ring path does; a read wholly past the end is zeroes at once.
+TEST_F(FileInline, AShortReadAtTheEndOfTheFileEndsWithZeroes) {
+  struct statfs fs;
+  if (statfs("/dev/shm", &fs) != 0 || fs.f_type != TMPFS_MAGIC || swap_active())
+    GTEST_SKIP() << "needs /dev/shm on tmpfs and no swap";
+  char tmpl[] = "/dev/shm/blkstack-inline-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() { std::filesystem::remove_all(dir); }
+  } cleanup{dir};
+  make_disk(dir + "/disk.img", ",inline_read=1");
+  const auto data = pattern(2 << 20, 5);
+  BlockHandle h(disk_);
+  ASSERT_EQ(h.pwrite(data.data(), data.size(), 0), Status::kOk);
+  constexpr uint64_t kEnd = (1 << 20) + 2048;
+  ASSERT_EQ(truncate((dir + "/disk.img").c_str(), kEnd), 0);
+
+  std::vector<std::byte> buf(8192, std::byte{0x55});
+  ASSERT_EQ(h.pread(buf.data(), buf.size(), 1 << 20), Status::kOk);
+  EXPECT_EQ(std::memcmp(buf.data(), &data[1 << 20], 2048), 0);
+  EXPECT_TRUE(std::all_of(buf.begin() + 2048, buf.end(),
+                          [](std::byte b) { return b == std::byte{0}; }));
+  std::fill(buf.begin(), buf.end(), std::byte{0x55});
+  ASSERT_EQ(h.pread(buf.data(), buf.size(), 4 << 20), Status::kOk);
+  EXPECT_TRUE(
+      std::all_of(buf.begin(), buf.end(), [](std::byte b) { return b == std::byte{0}; }));
+  EXPECT_EQ(counts_.inline_reads.load(), 2);
+  EXPECT_EQ(counts_.ring_reads.load(), 1);  // the rest of the short one
+  disk_.reset();
 }
 
 // A buffered file on a disk file system: a read the page cache cannot

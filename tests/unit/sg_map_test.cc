@@ -6,7 +6,9 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -145,9 +147,15 @@ struct Waiter {
     w.status = s;
     w.cv.notify_all();
   }
+  // A mapper that never calls back (one spinning on limits it cannot cut,
+  // or waiting on its own pool) fails the test here instead of hanging it.
+  // Abort, not return: the I/O still in flight names this waiter.
   Status wait() {
     std::unique_lock lock(mu);
-    cv.wait(lock, [&] { return calls > 0; });
+    if (!cv.wait_for(lock, std::chrono::seconds(30), [&] { return calls > 0; })) {
+      std::fprintf(stderr, "sg_map_test: no callback within 30 s: the mapper hangs\n");
+      std::abort();
+    }
     return status;
   }
 };
@@ -342,6 +350,33 @@ TEST(SgMap, RandomLimitsEveryBioFitsAndCutsAreExact) {
   }
 }
 
+// Empty entries (a null pointer among them) anywhere in the list are
+// skipped, on the direct path and through a bounce buffer both ways.
+TEST(SgMap, EmptyEntriesAnywhereAreSkipped) {
+  QueueLimits lim;
+  lim.dma_alignment = 3;
+  Rig rig(lim, /*async=*/false);
+  Arena src(64 * 1024), dst(64 * 1024);
+  for (uint32_t shift : {0u, 1u}) {  // aligned, then bounced (odd address)
+    std::mt19937_64 rng(shift);
+    Segment w[] = {{nullptr, 0},      {src.p + shift, 1024},        {nullptr, 0},
+                   {src.p + 8192, 0}, {src.p + 8192 + shift, 3072}, {nullptr, 0}};
+    fill(rng, w);
+    ASSERT_EQ(rig.run(Op::kWrite, 8, w), Status::kOk);
+    Segment r[] = {{nullptr, 0},
+                   {dst.p + shift, 2048},
+                   {nullptr, 0},
+                   {dst.p + 16384 + shift, 2048},
+                   {nullptr, 0}};
+    std::memset(dst.p, 0, dst.size);
+    ASSERT_EQ(rig.run(Op::kRead, 8, r), Status::kOk);
+    EXPECT_EQ(gather(r), gather(w));
+    EXPECT_EQ(rig.mapper->bios_bounced() != 0, shift != 0);
+  }
+  Segment none[] = {{nullptr, 0}, {nullptr, 0}};
+  EXPECT_EQ(rig.run(Op::kWrite, 0, none), Status::kOk);
+}
+
 TEST(SgMap, AlignedListIsNotBouncedMisalignedIs) {
   QueueLimits lim;
   lim.dma_alignment = 511;
@@ -387,6 +422,45 @@ TEST(SgMap, FirstErrorReachesTheCallbackOnce) {
   // Past the end from the middle on: the later bios fail.
   const uint64_t sector = (kDiskBytes >> kSectorShift) - 64;
   EXPECT_EQ(rig.run(Op::kWrite, sector, big), Status::kOutOfRange);
+}
+
+// A disk that allows more segments than a bio should carry (a bio-based
+// one, 65535) gets bios of kMaxSegments: correct, and small to pool.
+TEST(SgMap, BioTablesAreCappedAtKMaxSegments) {
+  QueueLimits lim;
+  lim.max_segments = UINT16_MAX;
+  lim.max_segment_size = 512;
+  Rig rig(lim, /*async=*/false);
+  Bio* bio = rig.mapper->bioset().alloc();
+  EXPECT_EQ(BioSet::inline_segments(*bio).size(), SgMapper::kMaxSegments);
+  bio->put();
+  // 1 MiB of 512-byte pieces (none contiguous): bios of 256 segments each.
+  Arena a(4 << 20);
+  std::vector<Segment> sg;
+  for (size_t i = 0; i < 2048; ++i) sg.emplace_back(a.p + i * 1024, 512);
+  ASSERT_EQ(rig.run(Op::kWrite, 0, sg), Status::kOk);
+  EXPECT_EQ(rig.mapper->bios_submitted(), 2048u / SgMapper::kMaxSegments);
+  std::lock_guard lock(rig.ram->log_mu);
+  EXPECT_TRUE(rig.ram->errors.empty());
+}
+
+// A bounced read that fails copies nothing out: the pieces that failed
+// leave the caller's memory as it was, the ones that worked fill theirs.
+TEST(SgMap, AFailedBouncedReadLeavesTheCallersMemoryAlone) {
+  QueueLimits lim;
+  lim.max_sectors = 8;
+  lim.dma_alignment = 511;
+  Rig rig(lim, /*async=*/true);
+  Arena a(1 << 20);
+  std::memset(rig.ram->mem() + kDiskBytes - 32 * 1024, 0x11, 32 * 1024);
+  std::memset(a.p, 0x55, 64 * 1024 + 1);
+  Segment sg[] = {{a.p + 1, 64 * 1024}};                      // odd: bounced
+  const uint64_t sector = (kDiskBytes >> kSectorShift) - 64;  // half past the end
+  EXPECT_EQ(rig.run(Op::kRead, sector, sg), Status::kOutOfRange);
+  EXPECT_GT(rig.mapper->bios_bounced(), 0u);
+  for (size_t i = 0; i < 32 * 1024; ++i) ASSERT_EQ(a.p[1 + i], std::byte{0x11}) << i;
+  for (size_t i = 32 * 1024; i < 64 * 1024; ++i)
+    ASSERT_EQ(a.p[1 + i], std::byte{0x55}) << i;
 }
 
 // Seed 004: pools of one bio and one bounce buffer, several threads each
