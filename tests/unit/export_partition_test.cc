@@ -135,6 +135,36 @@ TEST_F(PartitionExportTest, ServesThePartitionsSizeAndOnlyItsBytes) {
   EXPECT_EQ(disk_->partition(1)->stats().ios[kStatWrite], 3u);
 }
 
+// NBD_CMD_BLOCK_STATUS on a partition: extents at the partition's offsets
+// (not the disk's), ending at its end even where the next partition holds
+// data.
+TEST_F(PartitionExportTest, BlockStatusIsRelativeToThePartitionAndEndsAtIt) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  server_->adopt(sv[0]);
+  Client c(sv[1]);
+  c.negotiate("p1");  // structured replies, base:allocation
+  constexpr uint32_t kKiB64 = 64 << 10, kMiB = 1 << 20;
+  // Data at p1's 1 MiB and at the first bytes of p2, right after p1's end.
+  ASSERT_EQ(c.io(nbd::kCmdWrite, kMiB, kKiB64, std::string(kKiB64, 'd')), 0u);
+  ASSERT_EQ(BlockHandle(disk_).pwrite(std::string(4096, 'n').data(), 4096, kP2Start),
+            Status::kOk);
+  c.send(nbd::testing::request(nbd::kCmdBlockStatus, 7, 0, kPartBytes, 0));
+  nbd::testing::Reply r;
+  ASSERT_TRUE(c.read_reply(&r));
+  ASSERT_EQ(r.chunk_type, nbd::kReplyTypeBlockStatus);
+  std::vector<std::pair<uint32_t, uint32_t>> e;
+  for (size_t i = 4; i + 8 <= r.payload.size(); i += 8)
+    e.emplace_back(nbd::load32(r.payload.data() + i),
+                   nbd::load32(r.payload.data() + i + 4));
+  const uint32_t hole = nbd::kStateHole | nbd::kStateZero;
+  ASSERT_EQ(e.size(), 3u);
+  EXPECT_EQ(e[0], std::make_pair(kMiB, hole));
+  EXPECT_EQ(e[1], std::make_pair(kKiB64, 0u));
+  EXPECT_EQ(e[2],
+            std::make_pair(static_cast<uint32_t>(kPartBytes) - kMiB - kKiB64, hole));
+}
+
 TEST_F(PartitionExportTest, ReadOnlyPartitionIsAdvertisedAndRefusesWrites) {
   uint16_t flags = 0;
   auto c = open("p2", &flags);
