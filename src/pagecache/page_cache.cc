@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 
@@ -38,8 +39,8 @@ PageCache::PageCache(Disk& disk) : s_(std::make_unique<State>(disk)) {
 
 PageCache::~PageCache() {
   // Like the last close of a block device (blkdev_put syncs it): what is
-  // dirty goes to the device; an error has no one left to report to.
-  s_->write_pages(0, UINT64_MAX, 0, UINT64_MAX, true);
+  // dirty goes to the device (a removed disk's fails, and is logged).
+  if (s_->nr_dirty.load(std::memory_order_acquire) != 0) write_back_for_removal();
   s_->stop_flusher();
   s_->index.for_each([&](Page* p) {
     p->put();
@@ -52,6 +53,24 @@ PageCache::Opener PageCache::open() const { return Opener{s_->wb_err.sample()}; 
 
 bool PageCache::empty() const {
   return s_->nr_pages.load(std::memory_order_acquire) == 0;
+}
+
+Status PageCache::write_back_for_removal() {
+  State& s = *s_;
+  const uint64_t dirty = s.nr_dirty.load(std::memory_order_acquire);
+  Status st = writeback_range(0, 0);  // failed pages are in errseq already
+  if (st == Status::kOk) {
+    st = s.flush_device();
+    if (st != Status::kOk) s.wb_err.set(st);  // the written pages may be lost
+  }
+  if (st != Status::kOk) {
+    std::fprintf(stderr,
+                 "blkstack: disk '%s': %llu dirty page(s) not made durable at "
+                 "removal: %s\n",
+                 s.disk.name().c_str(), static_cast<unsigned long long>(dirty),
+                 std::string(status_name(st)).c_str());
+  }
+  return st;
 }
 
 uint64_t PageCache::State::size_bytes() const { return disk.size_bytes(); }

@@ -463,6 +463,32 @@ TEST(PageCache, ReferenceModelMixesBufferedAndDirectIo) {
   for (auto& th : threads) th.join();
   EXPECT_GT(c.stats().evicted, 0u);
 }
+TEST(PageCache, RemovalWritesBackDirtyPagesBeforeTheQueueStops) {
+  auto t = MakeDisk(1 << 20);
+  PageCache& c = PageCache::attach(*t.disk);
+  const auto data = Pattern(3 * 4096 + 100, 21);
+  ASSERT_EQ(c.write(data.data(), data.size(), 512), Status::kOk);
+  ASSERT_GT(c.stats().dirty, 0u);
+  // Removal (DiskRegistry::remove) shuts the disk down before the last
+  // reference goes: acknowledged buffered writes must reach the device,
+  // and be made durable, before it stops taking I/O.
+  t.disk->shutdown();
+  EXPECT_EQ(c.stats().dirty, 0u);
+  EXPECT_EQ(t.drv->durable(512, data.size()), data);
+}
+
+TEST(PageCache, RemovalThatCannotWriteBackReportsIt) {
+  auto t = MakeDisk(1 << 20);
+  PageCache& c = PageCache::attach(*t.disk);
+  auto f = c.open();
+  const auto data = Pattern(8192, 22);
+  ASSERT_EQ(c.write(data.data(), data.size(), 0), Status::kOk);
+  t.drv->fail_next_writes(100);
+  t.disk->shutdown();
+  // Not silent: every opener's next fsync learns the pages were lost.
+  EXPECT_EQ(c.fsync(f), Status::kIoError);
+  EXPECT_EQ(c.stats().dirty, 0u);
+}
 
 }  // namespace
 }  // namespace blkstack
