@@ -5,9 +5,11 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
+#include <thread>
 
 #include "blkstack/completion.h"
 #include "blkstack/disk.h"
@@ -42,6 +44,11 @@ PageCache::~PageCache() {
   // dirty goes to the device (a removed disk's fails, and is logged).
   if (s_->nr_dirty.load(std::memory_order_acquire) != 0) write_back_for_removal();
   s_->stop_flusher();
+  // Readahead is not waited for by its reader: its bios may still be
+  // filling pages (and will unlock them) after the last user let go.
+  while (s_->reads_in_flight.load(std::memory_order_acquire) != 0) {
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
   s_->index.for_each([&](Page* p) {
     p->put();
     s_->lru.remove(p);

@@ -490,5 +490,21 @@ TEST(PageCache, RemovalThatCannotWriteBackReportsIt) {
   EXPECT_EQ(c.stats().dirty, 0u);
 }
 
+TEST(PageCache, DestroyingTheDiskWaitsForReadaheadInFlight) {
+  for (int round = 0; round < 5; ++round) {
+    auto t = MakeDisk(4 << 20);
+    t.drv->start_delayed(2ms);  // readahead still in flight below
+    PageCache& c = PageCache::attach(*t.disk);
+    std::vector<std::byte> buf(4096);
+    ASSERT_EQ(c.read(buf.data(), buf.size(), 0), Status::kOk);
+    // A hit on the window's marker reads the next window without waiting.
+    ASSERT_EQ(c.read(buf.data(), buf.size(), 4096), Status::kOk);
+    ASSERT_GT(c.stats().readahead, 3u);
+    // The last reference goes while those pages are being read into:
+    // they must outlive their bio (ASan sees a use after free otherwise).
+    t.disk.reset();
+  }
+}
+
 }  // namespace
 }  // namespace blkstack
