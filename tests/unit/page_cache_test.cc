@@ -506,5 +506,27 @@ TEST(PageCache, DestroyingTheDiskWaitsForReadaheadInFlight) {
   }
 }
 
+TEST(PageCache, IoContextKeepsItsErrseqSampleForEveryDisk) {
+  // A context opens each disk it uses buffered; the ninth as well as the
+  // first must keep its sample, or an error another opener saw first is
+  // never reported to it.
+  std::vector<TestDisk> disks;
+  IoContext ctx(8);
+  AlignedBuf buf(4096);
+  for (int i = 0; i < 9; ++i) {
+    disks.push_back(MakeDisk(1 << 20));
+    PageCache::attach(*disks.back().disk);
+    Iocb w = Iocb::pwrite(disks.back().disk.get(), buf.data(), 4096, 0);
+    ASSERT_EQ(RunOne(ctx, w), 4096);
+  }
+  TestDisk& last = disks.back();
+  auto other = BlockHandle::buffered(last.disk);
+  last.drv->fail_next_writes(1);
+  EXPECT_EQ(other.flush(), Status::kIoError);  // seen there first
+  Iocb f = Iocb::fsync(last.disk.get());
+  EXPECT_EQ(RunOne(ctx, f), -EIO);
+  EXPECT_EQ(RunOne(ctx, f), 0);  // once
+}
+
 }  // namespace
 }  // namespace blkstack
