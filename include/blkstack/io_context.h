@@ -155,7 +155,9 @@ class IoContext {
     Disk* disk = nullptr;
     uint32_t since = 0;
   };
-  CacheOpener openers_[8];  // under lock_; past 8 disks, a sample per fsync
+  // Under lock_; one per disk used buffered, grown on a disk's first iocb
+  // (not per I/O): a sample lost would hide a write-back error.
+  std::vector<CacheOpener> openers_;
   std::atomic<Disk*> last_opened_{nullptr};  // skips the lookup above
   void post_event(Kiocb& k);
   // Polls the disks with polled iocbs in flight; the result as Disk's

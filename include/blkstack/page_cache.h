@@ -28,8 +28,9 @@
 // error sequence when opened, and its next fsync after a failed write-back
 // reports that error once; every opener sees it once.
 //
-// Thread-safe. A cache lives as long as its disk; ~Disk writes back what
-// is dirty (unless the disk was shut down first) and stops the flusher.
+// Thread-safe. A cache lives as long as its disk. Removal (Disk::shutdown)
+// writes back what is dirty and flushes while the disk still takes I/O;
+// ~Disk does the same for what was dirtied since, and stops the flusher.
 #pragma once
 
 #include <atomic>
@@ -107,6 +108,11 @@ class PageCache {
   int invalidate_after_direct_write(uint64_t offset, uint64_t len);
   // Whether any page is cached: lets the direct path skip the above.
   bool empty() const;
+  // Removal (Disk::shutdown, before the queue stops): writes back all that
+  // is dirty and flushes the device. What cannot be made durable is not
+  // dropped silently: the error goes to every opener's next fsync
+  // (errseq) and to stderr, and is returned.
+  Status write_back_for_removal();
 
   VmSettings settings() const;
   // Throws Error naming the valid range for an absurd value (a ratio past

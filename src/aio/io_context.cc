@@ -317,13 +317,11 @@ int IoContext::buffered_io(PageCache& cache, Disk& disk, const Iocb& cb, Op op,
 uint32_t IoContext::cache_sample(PageCache& cache, Disk* disk) {
   // This context opened the disk (for errseq) when it first used it.
   std::lock_guard lock(lock_);
-  CacheOpener* free_slot = nullptr;
   for (CacheOpener& o : openers_) {
     if (o.disk == disk) return o.since;
-    if (o.disk == nullptr && free_slot == nullptr) free_slot = &o;
   }
   const uint32_t since = cache.open().since;
-  if (free_slot) *free_slot = {disk, since};
+  openers_.push_back({disk, since});
   last_opened_.store(disk, std::memory_order_relaxed);
   return since;
 }

@@ -325,6 +325,11 @@ void Disk::unfreeze(BioList& first) {
 }
 
 void Disk::shutdown() {
+  // Acknowledged buffered writes reach the device before it stops taking
+  // I/O; what cannot is reported (errseq and stderr), never dropped silently.
+  if (PageCache* cache = page_cache(); cache != nullptr && !dying()) {
+    cache->write_back_for_removal();
+  }
   BioList parked;
   {
     std::lock_guard lock(freeze_lock_);

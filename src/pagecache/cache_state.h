@@ -48,6 +48,9 @@ struct PageCache::State {
   // only on a miss or a hit on a kReadahead page.
   std::mutex ra_mu;
   uint64_t ra_start = 0, ra_size = 0, ra_async = 0;
+  // Read bios in flight (readahead is not waited for): ~PageCache waits
+  // for none before it frees the pages they read into.
+  std::atomic<uint32_t> reads_in_flight{0};
 
   // The flusher (wb_workfn) and the writers throttled in
   // balance_dirty_pages, woken as write-back completes.

@@ -5,8 +5,11 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
+#include <thread>
 
 #include "blkstack/completion.h"
 #include "blkstack/disk.h"
@@ -38,9 +41,14 @@ PageCache::PageCache(Disk& disk) : s_(std::make_unique<State>(disk)) {
 
 PageCache::~PageCache() {
   // Like the last close of a block device (blkdev_put syncs it): what is
-  // dirty goes to the device; an error has no one left to report to.
-  s_->write_pages(0, UINT64_MAX, 0, UINT64_MAX, true);
+  // dirty goes to the device (a removed disk's fails, and is logged).
+  if (s_->nr_dirty.load(std::memory_order_acquire) != 0) write_back_for_removal();
   s_->stop_flusher();
+  // Readahead is not waited for by its reader: its bios may still be
+  // filling pages (and will unlock them) after the last user let go.
+  while (s_->reads_in_flight.load(std::memory_order_acquire) != 0) {
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
   s_->index.for_each([&](Page* p) {
     p->put();
     s_->lru.remove(p);
@@ -52,6 +60,24 @@ PageCache::Opener PageCache::open() const { return Opener{s_->wb_err.sample()}; 
 
 bool PageCache::empty() const {
   return s_->nr_pages.load(std::memory_order_acquire) == 0;
+}
+
+Status PageCache::write_back_for_removal() {
+  State& s = *s_;
+  const uint64_t dirty = s.nr_dirty.load(std::memory_order_acquire);
+  Status st = writeback_range(0, 0);  // failed pages are in errseq already
+  if (st == Status::kOk) {
+    st = s.flush_device();
+    if (st != Status::kOk) s.wb_err.set(st);  // the written pages may be lost
+  }
+  if (st != Status::kOk) {
+    std::fprintf(stderr,
+                 "blkstack: disk '%s': %llu dirty page(s) not made durable at "
+                 "removal: %s\n",
+                 s.disk.name().c_str(), static_cast<unsigned long long>(dirty),
+                 std::string(status_name(st)).c_str());
+  }
+  return st;
 }
 
 uint64_t PageCache::State::size_bytes() const { return disk.size_bytes(); }

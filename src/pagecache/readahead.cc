@@ -40,7 +40,9 @@ void read_done(Bio& bio) {
     p->set(ok ? pagecache::kUptodate : pagecache::kError);
     p->unlock();  // readers waiting for it go on (or retry on error)
   }
+  PageCache::State* s = b->cache;
   delete b;
+  s->reads_in_flight.fetch_sub(1, std::memory_order_release);  // the last touch
 }
 
 // get_init_ra_size: a first window of 4x a small request, 2x a larger one.
@@ -79,6 +81,7 @@ void PageCache::State::read_pages_async(uint64_t first, uint64_t nr, uint64_t ma
     b->bio.init(&disk, Op::kRead, (b->pages[0]->index << kPageShift) >> kSectorShift,
                 b->segs, read_done, b);
     b->start = b->bio.start();
+    reads_in_flight.fetch_add(1, std::memory_order_relaxed);
     submit_bio(b->bio);
   };
   for (uint64_t idx = first; idx < first + nr; ++idx) {

@@ -463,6 +463,70 @@ TEST(PageCache, ReferenceModelMixesBufferedAndDirectIo) {
   for (auto& th : threads) th.join();
   EXPECT_GT(c.stats().evicted, 0u);
 }
+TEST(PageCache, RemovalWritesBackDirtyPagesBeforeTheQueueStops) {
+  auto t = MakeDisk(1 << 20);
+  PageCache& c = PageCache::attach(*t.disk);
+  const auto data = Pattern(3 * 4096 + 100, 21);
+  ASSERT_EQ(c.write(data.data(), data.size(), 512), Status::kOk);
+  ASSERT_GT(c.stats().dirty, 0u);
+  // Removal (DiskRegistry::remove) shuts the disk down before the last
+  // reference goes: acknowledged buffered writes must reach the device,
+  // and be made durable, before it stops taking I/O.
+  t.disk->shutdown();
+  EXPECT_EQ(c.stats().dirty, 0u);
+  EXPECT_EQ(t.drv->durable(512, data.size()), data);
+}
+
+TEST(PageCache, RemovalThatCannotWriteBackReportsIt) {
+  auto t = MakeDisk(1 << 20);
+  PageCache& c = PageCache::attach(*t.disk);
+  auto f = c.open();
+  const auto data = Pattern(8192, 22);
+  ASSERT_EQ(c.write(data.data(), data.size(), 0), Status::kOk);
+  t.drv->fail_next_writes(100);
+  t.disk->shutdown();
+  // Not silent: every opener's next fsync learns the pages were lost.
+  EXPECT_EQ(c.fsync(f), Status::kIoError);
+  EXPECT_EQ(c.stats().dirty, 0u);
+}
+
+TEST(PageCache, DestroyingTheDiskWaitsForReadaheadInFlight) {
+  for (int round = 0; round < 5; ++round) {
+    auto t = MakeDisk(4 << 20);
+    t.drv->start_delayed(2ms);  // readahead still in flight below
+    PageCache& c = PageCache::attach(*t.disk);
+    std::vector<std::byte> buf(4096);
+    ASSERT_EQ(c.read(buf.data(), buf.size(), 0), Status::kOk);
+    // A hit on the window's marker reads the next window without waiting.
+    ASSERT_EQ(c.read(buf.data(), buf.size(), 4096), Status::kOk);
+    ASSERT_GT(c.stats().readahead, 3u);
+    // The last reference goes while those pages are being read into:
+    // they must outlive their bio (ASan sees a use after free otherwise).
+    t.disk.reset();
+  }
+}
+
+TEST(PageCache, IoContextKeepsItsErrseqSampleForEveryDisk) {
+  // A context opens each disk it uses buffered; the ninth as well as the
+  // first must keep its sample, or an error another opener saw first is
+  // never reported to it.
+  std::vector<TestDisk> disks;
+  IoContext ctx(8);
+  AlignedBuf buf(4096);
+  for (int i = 0; i < 9; ++i) {
+    disks.push_back(MakeDisk(1 << 20));
+    PageCache::attach(*disks.back().disk);
+    Iocb w = Iocb::pwrite(disks.back().disk.get(), buf.data(), 4096, 0);
+    ASSERT_EQ(RunOne(ctx, w), 4096);
+  }
+  TestDisk& last = disks.back();
+  auto other = BlockHandle::buffered(last.disk);
+  last.drv->fail_next_writes(1);
+  EXPECT_EQ(other.flush(), Status::kIoError);  // seen there first
+  Iocb f = Iocb::fsync(last.disk.get());
+  EXPECT_EQ(RunOne(ctx, f), -EIO);
+  EXPECT_EQ(RunOne(ctx, f), 0);  // once
+}
 
 }  // namespace
 }  // namespace blkstack
