@@ -226,7 +226,11 @@ void PageCache::State::balance_dirty_pages() {
   // Past the background threshold a writer only wakes the flusher (a
   // flag it sees set costs nothing more) and goes on.
   kick_flusher();
-  if (dirty <= dirty_thresh.load(std::memory_order_relaxed)) return;
+  // Against the limit count the pages on their way to the device too (as
+  // the kernel adds NR_WRITEBACK): the flusher does not wait for its bios,
+  // so this is what bounds the write-back in flight.
+  auto dirtied = [&] { return nr_dirty.load() + nr_writeback.load(); };
+  if (dirtied() <= dirty_thresh.load(std::memory_order_relaxed)) return;
   // Past the limit: pause, in proportion to how far past (the kernel's
   // balance_dirty_pages pause), woken early by every write-back completion,
   // until the count is back under the limit. The pause is short: a page
@@ -237,7 +241,7 @@ void PageCache::State::balance_dirty_pages() {
   nr_throttled.fetch_add(1);  // seq_cst: write_done reads it after its counts
   std::unique_lock lock(wb_mu);
   for (;;) {
-    const uint64_t d = nr_dirty.load();
+    const uint64_t d = dirtied();
     const uint64_t t = dirty_thresh.load(std::memory_order_relaxed);
     if (d <= t || wb_stop) break;
     const uint64_t pause_us = std::min<uint64_t>(
