@@ -75,8 +75,12 @@ void write_done(Bio& bio) {
   }
   s.nr_writeback.fetch_sub(b->pages.size(), std::memory_order_acq_rel);
   s.written_back.fetch_add(b->pages.size(), std::memory_order_relaxed);
-  // A throttled writer may look again; with none, no lock per bio.
-  if (s.nr_throttled.load(std::memory_order_acquire) != 0) {
+  // A throttled writer may go on once the count is under the limit; a
+  // wake before that would only put it back to sleep (a context switch
+  // per bio), and with no writer throttled there is no lock per bio. The
+  // writer's timed pause covers a wake missed in between.
+  if (s.nr_throttled.load() != 0 && s.nr_dirty.load() + s.nr_writeback.load() <=
+                                        s.dirty_thresh.load(std::memory_order_relaxed)) {
     { std::lock_guard lock(s.wb_mu); }
     s.wb_done.notify_all();
   }
