@@ -15,6 +15,7 @@
 #include "pagecache/errseq.h"
 #include "pagecache/lru.h"
 #include "pagecache/page_index.h"
+#include "pagecache/page_pool.h"
 
 namespace blkstack {
 
@@ -22,6 +23,7 @@ struct PageCache::State {
   explicit State(Disk& d) : disk(d) {}
 
   Disk& disk;
+  pagecache::PagePool pool;  // before the index: it owns the pages
   pagecache::PageIndex index;
   pagecache::Lru lru;
   pagecache::Errseq wb_err;  // write-back errors (mapping->wb_err)
@@ -61,6 +63,10 @@ struct PageCache::State {
   bool wb_kicked = false;
   std::atomic<bool> wb_kicked_fast{false};  // a kick is pending: skip the lock
   std::atomic<bool> wb_stop_fast{false};
+  std::atomic<uint32_t> nr_throttled{0};  // writers in balance_dirty_pages now
+  // Write-back bios in flight; the last thing their completion touches, so
+  // teardown waits for it to reach 0 (the flusher does not wait for its own).
+  std::atomic<uint64_t> wb_bios{0};
   std::thread flusher;
 
   uint64_t size_bytes() const;
@@ -69,7 +75,9 @@ struct PageCache::State {
   // page_cache.cc
   pagecache::Page* find_or_create_locked(uint64_t index, bool* created);
   void reserve_pages(uint64_t n);  // evicts to make room under the budget
-  void free_page(pagecache::Page* p);
+  // A page for `index` with `flags`, counted in nr_pages, not yet indexed.
+  pagecache::Page* alloc_page(uint64_t index, uint32_t flags);
+  void free_page(pagecache::Page* p);         // undoes alloc_page
   Status read_page_sync(pagecache::Page* p);  // p locked, and stays so
   void apply_settings(const VmSettings& s);
 

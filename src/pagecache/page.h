@@ -16,8 +16,6 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
-#include <new>
 
 namespace blkstack::pagecache {
 
@@ -36,16 +34,26 @@ enum PageBit : uint32_t {
 };
 
 struct Page {
-  // The data apart from the rest: an aligned array inside would round the
-  // struct up to two pages.
-  Page() : data(static_cast<std::byte*>(std::aligned_alloc(kPageSize, kPageSize))) {
-    if (data == nullptr) throw std::bad_alloc();
-  }
-  ~Page() { std::free(data); }
+  // Pages come from a PagePool, which owns them and their data.
+  Page() = default;
   Page(const Page&) = delete;
   Page& operator=(const Page&) = delete;
 
-  std::byte* const data;
+  // Back to a new page's state, keeping `data`, for a page taken from the
+  // pool's free list (no one else can reach it there).
+  void reset() {
+    index = 0;
+    flags.store(0, std::memory_order_relaxed);
+    refs.store(1, std::memory_order_relaxed);
+    lru_prev = lru_next = nullptr;
+    on_lru = false;
+    dirty_prev = dirty_next = nullptr;
+    dirtied_ns = 0;
+  }
+
+  // kPageSize bytes, apart from the rest: an aligned array inside would
+  // round the struct up to two pages. Set once by the pool.
+  std::byte* data = nullptr;
   uint64_t index = 0;  // offset / kPageSize
   std::atomic<uint32_t> flags{0};
   std::atomic<uint32_t> refs{1};  // the index's

@@ -51,8 +51,7 @@ PageCache::~PageCache() {
   }
   s_->index.for_each([&](Page* p) {
     p->put();
-    s_->lru.remove(p);
-    delete p;
+    s_->lru.remove(p);  // the pool frees it, with the State
   });
 }
 
@@ -88,9 +87,17 @@ uint64_t PageCache::State::page_bytes(uint64_t index) const {
   return start >= size ? 0 : std::min<uint64_t>(kPageSize, size - start);
 }
 
+Page* PageCache::State::alloc_page(uint64_t idx, uint32_t flags) {
+  Page* p = pool.get();
+  p->index = idx;
+  p->flags.store(flags, std::memory_order_relaxed);
+  nr_pages.fetch_add(1, std::memory_order_acq_rel);
+  return p;
+}
+
 void PageCache::State::free_page(Page* p) {
-  delete p;
   nr_pages.fetch_sub(1, std::memory_order_acq_rel);
+  pool.put(p);
 }
 
 void PageCache::State::reserve_pages(uint64_t n) {
@@ -130,10 +137,7 @@ Page* PageCache::State::find_or_create_locked(uint64_t idx, bool* created) {
       return p;
     }
     reserve_pages(1);
-    Page* p = new Page;
-    p->index = idx;
-    p->flags.store(pagecache::kLocked, std::memory_order_relaxed);
-    nr_pages.fetch_add(1, std::memory_order_acq_rel);
+    Page* p = alloc_page(idx, pagecache::kLocked);
     if (Page* other = index.insert_or_get(p)) {
       free_page(p);
       other->lock();

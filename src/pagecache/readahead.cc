@@ -90,11 +90,8 @@ void PageCache::State::read_pages_async(uint64_t first, uint64_t nr, uint64_t ma
       submit();  // a run ends at a page already cached
       continue;
     }
-    Page* p = new Page;
-    p->index = idx;
-    p->flags.store(pagecache::kLocked | (idx == mark ? pagecache::kReadahead : 0u),
-                   std::memory_order_relaxed);
-    nr_pages.fetch_add(1, std::memory_order_acq_rel);
+    Page* p =
+        alloc_page(idx, pagecache::kLocked | (idx == mark ? pagecache::kReadahead : 0u));
     if (Page* other = index.insert_or_get(p)) {
       other->put();
       free_page(p);

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <chrono>
 #include <memory>
+#include <optional>
+#include <thread>
 #include <vector>
 
 #include "blkstack/completion.h"
@@ -24,13 +26,22 @@ uint64_t now_ns() {
                                    .count());
 }
 
-// One call's write-back: the caller waits for all its bios.
+// One call's write-back. A caller that waits for all its bios keeps it on
+// its stack; one that does not (the flusher: it issues bios and goes on,
+// as wb_writeback does) gives it to the bios, and the last one frees it.
 struct WbWait {
+  explicit WbWait(bool owned_by_bios) : owned(owned_by_bios) {}
+  const bool owned;
   std::atomic<uint32_t> pending{1};  // bios in flight, plus the caller's
   std::atomic<Status> first_error{Status::kOk};
   Completion done;
   void put() {
-    if (pending.fetch_sub(1, std::memory_order_acq_rel) == 1) done.complete();
+    if (pending.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    if (owned) {
+      delete this;
+    } else {
+      done.complete();
+    }
   }
 };
 
@@ -64,13 +75,19 @@ void write_done(Bio& bio) {
   }
   s.nr_writeback.fetch_sub(b->pages.size(), std::memory_order_acq_rel);
   s.written_back.fetch_add(b->pages.size(), std::memory_order_relaxed);
-  {
-    std::lock_guard lock(s.wb_mu);  // a throttled writer may look again
+  // A throttled writer may go on once the count is under the limit; a
+  // wake before that would only put it back to sleep (a context switch
+  // per bio), and with no writer throttled there is no lock per bio. The
+  // writer's timed pause covers a wake missed in between.
+  if (s.nr_throttled.load() != 0 && s.nr_dirty.load() + s.nr_writeback.load() <=
+                                        s.dirty_thresh.load(std::memory_order_relaxed)) {
+    { std::lock_guard lock(s.wb_mu); }
+    s.wb_done.notify_all();
   }
-  s.wb_done.notify_all();
   WbWait* w = b->wait;
   delete b;
   w->put();
+  s.wb_bios.fetch_sub(1, std::memory_order_release);  // s may go from here on
 }
 
 }  // namespace
@@ -96,7 +113,6 @@ void PageCache::State::unlink_dirty_locked(Page* p) {
 
 Status PageCache::State::write_pages(uint64_t first, uint64_t last,
                                      uint64_t older_than_ns, uint64_t max, bool wait) {
-  (void)wait;  // every caller waits: WbWait lives on this stack
   std::vector<Page*> pages;
   {
     std::lock_guard lock(dirty_mu);
@@ -115,7 +131,10 @@ Status PageCache::State::write_pages(uint64_t first, uint64_t last,
   const uint64_t max_bio_pages = std::max<uint64_t>(
       1, std::min<uint64_t>(lim.max_segments,
                             (uint64_t{lim.max_sectors} << kSectorShift) >> kPageShift));
-  WbWait w;
+  // Many bios in flight at once, each as large as the limits allow; this
+  // call waits, if it does, once for all of them at the end.
+  std::optional<WbWait> local;
+  WbWait* w = wait ? &local.emplace(false) : new WbWait(true);
   std::unique_ptr<WbBio> run;
   auto submit = [&] {
     if (!run) return;
@@ -126,7 +145,8 @@ Status PageCache::State::write_pages(uint64_t first, uint64_t last,
     b->bio.init(&disk, Op::kWrite, (b->pages[0]->index << kPageShift) >> kSectorShift,
                 b->segs, write_done, b);
     b->start = b->bio.start();
-    w.pending.fetch_add(1, std::memory_order_acq_rel);
+    w->pending.fetch_add(1, std::memory_order_acq_rel);
+    wb_bios.fetch_add(1, std::memory_order_relaxed);
     submit_bio(b->bio);  // the submit path never waits; we wait below
   };
   for (Page* p : pages) {
@@ -166,14 +186,15 @@ Status PageCache::State::write_pages(uint64_t first, uint64_t last,
     if (!run) {
       run = std::make_unique<WbBio>();
       run->cache = this;
-      run->wait = &w;
+      run->wait = w;
     }
     run->pages.push_back(p);  // its reference goes with the bio
   }
   submit();
-  w.put();
-  w.done.wait("page cache write-back");
-  return w.first_error.load();
+  w->put();  // unowned: the bios' now; their errors go to wb_err (fsync)
+  if (!wait) return Status::kOk;
+  w->done.wait("page cache write-back");
+  return w->first_error.load();
 }
 
 void PageCache::State::wait_writeback(uint64_t first, uint64_t last) {
@@ -206,25 +227,35 @@ void PageCache::State::kick_flusher() {
 void PageCache::State::balance_dirty_pages() {
   const uint64_t dirty = nr_dirty.load(std::memory_order_relaxed);
   if (dirty <= bg_thresh.load(std::memory_order_relaxed)) return;
+  // Past the background threshold a writer only wakes the flusher (a
+  // flag it sees set costs nothing more) and goes on.
   kick_flusher();
-  const uint64_t thresh = dirty_thresh.load(std::memory_order_relaxed);
-  if (dirty <= thresh) return;
-  // Over the limit: sleep in proportion to how far over, and again until
-  // the flusher has brought the count under it. No page lock is held
-  // here, so the flusher can always go on.
+  // Against the limit count the pages on their way to the device too (as
+  // the kernel adds NR_WRITEBACK): the flusher does not wait for its bios,
+  // so this is what bounds the write-back in flight.
+  auto dirtied = [&] { return nr_dirty.load() + nr_writeback.load(); };
+  if (dirtied() <= dirty_thresh.load(std::memory_order_relaxed)) return;
+  // Past the limit: pause, in proportion to how far past (the kernel's
+  // balance_dirty_pages pause), woken early by every write-back completion,
+  // until the count is back under the limit. The pause is short: a page
+  // past is 100 us, a tenth of the limit past is the most, 10 ms. No page
+  // lock is held here, so the flusher can always go on.
+  constexpr uint64_t kMinPauseUs = 100, kMaxPauseUs = 10'000;
   throttled.fetch_add(1, std::memory_order_relaxed);
+  nr_throttled.fetch_add(1);  // seq_cst: write_done reads it after its counts
   std::unique_lock lock(wb_mu);
   for (;;) {
-    const uint64_t d = nr_dirty.load(std::memory_order_relaxed);
+    const uint64_t d = dirtied();
     const uint64_t t = dirty_thresh.load(std::memory_order_relaxed);
-    if (d <= t || wb_stop) return;
-    const auto pause = std::chrono::microseconds(
-        std::min<uint64_t>(200'000, 1000 + (d - t) * 200'000 / std::max<uint64_t>(t, 1)));
+    if (d <= t || wb_stop) break;
+    const uint64_t pause_us = std::min<uint64_t>(
+        kMaxPauseUs, kMinPauseUs + (d - t) * 10 * kMaxPauseUs / std::max<uint64_t>(t, 1));
     lock.unlock();
     kick_flusher();
     lock.lock();
-    wb_done.wait_for(lock, pause);
+    wb_done.wait_for(lock, std::chrono::microseconds(pause_us));
   }
+  nr_throttled.fetch_sub(1);
 }
 
 void PageCache::State::flusher_main() {
@@ -241,13 +272,15 @@ void PageCache::State::flusher_main() {
     wb_kicked = false;
     wb_kicked_fast.store(false, std::memory_order_release);
     lock.unlock();
-    // By amount: down to the background threshold, in slices so that a
-    // throttled writer is let go as soon as it can be.
+    // By amount: down to the background threshold. The bios go out
+    // without a wait for each batch (their pages leave the dirty count as
+    // they go): the device gets them back to back, and a writer throttled
+    // on the dirty count is let go as soon as they are issued.
     while (nr_dirty.load(std::memory_order_relaxed) >
            bg_thresh.load(std::memory_order_relaxed)) {
       const uint64_t over = nr_dirty.load(std::memory_order_relaxed) -
                             bg_thresh.load(std::memory_order_relaxed);
-      write_pages(0, UINT64_MAX, 0, std::max<uint64_t>(over, 256), true);
+      write_pages(0, UINT64_MAX, 0, std::max<uint64_t>(over, 256), false);
       if (wb_stop_fast.load(std::memory_order_acquire)) break;
     }
     // By age: what has been dirty longer than dirty_expire_centisecs.
@@ -272,6 +305,8 @@ void PageCache::State::stop_flusher() {
   wb_kick.notify_all();
   wb_done.notify_all();
   if (flusher.joinable()) flusher.join();
+  // The flusher's last bios may still be completing; they touch this State.
+  while (wb_bios.load(std::memory_order_acquire) != 0) std::this_thread::yield();
 }
 
 Status PageCache::State::flush_device() {
