@@ -227,6 +227,9 @@ Status PageCache::write(const void* buf, size_t len, uint64_t offset) {
   State& s = *s_;
   const uint64_t size = s.size_bytes();
   if (offset > size || len > size - offset) return Status::kOutOfRange;
+  // Refused now, as a direct write is: never accepted into the cache only
+  // to fail at write-back, where no caller hears of it.
+  if (s.disk.read_only()) return Status::kReadOnly;
   auto* in = static_cast<const std::byte*>(buf);
   while (len > 0) {
     const uint64_t idx = offset >> kPageShift;

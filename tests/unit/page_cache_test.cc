@@ -193,6 +193,21 @@ TEST(PageCache, PartialWritesReadTheRestOfThePage) {
             std::vector<std::byte>(model.begin(), model.begin() + 3 * 4096));
 }
 
+// A read-only disk refuses a buffered write at once (invariant 6), as it
+// refuses a direct one, rather than failing it at write-back unheard.
+TEST(PageCache, ABufferedWriteToAReadOnlyDiskIsRefusedAtOnce) {
+  auto t = MakeDisk(1 << 20);
+  PageCache& c = PageCache::attach(*t.disk);
+  auto f = c.open();
+  t.disk->set_read_only(true);
+  const auto a = Pattern(4096, 5);
+  EXPECT_EQ(c.write(a.data(), a.size(), 0), Status::kReadOnly);
+  EXPECT_EQ(c.fsync(f), Status::kOk) << "nothing was accepted, so nothing failed";
+  std::vector<std::byte> got(4096);
+  ASSERT_EQ(c.read(got.data(), got.size(), 0), Status::kOk);
+  EXPECT_NE(got, a);
+}
+
 TEST(PageCache, ReadaheadWindowGrowsOnSequentialReads) {
   auto t = MakeDisk(4 << 20);
   t.drv->fill(0, Pattern(4 << 20, 4));
