@@ -44,13 +44,7 @@ fio --name=prefill --ioengine=nbd --uri="$URI" --rw=write --bs=1M --iodepth=8 \
   --output-format=json >"$tmp/prefill.json" 2>&1 ||
   bench_fail "prefill failed" "$tmp/prefill.json"
 
-CASES=(
-  "rr1|--rw=randread --bs=4k --iodepth=1"
-  "rr32|--rw=randread --bs=4k --iodepth=32"
-  "rw1|--rw=randwrite --bs=4k --iodepth=1"
-  "rw32|--rw=randwrite --bs=4k --iodepth=32"
-  "seq1m|--rw=read --bs=1M --iodepth=8"
-)
+source bench/remote-cases.sh
 
 # run SIDE NAME OPTS: one job, its JSON in $tmp/SIDE-NAME.json.
 run() {
